@@ -1,0 +1,60 @@
+"""The ``fastgpt`` command: one entry point, one module per subcommand.
+
+Each subcommand lives in the module named below and exposes ``main(argv: list[str]) -> int``; this
+file only routes, so adding a stage never touches another stage's code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "tokenize": ("fastgpt.tokenizer_cli", "show how a tokenizer splits text (coloured tokens and ids)"),
+    "train-tokenizer": ("fastgpt.tokenizer_cli", "train a byte-level BPE tokenizer on a corpus"),
+    "prepare": ("fastgpt.data.prepare", "tokenize text sources into binary token shards"),
+    "pretrain": ("fastgpt.pretrain", "pretrain a model (same as python -m fastgpt.pretrain)"),
+    "sft": ("fastgpt.sft", "supervised finetuning on conversations"),
+    "grpo": ("fastgpt.grpo", "reinforcement learning on verifiable rewards (GRPO)"),
+    "reward": ("fastgpt.reward", "train a reward model on preference pairs"),
+    "ppo": ("fastgpt.ppo", "RLHF with PPO against a reward model"),
+    "dpo": ("fastgpt.dpo", "direct preference optimisation"),
+    "export": ("fastgpt.checkpoint", "export a training checkpoint as an HF-format model dir"),
+    "sample": ("fastgpt.sample", "sample text from a model dir"),
+    "chat": ("fastgpt.chat.cli", "chat with a model in the terminal"),
+    "serve": ("fastgpt.serve.server", "OpenAI-compatible HTTP server"),
+    "eval": ("fastgpt.eval.cli", "evaluate a model (bpb, task accuracy, multiple choice)"),
+    "report": ("fastgpt.eval.report", "write a report card from run dirs"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: fastgpt <command> [options]", "", "commands:"]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run `fastgpt <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"fastgpt: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, _ = SUBCOMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("fastgpt"):
+            print(f"fastgpt {name}: not available in this version ({module_name} is missing)", file=sys.stderr)
+            return 2
+        raise
+    entry = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main
+    return int(entry(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

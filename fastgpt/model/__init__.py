@@ -1,0 +1,1 @@
+"""Transformer core (filled in by the model work)."""

@@ -1,0 +1,213 @@
+"""The dispatch seam: every hot op of the model goes through here.
+
+Model code calls ``fastgpt.ops.<op>(...)`` and never imports Triton. Each op picks one of:
+
+- ``torch``: the plain-PyTorch reference that lives next to its kernel in ``fastgpt/kernels/<op>.py``;
+- ``triton``: the hand-written Triton kernel (on CPU tensors this needs ``TRITON_INTERPRET=1`` set
+  before triton is imported; that is how the tests run it).
+
+Choose with the environment variable ``FASTGPT_KERNELS=auto|triton|torch`` or :func:`set_backend`.
+``auto`` (the default) uses Triton for CUDA tensors and the reference otherwise.
+
+Attention has more implementations worth comparing, chosen with ``FASTGPT_ATTENTION`` or
+:func:`set_attention_backend`: ``auto`` (follow the kernel backend), ``triton``, ``sdpa``
+(``torch.nn.functional.scaled_dot_product_attention``, which has flash/cuDNN/efficient kernels on GPU),
+``flash_attn`` (the ``flash-attn`` package, GPU only, installed with ``pip install fastgpt[gpu]``) and
+``naive`` (materialised softmax in fp32; a test baseline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from fastgpt.kernels.activations import gelu_tanh_reference, swiglu_reference
+from fastgpt.kernels.attention import attention_naive, attention_reference
+from fastgpt.kernels.cross_entropy import (
+    cross_entropy_reference,
+    linear_cross_entropy_chunked,
+)
+from fastgpt.kernels.norms import add_rms_norm_reference, layer_norm_reference, rms_norm_reference
+from fastgpt.kernels.rope import rope_reference
+
+BACKENDS = ("auto", "triton", "torch")
+ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "flash_attn", "naive")
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+_backend = _check("FASTGPT_KERNELS", os.environ.get("FASTGPT_KERNELS", "auto"), BACKENDS)
+_attention_backend = _check("FASTGPT_ATTENTION", os.environ.get("FASTGPT_ATTENTION", "auto"), ATTENTION_BACKENDS)
+
+
+def set_backend(name: str) -> None:
+    """Select the kernel backend for all ops: ``auto``, ``triton`` or ``torch``."""
+    global _backend
+    _backend = _check("kernel backend", name, BACKENDS)
+
+
+def get_backend() -> str:
+    return _backend
+
+
+def set_attention_backend(name: str) -> None:
+    """Select the attention implementation (see the module docstring)."""
+    global _attention_backend
+    _attention_backend = _check("attention backend", name, ATTENTION_BACKENDS)
+
+
+def get_attention_backend() -> str:
+    return _attention_backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str, attention: str | None = None) -> Iterator[None]:
+    """Temporarily switch backends: ``with fastgpt.ops.use_backend("triton"): ...``."""
+    saved = (_backend, _attention_backend)
+    set_backend(name)
+    if attention is not None:
+        set_attention_backend(attention)
+    try:
+        yield
+    finally:
+        set_backend(saved[0])
+        set_attention_backend(saved[1])
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """Whether an op on tensor ``x`` runs the Triton kernel under the current backend."""
+    return _backend == "triton" or (_backend == "auto" and x.is_cuda)
+
+
+def _triton(module: str, name: str):
+    """Fetch ``fastgpt.kernels.<module>.<name>``, with one clear error if it cannot run here."""
+    mod = importlib.import_module(f"fastgpt.kernels.{module}")
+    fn = getattr(mod, name, None)
+    if fn is None:
+        raise NotImplementedError(f"fastgpt.kernels.{module} has no Triton implementation {name!r}")
+    return fn
+
+
+# --------------------------------------------------------------------------------------------- attention
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    doc_ids: torch.Tensor | None = None,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` -> ``(B, Hq, Tq, D)``.
+
+    Causal alignment is bottom-right (query ``i`` is at key position ``Tk - Tq + i``); ``doc_ids``
+    ``(B, Tk)`` keeps packed documents (and padding) from attending to one another; ``window`` is a
+    sliding-window size in tokens. See ``fastgpt/kernels/attention.py``.
+    """
+    backend = _attention_backend
+    if backend == "auto":
+        backend = "triton" if use_triton(q) else "sdpa"
+    kwargs = dict(causal=causal, doc_ids=doc_ids, window=window, scale=scale)
+    if backend == "sdpa":
+        return attention_reference(q, k, v, **kwargs)
+    if backend == "naive":
+        return attention_naive(q, k, v, **kwargs)
+    if backend == "flash_attn":
+        return _triton("attention", "attention_flash_attn")(q, k, v, **kwargs)
+    return _triton("attention", "attention_triton")(q, k, v, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ norms
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dim with fp32 statistics."""
+    if use_triton(x):
+        return _triton("norms", "rms_norm_triton")(x, weight, eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused ``residual + x`` then RMSNorm; returns ``(normed, new_residual)``."""
+    if use_triton(x):
+        return _triton("norms", "add_rms_norm_triton")(x, residual, weight, eps)
+    return add_rms_norm_reference(x, residual, weight, eps)
+
+
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
+) -> torch.Tensor:
+    """LayerNorm over the last dim with fp32 statistics."""
+    if use_triton(x):
+        return _triton("norms", "layer_norm_triton")(x, weight, bias, eps)
+    return layer_norm_reference(x, weight, bias, eps)
+
+
+# ------------------------------------------------------------------------------------------------- rope
+def rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q ``(B, Hq, T, D)`` and k ``(B, Hkv, T, D)`` by ``cos``/``sin`` ``(B or 1, T, D/2)``."""
+    if use_triton(q):
+        return _triton("rope", "rope_triton")(q, k, cos, sin)
+    return rope_reference(q, k, cos, sin)
+
+
+# ------------------------------------------------------------------------------------------ activations
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up``."""
+    if use_triton(gate):
+        return _triton("activations", "swiglu_triton")(gate, up)
+    return swiglu_reference(gate, up)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (GPT-2)."""
+    if use_triton(x):
+        return _triton("activations", "gelu_tanh_triton")(x)
+    return gelu_tanh_reference(x)
+
+
+# ---------------------------------------------------------------------------------------- cross-entropy
+def cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """logits ``(N, V)``, targets ``(N,)`` -> fp32 loss (see ``fastgpt/kernels/cross_entropy.py``)."""
+    kwargs = dict(ignore_index=ignore_index, z_loss=z_loss, softcap=softcap, reduction=reduction)
+    if use_triton(logits):
+        return _triton("cross_entropy", "cross_entropy_triton")(logits, targets, **kwargs)
+    return cross_entropy_reference(logits, targets, **kwargs)
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """hidden ``(N, C)``, weight ``(V, C)``, targets ``(N,)`` -> loss, without materialising the full
+    ``(N, V)`` logits (chunked on the torch path, fused on the Triton path)."""
+    kwargs = dict(bias=bias, ignore_index=ignore_index, z_loss=z_loss, softcap=softcap, reduction=reduction)
+    if use_triton(hidden):
+        return _triton("cross_entropy", "linear_cross_entropy_triton")(hidden, weight, targets, **kwargs)
+    return linear_cross_entropy_chunked(hidden, weight, targets, **kwargs)
