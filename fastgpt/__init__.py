@@ -31,4 +31,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'fastgpt' has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["Engine", "GPT", "GPTConfig", "Tokenizer", "from_pretrained"]

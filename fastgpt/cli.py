@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("fastgpt"):
-            print(f"fastgpt {name}: not available in this version ({module_name} is missing)", file=sys.stderr)
+            print(
+                f"fastgpt {name}: not available in this version ({module_name} is missing)", file=sys.stderr
+            )
             return 2
         raise
     entry = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main

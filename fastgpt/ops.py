@@ -45,7 +45,9 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
 
 
 _backend = _check("FASTGPT_KERNELS", os.environ.get("FASTGPT_KERNELS", "auto"), BACKENDS)
-_attention_backend = _check("FASTGPT_ATTENTION", os.environ.get("FASTGPT_ATTENTION", "auto"), ATTENTION_BACKENDS)
+_attention_backend = _check(
+    "FASTGPT_ATTENTION", os.environ.get("FASTGPT_ATTENTION", "auto"), ATTENTION_BACKENDS
+)
 
 
 def set_backend(name: str) -> None:

@@ -21,9 +21,13 @@ def pytest_sessionfinish(session, exitstatus):
     tests that never ran."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
-    import_skips = [r for r in skipped if "could not import" in str(r.longrepr) or "No module named" in str(r.longrepr)]
+    import_skips = [
+        r for r in skipped if "could not import" in str(r.longrepr) or "No module named" in str(r.longrepr)
+    ]
     if import_skips:
-        reporter.write_line(f"ERROR: {len(import_skips)} test(s) skipped because a dependency failed to import", red=True)
+        reporter.write_line(
+            f"ERROR: {len(import_skips)} test(s) skipped because a dependency failed to import", red=True
+        )
         session.exitstatus = 1
 
 
