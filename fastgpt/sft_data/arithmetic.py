@@ -1,0 +1,176 @@
+"""Arithmetic solved with the calculator tool, as multi-step worked answers.
+
+Two lessons in one set. First, a small model is bad at mental arithmetic but can learn *when* to call a
+calculator and what to type into it; the engine runs the call (``fastgpt.tools``) and the result comes
+back as tool-output tokens. Second, a model thinks in tokens: an answer written first is a guess, so every
+reply states the plan, works through the steps, and gives the answer last ("The answer is N.").
+The tool results in the data are produced by the same calculator the engine runs, so training and
+inference agree on every character.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from fastgpt.conversation import Message, calculator_call
+from fastgpt.tools import calculate
+
+__all__ = ["arithmetic_conversations"]
+
+_NAMES = [
+    "Ana",
+    "Ben",
+    "Chen",
+    "Dara",
+    "Eli",
+    "Fatima",
+    "Gus",
+    "Hana",
+    "Ivan",
+    "Jo",
+    "Kofi",
+    "Lena",
+    "Mia",
+    "Noor",
+]
+_ITEMS = ["pencils", "apples", "stickers", "marbles", "cookies", "cards", "stamps", "eggs"]
+
+
+class _Work:
+    """Builds one worked conversation: text, calculator calls (run for real), more text, the answer."""
+
+    def __init__(self, question: str):
+        self.messages: list[Message] = [{"role": "user", "content": question}]
+        self.text = ""
+
+    def say(self, text: str) -> None:
+        self.text += text
+
+    def calc(self, expression: str) -> str:
+        result = calculate(expression)
+        assert not result.startswith("error"), (expression, result)
+        self.messages.append(
+            {"role": "assistant", "content": self.text, "tool_calls": [calculator_call(expression)]}
+        )
+        self.messages.append({"role": "tool", "content": result})
+        self.text = ""
+        return result
+
+    def answer(self, text: str, value: str) -> list[Message]:
+        self.messages.append({"role": "assistant", "content": f"{self.text}{text} The answer is {value}."})
+        return self.messages
+
+
+def _expression(rng: random.Random) -> list[Message]:
+    a, b, c = rng.randint(12, 999), rng.randint(3, 99), rng.randint(10, 9999)
+    op = rng.choice(["+", "-"])
+    w = _Work(rng.choice(["What is", "Compute", "Calculate", "Work out"]) + f" {a} * {b} {op} {c}.")
+    w.say(f"Multiplication comes before {'addition' if op == '+' else 'subtraction'}. First, {a} * {b}: ")
+    p = w.calc(f"{a} * {b}")
+    w.say(f"Then {p} {op} {c}: ")
+    r = w.calc(f"{p} {op} {c}")
+    return w.answer(f"So {a} * {b} {op} {c} = {r}.", r)
+
+
+def _product(rng: random.Random) -> list[Message]:
+    a, b = rng.randint(100, 9999), rng.randint(11, 999)
+    w = _Work(rng.choice([f"What is {a} times {b}?", f"What is {a} * {b}?", f"Multiply {a} by {b}."]))
+    w.say("I'll use the calculator for this product: ")
+    r = w.calc(f"{a} * {b}")
+    return w.answer(f"{a} multiplied by {b} is {r}.", r)
+
+
+def _packs(rng: random.Random) -> list[Message]:
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b = rng.randint(3, 40), rng.randint(6, 48)
+    c = rng.randint(1, a * b - 1)
+    w = _Work(
+        f"{name} buys {a} packs of {b} {item} and gives {c} {item} to a friend. How many {item} does {name} have left?"
+    )
+    w.say(f"First find how many {item} {name} bought: {a} packs of {b} each is ")
+    total = w.calc(f"{a} * {b}")
+    w.say(f" {item}. Then subtract the {c} given away: ")
+    left = w.calc(f"{total} - {c}")
+    return w.answer(f"{name} has {left} {item} left.", left)
+
+
+def _distance(rng: random.Random) -> list[Message]:
+    a, b, c = rng.randint(40, 180), rng.randint(2, 9), rng.randint(5, 120)
+    vehicle = rng.choice(["train", "bus", "car", "truck"])
+    w = _Work(
+        f"A {vehicle} travels at {a} km per hour for {b} hours, then {c} km more. How far does it go in total?"
+    )
+    w.say(f"Distance is speed times time, so the first part is {a} * {b} = ")
+    d = w.calc(f"{a} * {b}")
+    w.say(f" km. Adding the last {c} km: ")
+    total = w.calc(f"{d} + {c}")
+    return w.answer(f"The {vehicle} travels {total} km in total.", total)
+
+
+def _money(rng: random.Random) -> list[Message]:
+    name = rng.choice(_NAMES)
+    b, c = rng.randint(5, 90), rng.randint(5, 90)
+    a = rng.randint(b + c + 1, 500)
+    w = _Work(
+        f"{name} has {a} dollars, spends {b} dollars on lunch and {c} dollars on a book. How many dollars are left?"
+    )
+    w.say(f"After lunch {name} has {a} - {b} = ")
+    r1 = w.calc(f"{a} - {b}")
+    w.say(f" dollars. After the book: {r1} - {c} = ")
+    r2 = w.calc(f"{r1} - {c}")
+    return w.answer(f"{name} has {r2} dollars left.", r2)
+
+
+def _teams(rng: random.Random) -> list[Message]:
+    b = rng.randint(3, 12)
+    a = rng.randint(b * 2, 400)
+    w = _Work(
+        f"{a} students are split into teams of {b}. How many full teams are there, and how many students are left over?"
+    )
+    w.say(f"The number of full teams is {a} divided by {b}, rounded down: ")
+    q = w.calc(f"{a} // {b}")
+    w.say(" teams. The students left over are the remainder: ")
+    r = w.calc(f"{a} % {b}")
+    return w.answer(f"There are {q} full teams and {r} students left over.", f"{q} teams with {r} left over")
+
+
+def _discount(rng: random.Random) -> list[Message]:
+    a, p = rng.randint(20, 400), rng.choice([5, 10, 15, 20, 25, 30, 40, 50])
+    item = rng.choice(["jacket", "lamp", "bicycle", "game", "pair of shoes"])
+    w = _Work(f"A {item} costs {a} dollars and is {p}% off. What does it cost now?")
+    w.say(f"The discount is {p}% of {a}, which is {a} * {p} / 100 = ")
+    d = w.calc(f"{a} * {p} / 100")
+    w.say(f" dollars. The new price is {a} - {d} = ")
+    price = w.calc(f"{a} - {d}")
+    return w.answer(f"The {item} now costs {price} dollars.", price)
+
+
+def _average(rng: random.Random) -> list[Message]:
+    name = rng.choice(_NAMES)
+    scores = [rng.randint(50, 100) for _ in range(rng.randint(3, 5))]
+    listed = ", ".join(map(str, scores[:-1])) + f" and {scores[-1]}"
+    w = _Work(f"{name}'s test scores are {listed}. What is the average score?")
+    w.say("The average is the sum divided by the number of scores. The sum is ")
+    total = w.calc(" + ".join(map(str, scores)))
+    w.say(f", and there are {len(scores)} scores, so the average is ")
+    avg = w.calc(f"{total} / {len(scores)}")
+    return w.answer(f"{name}'s average score is {avg}.", avg)
+
+
+_PROBLEMS: list[Callable[[random.Random], list[Message]]] = [
+    _expression,
+    _product,
+    _packs,
+    _distance,
+    _money,
+    _teams,
+    _discount,
+    _average,
+]
+
+
+def arithmetic_conversations(n: int = 600, *, seed: int = 0) -> list[list[Message]]:
+    """``n`` arithmetic questions (expressions and word problems) worked through with calculator calls."""
+    rng = random.Random(seed)
+    return [rng.choice(_PROBLEMS)(rng) for _ in range(n)]
