@@ -104,9 +104,10 @@ def parse_mixture(spec: str) -> list[MixtureItem]:
     for part in spec.split(","):
         source, _, epochs = part.strip().partition("*")
         try:
-            items.append(MixtureItem(source.strip(), float(epochs) if epochs else 1.0))
+            n_epochs = float(epochs) if epochs else 1.0
         except ValueError:
             raise ValueError(f"--data item {part!r}: expected NAME_OR_PATH or NAME_OR_PATH*EPOCHS") from None
+        items.append(MixtureItem(source.strip(), n_epochs))
     return items
 
 

@@ -148,7 +148,8 @@ def _discount(rng: random.Random) -> list[Message]:
 
 def _average(rng: random.Random) -> list[Message]:
     name = rng.choice(_NAMES)
-    scores = [rng.randint(50, 100) for _ in range(rng.randint(3, 5))]
+    scores = [rng.randint(50, 95) for _ in range(rng.randint(3, 5))]
+    scores[-1] += -sum(scores) % len(scores)  # a whole-number average keeps the answer exact
     listed = ", ".join(map(str, scores[:-1])) + f" and {scores[-1]}"
     w = _Work(f"{name}'s test scores are {listed}. What is the average score?")
     w.say("The average is the sum divided by the number of scores. The sum is ")
