@@ -1,4 +1,4 @@
-"""Causal attention: torch reference (the Triton flash-attention kernel is added beside it).
+"""Causal attention: torch references and a Triton flash-attention kernel (forward and backward).
 
 Layout everywhere: q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` with ``Hq % Hkv == 0`` (grouped-query
 attention shares each K/V head among ``Hq // Hkv`` query heads). Causality is aligned to the *end*:
@@ -6,14 +6,30 @@ query ``i`` sits at key position ``Tk - Tq + i``, which is what a KV cache needs
 training). ``doc_ids`` ``(B, Tk)`` marks documents of packed sequences (and left padding in batched
 generation): a query only sees keys with the same id. ``window`` limits a query to the last ``window``
 keys (itself included).
+
+Implementations, all with the same signature and semantics:
+
+- ``attention_reference``: ``F.scaled_dot_product_attention`` with a boolean mask (the torch path).
+- ``attention_naive``: materialised fp32 softmax; the obviously-correct baseline of the tests.
+- ``attention_triton``: flash attention (FA2 scheme). The forward walks key tiles with an online
+  softmax in fp32 and never holds a ``Tq x Tk`` matrix; it saves only the output and the per-row
+  log-sum-exp. The backward recomputes the probabilities from that log-sum-exp: one small kernel for
+  ``delta = rowsum(dO * O)``, one kernel per key tile for dK/dV (looping over query tiles and over the
+  query heads that share the K/V head, so GQA needs no copy and no atomics) and one per query tile for
+  dQ. Tiles that the causal, window or document structure hides entirely are never visited, and the
+  elementwise mask is evaluated only on tiles that are partly visible. See docs/attention.md.
+- ``attention_flash_attn``: a thin wrapper over the ``flash-attn`` package (GPU only).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 
 def attention_mask(
@@ -73,3 +89,958 @@ def attention_naive(q, k, v, *, causal=True, doc_ids=None, window=None, scale=No
         s = s.masked_fill(~mask, float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no visible key give zeros
     return (p @ vf).to(q.dtype)
+
+
+# ============================================================================================ tile sizes
+@dataclass(frozen=True)
+class TileConfig:
+    """Launch shape of one attention kernel: a ``block_m`` (queries) x ``block_n`` (keys) tile."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+SUPPORTED_HEAD_DIMS = (32, 64, 96, 128)
+KERNEL_ROLES = ("fwd", "bwd_dkdv", "bwd_dq")
+_PREPROCESS_BLOCK_M = 64  # rows per program of the delta = rowsum(dO * O) kernel (memory bound)
+
+# Chosen by compiling every entry for sm_80 and sm_90 (see docs/attention.md for the measured table):
+# the largest tiles that fit shared memory and do not spill registers on sm_90. The sm_80 family also
+# serves sm_86/sm_89 and later parts with ~100 KB of shared memory per block, so its tiles stay below that.
+# Head dim 96 runs on 128-wide tiles (the last 32 columns are masked off).
+_GPU_TILES: dict[tuple[str, int], dict[str, TileConfig]] = {
+    ("sm90", 32): {
+        "fwd": TileConfig(128, 64, 4, 3),
+        "bwd_dkdv": TileConfig(64, 128, 8, 2),
+        "bwd_dq": TileConfig(128, 64, 8, 2),
+    },
+    ("sm90", 64): {
+        "fwd": TileConfig(128, 64, 4, 3),
+        "bwd_dkdv": TileConfig(64, 128, 8, 2),
+        "bwd_dq": TileConfig(128, 64, 8, 2),
+    },
+    ("sm90", 128): {
+        "fwd": TileConfig(128, 64, 8, 2),
+        "bwd_dkdv": TileConfig(64, 128, 8, 2),
+        "bwd_dq": TileConfig(128, 64, 8, 2),
+    },
+    ("sm80", 32): {
+        "fwd": TileConfig(128, 64, 4, 3),
+        "bwd_dkdv": TileConfig(64, 64, 4, 2),
+        "bwd_dq": TileConfig(64, 64, 4, 2),
+    },
+    ("sm80", 64): {
+        "fwd": TileConfig(128, 64, 4, 3),
+        "bwd_dkdv": TileConfig(64, 64, 4, 2),
+        "bwd_dq": TileConfig(64, 64, 4, 2),
+    },
+    ("sm80", 128): {
+        "fwd": TileConfig(128, 64, 8, 2),
+        "bwd_dkdv": TileConfig(64, 64, 4, 2),
+        "bwd_dq": TileConfig(64, 64, 4, 2),
+    },
+}
+# Under the interpreter tiles are small and deliberately unequal (M != N, dkdv transposed) so that short
+# test sequences cross several tiles and every masked/unmasked tile boundary is exercised.
+_INTERPRETER_TILES = {
+    "fwd": TileConfig(32, 16, 4, 1),
+    "bwd_dkdv": TileConfig(16, 32, 4, 1),
+    "bwd_dq": TileConfig(32, 16, 4, 1),
+}
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """Width of the register tile holding one row of q/k/v (a power of two, as ``tl.arange`` needs)."""
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(
+            f"attention_triton: head dim {head_dim} is not supported; "
+            f"supported head dims are {', '.join(map(str, SUPPORTED_HEAD_DIMS))}"
+        )
+    return triton.next_power_of_2(head_dim)
+
+
+def arch_family(capability: tuple[int, int]) -> str:
+    """``sm90`` for Hopper-class parts (228 KB shared memory), ``sm80`` for Ampere/Ada and the rest."""
+    major = capability[0]
+    if major < 8:
+        raise RuntimeError(f"attention_triton needs an sm_80 or newer GPU; got sm_{major}{capability[1]}")
+    return "sm90" if major in (9, 10) else "sm80"
+
+
+def tile_configs(head_dim: int, arch: str | None) -> dict[str, TileConfig]:
+    """The one place that picks tile sizes: per kernel role, head dim and arch family.
+
+    ``arch`` is ``"sm80"`` / ``"sm90"`` (see :func:`arch_family`) or ``None`` for the interpreter.
+    """
+    block_d = padded_head_dim(head_dim)
+    if arch is None:
+        return dict(_INTERPRETER_TILES)
+    return dict(_GPU_TILES[(arch, block_d)])
+
+
+# ======================================================================================= Triton kernels
+@triton.jit
+def _load_rows(
+    base,
+    offs_t,
+    offs_d,
+    stride_t,
+    n_rows,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CHECK_ROWS: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Rows ``offs_t`` of a ``(T, HEAD_DIM)`` matrix as a ``(len(offs_t), BLOCK_D)`` tile; rows past
+    ``n_rows`` (when ``CHECK_ROWS``) and columns past ``HEAD_DIM`` read as 0."""
+    ptrs = base + offs_t[:, None] * stride_t + offs_d[None, :]
+    if CHECK_ROWS:
+        if BLOCK_D == HEAD_DIM:
+            x = tl.load(ptrs, mask=offs_t[:, None] < n_rows, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(offs_t[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    else:
+        if BLOCK_D == HEAD_DIM:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    if UPCAST:  # the interpreter cannot do bf16 arithmetic: compute in fp32
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _store_rows(base, x, offs_t, offs_d, stride_t, n_rows, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    ptrs = base + offs_t[:, None] * stride_t + offs_d[None, :]
+    x = x.to(base.dtype.element_ty)
+    if BLOCK_D == HEAD_DIM:
+        tl.store(ptrs, x, mask=offs_t[:, None] < n_rows)
+    else:
+        tl.store(ptrs, x, mask=(offs_t[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _visible(
+    q_pos,
+    k_pos,
+    doc_q,
+    doc_k,
+    T_K,
+    WINDOW,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+):
+    """Which (query, key) pairs may attend; arguments broadcast to the tile (either orientation)."""
+    vis = (k_pos < T_K) & (k_pos >= 0)
+    if CAUSAL:
+        vis = vis & (k_pos <= q_pos)
+    if HAS_WINDOW:
+        vis = vis & (k_pos > q_pos - WINDOW)
+    if HAS_DOCS:
+        vis = vis & (doc_q == doc_k)
+    return vis
+
+
+@triton.jit
+def _key_tiles(
+    m0,
+    T_Q,
+    T_K,
+    WINDOW,
+    tok_lo_row,
+    tok_hi_row,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+):
+    """Key tiles a query tile ``[m0, m0 + BLOCK_M)`` must visit, as ``BLOCK_N``-aligned bounds
+    ``start <= full_start <= full_end <= end``: tiles in ``[full_start, full_end)`` are entirely visible
+    (no elementwise mask), those in ``[start, full_start)`` and ``[full_end, end)`` are partly visible;
+    everything outside is hidden and skipped."""
+    off = T_K - T_Q  # query i sits at key position off + i
+    lo = off * 0
+    hi = T_K + 0
+    if CAUSAL:  # keys <= last query's position
+        hi = tl.minimum(hi, off + m0 + BLOCK_M)
+    if HAS_WINDOW:  # keys > first query's position - WINDOW
+        lo = tl.maximum(lo, off + m0 - WINDOW + 1)
+    if HAS_DOCS:  # keys within the extent of the documents of this tile's queries
+        rows = m0 + tl.arange(0, BLOCK_M)
+        in_range = rows < T_Q
+        lo = tl.maximum(lo, tl.min(tl.load(tok_lo_row + off + rows, mask=in_range, other=T_K), 0))
+        hi = tl.minimum(hi, tl.max(tl.load(tok_hi_row + off + rows, mask=in_range, other=0), 0))
+    hi = tl.maximum(hi, 0)
+    start = (lo // BLOCK_N) * BLOCK_N
+    end = tl.cdiv(hi, BLOCK_N) * BLOCK_N
+    if HAS_DOCS:  # document edges can fall anywhere: mask every tile
+        full_start = tl.maximum(end, start)
+        full_end = full_start
+    else:
+        full_start = start
+        if HAS_WINDOW:  # first key tile with k0 > last query's position - WINDOW
+            full_start = tl.maximum(
+                start, tl.cdiv(tl.maximum(off + m0 + BLOCK_M - WINDOW, 0), BLOCK_N) * BLOCK_N
+            )
+        full_end = (T_K // BLOCK_N) * BLOCK_N  # the ragged last key tile needs the mask
+        if CAUSAL:  # tiles whose last key <= first query's position
+            full_end = tl.minimum(full_end, (tl.maximum(off + m0 + 1, 0) // BLOCK_N) * BLOCK_N)
+        full_start = tl.minimum(full_start, end)
+        full_end = tl.minimum(tl.maximum(full_end, full_start), end)
+    return start, full_start, full_end, end
+
+
+@triton.jit
+def _fwd_tiles(
+    acc,
+    m_i,
+    l_i,
+    q,
+    q_pos,
+    doc_q,
+    k_base,
+    v_base,
+    doc_row,
+    stride_kt,
+    stride_vt,
+    start,
+    end,
+    T_K,
+    WINDOW,
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Online softmax over key tiles ``[start, end)``; scores are in log2 units (``qk_scale`` folds in
+    log2(e)), the running max ``m_i``, normaliser ``l_i`` and output ``acc`` stay in fp32."""
+    offs_d = tl.arange(0, BLOCK_D)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_base, offs_n, offs_d, stride_kt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if MASKED:
+            doc_k = offs_n
+            if HAS_DOCS:
+                doc_k = tl.load(doc_row + offs_n, mask=offs_n < T_K, other=0)
+            vis = _visible(
+                q_pos[:, None], offs_n[None, :], doc_q[:, None], doc_k[None, :], T_K, WINDOW,
+                CAUSAL, HAS_DOCS, HAS_WINDOW,
+            )  # fmt: skip
+            s = tl.where(vis, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_ref = m_new
+        p = tl.math.exp2(s - m_ref[:, None])
+        alpha = tl.math.exp2(m_i - m_ref)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_rows(v_base, offs_n, offs_d, stride_vt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    DOC,
+    TOK_LO,
+    TOK_HI,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    H_Q,
+    GROUP,
+    T_Q,
+    T_K,
+    WINDOW,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One program = one query tile of one (batch, query head). Writes O and the row log-sum-exp (log2
+    units; +inf for a row that sees no key, so the backward's probabilities come out as 0)."""
+    m0 = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = (bh // H_Q).to(tl.int64)
+    h = (bh % H_Q).to(tl.int64)
+    h_kv = h // GROUP  # GQA: the shared K/V head is indexed, never copied
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h_kv * stride_kh
+    v_base = V + b * stride_vb + h_kv * stride_vh
+    doc_row = DOC + b * T_K
+    tok_lo_row = TOK_LO + b * T_K
+    tok_hi_row = TOK_HI + b * T_K
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_pos = T_K - T_Q + offs_m
+    q = _load_rows(q_base, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST)
+    doc_q = q_pos
+    if HAS_DOCS:
+        doc_q = tl.load(doc_row + q_pos, mask=offs_m < T_Q, other=0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    start, full_start, full_end, end = _key_tiles(
+        m0, T_Q, T_K, WINDOW, tok_lo_row, tok_hi_row, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOCS, HAS_WINDOW
+    )
+    if HAS_DOCS or HAS_WINDOW:  # leading partly-visible tiles (window edge, documents)
+        acc, m_i, l_i = _fwd_tiles(
+            acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+            start, full_start, T_K, WINDOW, qk_scale,
+            BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+        )  # fmt: skip
+    if not HAS_DOCS:
+        acc, m_i, l_i = _fwd_tiles(  # fully visible tiles: no mask
+            acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+            full_start, full_end, T_K, WINDOW, qk_scale,
+            BLOCK_N, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+        )  # fmt: skip
+        acc, m_i, l_i = _fwd_tiles(  # trailing partly-visible tiles (diagonal, ragged end)
+            acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+            full_end, end, T_K, WINDOW, qk_scale,
+            BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+        )  # fmt: skip
+
+    empty = l_i == 0.0  # no visible key: output 0, not 0/0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    _store_rows(O + b * stride_ob + h * stride_oh, out, offs_m, offs_d, stride_ot, T_Q, HEAD_DIM, BLOCK_D)
+    tl.store(LSE + bh.to(tl.int64) * T_Q + offs_m, lse, mask=offs_m < T_Q)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    O,
+    DO,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_ot,
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    H_Q,
+    T_Q,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """``delta = rowsum(dO * O)`` in fp32: the softmax-Jacobian term both gradient kernels need."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh = tl.program_id(1)
+    b = (bh // H_Q).to(tl.int64)
+    h = (bh % H_Q).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_rows(
+        O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_ot, T_Q, HEAD_DIM, BLOCK_D, True, True
+    )
+    do = _load_rows(
+        DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, T_Q, HEAD_DIM, BLOCK_D, True, True
+    )
+    tl.store(DELTA + bh.to(tl.int64) * T_Q + offs_m, tl.sum(o * do, 1), mask=offs_m < T_Q)
+
+
+@triton.jit
+def _query_tiles(
+    n0,
+    T_Q,
+    T_K,
+    WINDOW,
+    tok_lo_row,
+    tok_hi_row,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+):
+    """Mirror of :func:`_key_tiles` for a key tile ``[n0, n0 + BLOCK_N)``: ``BLOCK_M``-aligned query
+    bounds ``start <= full_start <= full_end <= end``, fully visible in the middle range."""
+    off = T_K - T_Q
+    lo = off * 0
+    hi = T_Q + 0
+    if CAUSAL:  # queries at or after the first key
+        lo = tl.maximum(lo, n0 - off)
+    if HAS_WINDOW:  # queries whose window still reaches the last key
+        hi = tl.minimum(hi, n0 + BLOCK_N - 1 + WINDOW - off)
+    if HAS_DOCS:
+        keys = n0 + tl.arange(0, BLOCK_N)
+        in_range = keys < T_K
+        lo = tl.maximum(lo, tl.min(tl.load(tok_lo_row + keys, mask=in_range, other=T_K), 0) - off)
+        hi = tl.minimum(hi, tl.max(tl.load(tok_hi_row + keys, mask=in_range, other=0), 0) - off)
+    lo = tl.maximum(lo, 0)
+    hi = tl.maximum(hi, 0)
+    start = (lo // BLOCK_M) * BLOCK_M
+    end = tl.cdiv(hi, BLOCK_M) * BLOCK_M
+    if HAS_DOCS:
+        full_start = tl.maximum(end, start)
+        full_end = full_start
+    else:
+        full_start = start
+        if CAUSAL:  # query tiles whose first position >= the last key
+            full_start = tl.maximum(start, tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - off, 0), BLOCK_M) * BLOCK_M)
+        full_end = (T_Q // BLOCK_M) * BLOCK_M  # the ragged last query tile needs the mask
+        if HAS_WINDOW:  # query tiles whose last position < first key + WINDOW
+            full_end = tl.minimum(full_end, (tl.maximum(n0 + WINDOW - off, 0) // BLOCK_M) * BLOCK_M)
+        full_start = tl.minimum(full_start, end)
+        full_end = tl.minimum(tl.maximum(full_end, full_start), end)
+    return start, full_start, full_end, end
+
+
+@triton.jit
+def _dkdv_tiles(
+    dk,
+    dv,
+    k,
+    v,
+    offs_n,
+    doc_k,
+    q_base,
+    do_base,
+    lse_row,
+    delta_row,
+    doc_row,
+    stride_qt,
+    stride_dot,
+    start,
+    end,
+    T_Q,
+    T_K,
+    WINDOW,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Accumulate dK, dV of one key tile over query tiles ``[start, end)`` of one query head, working
+    on transposed scores ``(BLOCK_N, BLOCK_M)`` so the results land in key-major layout."""
+    offs_d = tl.arange(0, BLOCK_D)
+    for m0 in range(start, end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        q = _load_rows(q_base, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        do = _load_rows(do_base, offs_m, offs_d, stride_dot, T_Q, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        if MASKED:
+            lse = tl.load(lse_row + offs_m, mask=offs_m < T_Q, other=float("inf"))
+            delta = tl.load(delta_row + offs_m, mask=offs_m < T_Q, other=0.0)
+        else:
+            lse = tl.load(lse_row + offs_m)
+            delta = tl.load(delta_row + offs_m)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        p_t = tl.math.exp2(s_t - lse[None, :])  # recomputed probabilities, from the saved LSE
+        if MASKED:
+            q_pos = T_K - T_Q + offs_m
+            doc_q = q_pos
+            if HAS_DOCS:
+                doc_q = tl.load(doc_row + q_pos, mask=offs_m < T_Q, other=0)
+            vis = _visible(
+                q_pos[None, :], offs_n[:, None], doc_q[None, :], doc_k[:, None], T_K, WINDOW,
+                CAUSAL, HAS_DOCS, HAS_WINDOW,
+            )  # fmt: skip
+            p_t = tl.where(vis & (offs_m[None, :] < T_Q), p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    DOC,
+    TOK_LO,
+    TOK_HI,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dkb,
+    stride_dkh,
+    stride_dkt,
+    stride_dvb,
+    stride_dvh,
+    stride_dvt,
+    H_Q,
+    H_KV,
+    GROUP,
+    T_Q,
+    T_K,
+    WINDOW,
+    qk_scale,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One program = one key tile of one (batch, K/V head); it loops over the ``GROUP`` query heads that
+    share the K/V head and over their visible query tiles, so dK/dV need neither atomics nor a copy."""
+    n0 = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = (bh // H_KV).to(tl.int64)
+    h_kv = (bh % H_KV).to(tl.int64)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(
+        K + b * stride_kb + h_kv * stride_kh, offs_n, offs_d, stride_kt, T_K, HEAD_DIM, BLOCK_D, True, UPCAST
+    )
+    v = _load_rows(
+        V + b * stride_vb + h_kv * stride_vh, offs_n, offs_d, stride_vt, T_K, HEAD_DIM, BLOCK_D, True, UPCAST
+    )
+    doc_row = DOC + b * T_K
+    doc_k = offs_n
+    if HAS_DOCS:
+        doc_k = tl.load(doc_row + offs_n, mask=offs_n < T_K, other=0)
+    start, full_start, full_end, end = _query_tiles(
+        n0,
+        T_Q,
+        T_K,
+        WINDOW,
+        TOK_LO + b * T_K,
+        TOK_HI + b * T_K,
+        BLOCK_M,
+        BLOCK_N,
+        CAUSAL,
+        HAS_DOCS,
+        HAS_WINDOW,
+    )
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for g in range(GROUP):
+        h = h_kv * GROUP + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_dob + h * stride_doh
+        lse_row = LSE + (b * H_Q + h) * T_Q
+        delta_row = DELTA + (b * H_Q + h) * T_Q
+        dk, dv = _dkdv_tiles(  # leading partly-visible query tiles (diagonal; everything with documents)
+            dk, dv, k, v, offs_n, doc_k, q_base, do_base, lse_row, delta_row, doc_row, stride_qt, stride_dot,
+            start, full_start, T_Q, T_K, WINDOW, qk_scale,
+            BLOCK_M, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+        )  # fmt: skip
+        if not HAS_DOCS:
+            dk, dv = _dkdv_tiles(  # fully visible query tiles
+                dk, dv, k, v, offs_n, doc_k, q_base, do_base, lse_row, delta_row, doc_row, stride_qt,
+                stride_dot, full_start, full_end, T_Q, T_K, WINDOW, qk_scale,
+                BLOCK_M, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+            )  # fmt: skip
+            dk, dv = _dkdv_tiles(  # trailing partly-visible query tiles (window edge, ragged end)
+                dk, dv, k, v, offs_n, doc_k, q_base, do_base, lse_row, delta_row, doc_row, stride_qt,
+                stride_dot, full_end, end, T_Q, T_K, WINDOW, qk_scale,
+                BLOCK_M, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+            )  # fmt: skip
+    _store_rows(
+        DK + b * stride_dkb + h_kv * stride_dkh,
+        dk * sm_scale,
+        offs_n,
+        offs_d,
+        stride_dkt,
+        T_K,
+        HEAD_DIM,
+        BLOCK_D,
+    )
+    _store_rows(
+        DV + b * stride_dvb + h_kv * stride_dvh, dv, offs_n, offs_d, stride_dvt, T_K, HEAD_DIM, BLOCK_D
+    )
+
+
+@triton.jit
+def _dq_tiles(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    q_pos,
+    doc_q,
+    k_base,
+    v_base,
+    doc_row,
+    stride_kt,
+    stride_vt,
+    start,
+    end,
+    T_K,
+    WINDOW,
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Accumulate dQ of one query tile over key tiles ``[start, end)``."""
+    offs_d = tl.arange(0, BLOCK_D)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_base, offs_n, offs_d, stride_kt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        v = _load_rows(v_base, offs_n, offs_d, stride_vt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.math.exp2(s - lse[:, None])
+        if MASKED:
+            doc_k = offs_n
+            if HAS_DOCS:
+                doc_k = tl.load(doc_row + offs_n, mask=offs_n < T_K, other=0)
+            vis = _visible(
+                q_pos[:, None], offs_n[None, :], doc_q[:, None], doc_k[None, :], T_K, WINDOW,
+                CAUSAL, HAS_DOCS, HAS_WINDOW,
+            )  # fmt: skip
+            p = tl.where(vis, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    DOC,
+    TOK_LO,
+    TOK_HI,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_kt,
+    stride_vb,
+    stride_vh,
+    stride_vt,
+    stride_dob,
+    stride_doh,
+    stride_dot,
+    stride_dqb,
+    stride_dqh,
+    stride_dqt,
+    H_Q,
+    GROUP,
+    T_Q,
+    T_K,
+    WINDOW,
+    qk_scale,
+    sm_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One program = one query tile of one (batch, query head); same tile walk as the forward."""
+    m0 = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = (bh // H_Q).to(tl.int64)
+    h = (bh % H_Q).to(tl.int64)
+    h_kv = h // GROUP
+    k_base = K + b * stride_kb + h_kv * stride_kh
+    v_base = V + b * stride_vb + h_kv * stride_vh
+    doc_row = DOC + b * T_K
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_pos = T_K - T_Q + offs_m
+    q = _load_rows(
+        Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST
+    )
+    do = _load_rows(
+        DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST
+    )
+    lse = tl.load(LSE + bh.to(tl.int64) * T_Q + offs_m, mask=offs_m < T_Q, other=float("inf"))
+    delta = tl.load(DELTA + bh.to(tl.int64) * T_Q + offs_m, mask=offs_m < T_Q, other=0.0)
+    doc_q = q_pos
+    if HAS_DOCS:
+        doc_q = tl.load(doc_row + q_pos, mask=offs_m < T_Q, other=0)
+    start, full_start, full_end, end = _key_tiles(
+        m0,
+        T_Q,
+        T_K,
+        WINDOW,
+        TOK_LO + b * T_K,
+        TOK_HI + b * T_K,
+        BLOCK_M,
+        BLOCK_N,
+        CAUSAL,
+        HAS_DOCS,
+        HAS_WINDOW,
+    )
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if HAS_DOCS or HAS_WINDOW:
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+            start, full_start, T_K, WINDOW, qk_scale,
+            BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+        )  # fmt: skip
+    if not HAS_DOCS:
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+            full_start, full_end, T_K, WINDOW, qk_scale,
+            BLOCK_N, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+        )  # fmt: skip
+        dq = _dq_tiles(
+            dq, q, do, lse, delta, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+            full_end, end, T_K, WINDOW, qk_scale,
+            BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+        )  # fmt: skip
+    _store_rows(
+        DQ + b * stride_dqb + h * stride_dqh,
+        dq * sm_scale,
+        offs_m,
+        offs_d,
+        stride_dqt,
+        T_Q,
+        HEAD_DIM,
+        BLOCK_D,
+    )
+
+
+# ============================================================================================ launchers
+def _doc_extents(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each token, the first position and one past the last position of its document in its row,
+    ``(B, Tk)`` int32 each. Keys outside that extent cannot share the token's document, so the kernels
+    skip tiles outside the union of their rows' extents. Works for any id layout (a document need not be
+    one contiguous run) and stays on the device (no host sync)."""
+    B, T = doc_ids.shape
+    sorted_ids, order = doc_ids.sort(dim=1, stable=True)
+    starts = torch.ones_like(sorted_ids, dtype=torch.long)
+    starts[:, 1:] = (sorted_ids[:, 1:] != sorted_ids[:, :-1]).long()
+    group = torch.empty_like(starts).scatter_(1, order, starts.cumsum(1) - 1)  # (B, T) document index
+    pos = torch.arange(T, device=doc_ids.device).expand(B, T)
+    first = torch.full((B, T), T, device=doc_ids.device).scatter_reduce(1, group, pos, "amin")
+    last = torch.full((B, T), -1, device=doc_ids.device).scatter_reduce(1, group, pos, "amax")
+    return first.gather(1, group).int().contiguous(), (last.gather(1, group) + 1).int().contiguous()
+
+
+def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """The kernels take any batch/head/time strides but need unit stride along the head dim."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check_inputs(q, k, v, doc_ids, window) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            "attention_triton: q, k, v must be 4-D (B, H, T, D); "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    B, Hq, Tq, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(
+            f"attention_triton: k and v must be (B={B}, Hkv, Tk, D={D}); got {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if Hq % k.shape[1] != 0:
+        raise ValueError(
+            f"attention_triton: query heads ({Hq}) must be a multiple of key/value heads ({k.shape[1]})"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(
+            f"attention_triton: q, k, v must share one dtype of float16/bfloat16/float32; "
+            f"got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if not (q.device == k.device == v.device):
+        raise ValueError("attention_triton: q, k, v must be on one device")
+    padded_head_dim(D)
+    if q.device.type != "cuda" and not triton.knobs.runtime.interpret:
+        raise RuntimeError(
+            "attention_triton on CPU tensors runs only under the Triton interpreter: set TRITON_INTERPRET=1 "
+            "before triton is imported (or use fastgpt.ops with the torch backend)"
+        )
+    if window is not None and window < 1:
+        raise ValueError(f"attention_triton: window must be >= 1 token; got {window}")
+    if doc_ids is not None:
+        if tuple(doc_ids.shape) != (B, k.shape[2]):
+            raise ValueError(
+                f"attention_triton: doc_ids must be (B, Tk) = ({B}, {k.shape[2]}); got {tuple(doc_ids.shape)}"
+            )
+        if Tq > k.shape[2]:
+            raise ValueError(f"attention_triton: doc_ids need Tq <= Tk; got Tq={Tq}, Tk={k.shape[2]}")
+
+
+def _kernel_flags(q: torch.Tensor, causal: bool, has_docs: bool, window: int | None) -> dict:
+    """The constexpr arguments every attention kernel takes."""
+    return dict(
+        HEAD_DIM=q.shape[-1],
+        BLOCK_D=padded_head_dim(q.shape[-1]),
+        CAUSAL=causal,
+        HAS_DOCS=has_docs,
+        HAS_WINDOW=window is not None,
+        UPCAST=q.dtype == torch.bfloat16 and not q.is_cuda,  # the interpreter's bf16 arithmetic is wrong
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 inputs get full fp32 dots
+    )
+
+
+def _tiles_for(q: torch.Tensor) -> dict[str, TileConfig]:
+    arch = arch_family(torch.cuda.get_device_capability(q.device)) if q.is_cuda else None
+    return tile_configs(q.shape[-1], arch)
+
+
+def _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags):
+    """Launch the forward kernel; returns ``o (B, Hq, Tq, D)`` and ``lse (B, Hq, Tq)`` fp32 (log2)."""
+    B, Hq, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, Hq, Tq), dtype=torch.float32, device=q.device)
+    doc, tok_lo, tok_hi = docs if docs is not None else (lse, lse, lse)  # unused placeholders
+    cfg = tiles["fwd"]
+    grid = (triton.cdiv(Tq, cfg.block_m), B * Hq)
+    _attn_fwd_kernel[grid](
+        q, k, v, o, lse, doc, tok_lo, tok_hi,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+        Hq, Hq // Hkv, Tq, Tk, window or 0, scale * _LOG2E,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **flags,
+    )  # fmt: skip
+    return o, lse
+
+
+_LOG2E = 1.4426950408889634
+
+
+def _attention_backward(q, k, v, o, lse, do, docs, window, scale, tiles, flags):
+    """Launch delta, dK/dV and dQ kernels; gradients come back in the inputs' dtypes."""
+    B, Hq, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    delta = torch.empty_like(lse)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    doc, tok_lo, tok_hi = docs if docs is not None else (lse, lse, lse)  # unused placeholders
+    _attn_bwd_preprocess_kernel[(triton.cdiv(Tq, _PREPROCESS_BLOCK_M), B * Hq)](
+        o, do, delta, *o.stride()[:3], *do.stride()[:3], Hq, Tq,
+        HEAD_DIM=D, BLOCK_D=flags["BLOCK_D"], BLOCK_M=_PREPROCESS_BLOCK_M,
+    )  # fmt: skip
+    scales = (scale * _LOG2E, scale)
+    cfg = tiles["bwd_dkdv"]
+    _attn_bwd_dkdv_kernel[(triton.cdiv(Tk, cfg.block_n), B * Hkv)](
+        q, k, v, do, lse, delta, dk, dv, doc, tok_lo, tok_hi,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
+        Hq, Hkv, Hq // Hkv, Tq, Tk, window or 0, *scales,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **flags,
+    )  # fmt: skip
+    cfg = tiles["bwd_dq"]
+    _attn_bwd_dq_kernel[(triton.cdiv(Tq, cfg.block_m), B * Hq)](
+        q, k, v, do, lse, delta, dq, doc, tok_lo, tok_hi,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        Hq, Hq // Hkv, Tq, Tk, window or 0, *scales,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **flags,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+class FlashAttention(torch.autograd.Function):
+    """Flash attention with the semantics of :func:`attention_reference` (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, doc_ids, window, scale: float):
+        q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
+        docs = None
+        if doc_ids is not None:
+            docs = (doc_ids.to(torch.int32).contiguous(), *_doc_extents(doc_ids))
+        tiles = _tiles_for(q)
+        flags = _kernel_flags(q, causal, docs is not None, window)
+        o, lse = _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags)
+        ctx.save_for_backward(q, k, v, o, lse, *(docs or ()))
+        ctx.attrs = (causal, window, scale, tiles, flags)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, *docs = ctx.saved_tensors
+        causal, window, scale, tiles, flags = ctx.attrs
+        dq, dk, dv = _attention_backward(
+            q, k, v, o, lse, _rows_contiguous(do), docs or None, window, scale, tiles, flags
+        )
+        return dq, dk, dv, None, None, None, None
+
+
+def attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    doc_ids: torch.Tensor | None = None,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Flash attention in Triton: q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` -> ``(B, Hq, Tq, D)``.
+
+    Same semantics as :func:`attention_reference`. Head dims 32, 64, 96, 128; any sequence lengths;
+    float16/bfloat16 (fp32 accumulation) and float32. Differentiable in q, k and v.
+    """
+    _check_inputs(q, k, v, doc_ids, window)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return FlashAttention.apply(q, k, v, causal, doc_ids, window, scale)
