@@ -392,6 +392,38 @@ class ChatFormat:
             raise ConversationError("this chat format has no tool tokens")
         return [self.tool_output_start_id, *self.tokenizer.encode(text), self.tool_output_end_id]
 
+    def parse_reply(self, tokens: list[int]) -> list[Message]:
+        """The messages an assistant reply (the tokens after :meth:`render_prompt`, stop token
+        excluded) stands for: ``[assistant]``, or with tool calls ``[assistant+call, tool, ...,
+        assistant]`` -- what a chat history or a server appends."""
+        decode = self.tokenizer.decode
+        if not self.supports_tools:
+            return [{"role": "assistant", "content": decode(tokens)}]
+        messages: list[Message] = []
+        text: list[int] = []
+        i = 0
+        while i < len(tokens):
+            tok = tokens[i]
+            if tok == self.tool_call_start_id and self.tool_call_end_id in tokens[i + 1 :]:
+                end = tokens.index(self.tool_call_end_id, i + 1)
+                call = calculator_call(decode(tokens[i + 1 : end]))
+                messages.append({"role": "assistant", "content": decode(text), "tool_calls": [call]})
+                text, i = [], end + 1
+                if i < len(tokens) and tokens[i] == self.tool_output_start_id:
+                    out_end = (
+                        tokens.index(self.tool_output_end_id, i + 1)
+                        if self.tool_output_end_id in tokens[i:]
+                        else len(tokens)
+                    )
+                    messages.append({"role": "tool", "content": decode(tokens[i + 1 : out_end])})
+                    i = out_end + 1
+                continue
+            text.append(tok)
+            i += 1
+        if text or not messages or messages[-1]["role"] == "tool":
+            messages.append({"role": "assistant", "content": decode(text)})
+        return messages
+
     @staticmethod
     def for_model(source: Any) -> ChatFormat:
         """The chat format of a model dir (or of a tokenizer object / tokenizer dir).

@@ -1,0 +1,190 @@
+"""``fastgpt chat``: talk to a model in the terminal.
+
+    fastgpt chat --model out/sft/model                    # interactive, streamed replies
+    fastgpt chat --model out/sft/model --prompt "Hi!"     # one reply on stdout, for scripts
+
+Interactive commands: ``/reset`` (forget the conversation), ``/temp 0.7`` (sampling temperature),
+``/system TEXT`` (set the system message and reset), ``/quit``. Multi-line input: end a line with
+``\\`` to continue it, or enclose a block between two lines of ``\"\"\"``. Calculator calls the
+model makes are run and shown inline as ``[calculator: EXPR = RESULT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
+
+__all__ = ["StreamPrinter", "main", "read_message"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastgpt chat", description="Chat with a model in the terminal.")
+    p.add_argument(
+        "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
+    )
+    p.add_argument("--prompt", help="send this one message, print the reply and exit")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--max_tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no_tools", action="store_true", help="do not run calculator calls")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
+    return p
+
+
+def read_message(lines: Iterator[str], prompt: Callable[[str], None]) -> str | None:
+    """One user message from ``lines`` (None at end of input), joining ``\\``-continued lines and
+    ``\"\"\"`` blocks."""
+    prompt("you> ")
+    try:
+        line = next(lines)
+    except StopIteration:
+        return None
+    line = line.rstrip("\n")
+    if line.strip() == '"""':
+        block = []
+        for more in lines:
+            if more.rstrip("\n").strip() == '"""':
+                break
+            block.append(more.rstrip("\n"))
+        return "\n".join(block)
+    parts = []
+    while line.endswith("\\"):
+        parts.append(line[:-1])
+        prompt("...  ")
+        line = next(lines, "").rstrip("\n")
+    parts.append(line)
+    return "\n".join(parts)
+
+
+class StreamPrinter:
+    """Prints a streamed reply: text as soon as it decodes to whole characters, tool calls as
+    ``[calculator: EXPR = RESULT]``, nothing for the stop token."""
+
+    def __init__(self, tokenizer: Any, chat_format: Any, out: TextIO):
+        self.tok, self.fmt, self.out = tokenizer, chat_format, out
+        self.pending: list[int] = []  # text tokens not yet printed (an incomplete UTF-8 character)
+        self.special = {
+            chat_format.tool_call_start_id: "[calculator: ",
+            chat_format.tool_call_end_id: " = ",
+            chat_format.tool_output_start_id: "",
+            chat_format.tool_output_end_id: "]",
+        }
+        self.special.pop(None, None)
+
+    def feed(self, token: int) -> None:
+        if token in self.fmt.stop_ids:
+            return
+        if token in self.special:
+            self.flush()
+            self.out.write(self.special[token])
+        else:
+            self.pending.append(token)
+            text = self.tok.decode(self.pending)
+            if not text.endswith("\ufffd"):
+                self.out.write(text)
+                self.pending = []
+        self.out.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.out.write(self.tok.decode(self.pending))
+            self.pending = []
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    from fastgpt.conversation import ChatFormat
+    from fastgpt.engine import Engine
+    from fastgpt.model import from_pretrained
+    from fastgpt.tokenizer import Tokenizer
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = from_pretrained(args.model, dtype=dtype, device=args.device)
+    tokenizer = Tokenizer.load(args.model)
+    return Engine(model, tokenizer, chat_format=ChatFormat.for_model(args.model))
+
+
+def _reply(engine, messages: list[dict], settings: dict, out: TextIO) -> list[dict]:
+    """Stream one assistant reply to ``out``; return the messages it adds to the history."""
+    fmt = engine.chat_format
+    printer = StreamPrinter(engine.tokenizer, fmt, out)
+    tokens = []
+    for token in engine.stream(fmt.render_prompt(messages), stop_ids=fmt.stop_ids, **settings):
+        tokens.append(token)
+        printer.feed(token)
+    printer.flush()
+    out.write("\n")
+    out.flush()
+    if tokens and tokens[-1] in fmt.stop_ids:
+        tokens = tokens[:-1]
+    return fmt.parse_reply(tokens)
+
+
+def chat_loop(engine, settings: dict, system: str | None, lines: Iterable[str], out: TextIO) -> None:
+    """The interactive loop (``lines`` is stdin in use, a list in tests)."""
+    base = [{"role": "system", "content": system}] if system else []
+    messages = list(base)
+    it = iter(lines)
+    show = lambda s: (out.write(s), out.flush())
+    show('Chatting. /reset, /temp T, /system TEXT, /quit; end a line with \\ or use """ for several lines.\n')
+    while True:
+        text = read_message(it, show)
+        if text is None or text.strip() in ("/quit", "/exit"):
+            show("\n" if text is None else "")
+            return
+        command, _, arg = text.strip().partition(" ")
+        if command == "/reset":
+            messages = list(base)
+            show("(conversation reset)\n")
+            continue
+        if command == "/temp":
+            try:
+                settings["temperature"] = max(0.0, float(arg))
+                show(f"(temperature {settings['temperature']})\n")
+            except ValueError:
+                show("(usage: /temp 0.7)\n")
+            continue
+        if command == "/system":
+            base = [{"role": "system", "content": arg}] if arg else []
+            messages = list(base)
+            show("(system message set; conversation reset)\n")
+            continue
+        if not text.strip():
+            continue
+        messages.append({"role": "user", "content": text})
+        show("assistant> ")
+        try:
+            messages += _reply(engine, messages, settings, out)
+        except ValueError as e:  # e.g. the conversation outgrew the context
+            show(f"\n(error: {e}; use /reset)\n")
+            messages.pop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    engine = _load(args)
+    settings = dict(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        tools=not args.no_tools and engine.chat_format.supports_tools,
+    )
+    if args.prompt is not None:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        _reply(engine, [*messages, {"role": "user", "content": args.prompt}], settings, sys.stdout)
+        return 0
+    chat_loop(engine, settings, args.system, sys.stdin, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
