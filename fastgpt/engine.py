@@ -289,7 +289,7 @@ class Engine:
         text_tokens = row.tokens[:-1] if row.finish_reason == "stop" else row.tokens
         return Completion(
             tokens=list(row.tokens),
-            text=self.tokenizer.decode(text_tokens),
+            text=self.tokenizer.decode(text_tokens) if self.tokenizer is not None else "",
             finish_reason=row.finish_reason or "length",
             logprobs=list(row.logprobs) if logprobs else None,
             sampled=list(row.sampled),
