@@ -251,7 +251,10 @@ def format_for(source: Any) -> ChatFormat:
         template, special = read_template(model_dir)
     else:
         model_dir, tokenizer = None, source
-        template, special = getattr(tokenizer, "chat_template", None), {}
+        # fastgpt.Tokenizer keeps the chat_template.jinja it was loaded with
+        template = getattr(tokenizer, "chat_template", None) or getattr(tokenizer, "_chat_template", None)
+        config = getattr(tokenizer, "_hf_config", None) or {}
+        special = {k: t for k in _SPECIAL_KEYS if (t := _token_text(config.get(k))) is not None}
     if template is None or template.strip() == FASTGPT_CHAT_TEMPLATE:
         if _has_fastgpt_tokens(tokenizer):
             return SpecialTokenFormat(tokenizer)

@@ -1,0 +1,175 @@
+"""Chat rendering: loss masks token by token, truncation, jinja templates, and parity with transformers'
+``apply_chat_template`` (ids, generation prompt, and its own assistant masks)."""
+
+import pytest
+
+from fastgpt.chat.template import TemplateFormat, export_chat_template
+from fastgpt.conversation import (
+    FASTGPT_CHAT_TEMPLATE,
+    ChatFormat,
+    ConversationError,
+    ConversationTooLong,
+    SpecialTokenFormat,
+    calculator_call,
+)
+from fastgpt.tokenizer import Tokenizer
+
+CORPUS = [
+    "system user assistant Hello there! What is 12*7? It is 84. Who are you? I am fastgpt. é ü 日本 " * 20
+]
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Hi! Who are you?"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 12*7?"},
+        {"role": "assistant", "content": "Let me compute:", "tool_calls": [calculator_call("12*7")]},
+        {"role": "tool", "content": "84"},
+        {"role": "assistant", "content": " It is 84."},
+        {"role": "user", "content": "Who are you? é ü"},
+        {"role": "assistant", "content": "I am fastgpt. 日本"},
+    ],
+    [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "  spaces  \n and newlines\n"},
+        {"role": "assistant", "content": ""},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train(CORPUS, vocab_size=320, special_tokens=["<|im_start|>", "<|im_end|>"])
+
+
+def test_mask_token_by_token(tok):
+    t, enc = tok.token_id, tok.encode
+    msgs = CONVERSATIONS[1]
+    # expected: assembled by hand, piece by piece, with the mask each piece must have
+    pieces = [
+        ([t("<|bos|>")], 0),
+        ([t("<|system_start|>"), *enc("Be brief."), t("<|system_end|>")], 0),
+        ([t("<|user_start|>"), *enc("What is 12*7?"), t("<|user_end|>")], 0),
+        ([t("<|assistant_start|>")], 0),
+        ([*enc("Let me compute:"), t("<|tool_call_start|>"), *enc("12*7"), t("<|tool_call_end|>")], 1),
+        ([t("<|tool_output_start|>"), *enc("84"), t("<|tool_output_end|>")], 0),
+        ([*enc(" It is 84."), t("<|assistant_end|>")], 1),
+        ([t("<|user_start|>"), *enc("Who are you? é ü"), t("<|user_end|>")], 0),
+        ([t("<|assistant_start|>")], 0),
+        ([*enc("I am fastgpt. 日本"), t("<|assistant_end|>")], 1),
+    ]
+    expected_ids = [i for ids, _ in pieces for i in ids]
+    expected_mask = [m for ids, m in pieces for _ in ids]
+    ids, mask = SpecialTokenFormat(tok).render(msgs)
+    assert ids == expected_ids
+    assert mask == expected_mask
+
+
+@pytest.mark.parametrize("k", range(len(CONVERSATIONS)))
+def test_jinja_rendering_of_fastgpt_template_matches_the_token_builder(tok, k):
+    """Two independent implementations (ids assembled by id vs template text split on special tokens)."""
+    direct, templated = SpecialTokenFormat(tok), TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE)
+    assert direct.render(CONVERSATIONS[k]) == templated.render(CONVERSATIONS[k])
+    prompt = CONVERSATIONS[k][:-1]
+    assert direct.render_prompt(prompt) == templated.render_prompt(prompt)
+    assert templated.stop_ids >= {tok.token_id("<|assistant_end|>")}
+
+
+def test_truncation_keeps_whole_turns(tok):
+    fmt = SpecialTokenFormat(tok)
+    msgs = CONVERSATIONS[1]
+    full_ids, full_mask = fmt.render(msgs)
+    first_turn_end = len(fmt.render(msgs[:5])[0])
+    for max_len in (first_turn_end, first_turn_end + 3, len(full_ids) - 1):
+        r = fmt.render_truncated(msgs, max_len)
+        assert r.ids == full_ids[:first_turn_end] and r.loss_mask == full_mask[:first_turn_end]
+        assert r.ids[-1] == tok.token_id("<|assistant_end|>") and r.dropped_turns == 1
+    assert fmt.render(msgs, max_len=len(full_ids)) == (full_ids, full_mask)
+    with pytest.raises(ConversationTooLong):
+        fmt.render(msgs, max_len=first_turn_end - 1)
+
+
+def test_prompt_and_reply_round_trip(tok):
+    fmt = SpecialTokenFormat(tok)
+    msgs = CONVERSATIONS[1]
+    prompt = fmt.render_prompt(msgs[:2])
+    assert prompt[-1] == tok.token_id("<|assistant_start|>")
+    full = fmt.render(msgs[:5])[0]
+    reply = full[len(prompt) : -1]  # what the model (with the engine's tool output) writes, minus the stop
+    assert fmt.parse_reply(reply) == msgs[2:5]
+    # a prompt that ends with a tool result continues the assistant's turn (no new assistant start)
+    assert fmt.render_prompt(msgs[:4]) == full[: len(fmt.render_prompt(msgs[:4]))]
+    assert fmt.render_prompt(msgs[:4])[-1] == tok.token_id("<|tool_output_end|>")
+    with pytest.raises(ConversationError, match="must end with a user message"):
+        fmt.render_prompt(
+            msgs[:3] + [{"role": "tool", "content": "84"}, {"role": "assistant", "content": "x"}]
+        )
+
+
+def test_unsupported_tool_in_fastgpt_format(tok):
+    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+    msgs = [{"role": "user", "content": "w?"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    msgs += [{"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]
+    with pytest.raises(ConversationError, match="calculator"):
+        SpecialTokenFormat(tok).render(msgs)
+
+
+def test_exported_fastgpt_template_renders_the_same_ids_in_transformers(tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok.save(tmp_path)
+    export_chat_template(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    fmt = ChatFormat.for_model(tmp_path)
+    assert isinstance(fmt, SpecialTokenFormat)
+    for msgs in CONVERSATIONS:
+        ids = hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+        assert list(ids) == fmt.render(msgs)[0]
+        prompt = hf.apply_chat_template(
+            msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=True
+        )
+        assert list(prompt["input_ids"]) == fmt.render_prompt(msgs[:-1])
+
+
+# A ChatML template in the style of SmolLM2's (default system prompt when none is given), with
+# transformers' {% generation %} markers so transformers itself computes the assistant mask.
+CHATML = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_model_dir_template_matches_transformers_ids_and_assistant_masks(tok, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tok.save(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
+    fmt = ChatFormat.for_model(tmp_path)
+    assert isinstance(fmt, TemplateFormat)
+    assert fmt.stop_ids >= {tok.token_id("<|im_end|>")}
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for msgs in (CONVERSATIONS[0], CONVERSATIONS[2], [{"role": "system", "content": "S"}, *CONVERSATIONS[0]]):
+        ref = hf.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, mask = fmt.render(msgs)
+        assert ids == list(ref["input_ids"])
+        assert mask == list(ref["assistant_masks"])
+        prompt = hf.apply_chat_template(
+            msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=True
+        )
+        assert fmt.render_prompt(msgs[:-1]) == list(prompt["input_ids"])
+
+
+def test_template_that_is_not_prefix_stable_is_refused(tok):
+    # renders only the last assistant message's content: earlier renders are not prefixes of later ones
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'user' or loop.last %}{{ m['content'] }}{% endif %}"
+        "{% endfor %}<|assistant_end|>{% if add_generation_prompt %}<|assistant_start|>{% endif %}"
+    )
+    fmt = TemplateFormat(tok, template)
+    with pytest.raises(ConversationError, match="prefixes"):
+        fmt.render(CONVERSATIONS[2])
