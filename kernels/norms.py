@@ -1,14 +1,45 @@
-"""RMSNorm, fused residual-add RMSNorm and LayerNorm: torch references (Triton kernels beside them).
+"""RMSNorm, fused residual-add RMSNorm and LayerNorm: Triton kernels and their torch references.
 
 Statistics are always computed in fp32, whatever the input dtype, and the result is cast back.
+
+Kernel design (one program per row in the forward, one program per *group of rows* in the backward):
+
+- Forward: a row of ``H`` elements is loaded once into registers (``BLOCK_H`` = next power of two >= H,
+  masked tail), reduced in fp32 to ``rstd`` (and ``mean`` for LayerNorm), normalised and stored. The
+  per-row statistics (``4`` or ``8`` bytes per row) are saved for the backward, so the backward never
+  recomputes a reduction over the row twice.
+- The fused ``add_rms_norm`` variant adds the residual stream in the same pass and writes the new
+  residual, saving one full read+write of the activations per sub-layer.
+- Backward: ``dx`` needs only its own row, but ``dweight``/``dbias`` are sums over *all* rows. Each of
+  ``P`` programs (about the number of SMs) walks a contiguous group of rows, accumulates its partial
+  ``dweight``/``dbias`` in fp32 registers and writes one ``(P, H)`` partial row; a final torch ``sum(0)``
+  over ``P`` rows finishes the reduction. No atomics, so the result is deterministic.
+- ``weight=None`` (and ``bias=None``) run the same kernels with ones (zeros); their gradients are then
+  simply not returned.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+from fastgpt.kernels._aot import aot_config
+
+__all__ = [
+    "AOT_CONFIGS",
+    "MAX_HIDDEN",
+    "add_rms_norm_reference",
+    "add_rms_norm_triton",
+    "layer_norm_reference",
+    "layer_norm_triton",
+    "norm_block_config",
+    "rms_norm_reference",
+    "rms_norm_triton",
+]
 
 
+# ------------------------------------------------------------------------------------- torch references
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
@@ -31,3 +62,409 @@ def layer_norm_reference(
     w = None if weight is None else weight.float()
     b = None if bias is None else bias.float()
     return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------ block sizes
+# The whole row sits in registers. 16384 covers every hidden size in use (Llama-3-405B: 16384); wider rows
+# get a clear error instead of a kernel that spills most of its row (see docs/kernels.md, AOT table).
+MAX_HIDDEN = 16384
+MIN_BLOCK_H = 64
+BLOCK_H_CHOICES = tuple(1 << p for p in range(6, 15))  # 64 .. 16384: all the launchers can pick
+
+
+def norm_block_config(n_cols: int) -> tuple[int, int, int]:
+    """``(BLOCK_H, forward num_warps, backward num_warps)`` for rows of ``n_cols`` elements.
+
+    ``BLOCK_H`` is the next power of two (the tail is masked). Warps grow with the row so each thread holds
+    8-16 fp32 values per live row vector: enough to keep the load/store units busy, few enough to stay
+    clear of spills. The backward keeps ~5 row vectors live, so up to 8192 it stops at 16 warps (128
+    registers per thread allowed) rather than 32 (64 allowed). A 16384 row needs all 32 warps and its
+    backward spills a few hundred bytes per thread (the AOT table in docs/kernels.md shows it).
+    """
+    if n_cols < 1 or n_cols > MAX_HIDDEN:
+        raise ValueError(f"norms: hidden size must be in 1..{MAX_HIDDEN}, got {n_cols}")
+    block = max(triton.next_power_of_2(n_cols), MIN_BLOCK_H)
+    forward_warps = min(max(block // 256, 1), 32)
+    backward_warps = min(max(block // 256, 1), 16) if block <= 8192 else 32
+    return block, forward_warps, backward_warps
+
+
+def _reduction_programs(n_rows: int, device: torch.device) -> tuple[int, int]:
+    """``(programs, rows_per_program)`` for the backward's partial weight-gradient sums: about two
+    programs per SM on a GPU (a handful under the interpreter, enough to exercise the reduction)."""
+    if device.type == "cuda":
+        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 4
+    rows_per_program = triton.cdiv(n_rows, min(n_rows, target))
+    return triton.cdiv(n_rows, rows_per_program), rows_per_program
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _rms_norm_fwd_kernel(
+    X,
+    RES,
+    W,
+    Y,
+    RES_OUT,
+    RSTD,
+    stride_x,
+    stride_res,
+    stride_y,
+    stride_res_out,
+    n_cols,
+    eps,
+    BLOCK_H: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(RES + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
+        # Round the new residual to its storage dtype first: the norm must see what the next layer sees.
+        h = (x + r).to(RES_OUT.dtype.element_ty)
+        tl.store(RES_OUT + row * stride_res_out + cols, h, mask=mask)
+        x = h.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    tl.store(RSTD + row, rstd)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * stride_y + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(
+    DY,
+    X,
+    W,
+    RSTD,
+    DRES,
+    DX,
+    DW_PARTIAL,
+    stride_dy,
+    stride_x,
+    stride_dres,
+    stride_dx,
+    n_rows,
+    n_cols,
+    rows_per_program,
+    BLOCK_H: tl.constexpr,
+    HAS_DRESIDUAL: tl.constexpr,
+):
+    """dx = rstd * (w*dy - xhat * mean(xhat * w*dy)) [+ dresidual]; partial dw = sum_rows dy * xhat."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < n_cols
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_H], dtype=tl.float32)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    first = row_start.to(tl.int64)
+    dy_ptr, x_ptr, dx_ptr = DY + first * stride_dy, X + first * stride_x, DX + first * stride_dx
+    dres_ptr = DRES + first * stride_dres
+    for row in range(row_start, row_end):
+        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + row)
+        xhat = x * rstd
+        wdy = w * dy
+        dx = (wdy - xhat * (tl.sum(xhat * wdy, axis=0) / n_cols)) * rstd
+        if HAS_DRESIDUAL:
+            dx += tl.load(dres_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            dres_ptr += stride_dres
+        tl.store(dx_ptr + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        dw += dy * xhat
+        dy_ptr += stride_dy
+        x_ptr += stride_x
+        dx_ptr += stride_dx
+    tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=mask)
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(X, W, B, Y, MEAN, RSTD, stride_x, stride_y, n_cols, eps, BLOCK_H: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / n_cols
+    xc = tl.where(mask, x - mean, 0.0)
+    rstd = tl.rsqrt(tl.sum(xc * xc, axis=0) / n_cols + eps)  # biased variance, as torch
+    tl.store(MEAN + row, mean)
+    tl.store(RSTD + row, rstd)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * stride_y + cols, (xc * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _layer_norm_bwd_kernel(
+    DY,
+    X,
+    W,
+    MEAN,
+    RSTD,
+    DX,
+    DW_PARTIAL,
+    DB_PARTIAL,
+    stride_dy,
+    stride_x,
+    stride_dx,
+    n_rows,
+    n_cols,
+    rows_per_program,
+    BLOCK_H: tl.constexpr,
+):
+    """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat * w*dy)); partial dw, db over the group."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < n_cols
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_H], dtype=tl.float32)
+    db = tl.zeros([BLOCK_H], dtype=tl.float32)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    first = row_start.to(tl.int64)
+    dy_ptr, x_ptr, dx_ptr = DY + first * stride_dy, X + first * stride_x, DX + first * stride_dx
+    for row in range(row_start, row_end):
+        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + row)
+        rstd = tl.load(RSTD + row)
+        xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+        wdy = w * dy
+        c_xhat = tl.sum(xhat * wdy, axis=0) / n_cols
+        c_mean = tl.sum(wdy, axis=0) / n_cols
+        dx = (wdy - c_mean - xhat * c_xhat) * rstd
+        tl.store(dx_ptr + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        dw += dy * xhat
+        db += dy
+        dy_ptr += stride_dy
+        x_ptr += stride_x
+        dx_ptr += stride_dx
+    tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=mask)
+    tl.store(DB_PARTIAL + pid * n_cols + cols, db, mask=mask)
+
+
+# ------------------------------------------------------------------------------------- launch helpers
+def _as_rows(t: torch.Tensor) -> torch.Tensor:
+    """``(..., H)`` -> ``(M, H)`` with a unit stride on H (a view when possible, else a copy)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _param_or(value: torch.Tensor | None, n_cols: int, fill: float, like: torch.Tensor) -> torch.Tensor:
+    if value is None:
+        return torch.full((n_cols,), fill, dtype=like.dtype, device=like.device)
+    if value.shape != (n_cols,):
+        raise ValueError(f"norms: weight/bias must have shape ({n_cols},), got {tuple(value.shape)}")
+    return value.contiguous()
+
+
+def _rms_forward(x2, res2, w, eps, out_dtype):
+    n_rows, n_cols = x2.shape
+    block, warps, _ = norm_block_config(n_cols)
+    y = torch.empty((n_rows, n_cols), dtype=out_dtype, device=x2.device)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x2.device)
+    new_res = torch.empty_like(y) if res2 is not None else None
+    _rms_norm_fwd_kernel[(n_rows,)](
+        x2,
+        res2 if res2 is not None else x2,
+        w,
+        y,
+        new_res if new_res is not None else y,
+        rstd,
+        x2.stride(0),
+        res2.stride(0) if res2 is not None else 0,
+        y.stride(0),
+        y.stride(0),
+        n_cols,
+        eps,
+        BLOCK_H=block,
+        HAS_RESIDUAL=res2 is not None,
+        num_warps=warps,
+    )
+    return y, new_res, rstd
+
+
+def _rms_backward(dy2, x2, w, rstd, dres2):
+    """-> ``(dx (M, H) in x2's dtype, dw fp32 (H,))``."""
+    n_rows, n_cols = x2.shape
+    block, _, warps = norm_block_config(n_cols)
+    programs, rows_per_program = _reduction_programs(n_rows, x2.device)
+    dx = torch.empty_like(x2)
+    dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
+    _rms_norm_bwd_kernel[(programs,)](
+        dy2,
+        x2,
+        w,
+        rstd,
+        dres2 if dres2 is not None else dy2,
+        dx,
+        dw_partial,
+        dy2.stride(0),
+        x2.stride(0),
+        dres2.stride(0) if dres2 is not None else 0,
+        dx.stride(0),
+        n_rows,
+        n_cols,
+        rows_per_program,
+        BLOCK_H=block,
+        HAS_DRESIDUAL=dres2 is not None,
+        num_warps=warps,
+    )
+    return dx, dw_partial.sum(0)
+
+
+# ------------------------------------------------------------------------------------ autograd wrappers
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x2 = _as_rows(x)
+        w = _param_or(weight, x2.shape[1], 1.0, x)
+        y, _, rstd = _rms_forward(x2, None, w, eps, x.dtype)
+        ctx.save_for_backward(x2, w, rstd)
+        ctx.has_weight = weight is not None
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, w, rstd = ctx.saved_tensors
+        dx, dw = _rms_backward(_as_rows(dy), x2, w, rstd, None)
+        dw = dw.to(w.dtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
+        return dx.view(dy.shape), dw, None
+
+
+class _AddRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps):
+        if x.shape != residual.shape:
+            raise ValueError(f"add_rms_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
+        out_dtype = torch.result_type(x, residual)
+        x2, res2 = _as_rows(x), _as_rows(residual)
+        w = _param_or(weight, x2.shape[1], 1.0, x)
+        y, new_res, rstd = _rms_forward(x2, res2, w, eps, out_dtype)
+        ctx.save_for_backward(new_res, w, rstd)
+        ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros to read
+        ctx.has_weight = weight is not None
+        ctx.dtypes = (x.dtype, residual.dtype)
+        return y.view(x.shape), new_res.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy, dnew_res):
+        h2, w, rstd = ctx.saved_tensors
+        shape = dy.shape if dy is not None else dnew_res.shape
+        if dy is None:  # only the residual stream is used downstream
+            dy = torch.zeros(shape, dtype=h2.dtype, device=h2.device)
+        dres2 = _as_rows(dnew_res) if dnew_res is not None else None
+        dh, dw = _rms_backward(_as_rows(dy), h2, w, rstd, dres2)
+        dh = dh.view(shape)
+        dw = dw.to(w.dtype) if ctx.has_weight and ctx.needs_input_grad[2] else None
+        # x and residual receive the same gradient (cast to their own dtypes; no copy when they agree).
+        return dh.to(ctx.dtypes[0]), dh.to(ctx.dtypes[1]), dw, None
+
+
+class _LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        x2 = _as_rows(x)
+        n_rows, n_cols = x2.shape
+        w = _param_or(weight, n_cols, 1.0, x)
+        b = _param_or(bias, n_cols, 0.0, x)
+        block, warps, _ = norm_block_config(n_cols)
+        y = torch.empty_like(x2)
+        mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+        rstd = torch.empty_like(mean)
+        _layer_norm_fwd_kernel[(n_rows,)](
+            x2, w, b, y, mean, rstd, x2.stride(0), y.stride(0), n_cols, eps, BLOCK_H=block, num_warps=warps
+        )
+        ctx.save_for_backward(x2, w, mean, rstd)
+        ctx.has_params = (weight is not None, bias is not None)
+        ctx.param_dtypes = (w.dtype, b.dtype)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, w, mean, rstd = ctx.saved_tensors
+        dy2 = _as_rows(dy)
+        n_rows, n_cols = x2.shape
+        block, _, warps = norm_block_config(n_cols)
+        programs, rows_per_program = _reduction_programs(n_rows, x2.device)
+        dx = torch.empty_like(x2)
+        dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
+        db_partial = torch.empty_like(dw_partial)
+        _layer_norm_bwd_kernel[(programs,)](
+            dy2,
+            x2,
+            w,
+            mean,
+            rstd,
+            dx,
+            dw_partial,
+            db_partial,
+            dy2.stride(0),
+            x2.stride(0),
+            dx.stride(0),
+            n_rows,
+            n_cols,
+            rows_per_program,
+            BLOCK_H=block,
+            num_warps=warps,
+        )
+        has_w, has_b = ctx.has_params
+        dw = dw_partial.sum(0).to(ctx.param_dtypes[0]) if has_w and ctx.needs_input_grad[1] else None
+        db = db_partial.sum(0).to(ctx.param_dtypes[1]) if has_b and ctx.needs_input_grad[2] else None
+        return dx.view(dy.shape), dw, db, None
+
+
+# ------------------------------------------------------------------------------------- public entries
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dim of ``x`` ``(..., H)``; same result as :func:`rms_norm_reference`."""
+    if x.numel() == 0:
+        return rms_norm_reference(x, weight, eps)
+    return _RMSNorm.apply(x, weight, eps)
+
+
+def add_rms_norm_triton(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused ``residual + x`` and RMSNorm in one pass: returns ``(normed, new_residual)``."""
+    if x.numel() == 0:
+        return add_rms_norm_reference(x, residual, weight, eps)
+    return _AddRMSNorm.apply(x, residual, weight, eps)
+
+
+def layer_norm_triton(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float = 1e-5
+) -> torch.Tensor:
+    """LayerNorm over the last dim of ``x`` ``(..., H)``; same result as :func:`layer_norm_reference`."""
+    if x.numel() == 0:
+        return layer_norm_reference(x, weight, bias, eps)
+    return _LayerNorm.apply(x, weight, bias, eps)
+
+
+# ------------------------------------------------------------------------------ ahead-of-time configs
+def _aot_configs() -> list[dict]:
+    """Every (kernel, BLOCK_H, flag) the launchers can pick, in bf16 and fp16 (weights in the same
+    dtype as the activations; statistics and partial sums are fp32 whatever the inputs)."""
+    configs = []
+    stats = ("RSTD", "MEAN", "DW_PARTIAL", "DB_PARTIAL")
+    for dt in ("bf16", "fp16"):
+        for block in BLOCK_H_CHOICES:
+            _, fwd_warps, bwd_warps = norm_block_config(block)
+            fwd = dict(fp32_pointers=stats, fp32_scalars=("eps",), num_warps=fwd_warps)
+            bwd = dict(fp32_pointers=stats, num_warps=bwd_warps)
+            for flag in (False, True):
+                configs += [
+                    aot_config("rms_norm_fwd", _rms_norm_fwd_kernel, dt, {"BLOCK_H": block, "HAS_RESIDUAL": flag}, **fwd),
+                    aot_config("rms_norm_bwd", _rms_norm_bwd_kernel, dt, {"BLOCK_H": block, "HAS_DRESIDUAL": flag}, **bwd),
+                ]  # fmt: skip
+            configs += [
+                aot_config("layer_norm_fwd", _layer_norm_fwd_kernel, dt, {"BLOCK_H": block}, **fwd),
+                aot_config("layer_norm_bwd", _layer_norm_bwd_kernel, dt, {"BLOCK_H": block}, **bwd),
+            ]  # fmt: skip
+    return configs
+
+
+AOT_CONFIGS = _aot_configs()

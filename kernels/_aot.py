@@ -1,0 +1,42 @@
+"""Helpers to declare ``AOT_CONFIGS`` (see ``fastgpt/kernels/build_check.py``) without spelling out every
+argument type by hand.
+
+Convention in fastgpt's kernels: UPPER-CASE arguments are pointers, lower-case ones are ``i32`` sizes and
+strides unless listed as fp32 scalars; constexprs are whatever the config fixes.
+"""
+
+from __future__ import annotations
+
+
+def aot_config(
+    name: str,
+    fn,
+    dtype: str,
+    constexprs: dict,
+    *,
+    fp32_pointers: tuple[str, ...] = (),
+    i64_pointers: tuple[str, ...] = (),
+    fp32_scalars: tuple[str, ...] = (),
+    num_warps: int = 4,
+) -> dict:
+    """One ``AOT_CONFIGS`` entry: ``fn``'s pointers in ``dtype`` (``"bf16"``/``"fp16"``) except those named
+    fp32 (statistics, partial sums) or i64 (targets)."""
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in fp32_scalars:
+            signature[arg] = "fp32"
+        elif arg.isupper():
+            signature[arg] = (
+                "*fp32" if arg in fp32_pointers else "*i64" if arg in i64_pointers else f"*{dtype}"
+            )
+        else:
+            signature[arg] = "i32"
+    return {
+        "name": name,
+        "fn": fn,
+        "signature": signature,
+        "constexprs": dict(constexprs),
+        "num_warps": num_warps,
+    }

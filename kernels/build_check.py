@@ -1,0 +1,266 @@
+"""Ahead-of-time build check of every Triton kernel, for Ampere (sm_80) and Hopper (sm_90), no GPU needed.
+
+Each ``fastgpt.kernels.<op>`` module that defines ``AOT_CONFIGS`` lists every configuration its launchers
+can pick, as dicts::
+
+    {"name": "rms_norm_fwd",             # kernel name shown in the table
+     "fn": _rms_norm_fwd_kernel,          # the @triton.jit function
+     "signature": {"X": "*bf16", "n_cols": "i32", "eps": "fp32", "BLOCK_H": "constexpr", ...},
+     "constexprs": {"BLOCK_H": 1024, ...},
+     "num_warps": 4, "num_stages": 3}     # optional compile options
+
+This script compiles each one with the real Triton compiler (``triton.compile(ASTSource(...),
+target=GPUTarget("cuda", cap, 32))``), which catches what the CPU interpreter cannot: illegal ``tl.dot``
+shapes, bf16 lowering errors, shared memory beyond what one block may use. It reads the shared memory
+from the compiled metadata and the registers and per-thread stack (where spilled registers live) from
+``cuobjdump --dump-resource-usage`` (shipped inside the triton wheel), prints one table row per
+(kernel, config, arch), and exits non-zero on any compile error or shared memory over the limit.
+
+Run: ``python -m fastgpt.kernels.build_check [--markdown docs/aot_table.md] [--arch 90] [--match RE]``.
+
+The compiles run in worker processes started with ``TRITON_INTERPRET`` removed from their environment
+(the interpreter replaces ``@triton.jit`` functions, so a process that imported the kernels under it
+cannot compile them) and with a fresh Triton cache, so every row is a real compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ARCHS = (80, 90)
+# Shared memory one thread block may use (the SM has 1 KB more, reserved by the system):
+# A100 (sm_80) 164 KB per SM / 163 KB per block; H100 (sm_90) 228 KB per SM / 227 KB per block.
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+EXCLUDED_MODULES = {"build_check"}
+_COMPILE_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+
+
+@dataclass
+class Row:
+    module: str
+    kernel: str
+    config: str
+    arch: int
+    smem: int | None = None
+    regs: int | None = None
+    spill: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def over_limit(self) -> bool:
+        return self.smem is not None and self.smem > SMEM_LIMIT[self.arch]
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "COMPILE ERROR"
+        if self.over_limit:
+            return f"SMEM > {SMEM_LIMIT[self.arch] // 1024} KB"
+        return "spills" if self.spill else "ok"
+
+
+# ------------------------------------------------------------------------------------ in the workers
+def _describe(cfg: dict) -> str:
+    """Human-readable config: the main dtype (first pointer argument), the constexprs, the options."""
+    pointer_types = [t[1:] for t in cfg["signature"].values() if isinstance(t, str) and t.startswith("*")]
+    parts = [pointer_types[0]] if pointer_types else []
+    parts += [f"{k}={v}" for k, v in cfg.get("constexprs", {}).items()]
+    parts += [f"{k}={cfg[k]}" for k in _COMPILE_OPTIONS if k in cfg]
+    return " ".join(parts)
+
+
+def _list_configs(modules: list[str]) -> list[tuple[str, int, str, str]]:
+    """``(module, index, kernel name, config description)`` for every AOT config of ``modules``."""
+    import importlib
+
+    out = []
+    for name in modules:
+        module = importlib.import_module(name)
+        for i, cfg in enumerate(getattr(module, "AOT_CONFIGS", None) or []):
+            out.append((name, i, cfg["name"], _describe(cfg)))
+    return out
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """``(registers, stack bytes)`` of the (single) kernel in ``cubin``, from cuobjdump."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run(
+            [_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    match = re.search(r"REG:(\d+)\s+STACK:(\d+)", out)
+    if match is None:
+        raise RuntimeError(f"cuobjdump printed no resource usage:\n{out}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _compile_one(module: str, index: int, arch: int) -> Row:
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cfg = importlib.import_module(module).AOT_CONFIGS[index]
+    row = Row(module.rsplit(".", 1)[-1], cfg["name"], _describe(cfg), arch)
+    start = time.perf_counter()
+    try:
+        src = ASTSource(fn=cfg["fn"], signature=cfg["signature"], constexprs=cfg.get("constexprs", {}))
+        options = {k: cfg[k] for k in _COMPILE_OPTIONS if k in cfg}
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+        row.smem = int(compiled.metadata.shared)
+        row.regs, row.spill = _resource_usage(compiled.asm["cubin"])
+    except Exception as e:  # noqa: BLE001 - every failure becomes a table row and a non-zero exit
+        lines = [line for line in str(e).strip().splitlines() if line.strip()]
+        row.error = f"{type(e).__name__}: {lines[-1] if lines else ''}"[:300]
+    row.seconds = time.perf_counter() - start
+    return row
+
+
+# --------------------------------------------------------------------------------------- the driver
+def discover_modules() -> list[str]:
+    """Every ``fastgpt.kernels.<op>`` module (attention included when present), build_check excluded."""
+    import pkgutil
+
+    import fastgpt.kernels as package
+
+    return [
+        f"fastgpt.kernels.{m.name}"
+        for m in pkgutil.iter_modules(package.__path__)
+        if not m.name.startswith("_") and m.name not in EXCLUDED_MODULES
+    ]
+
+
+def _worker_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default, stated to silence triton's warning
+    return env
+
+
+def run(modules: list[str], archs: list[int], match: str | None, jobs: int) -> list[Row]:
+    """Compile every selected config in ``jobs`` spawned processes; rows in a stable order."""
+    cache = tempfile.mkdtemp(prefix="fastgpt-aot-cache-")
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_worker_env())
+    os.environ["TRITON_CACHE_DIR"] = cache
+    try:
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            configs = pool.submit(_list_configs, modules).result()
+            if match:
+                pattern = re.compile(match)
+                configs = [c for c in configs if pattern.search(_row_id(c[0], c[2], c[3]))]
+            # Submit the slow (large-block) configs first so the tail of the run stays short.
+            tasks = [(m, i, arch) for m, i, _, _ in configs for arch in archs]
+            futures = [pool.submit(_compile_one, *t) for t in tasks]
+            rows = [f.result() for f in futures]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        subprocess.run(["rm", "-rf", cache], check=False)
+    return rows
+
+
+def _row_id(module: str, kernel: str, config: str) -> str:
+    return f"{module.rsplit('.', 1)[-1]}.{kernel}[{config}]"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_table(rows: list[Row], markdown: bool) -> str:
+    header = ["kernel", "config", "arch", "smem (B)", "regs", "spill/stack (B)", "status"]
+    body = [
+        [
+            f"{r.module}.{r.kernel}",
+            r.config,
+            f"sm_{r.arch}",
+            _fmt(r.smem),
+            _fmt(r.regs),
+            _fmt(r.spill),
+            r.status,
+        ]
+        for r in rows
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)) for cells in [header, *body])
+
+
+def summary(rows: list[Row], seconds: float, jobs: int) -> str:
+    errors = sum(r.error is not None for r in rows)
+    over = sum(r.over_limit for r in rows)
+    spills = sorted({_row_id(r.module, r.kernel, r.config) + f"@sm_{r.arch}" for r in rows if r.spill})
+    text = (
+        f"{len(rows)} compiles ({len({(r.module, r.kernel, r.config) for r in rows})} configs x arch) in "
+        f"{seconds:.1f} s on {jobs} processes: {errors} compile errors, {over} over the shared-memory "
+        f"limit, {len(spills)} with spills"
+    )
+    if spills:
+        text += "\nspilling: " + ", ".join(spills)
+    for r in rows:
+        if r.error:
+            text += f"\nERROR {_row_id(r.module, r.kernel, r.config)} sm_{r.arch}: {r.error}"
+    return text
+
+
+def _write_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".build_check-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fastgpt.kernels.build_check", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--arch", type=int, nargs="+", choices=ARCHS, default=list(ARCHS), help="SM versions")
+    parser.add_argument("--match", help="regex on 'module.kernel[config]' selecting the configs to compile")
+    parser.add_argument("--modules", help="comma-separated modules to check instead of all fastgpt.kernels")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table as markdown to FILE")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
+    args = parser.parse_args(argv)
+
+    modules = args.modules.split(",") if args.modules else discover_modules()
+    start = time.perf_counter()
+    rows = run(modules, args.arch, args.match, max(1, args.jobs))
+    seconds = time.perf_counter() - start
+    if not rows:
+        print(f"build_check: no AOT configs selected (modules: {', '.join(modules)})", file=sys.stderr)
+        return 1
+    print(format_table(rows, markdown=False))
+    text = summary(rows, seconds, args.jobs)
+    print(text)
+    if args.markdown:
+        _write_atomic(args.markdown, format_table(rows, markdown=True) + "\n")
+    return 1 if any(r.error or r.over_limit for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
