@@ -1,16 +1,29 @@
-"""Rotary position embedding: torch reference (Triton kernel beside it).
+"""Rotary position embedding: a Triton kernel for Q and K in one launch, and the torch reference.
 
 Half-split convention (as Hugging Face Llama): the head dim is split into two halves ``(x1, x2)`` and
 rotated as ``(x1 cos - x2 sin, x2 cos + x1 sin)``. ``cos``/``sin`` are ``(B or 1, T, D/2)`` in fp32,
 already gathered at each token's position id (so packed documents restart at 0) and already carrying
 any frequency scaling (Llama-3.1) chosen by the caller.
+
+Kernel design: one program per token ``(b, t)``. It loads that token's ``D/2`` cosines and sines once and
+rotates every query head and then every key head of the token, ``BLOCK_HEADS`` heads at a time, so the
+angles are read once per token instead of once per head and Q and K need one launch, not two. Strides
+are passed for every tensor, so Q/K laid out ``(B, T, H, D)`` and viewed as ``(B, H, T, D)`` (what a
+fused QKV projection gives) are read in place. The backward is the same kernel with ``sin`` negated:
+a rotation by ``-theta`` is the transpose of the rotation by ``theta``. Nothing is saved but cos/sin.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+from fastgpt.kernels._aot import aot_config
+
+__all__ = ["AOT_CONFIGS", "rope_block_config", "rope_reference", "rope_triton"]
 
 
+# ------------------------------------------------------------------------------------- torch reference
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half].float(), x[..., half:].float()
@@ -23,3 +36,150 @@ def rope_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q ``(B, Hq, T, D)`` and k ``(B, Hkv, T, D)``."""
     return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+# ------------------------------------------------------------------------------------------ block sizes
+MAX_HEAD_DIM = 512
+BLOCK_HALF_CHOICES = (16, 32, 64, 128, 256)
+
+
+def rope_block_config(head_dim: int) -> tuple[int, int, int]:
+    """``(BLOCK_HALF, BLOCK_HEADS, num_warps)``: a tile of ``BLOCK_HEADS`` heads x ``BLOCK_HALF``
+    columns per half, ~2048 elements per loop step (16 per thread with 4 warps)."""
+    if head_dim % 2 or not 2 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"rope: head dim must be even and in 2..{MAX_HEAD_DIM}, got {head_dim}")
+    block_half = max(triton.next_power_of_2(head_dim // 2), BLOCK_HALF_CHOICES[0])
+    return block_half, max(1, 1024 // block_half), 4
+
+
+# ----------------------------------------------------------------------------------------------- kernel
+@triton.jit
+def _rotate_heads(
+    X, OUT, n_heads, stride_h, stride_oh, cos, sin, cols, col_mask, half, BLOCK_HEADS: tl.constexpr
+):
+    """Rotate ``n_heads`` rows of one token: X/OUT point at head 0; cos/sin are ``(1, BLOCK_HALF)``."""
+    for h0 in range(0, n_heads, BLOCK_HEADS):
+        heads = h0 + tl.arange(0, BLOCK_HEADS)[:, None]
+        mask = (heads < n_heads) & col_mask
+        x_ptr = X + heads * stride_h + cols
+        o_ptr = OUT + heads * stride_oh + cols
+        x1 = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(x_ptr + half, mask=mask, other=0.0).to(tl.float32)
+        tl.store(o_ptr, (x1 * cos - x2 * sin).to(OUT.dtype.element_ty), mask=mask)
+        tl.store(o_ptr + half, (x2 * cos + x1 * sin).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(
+    Q, K, COS, SIN, QO, KO,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_qob, stride_qoh, stride_qot, stride_kob, stride_koh, stride_kot,
+    stride_cb, stride_ct,
+    seq_len, n_q_heads, n_k_heads, half,
+    BLOCK_HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr, BACKWARD: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0).to(tl.int64)
+    b = token // seq_len
+    t = token % seq_len
+    cols = tl.arange(0, BLOCK_HALF)[None, :]
+    col_mask = cols < half
+    angle_offset = b * stride_cb + t * stride_ct + cols
+    cos = tl.load(COS + angle_offset, mask=col_mask, other=0.0).to(tl.float32)
+    sin = tl.load(SIN + angle_offset, mask=col_mask, other=0.0).to(tl.float32)
+    if BACKWARD:
+        sin = -sin
+    _rotate_heads(
+        Q + b * stride_qb + t * stride_qt, QO + b * stride_qob + t * stride_qot,
+        n_q_heads, stride_qh, stride_qoh, cos, sin, cols, col_mask, half, BLOCK_HEADS,
+    )  # fmt: skip
+    _rotate_heads(
+        K + b * stride_kb + t * stride_kt, KO + b * stride_kob + t * stride_kot,
+        n_k_heads, stride_kh, stride_koh, cos, sin, cols, col_mask, half, BLOCK_HEADS,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- launch helpers
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _launch(q, k, cos, sin, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate (or un-rotate) ``q``/``k`` into fresh tensors laid out like them."""
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    q, k = _unit_last_stride(q), _unit_last_stride(k)
+    qo, ko = torch.empty_like(q), torch.empty_like(k)
+    if qo.stride(-1) != 1 or ko.stride(-1) != 1:  # empty_like keeps strides only for dense layouts
+        qo, ko = (
+            torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(k.shape, dtype=k.dtype, device=k.device),
+        )
+    block_half, block_heads, warps = rope_block_config(D)
+    stride_cb = 0 if cos.shape[0] == 1 else cos.stride(0)
+    _rope_kernel[(B * T,)](
+        q, k, cos, sin, qo, ko,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        qo.stride(0), qo.stride(1), qo.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
+        stride_cb, cos.stride(1),
+        T, Hq, Hkv, D // 2,
+        BLOCK_HALF=block_half, BLOCK_HEADS=block_heads, BACKWARD=backward, num_warps=warps,
+    )  # fmt: skip
+    return qo, ko
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"rope: q and k must be (B, H, T, D); got {tuple(q.shape)} and {tuple(k.shape)}")
+    B, _, T, D = q.shape
+    if (k.shape[0], k.shape[2], k.shape[3]) != (B, T, D):
+        raise ValueError(f"rope: k {tuple(k.shape)} must match q {tuple(q.shape)} in B, T and D")
+    expected = f"(1 or {B}, {T}, {D // 2})"
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.dim() != 3 or t.shape[0] not in (1, B) or tuple(t.shape[1:]) != (T, D // 2):
+            raise ValueError(f"rope: {name} must be {expected}, got {tuple(t.shape)}")
+    if cos.shape != sin.shape:
+        raise ValueError(f"rope: cos {tuple(cos.shape)} and sin {tuple(sin.shape)} differ")
+
+
+class _RoPE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _launch(q, k, cos, sin, backward=False)
+
+    @staticmethod
+    def backward(ctx, dq, dk):
+        cos, sin = ctx.saved_tensors
+        dq, dk = _launch(dq, dk, cos, sin, backward=True)
+        return dq, dk, None, None
+
+
+def rope_triton(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q ``(B, Hq, T, D)`` and k ``(B, Hkv, T, D)`` by ``cos``/``sin`` ``(B or 1, T, D/2)``."""
+    _check(q, k, cos, sin)
+    if q.numel() == 0 or k.numel() == 0:
+        return rope_reference(q, k, cos, sin)
+    cos = cos.to(torch.float32).contiguous()
+    sin = sin.to(torch.float32).contiguous()
+    return _RoPE.apply(q, k, cos, sin)
+
+
+# ------------------------------------------------------------------------------ ahead-of-time configs
+def _aot_configs() -> list[dict]:
+    configs = []
+    for dt in ("bf16", "fp16"):
+        for block_half in BLOCK_HALF_CHOICES:
+            _, block_heads, warps = rope_block_config(2 * block_half)
+            for backward in (False, True):
+                constexprs = {"BLOCK_HALF": block_half, "BLOCK_HEADS": block_heads, "BACKWARD": backward}
+                configs.append(
+                    aot_config(
+                        "rope", _rope_kernel, dt, constexprs, fp32_pointers=("COS", "SIN"), num_warps=warps
+                    )
+                )
+    return configs
+
+
+AOT_CONFIGS = _aot_configs()
