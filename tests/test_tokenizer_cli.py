@@ -1,0 +1,53 @@
+"""``fastgpt tokenize`` and ``fastgpt train-tokenizer`` through the command router."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+import pytest
+
+from fastgpt.cli import main as fastgpt
+from fastgpt.tokenizer import Tokenizer
+
+TEXT = "How many r's in strawberry? 12345 naïve 日本 🙂"
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n\n".join(f"line {i}: strawberry fields, naïve 日本 {i * 37}" for i in range(200)))
+    assert (
+        fastgpt(["train-tokenizer", "--source", str(corpus), "--vocab-size", "320", "--out", str(folder)])
+        == 0
+    )
+    return folder
+
+
+def test_train_tokenizer_writes_a_loadable_dir(tok_dir):
+    tok = Tokenizer.load(tok_dir)
+    assert tok.vocab_size == 320 and tok.decode(tok.encode(TEXT)) == TEXT
+
+
+def test_tokenize_prints_pieces_and_ids(tok_dir, capsys):
+    tok = Tokenizer.load(tok_dir)
+    assert fastgpt(["tokenize", TEXT, "--vocab", str(tok_dir), "--color", "never"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    ids = ast.literal_eval(out[-1])
+    assert ids == tok.encode(TEXT)
+    pieces = re.findall(r"\[(.*?)\]", out[0])
+    assert len(pieces) == len(ids)
+    assert f"{len(ids)} tokens, {len(TEXT)} characters" in out[-2]
+
+
+def test_tokenize_colours_each_token(tok_dir, capsys):
+    assert fastgpt(["tokenize", "strawberry fields", "--vocab", str(tok_dir), "--color", "always"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert re.sub(r"\x1b\[[0-9;]*m", "", first) == "strawberry fields"
+    assert first.count("\x1b[48;5;") == len(Tokenizer.load(tok_dir).encode("strawberry fields"))
+
+
+def test_tokenize_reports_bad_vocab(tmp_path, capsys):
+    assert fastgpt(["tokenize", "x", "--vocab", str(tmp_path / "nope")]) == 1
+    assert "no such file or directory" in capsys.readouterr().err
