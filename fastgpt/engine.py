@@ -151,6 +151,26 @@ class Engine:
             if new[0] is not None:
                 yield new[0]
 
+    def stream_batch(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        n: int = 1,
+        stop_ids: set[int] | None = None,
+        tools: bool = False,
+    ) -> Iterator[tuple[list[int | None], list[str | None]]]:
+        """Batched streaming (for servers): after every decode step, the token each row produced
+        (``None`` for a row already finished) and each row's finish reason (``None`` while it runs).
+        Rows are prompt-major: prompt ``i``'s samples are rows ``i*n .. i*n+n-1``."""
+        sampling = (temperature, top_k, top_p, seed)
+        for rows, new in self._decode(prompts, max_tokens, sampling, n, stop_ids, tools, False):
+            yield new, [row.finish_reason for row in rows]
+
     def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Completion:
         """The assistant's reply to ``messages``, rendered with the chat format (tools run when
         ``tools=True``)."""
