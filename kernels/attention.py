@@ -106,41 +106,20 @@ SUPPORTED_HEAD_DIMS = (32, 64, 96, 128)
 KERNEL_ROLES = ("fwd", "bwd_dkdv", "bwd_dq")
 _PREPROCESS_BLOCK_M = 64  # rows per program of the delta = rowsum(dO * O) kernel (memory bound)
 
-# Chosen by compiling every entry for sm_80 and sm_90 (see docs/attention.md for the measured table):
-# the largest tiles that fit shared memory and do not spill registers on sm_90. The sm_80 family also
-# serves sm_86/sm_89 and later parts with ~100 KB of shared memory per block, so its tiles stay below that.
-# Head dim 96 runs on 128-wide tiles (the last 32 columns are masked off).
+# Chosen by compiling candidates for sm_80 and sm_90 with every feature variant (docs/attention.md has the
+# measured table): the largest tiles that fit shared memory and spill no registers. With 8 warps a tile
+# needs 128 rows to fill two Hopper warpgroups; the dK/dV kernel holds two fp32 accumulators of
+# BLOCK_N x head-dim each, which is why its query tiles are short. The sm_80 family also serves sm_86/89
+# (99 KB of shared memory per block), so its tiles stay below that. Head dim 96 runs on the 128 tiles
+# with the last 32 columns masked off.
+_T = TileConfig
 _GPU_TILES: dict[tuple[str, int], dict[str, TileConfig]] = {
-    ("sm90", 32): {
-        "fwd": TileConfig(128, 64, 4, 3),
-        "bwd_dkdv": TileConfig(64, 128, 8, 2),
-        "bwd_dq": TileConfig(128, 64, 8, 2),
-    },
-    ("sm90", 64): {
-        "fwd": TileConfig(128, 64, 4, 3),
-        "bwd_dkdv": TileConfig(64, 128, 8, 2),
-        "bwd_dq": TileConfig(128, 64, 8, 2),
-    },
-    ("sm90", 128): {
-        "fwd": TileConfig(128, 64, 8, 2),
-        "bwd_dkdv": TileConfig(64, 128, 8, 2),
-        "bwd_dq": TileConfig(128, 64, 8, 2),
-    },
-    ("sm80", 32): {
-        "fwd": TileConfig(128, 64, 4, 3),
-        "bwd_dkdv": TileConfig(64, 64, 4, 2),
-        "bwd_dq": TileConfig(64, 64, 4, 2),
-    },
-    ("sm80", 64): {
-        "fwd": TileConfig(128, 64, 4, 3),
-        "bwd_dkdv": TileConfig(64, 64, 4, 2),
-        "bwd_dq": TileConfig(64, 64, 4, 2),
-    },
-    ("sm80", 128): {
-        "fwd": TileConfig(128, 64, 8, 2),
-        "bwd_dkdv": TileConfig(64, 64, 4, 2),
-        "bwd_dq": TileConfig(64, 64, 4, 2),
-    },
+    ("sm90", 32): {"fwd": _T(128, 128, 8, 3), "bwd_dkdv": _T(32, 128, 8, 3), "bwd_dq": _T(128, 64, 8, 3)},
+    ("sm90", 64): {"fwd": _T(128, 64, 8, 3), "bwd_dkdv": _T(32, 128, 8, 3), "bwd_dq": _T(128, 64, 8, 3)},
+    ("sm90", 128): {"fwd": _T(128, 64, 8, 3), "bwd_dkdv": _T(16, 128, 8, 3), "bwd_dq": _T(128, 64, 8, 2)},
+    ("sm80", 32): {"fwd": _T(128, 128, 8, 3), "bwd_dkdv": _T(32, 128, 8, 3), "bwd_dq": _T(128, 64, 8, 3)},
+    ("sm80", 64): {"fwd": _T(128, 64, 8, 3), "bwd_dkdv": _T(16, 128, 8, 3), "bwd_dq": _T(128, 64, 8, 3)},
+    ("sm80", 128): {"fwd": _T(128, 64, 8, 2), "bwd_dkdv": _T(32, 64, 8, 2), "bwd_dq": _T(128, 32, 8, 2)},
 }
 # Under the interpreter tiles are small and deliberately unequal (M != N, dkdv transposed) so that short
 # test sequences cross several tiles and every masked/unmasked tile boundary is exercised.
@@ -538,6 +517,8 @@ def _dkdv_tiles(
     stride_qt,
     stride_dot,
     start,
+    full_start,
+    full_end,
     end,
     T_Q,
     T_K,
@@ -546,7 +527,6 @@ def _dkdv_tiles(
     BLOCK_M: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    MASKED: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_DOCS: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
@@ -554,21 +534,21 @@ def _dkdv_tiles(
     PRECISION: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles ``[start, end)`` of one query head, working
-    on transposed scores ``(BLOCK_N, BLOCK_M)`` so the results land in key-major layout."""
+    on transposed scores ``(BLOCK_N, BLOCK_M)`` so the results land in key-major layout.
+
+    Unlike the forward and dQ walks, this is one loop with a per-tile (uniform) branch for the mask
+    instead of one loop per masked/unmasked range: with the dK and dV accumulators both live in
+    registers, separate loops pushed the kernel into register spills on sm_90."""
     offs_d = tl.arange(0, BLOCK_D)
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        q = _load_rows(q_base, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
-        do = _load_rows(do_base, offs_m, offs_d, stride_dot, T_Q, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
-        if MASKED:
-            lse = tl.load(lse_row + offs_m, mask=offs_m < T_Q, other=float("inf"))
-            delta = tl.load(delta_row + offs_m, mask=offs_m < T_Q, other=0.0)
-        else:
-            lse = tl.load(lse_row + offs_m)
-            delta = tl.load(delta_row + offs_m)
+        q = _load_rows(q_base, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST)
+        do = _load_rows(do_base, offs_m, offs_d, stride_dot, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST)
+        lse = tl.load(lse_row + offs_m, mask=offs_m < T_Q, other=float("inf"))  # +inf: p = 0
+        delta = tl.load(delta_row + offs_m, mask=offs_m < T_Q, other=0.0)
         s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         p_t = tl.math.exp2(s_t - lse[None, :])  # recomputed probabilities, from the saved LSE
-        if MASKED:
+        if (m0 < full_start) | (m0 >= full_end):  # a partly visible tile
             q_pos = T_K - T_Q + offs_m
             doc_q = q_pos
             if HAS_DOCS:
@@ -673,22 +653,11 @@ def _attn_bwd_dkdv_kernel(
         do_base = DO + b * stride_dob + h * stride_doh
         lse_row = LSE + (b * H_Q + h) * T_Q
         delta_row = DELTA + (b * H_Q + h) * T_Q
-        dk, dv = _dkdv_tiles(  # leading partly-visible query tiles (diagonal; everything with documents)
+        dk, dv = _dkdv_tiles(
             dk, dv, k, v, offs_n, doc_k, q_base, do_base, lse_row, delta_row, doc_row, stride_qt, stride_dot,
-            start, full_start, T_Q, T_K, WINDOW, qk_scale,
-            BLOCK_M, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+            start, full_start, full_end, end, T_Q, T_K, WINDOW, qk_scale,
+            BLOCK_M, HEAD_DIM, BLOCK_D, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
         )  # fmt: skip
-        if not HAS_DOCS:
-            dk, dv = _dkdv_tiles(  # fully visible query tiles
-                dk, dv, k, v, offs_n, doc_k, q_base, do_base, lse_row, delta_row, doc_row, stride_qt,
-                stride_dot, full_start, full_end, T_Q, T_K, WINDOW, qk_scale,
-                BLOCK_M, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
-            )  # fmt: skip
-            dk, dv = _dkdv_tiles(  # trailing partly-visible query tiles (window edge, ragged end)
-                dk, dv, k, v, offs_n, doc_k, q_base, do_base, lse_row, delta_row, doc_row, stride_qt,
-                stride_dot, full_end, end, T_Q, T_K, WINDOW, qk_scale,
-                BLOCK_M, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
-            )  # fmt: skip
     _store_rows(
         DK + b * stride_dkb + h_kv * stride_dkh,
         dk * sm_scale,
@@ -1044,3 +1013,164 @@ def attention_triton(
     _check_inputs(q, k, v, doc_ids, window)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return FlashAttention.apply(q, k, v, causal, doc_ids, window, scale)
+
+
+# ================================================================================= ahead-of-time builds
+_TRITON_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_ARCH_CAPABILITY = {"sm80": 80, "sm90": 90}
+# Feature variants compiled by the build check: the plain causal case (training), everything switched on
+# (the most registers and the most code), and non-causal (encoders, reward heads).
+_AOT_VARIANTS = {
+    "causal": dict(CAUSAL=True, HAS_DOCS=False, HAS_WINDOW=False),
+    "causal+docs+window": dict(CAUSAL=True, HAS_DOCS=True, HAS_WINDOW=True),
+    "noncausal": dict(CAUSAL=False, HAS_DOCS=False, HAS_WINDOW=False),
+}
+_KERNELS = {
+    "attn_fwd": ("fwd", _attn_fwd_kernel),
+    "attn_bwd_dkdv": ("bwd_dkdv", _attn_bwd_dkdv_kernel),
+    "attn_bwd_dq": ("bwd_dq", _attn_bwd_dq_kernel),
+}
+
+
+def _aot_signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
+    """Argument types as the launcher passes them (tensor element types, i32 sizes/strides, fp32 scales)."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in ("LSE", "DELTA"):
+            sig[name] = "*fp32"
+        elif name in ("DOC", "TOK_LO", "TOK_HI"):
+            sig[name] = "*i32"
+        elif name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV"):
+            sig[name] = f"*{dtype}"
+        elif name in ("qk_scale", "sm_scale"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _aot_attrs(fn, signature: dict[str, str]) -> dict:
+    """16-byte divisibility of pointers and strides, as the JIT assumes for aligned torch tensors."""
+    aligned = [
+        i for i, name in enumerate(fn.arg_names) if signature[name].startswith("*") or "stride" in name
+    ]
+    return {(i,): [["tt.divisibility", 16]] for i in aligned}
+
+
+def _aot_entry(name: str, fn, dtype: str, constexprs: dict, options: dict, archs: list[int]) -> dict:
+    signature = _aot_signature(fn, dtype, constexprs)
+    return {
+        "name": name,
+        "fn": fn,
+        "signature": signature,
+        "constexprs": constexprs,
+        "attrs": _aot_attrs(fn, signature),
+        "options": options,  # num_warps / num_stages for triton.compile(..., options=...)
+        "archs": archs,  # compute capabilities whose launcher picks this configuration
+    }
+
+
+def aot_configs() -> list[dict]:
+    """Every compiled configuration the launcher can pick on a GPU: kernel x head dim x dtype x arch
+    family's tiles x feature variant, plus the delta preprocess kernel per head dim and dtype."""
+    entries = []
+    for dtype in _TRITON_DTYPES:
+        for head_dim in SUPPORTED_HEAD_DIMS:
+            block_d = padded_head_dim(head_dim)
+            constexprs = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=_PREPROCESS_BLOCK_M)
+            entries.append(
+                _aot_entry(
+                    f"attn_bwd_preprocess d{head_dim} {dtype} M{_PREPROCESS_BLOCK_M}",
+                    _attn_bwd_preprocess_kernel,
+                    dtype,
+                    constexprs,
+                    dict(num_warps=4, num_stages=1),
+                    [80, 90],
+                )  # fmt: skip
+            )
+            for arch, capability in _ARCH_CAPABILITY.items():
+                tiles = tile_configs(head_dim, arch)
+                for kernel, (role, fn) in _KERNELS.items():
+                    cfg = tiles[role]
+                    for variant, flags in _AOT_VARIANTS.items():
+                        constexprs = dict(
+                            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                            UPCAST=False, PRECISION="tf32", **flags,
+                        )  # fmt: skip
+                        name = (
+                            f"{kernel} d{head_dim} {dtype} {arch}-tiles M{cfg.block_m} N{cfg.block_n} "
+                            f"w{cfg.num_warps} s{cfg.num_stages} {variant}"
+                        )
+                        options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                        entries.append(_aot_entry(name, fn, dtype, constexprs, options, [capability]))
+    return entries
+
+
+AOT_CONFIGS = aot_configs()
+
+
+# ========================================================================================== flash-attn
+def doc_ids_to_cu_seqlens(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Packed rows ``(B, T)`` -> flash-attn varlen boundaries over the ``B * T`` flattened tokens.
+
+    Each maximal run of equal ids in a row is one sequence. Returns ``cu_seqlens`` (int32, ``(n + 1,)``)
+    and the longest run. A document id that reappears later in its row cannot be expressed this way
+    (the runs would not see each other, unlike in :func:`attention_reference`): that is an error.
+    """
+    B, T = doc_ids.shape
+    run_start = torch.ones(B, T, dtype=torch.bool, device=doc_ids.device)
+    run_start[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    sorted_ids = doc_ids.sort(dim=1).values
+    distinct = (sorted_ids[:, 1:] != sorted_ids[:, :-1]).sum(1) + 1
+    if not torch.equal(run_start.sum(1), distinct):
+        raise ValueError(
+            "attention_flash_attn: doc_ids must mark each document as one contiguous run per row "
+            "(an id reappears after another document); use attention_triton or attention_reference"
+        )
+    starts = run_start.flatten().nonzero().flatten()
+    cu_seqlens = torch.cat([starts, starts.new_tensor([B * T])]).to(torch.int32)
+    return cu_seqlens, int(cu_seqlens.diff().max())
+
+
+def attention_flash_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    doc_ids: torch.Tensor | None = None,
+    window: int | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """The ``flash-attn`` package (``pip install 'fastgpt[gpu]'``) behind the same signature, for
+    benchmarks. CUDA and fp16/bf16 only; flash-attn has the same bottom-right causal alignment and GQA.
+    Documents go through its varlen entry point (``Tq == Tk``, each document one contiguous run).
+    Untested here: the development machines have no GPU (see docs/attention.md)."""
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
+    except ImportError as err:
+        raise ImportError(
+            "attention_flash_attn needs the flash-attn package on a CUDA machine: pip install 'fastgpt[gpu]'"
+        ) from err
+    if not q.is_cuda:
+        raise RuntimeError("attention_flash_attn runs on CUDA tensors only")
+    # ours: key k is visible from position p when p - window < k (<= p if causal); flash-attn: (left, right)
+    window_size = (-1, -1) if window is None else (window - 1, 0 if causal else -1)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, T, H, D): flash-attn's layout
+    if doc_ids is None:
+        out = flash_attn_func(qt, kt, vt, softmax_scale=scale, causal=causal, window_size=window_size)
+        return out.transpose(1, 2)
+    B, Tq = q.shape[0], q.shape[2]
+    if Tq != k.shape[2]:
+        raise NotImplementedError(
+            "attention_flash_attn: doc_ids with Tq != Tk (KV-cache decode) is not supported"
+        )
+    cu_seqlens, max_len = doc_ids_to_cu_seqlens(doc_ids)
+    out = flash_attn_varlen_func(
+        qt.reshape(B * Tq, *qt.shape[2:]), kt.reshape(B * Tq, *kt.shape[2:]), vt.reshape(B * Tq, *vt.shape[2:]),
+        cu_seqlens, cu_seqlens, max_len, max_len,
+        softmax_scale=scale, causal=causal, window_size=window_size,
+    )  # fmt: skip
+    return out.view(B, Tq, *out.shape[1:]).transpose(1, 2)

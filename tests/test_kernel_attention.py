@@ -1,0 +1,292 @@
+"""Triton flash attention (kernels/attention.py) against the fp32 materialised-softmax baseline.
+
+Runs under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), where the tiles are
+32x16 (forward, dQ) and 16x32 (dK/dV), so lengths like 77 cross several tiles, end on a ragged one and
+put the causal diagonal, window edges and document edges inside tiles.
+
+Tolerances, as ``max|got - want| <= atol + rtol * max|want|`` (scale-aware, since gradients vary in
+size):
+- fp32 1e-4: same maths, different summation order and exp2 instead of exp (observed ~1e-6).
+- fp16 5e-3: P and dS are rounded to fp16 before their matmuls and results are stored in fp16
+  (unit roundoff 4.9e-4; observed ~1e-3 on outputs of size ~3).
+- bf16 2e-2: the interpreter cannot do bf16 arithmetic, so the kernels upcast bf16 loads to fp32
+  (``UPCAST``) and only the stores round, by truncation in the interpreter (1 ulp = 2^-7 relative).
+  The real bf16 ``tl.dot`` path is covered by AOT compilation only (kernels/build_check.py).
+Budget: about 40 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from fastgpt.kernels.attention import (
+    AOT_CONFIGS,
+    SUPPORTED_HEAD_DIMS,
+    _doc_extents,
+    attention_flash_attn,
+    attention_naive,
+    attention_reference,
+    attention_triton,
+    doc_ids_to_cu_seqlens,
+    tile_configs,
+)
+
+from fastgpt import ops
+
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def _inputs(B, Hq, Hkv, Tq, Tk, D, dtype=torch.float32):
+    q = torch.randn(B, Hq, Tq, D).to(dtype)
+    k = torch.randn(B, Hkv, Tk, D).to(dtype)
+    v = torch.randn(B, Hkv, Tk, D).to(dtype)
+    return q, k, v
+
+
+def _assert_close(got, want, tol, what):
+    err = (got.float() - want.float()).abs().max().item()
+    bound = tol + tol * want.float().abs().max().item()
+    assert err <= bound, f"{what}: max error {err:.3g} > {bound:.3g}"
+
+
+def _check(q, k, v, **kw):
+    """Forward and dQ/dK/dV of the Triton kernel vs attention_naive in fp32 on the same inputs."""
+    tol = TOL[q.dtype]
+    grad_out = torch.randn(q.shape).to(q.dtype)
+    xs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = attention_triton(*xs, **kw)
+    out.backward(grad_out)
+    refs = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    want = attention_naive(*refs, **kw)
+    want.backward(grad_out.float())
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert torch.isfinite(out).all()
+    _assert_close(out, want, tol, "output")
+    for name, x, r in zip("qkv", xs, refs):
+        assert x.grad.dtype == x.dtype and torch.isfinite(x.grad).all()
+        _assert_close(x.grad, r.grad, tol, f"d{name}")
+    return out, xs
+
+
+# ----------------------------------------------------------------------------------- shapes and dtypes
+def test_power_of_two_shape_fp32():
+    _check(*_inputs(2, 2, 2, 64, 64, 64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_odd_length(dtype):
+    _check(*_inputs(2, 2, 2, 77, 77, 64, dtype))
+
+
+@pytest.mark.parametrize("D", [32, 96, 128])
+def test_head_dims(D):
+    dtype = torch.float16 if D == 128 else torch.float32
+    _check(*_inputs(1, 2, 1, 37, 37, D, dtype))
+
+
+def test_unsupported_head_dim_is_a_clear_error():
+    with pytest.raises(ValueError, match="32, 64, 96, 128"):
+        attention_triton(*_inputs(1, 1, 1, 8, 8, 48))
+
+
+@pytest.mark.parametrize("Hkv", [2, 1])
+def test_grouped_query_attention(Hkv):
+    _check(*_inputs(2, 4, Hkv, 45, 45, 32))
+
+
+def test_non_contiguous_inputs():
+    """(B, T, H, D) projections viewed as (B, H, T, D), and a head dim with stride != 1."""
+    B, T, H, D = 2, 33, 2, 32
+    qkv = torch.randn(B, T, 3, H, D)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # strided views, last stride 1
+    assert not q.is_contiguous()
+    _check(q, k, v)
+    q_t = torch.randn(B, H, D, T).transpose(-1, -2)  # stride(-1) == T
+    _check(q_t, k, v)
+
+
+# ------------------------------------------------------------------------------------ masking options
+def test_non_causal_with_custom_scale():
+    _check(*_inputs(1, 2, 2, 50, 50, 64), causal=False, scale=0.3)
+
+
+@pytest.mark.parametrize("window", [1, 16])
+def test_sliding_window(window):
+    _check(*_inputs(1, 2, 1, 77, 77, 32), window=window)
+
+
+def test_sliding_window_non_causal():
+    _check(*_inputs(1, 2, 2, 60, 60, 32), causal=False, window=10)
+
+
+def _packed_doc_ids():
+    """Row 0: documents of 10, 1 (a single token), 30 and 36 tokens; row 1: one document."""
+    return torch.tensor([[0] * 10 + [1] + [2] * 30 + [3] * 36, [7] * 77])
+
+
+def test_packed_documents():
+    _check(*_inputs(2, 4, 1, 77, 77, 32), doc_ids=_packed_doc_ids())
+
+
+def test_packed_documents_with_window():
+    _check(*_inputs(2, 2, 2, 77, 77, 32), doc_ids=_packed_doc_ids(), window=12)
+
+
+def test_document_ids_need_not_be_contiguous_runs():
+    """An id that reappears (e.g. a padding id on both ends) still joins its earlier tokens."""
+    doc = torch.tensor([[5] * 6 + [1] * 20 + [5] * 9 + [2] * 15])
+    _check(*_inputs(1, 2, 1, 50, 50, 32), doc_ids=doc)
+
+
+@pytest.mark.parametrize("Tq", [1, 20])
+def test_decode_alignment_with_kv_cache(Tq):
+    """Tq < Tk: query i sits at key position Tk - Tq + i (bottom-right causal alignment)."""
+    _check(*_inputs(2, 2, 1, Tq, 70, 32))
+
+
+def test_decode_with_left_padding_doc_ids():
+    doc = torch.tensor([[0] * 70, [-1] * 25 + [0] * 45])  # row 1 is left-padded
+    _check(*_inputs(2, 2, 2, 5, 70, 32), doc_ids=doc)
+
+
+def test_rows_without_visible_keys_are_zero():
+    """Tq > Tk, causal: the first Tq - Tk queries see no key at all and must give 0, not NaN."""
+    out, xs = _check(*_inputs(1, 2, 2, 40, 24, 32))
+    assert out[:, :, :16].abs().max() == 0
+    assert xs[0].grad[:, :, :16].abs().max() == 0
+
+
+# ---------------------------------------------------------------------------------- skipping of tiles
+def _hidden_tiles_poisoned(q, k, v, first_visible_key):
+    """NaN in every key/value tile that lies wholly before ``first_visible_key``: visiting such a tile
+    at all (even masked) would turn the output into NaN, so a finite, correct result proves it was
+    skipped."""
+    block = max(cfg.block_n for cfg in tile_configs(q.shape[-1], None).values())
+    hidden = (first_visible_key // block) * block
+    assert hidden > 0
+    k, v = k.clone(), v.clone()
+    k[:, :, :hidden] = float("nan")
+    v[:, :, :hidden] = float("nan")
+    return k, v, hidden
+
+
+@pytest.mark.parametrize("mode", ["window", "documents"])
+def test_hidden_tiles_are_skipped(mode):
+    B, H, Tq, Tk, D = 1, 2, 8, 77, 32
+    q, k, v = _inputs(B, H, H, Tq, Tk, D)
+    if mode == "window":
+        kw, first_visible = dict(window=10), Tk - Tq - 10 + 1
+    else:
+        doc = torch.tensor([[0] * 50 + [1] * 27])  # all queries are in document 1
+        kw, first_visible = dict(doc_ids=doc), 50
+    want = attention_naive(q, k, v, **kw)
+    k_bad, v_bad, hidden = _hidden_tiles_poisoned(q, k, v, first_visible)
+    xs = [t.clone().requires_grad_() for t in (q, k_bad, v_bad)]
+    out = attention_triton(*xs, **kw)
+    out.sum().backward()
+    _assert_close(out, want, TOL[torch.float32], "output")
+    assert torch.isfinite(xs[0].grad).all()
+    for x in xs[1:]:
+        assert (x.grad[:, :, :hidden] == 0).all() and torch.isfinite(x.grad).all()
+
+
+def test_document_extents_match_brute_force():
+    doc = torch.randint(0, 4, (3, 41))
+    lo, hi = _doc_extents(doc)
+    for b in range(doc.shape[0]):
+        for t in range(doc.shape[1]):
+            where = (doc[b] == doc[b, t]).nonzero().flatten()
+            assert (lo[b, t].item(), hi[b, t].item()) == (where.min().item(), where.max().item() + 1)
+
+
+# --------------------------------------------------------------------------------------- entry points
+def test_ops_dispatch_reaches_the_triton_kernel():
+    q, k, v = _inputs(1, 4, 2, 30, 30, 64)
+    doc = torch.tensor([[0] * 12 + [1] * 18])
+    with ops.use_backend("triton"):
+        got = ops.attention(q, k, v, doc_ids=doc)
+    _assert_close(got, attention_reference(q, k, v, doc_ids=doc), TOL[torch.float32], "ops.attention")
+
+
+def test_bad_arguments_are_clear_errors():
+    q, k, v = _inputs(1, 2, 2, 8, 8, 32)
+    with pytest.raises(ValueError, match="window"):
+        attention_triton(q, k, v, window=0)
+    with pytest.raises(ValueError, match="doc_ids"):
+        attention_triton(q, k, v, doc_ids=torch.zeros(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="dtype"):
+        attention_triton(q, k.half(), v)
+    with pytest.raises(ValueError, match="multiple"):
+        attention_triton(torch.randn(1, 3, 8, 32), k, v)
+
+
+def test_flash_attn_cu_seqlens_from_doc_ids():
+    doc = torch.tensor([[0, 0, 0, 1, 2, 2], [4, 4, 4, 4, 4, 4]])
+    cu, max_len = doc_ids_to_cu_seqlens(doc)
+    assert cu.tolist() == [0, 3, 4, 6, 12] and max_len == 6
+    with pytest.raises(ValueError, match="contiguous run"):
+        doc_ids_to_cu_seqlens(torch.tensor([[0, 0, 1, 0]]))
+
+
+def test_flash_attn_wrapper_says_why_it_cannot_run_here():
+    q, k, v = _inputs(1, 2, 2, 8, 8, 32)
+    with pytest.raises((ImportError, RuntimeError), match="flash-attn|CUDA"):
+        attention_flash_attn(q, k, v)
+
+
+# ------------------------------------------------------------------------------ ahead-of-time configs
+def test_aot_configs_cover_every_launch_choice():
+    """Every (head dim, arch, kernel role) tile choice of the launcher appears in AOT_CONFIGS for both
+    dtypes, with a signature naming every kernel argument."""
+    names = {e["name"] for e in AOT_CONFIGS}
+    for entry in AOT_CONFIGS:
+        assert list(entry["signature"]) == entry["fn"].arg_names
+        assert all(entry["signature"][c] == "constexpr" for c in entry["constexprs"])
+    kernels = {"fwd": "attn_fwd", "bwd_dkdv": "attn_bwd_dkdv", "bwd_dq": "attn_bwd_dq"}
+    for dtype in ("bf16", "fp16"):
+        for head_dim in SUPPORTED_HEAD_DIMS:
+            for arch in ("sm80", "sm90"):
+                for role, cfg in tile_configs(head_dim, arch).items():
+                    name = (
+                        f"{kernels[role]} d{head_dim} {dtype} {arch}-tiles M{cfg.block_m} N{cfg.block_n} "
+                        f"w{cfg.num_warps} s{cfg.num_stages} causal"
+                    )
+                    assert name in names
+
+
+_AOT_SCRIPT = """
+import os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fastgpt.kernels.attention import AOT_CONFIGS
+cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+for e in AOT_CONFIGS:
+    if " d128 bf16 sm90-tiles" in e["name"] and e["name"].endswith(" causal"):
+        src = ASTSource(fn=e["fn"], signature=e["signature"], constexprs=e["constexprs"], attrs=e["attrs"])
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=e["options"])
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True)
+        stack = re.search(r"STACK:(\\d+)", usage.stdout).group(1)
+        print(e["name"], kernel.metadata.shared, stack)
+"""
+
+
+def test_aot_compile_for_hopper_fits_and_does_not_spill():
+    """The real compiler (no GPU needed) on the training configuration: d128, bf16, causal, sm_90.
+    It runs in a fresh process because the interpreter replaces the kernels in this one."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.rsplit(" ", 2) for line in run.stdout.strip().splitlines()]
+    assert len(rows) == 3, run.stdout
+    for name, shared, stack in rows:
+        assert int(shared) <= 228 * 1024, f"{name}: {shared} bytes of shared memory"
+        assert int(stack) == 0, f"{name} spills {stack} bytes"
