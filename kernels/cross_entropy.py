@@ -1,16 +1,55 @@
-"""Cross-entropy and fused linear cross-entropy: torch references (Triton kernels beside them).
+"""Cross-entropy and fused linear cross-entropy: Triton kernels, torch references and the chunked torch path.
 
 ``reduction="mean"`` averages over non-ignored targets (0 if all are ignored), ``"sum"`` sums them (what
 gradient accumulation over uneven micro-batches needs), ``"none"`` returns one loss per row (0 where
 ignored). ``z_loss`` adds ``z_loss * logsumexp(logits)**2`` per counted row (PaLM). ``softcap`` applies
 ``softcap * tanh(logits / softcap)`` before the softmax (Gemma-2).
+
+Kernel design (``_cross_entropy_kernel``, one program per row):
+
+- Pass 1 walks the vocabulary in ``BLOCK_V`` tiles keeping a running max and a running sum of
+  exponentials rescaled to that max (online log-sum-exp), so a row of any vocabulary size is read once
+  with O(BLOCK_V) registers. The target logit is one scalar load.
+- Pass 2 (only when a gradient is wanted) re-reads the row and writes
+  ``d loss / d logit = scale * (softmax * (1 + 2 z_loss lse) - onehot) * dsoftcap`` - into a separate
+  buffer, or *into the logits buffer itself* when that is safe, so no second ``(N, V)`` tensor exists.
+  The gradient is produced in the forward; the backward only multiplies it by the incoming scalar (or
+  per-row) gradient. ``scale`` is ``1 / n_valid`` for the mean (read from a device tensor: no host sync).
+
+Fused linear cross-entropy (``linear_cross_entropy_triton``) runs over chunks of token rows: chunk
+logits ``h_c @ W^T`` (cuBLAS) -> the kernel above writes the chunk's loss and its logit gradient in place
+-> ``grad_h_c = grad_logits @ W`` and ``grad_W += grad_logits^T @ h_c`` (accumulated in fp32). Only one
+chunk of logits exists at a time (about the size of the hidden states), never the full ``(N, V)``; the
+backward just scales the precomputed gradients. With ``reduction="none"`` the per-row scales are only
+known in the backward, so there the backward recomputes the chunks instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
+
 import torch
+import triton
+import triton.language as tl
+from fastgpt.kernels._aot import aot_config
+
+__all__ = [
+    "AOT_CONFIGS",
+    "cross_entropy_block_config",
+    "cross_entropy_reference",
+    "cross_entropy_triton",
+    "linear_cross_entropy_chunk_rows",
+    "linear_cross_entropy_chunked",
+    "linear_cross_entropy_reference",
+    "linear_cross_entropy_triton",
+]
+
+REDUCTIONS = ("mean", "sum", "none")
 
 
+# ------------------------------------------------------------------------------------- torch references
 def _reduce(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
     per_row = per_row * valid
     if reduction == "none":
@@ -101,3 +140,395 @@ def linear_cross_entropy_chunked(
         )
     per_row = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
     return _reduce(per_row, valid.float(), reduction)
+
+
+# ------------------------------------------------------------------------------------------ block sizes
+BLOCK_V_CHOICES = (256, 1024, 4096)
+
+
+def cross_entropy_block_config(n_cols: int) -> tuple[int, int]:
+    """``(BLOCK_V, num_warps)``: the kernel loops over vocabulary tiles of up to 4096 logits (16 fp32
+    values per thread with 8 warps). Toy vocabularies get a 256- or 1024-wide tile so they do not run
+    mostly masked lanes. Any vocabulary size works with these three configurations (fewer configs, a
+    faster AOT build check)."""
+    block = next(b for b in BLOCK_V_CHOICES if n_cols <= b or b == BLOCK_V_CHOICES[-1])
+    return block, {256: 2, 1024: 4, 4096: 8}[block]
+
+
+def linear_cross_entropy_chunk_rows(n_rows: int, hidden_size: int, vocab_size: int) -> int:
+    """Token rows per chunk of the fused linear cross-entropy: chunk logits ``(rows, V)`` about as large
+    as the hidden states ``(N, C)``, a power of two (at least 16 rows so the matmuls stay efficient)."""
+    rows = triton.next_power_of_2(max(1, triton.cdiv(n_rows, triton.cdiv(vocab_size, hidden_size))))
+    return max(16, min(rows, triton.next_power_of_2(max(n_rows, 1))))
+
+
+# ----------------------------------------------------------------------------------------------- kernel
+@triton.jit
+def _tanh(x):
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _cross_entropy_kernel(
+    LOGITS, TARGETS, LOSS, LSE, GRAD, GRAD_SCALE,
+    stride_logits, stride_grad, stride_scale,
+    n_cols, ignore_index, z_loss, softcap,
+    BLOCK_V: tl.constexpr, HAS_SOFTCAP: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    logits_ptr = LOGITS + row * stride_logits
+    target = tl.load(TARGETS + row)
+    valid = target != ignore_index
+
+    # Pass 1: online log-sum-exp over vocabulary tiles.
+    m = tl.full([], float("-inf"), tl.float32)
+    s = tl.zeros([], tl.float32)
+    for start in range(0, n_cols, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        mask = cols < n_cols
+        z = tl.load(logits_ptr + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        if HAS_SOFTCAP:
+            z = tl.where(mask, softcap * _tanh(z / softcap), float("-inf"))
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+        m = m_new
+    lse = m + tl.log(s)
+
+    # The target's logit; an out-of-range target reads NaN (a loud loss) instead of stray memory.
+    safe_target = tl.where(valid, target, 0)
+    in_range = (safe_target >= 0) & (safe_target < n_cols)
+    z_target = tl.load(logits_ptr + safe_target, mask=in_range, other=float("nan")).to(tl.float32)
+    if HAS_SOFTCAP:
+        z_target = softcap * _tanh(z_target / softcap)
+    loss = lse - z_target + z_loss * lse * lse
+    tl.store(LOSS + row, tl.where(valid, loss, 0.0))
+    tl.store(LSE + row, lse)
+
+    if COMPUTE_GRAD:
+        # Pass 2: d loss / d logit, already multiplied by this row's scale (1/n_valid for the mean).
+        scale = tl.where(valid, tl.load(GRAD_SCALE + row * stride_scale).to(tl.float32), 0.0)
+        dlse = scale * (1.0 + 2.0 * z_loss * lse)
+        grad_ptr = GRAD + row * stride_grad
+        for start in range(0, n_cols, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            mask = cols < n_cols
+            z = tl.load(logits_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            if HAS_SOFTCAP:
+                z = softcap * _tanh(z / softcap)
+            g = tl.exp(z - lse) * dlse - tl.where(cols == target, scale, 0.0)
+            if HAS_SOFTCAP:
+                t = z / softcap
+                g = g * (1.0 - t * t)
+            tl.store(grad_ptr + cols, g.to(GRAD.dtype.element_ty), mask=mask)
+
+
+def _launch_cross_entropy(
+    logits: torch.Tensor,  # (n, V), unit stride on V
+    targets: torch.Tensor,  # (n,)
+    loss: torch.Tensor,  # (n,) fp32, written
+    grad: torch.Tensor | None,  # (n, V) written (may be `logits` itself); None: no gradient
+    grad_scale: torch.Tensor,  # fp32, one value (stride 0) or one per row
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+) -> None:
+    n_rows, n_cols = logits.shape
+    if n_rows == 0:
+        return
+    block, warps = cross_entropy_block_config(n_cols)
+    lse = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    _cross_entropy_kernel[(n_rows,)](
+        logits, targets, loss, lse, grad if grad is not None else logits, grad_scale,
+        logits.stride(0), grad.stride(0) if grad is not None else 0, grad_scale.stride(0) if grad_scale.numel() > 1 else 0,
+        n_cols, ignore_index, float(z_loss), float(softcap or 0.0),
+        BLOCK_V=block, HAS_SOFTCAP=softcap is not None, COMPUTE_GRAD=grad is not None, num_warps=warps,
+    )  # fmt: skip
+
+
+def _check_args(logits_or_hidden: torch.Tensor, targets: torch.Tensor, reduction: str, softcap, what: str):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{what}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if logits_or_hidden.dim() != 2 or targets.dim() != 1 or targets.shape[0] != logits_or_hidden.shape[0]:
+        raise ValueError(
+            f"{what}: expected (N, *) inputs and (N,) targets, got {tuple(logits_or_hidden.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    if softcap is not None and softcap <= 0:
+        raise ValueError(f"{what}: softcap must be positive or None, got {softcap}")
+
+
+def _scale_for(targets: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+    """The per-row gradient scale of a reduction, as a one-element fp32 device tensor (no host sync)."""
+    if reduction == "mean":
+        n_valid = (targets != ignore_index).sum().clamp(min=1)
+        return (1.0 / n_valid.float()).reshape(1)
+    return torch.ones(1, dtype=torch.float32, device=targets.device)
+
+
+def _reduce_rows(loss_rows: torch.Tensor, targets: torch.Tensor, ignore_index: int, reduction: str):
+    if reduction == "none":
+        return loss_rows
+    if reduction == "sum":
+        return loss_rows.sum()
+    return loss_rows.sum() / (targets != ignore_index).sum().clamp(min=1)
+
+
+# ------------------------------------------------------------------------------------ plain cross-entropy
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index, z_loss, softcap, reduction, compute_grad, inplace):
+        loss_rows = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        grad = None
+        if compute_grad:
+            grad = logits if inplace else torch.empty_like(logits)
+        scale = _scale_for(targets, ignore_index, reduction)
+        _launch_cross_entropy(logits, targets, loss_rows, grad, scale, ignore_index, z_loss, softcap)
+        if inplace and compute_grad:
+            # Anyone else who saved these logits for a backward now fails loudly instead of silently
+            # reading gradients.
+            torch.autograd.graph.increment_version(logits)
+        ctx.save_for_backward(grad)
+        ctx.reduction = reduction
+        ctx.used = False
+        return _reduce_rows(loss_rows, targets, ignore_index, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.used:
+            raise RuntimeError("cross_entropy_triton: backward ran twice; the gradient is scaled in place")
+        ctx.used = True
+        (grad,) = ctx.saved_tensors
+        scale = grad_output[:, None] if ctx.reduction == "none" else grad_output
+        grad.mul_(scale.to(grad.dtype))
+        return grad, None, None, None, None, None, None, None
+
+
+def cross_entropy_triton(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+    inplace_grad: bool = False,
+) -> torch.Tensor:
+    """Cross-entropy of logits ``(N, V)`` against targets ``(N,)`` (see the module docstring).
+
+    ``inplace_grad=True`` writes the gradient over ``logits`` (saving one ``(N, V)`` buffer): only for
+    logits that nothing reads afterwards. Autograd users of the same logits are then stopped with an
+    error (the version counter is bumped); plain reads of the tensor are not, hence opt-in.
+    """
+    _check_args(logits, targets, reduction, softcap, "cross_entropy")
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    if inplace_grad and compute_grad and logits.is_leaf:
+        raise ValueError("cross_entropy: inplace_grad=True would overwrite a leaf tensor that requires grad")
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    return _CrossEntropy.apply(
+        logits, targets.contiguous(), ignore_index, z_loss, softcap, reduction, compute_grad, inplace_grad
+    )
+
+
+# ------------------------------------------------------------------------------- fused linear + CE
+def _mm_accumulate_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` with ``acc`` fp32 and ``a``/``b`` possibly bf16/fp16. On CUDA the GEMM writes fp32
+    directly (``out_dtype``, torch >= 2.8); elsewhere the low-precision product is added to fp32 (the
+    cross-chunk sum is still fp32)."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+        return
+    if a.is_cuda and _supports_out_dtype():
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        return
+    acc.add_(a @ b)
+
+
+@functools.cache
+def _supports_out_dtype() -> bool:
+    """Whether this torch build's CUDA ``addmm`` can write an fp32 result from bf16 inputs."""
+    try:
+        a = torch.zeros(16, 16, dtype=torch.bfloat16, device="cuda")
+        acc = torch.zeros(16, 16, dtype=torch.float32, device="cuda")
+        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+@contextlib.contextmanager
+def _gathered(weight: torch.Tensor) -> Iterator[None]:
+    """Make a DeepSpeed ZeRO-3 partitioned ``weight`` whole for the duration of the block.
+
+    Inside a module's forward DeepSpeed has already gathered the module's own parameters (``ds_status``
+    AVAILABLE) and this does nothing. A parameter used outside its module's forward (an LM head weight
+    read by the model's top-level forward, a tied embedding) or in this op's recomputing backward may be
+    NOT_AVAILABLE: then it is gathered here, on every rank, and re-partitioned afterwards."""
+    status = getattr(weight, "ds_status", None)
+    if status is None or getattr(status, "name", "") != "NOT_AVAILABLE":
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+        yield
+
+
+def _linear_cross_entropy_chunks(
+    hidden: torch.Tensor,  # (N, C)
+    weight: torch.Tensor,  # (V, C), gathered
+    targets: torch.Tensor,  # (N,)
+    bias: torch.Tensor | None,  # (V,)
+    row_scale: torch.Tensor,  # fp32: one value, or (N,) per-row gradient scales
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    chunk_rows: int,
+    need: tuple[bool, bool, bool],  # gradients wanted for (hidden, weight, bias)
+):
+    """Loss per row and, when any of ``need`` is set, the gradients scaled by ``row_scale``."""
+    N, C = hidden.shape
+    V = weight.shape[0]
+    compute_grad = any(need)
+    loss_rows = torch.empty(N, dtype=torch.float32, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if need[0] else None
+    grad_weight = torch.zeros(V, C, dtype=torch.float32, device=hidden.device) if need[1] else None
+    grad_bias = torch.zeros(V, dtype=torch.float32, device=hidden.device) if need[2] else None
+    for start in range(0, N, chunk_rows):
+        end = min(start + chunk_rows, N)
+        h = hidden[start:end]
+        logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())  # (n, V)
+        scale = row_scale[start:end] if row_scale.numel() > 1 else row_scale
+        _launch_cross_entropy(
+            logits, targets[start:end], loss_rows[start:end], logits if compute_grad else None, scale,
+            ignore_index, z_loss, softcap,
+        )  # fmt: skip
+        if not compute_grad:
+            continue
+        # `logits` now holds d loss / d logits for this chunk.
+        if grad_hidden is not None:
+            torch.mm(logits, weight, out=grad_hidden[start:end])
+        if grad_weight is not None:
+            _mm_accumulate_fp32(grad_weight, logits.t(), h)
+        if grad_bias is not None:
+            grad_bias += logits.sum(0, dtype=torch.float32)
+    return loss_rows, grad_hidden, grad_weight, grad_bias
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx, hidden, weight, targets, bias, ignore_index, z_loss, softcap, reduction, chunk_rows, need
+    ):
+        ctx.options = (ignore_index, z_loss, softcap, chunk_rows, need)
+        ctx.reduction = reduction
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        with _gathered(weight):
+            w = weight.to(hidden.dtype)
+            b = None if bias is None else bias.to(hidden.dtype)
+            if reduction == "none":
+                # Per-row gradient scales arrive only in the backward: it recomputes the chunks.
+                loss_rows, *_ = _linear_cross_entropy_chunks(
+                    hidden, w, targets, b, _scale_for(targets, ignore_index, "sum"), ignore_index, z_loss,
+                    softcap, chunk_rows, (False, False, False),
+                )  # fmt: skip
+                ctx.save_for_backward(hidden, weight, targets, bias)
+                return loss_rows
+            loss_rows, *grads = _linear_cross_entropy_chunks(
+                hidden, w, targets, b, _scale_for(targets, ignore_index, reduction), ignore_index, z_loss,
+                softcap, chunk_rows, need,
+            )  # fmt: skip
+        ctx.save_for_backward(*grads)
+        return _reduce_rows(loss_rows, targets, ignore_index, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        ignore_index, z_loss, softcap, chunk_rows, need = ctx.options
+        weight_dtype, bias_dtype = ctx.dtypes
+        if ctx.reduction == "none":
+            hidden, weight, targets, bias = ctx.saved_tensors
+            with _gathered(weight):
+                w = weight.to(hidden.dtype)
+                b = None if bias is None else bias.to(hidden.dtype)
+                _, grad_hidden, grad_weight, grad_bias = _linear_cross_entropy_chunks(
+                    hidden, w, targets, b, grad_output.float().contiguous(), ignore_index, z_loss, softcap,
+                    chunk_rows, need,
+                )  # fmt: skip
+        else:
+            grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+            if grad_hidden is not None:
+                grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+            if grad_weight is not None:
+                grad_weight = grad_weight * grad_output
+            if grad_bias is not None:
+                grad_bias = grad_bias * grad_output
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias_dtype)
+        return grad_hidden, grad_weight, None, grad_bias, None, None, None, None, None, None
+
+
+def linear_cross_entropy_triton(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of ``hidden (N, C) @ weight (V, C)^T [+ bias]`` against ``targets (N,)`` without ever
+    holding the ``(N, V)`` logits (see the module docstring). ``weight`` may be a DeepSpeed ZeRO-3
+    partitioned parameter. ``chunk_rows`` overrides :func:`linear_cross_entropy_chunk_rows`.
+
+    Under autocast the matmuls run in the autocast dtype, as ``F.linear`` would; otherwise ``hidden`` and
+    ``weight`` are used in ``hidden``'s dtype. Gradients come back in each input's own dtype; the weight
+    and bias gradients are accumulated in fp32 across chunks.
+    """
+    _check_args(hidden, targets, reduction, softcap, "linear_cross_entropy")
+    if weight.dim() != 2 or (weight.shape[1] != hidden.shape[1] and weight.numel() > 0):
+        raise ValueError(
+            f"linear_cross_entropy: weight must be (V, {hidden.shape[1]}), got {tuple(weight.shape)}"
+        )
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        hidden = hidden.to(torch.get_autocast_dtype(device_type))
+    hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
+    grad_on = torch.is_grad_enabled()
+    need = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
+    vocab = getattr(weight, "ds_shape", weight.shape)[0]
+    rows = chunk_rows or linear_cross_entropy_chunk_rows(hidden.shape[0], hidden.shape[1], vocab)
+    with torch.autocast(device_type, enabled=False):
+        return _LinearCrossEntropy.apply(
+            hidden, weight, targets.contiguous(), bias, ignore_index, z_loss, softcap, reduction, rows, need
+        )
+
+
+# ------------------------------------------------------------------------------ ahead-of-time configs
+def _aot_configs() -> list[dict]:
+    configs = []
+    for dt in ("bf16", "fp16"):
+        for block in BLOCK_V_CHOICES:
+            warps = cross_entropy_block_config(block)[1]
+            for softcap in (False, True):
+                for grad in (False, True):
+                    constexprs = {"BLOCK_V": block, "HAS_SOFTCAP": softcap, "COMPUTE_GRAD": grad}
+                    configs.append(
+                        aot_config(
+                            "cross_entropy", _cross_entropy_kernel, dt, constexprs,
+                            fp32_pointers=("LOSS", "LSE", "GRAD_SCALE"), i64_pointers=("TARGETS",),
+                            fp32_scalars=("z_loss", "softcap"), num_warps=warps,
+                        )
+                    )  # fmt: skip
+    return configs
+
+
+AOT_CONFIGS = _aot_configs()
