@@ -1,0 +1,146 @@
+"""Token ids of one choice -> the text a client sees, as it streams.
+
+Three jobs the engine leaves to the server:
+
+- **Incremental detokenization.** A token can end in the middle of a UTF-8 character, and some
+  tokenizers (SentencePiece) decode a token differently at the start of a string than after other text.
+  :class:`IncrementalDetokenizer` re-decodes a short window of recent tokens and emits only the new,
+  complete characters, so the streamed pieces always concatenate to the one-shot decode.
+- **Special tokens.** Chat-control tokens never reach the client. The calculator protocol is shown one of
+  two ways: ``inline`` (the server ran the tool; the reply reads ``[calculator: 12*7 = 84]``) or
+  ``client`` (the request declared the tool, so the call is returned as an OpenAI ``tool_calls`` entry
+  and the client runs it).
+- **Stop strings.** OpenAI's ``stop`` ends a choice before the first occurrence of any of its strings;
+  text that might be the start of a stop string is held back until it is known not to be one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["IncrementalDetokenizer", "ReplyDecoder"]
+
+
+class IncrementalDetokenizer:
+    """Decodes a growing token list piece by piece; the pieces concatenate to ``decode(all tokens)``."""
+
+    def __init__(self, tokenizer: Any):
+        self._decode = tokenizer.decode
+        self._tokens: list[int] = []
+        self._prefix = 0  # tokens before this index were emitted and are kept only as decoding context
+        self._read = 0  # tokens before this index were emitted
+
+    def add(self, token: int) -> str:
+        self._tokens.append(token)
+        done = self._decode(self._tokens[self._prefix : self._read])
+        text = self._decode(self._tokens[self._prefix :])
+        if len(text) > len(done) and not text.endswith("\ufffd"):  # U+FFFD: an unfinished character
+            self._prefix, self._read = self._read, len(self._tokens)
+            return text[len(done) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left (a broken character comes out as U+FFFD); starts a fresh segment."""
+        done = self._decode(self._tokens[self._prefix : self._read])
+        text = self._decode(self._tokens[self._prefix :])
+        self._tokens, self._prefix, self._read = [], 0, 0
+        return text[len(done) :]
+
+
+class ReplyDecoder:
+    """The visible text (and client-side tool calls) of one choice, fed one token at a time.
+
+    ``chat_format`` is None for plain text completions. ``tool_mode``: ``inline`` | ``client``.
+    After :meth:`feed` returns, ``stopped`` tells whether a stop string ended the choice.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        chat_format: Any = None,
+        stop: list[str] | None = None,
+        tool_mode: str = "inline",
+    ):
+        if tool_mode not in ("inline", "client"):
+            raise ValueError(f"tool_mode must be 'inline' or 'client', got {tool_mode!r}")
+        self.tokenizer = tokenizer
+        self._text = IncrementalDetokenizer(tokenizer)
+        self._stops = list(stop or [])
+        self._held = ""  # decoded text not yet shown: it may be the start of a stop string
+        self.content = ""  # everything shown so far
+        self.stopped = False
+        self.tool_calls: list[str] = []  # expressions of client-side calculator calls
+        self._call: list[int] | None = None  # tokens of a client-side call being written
+        self._ignored = set(getattr(tokenizer, "special_tokens", {}).values())
+        self._markers: dict[int, str] = {}
+        fmt = chat_format
+        if fmt is not None:
+            self._ignored |= set(fmt.stop_ids)
+            if fmt.supports_tools:
+                self._call_start, self._call_end = fmt.tool_call_start_id, fmt.tool_call_end_id
+                if tool_mode == "inline":
+                    self._markers = {
+                        fmt.tool_call_start_id: "[calculator: ",
+                        fmt.tool_call_end_id: " = ",
+                        fmt.tool_output_start_id: "",
+                        fmt.tool_output_end_id: "]",
+                    }
+        self._client_tools = fmt is not None and fmt.supports_tools and tool_mode == "client"
+
+    # -------------------------------------------------------------------------------------- feeding
+    def feed(self, token: int) -> str:
+        """The text this token adds to the visible reply ("" while text is held back)."""
+        if self.stopped:
+            return ""
+        if self._client_tools and token == self._call_start:
+            self._call = []
+            return self._show(self._text.flush())
+        if self._call is not None:
+            if token == self._call_end:
+                self.tool_calls.append(self.tokenizer.decode(self._call))
+                self._call = None
+            else:
+                self._call.append(token)
+            return ""
+        if token in self._markers:
+            return self._show(self._text.flush() + self._markers[token])
+        if token in self._ignored:
+            return self._show(self._text.flush())
+        return self._show(self._text.add(token))
+
+    def finish(self) -> str:
+        """The rest of the text once the choice has ended (held-back text is released)."""
+        if self.stopped:
+            return ""
+        out = self._show(self._text.flush())
+        out += self._held
+        self.content += self._held
+        self._held = ""
+        return out
+
+    # -------------------------------------------------------------------------------------- stop strings
+    def _show(self, text: str) -> str:
+        if not text:
+            return ""
+        if not self._stops:
+            self.content += text
+            return text
+        held = self._held + text
+        hits = [i for i in (held.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            out, self._held, self.stopped = held[: min(hits)], "", True
+        else:
+            keep = self._partial_stop_len(held)
+            out, self._held = held[: len(held) - keep], held[len(held) - keep :]
+        self.content += out
+        return out
+
+    def _partial_stop_len(self, text: str) -> int:
+        """Length of the longest end of ``text`` that is the beginning of some stop string."""
+        best = 0
+        for s in self._stops:
+            for k in range(min(len(s) - 1, len(text)), best, -1):
+                if text.endswith(s[:k]):
+                    best = k
+                    break
+        return best
