@@ -28,6 +28,7 @@ extras = {
         "uvicorn",
         "httpx",
         "openai",
+        "playwright",  # drives Debian's chromium for the web-chat test (never `playwright install`)
     ],
     "gpu": ["flash-attn"],
     "serve": ["fastapi", "uvicorn", "jinja2"],
