@@ -1,0 +1,351 @@
+"""GRPO: reinforcement learning on verifiable rewards (DeepSeekMath / DeepSeek-R1 style).
+
+    python -m fastgpt.grpo --model=out/sft/model --task=chain_sum_easy --group_size=8 \\
+        --prompts_per_step=8 --max_new_tokens=96 --max_steps=100 --beta=0 --out_dir=out/grpo
+    bash launch/grpo.sh --model=DIR ...                 # the same under torchrun (DeepSpeed ZeRO)
+
+Each optimizer step of the one training loop (``fastgpt.train``) is fed by this stage:
+
+1. **rollout** (every ``updates_per_batch`` steps): take ``prompts_per_step`` training problems (each
+   rank its share), sample ``group_size`` completions of each with the inference engine (temperature
+   1, the policy's own distribution), score them with the task's reward;
+2. **advantages**: group-relative, ``(r - mean) / (std + eps)`` (``--normalize_std=false``: Dr. GRPO);
+   groups whose rewards are all equal are counted (``zero_var_frac``) and, with
+   ``--drop_zero_var=true``, masked out of the loss and its normaliser;
+3. **update**: the clipped policy-ratio objective (``--clip_low``/``--clip_high``: DAPO's asymmetric
+   clip) plus ``beta`` times the k3 KL to a frozen reference (the starting model; with ``beta=0`` no
+   reference is kept, saving a model's worth of memory and a forward pass). Per-token terms are
+   aggregated over the whole step (``--aggregation=token|sequence|fixed``), so the loss does not depend
+   on how the step is split into micro-batches or ranks. ``updates_per_batch > 1`` reuses a rollout for
+   several steps; the ratio is then taken against the log-probabilities at rollout time.
+
+Logged every step (``metrics.jsonl``): ``reward_mean``, ``accuracy`` (share of correct samples),
+``kl``, ``clip_frac``, ``entropy`` (estimated as the mean negative log-probability of the sampled
+tokens: an unbiased estimate of the policy's per-token entropy at temperature 1, with no extra
+vocabulary-sized pass), ``completion_len``, ``zero_var_frac``, ``reward_errors``; every
+``--eval_every`` steps ``heldout_accuracy`` (greedy answers to ``--eval_problems`` held-out problems).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fastgpt import dist
+from fastgpt.rl.advantages import group_advantages
+from fastgpt.rl.losses import AGGREGATIONS, aggregate, clipped_policy_loss, kl_k3
+from fastgpt.rl.rollout import Rollout, greedy_accuracy, sample_rollout
+from fastgpt.rl.sequences import ResponseBatch, response_logprobs
+from fastgpt.tasks import RewardConfig, Task, TaskReward, get_task, load_reward_fn
+from fastgpt.train.config import TrainConfig
+
+__all__ = ["GRPOConfig", "GRPOStage", "main"]
+
+
+@dataclass
+class GRPOConfig(TrainConfig):
+    out_dir: str = "out/grpo"
+    # --- task and reward ---------------------------------------------------------------------------
+    task: str = "chain_sum_easy"  # built-in task name or a .jsonl of {"prompt", "answer"}
+    task_seed: int = 0  # generator seed of reasoning-gym tasks
+    heldout_fraction: float = 0.1
+    reward: str = ""  # optional user correctness function "module:function" (completion, problem) -> float
+    format_weight: float = 0.0
+    format_style: str = "hash"  # hash | tags
+    length_weight: float = 0.0  # DAPO soft overlong penalty weight
+    overlong_buffer: int = 32
+    # --- rollouts ----------------------------------------------------------------------------------
+    group_size: int = 8
+    prompts_per_step: int = 8  # problems per rollout, all ranks together
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    tools: bool = False  # let the engine run calculator calls during rollouts
+    # --- objective ---------------------------------------------------------------------------------
+    beta: float = 0.0  # KL coefficient; 0 keeps no reference model
+    clip_low: float = 0.2
+    clip_high: float = 0.0  # 0 -> clip_low (symmetric); DAPO uses 0.28
+    normalize_std: bool = True  # false: Dr. GRPO
+    aggregation: str = "token"  # token | sequence | fixed
+    updates_per_batch: int = 1
+    drop_zero_var: bool = False
+    # --- evaluation --------------------------------------------------------------------------------
+    eval_problems: int = 100
+    eval_every: int = 10
+    # --- optimisation defaults for finetuning ------------------------------------------------------
+    lr: float = 1e-5
+    min_lr: float = 1e-5
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    weight_decay: float = 0.0
+    batch_size: int = 0  # rows (samples) per micro-batch; 0 -> the whole rollout share of a rank
+
+    def validate(self) -> None:
+        super().validate()
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"--aggregation: expected one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.group_size < 2:
+            raise ValueError(f"--group_size: GRPO needs at least 2 samples per prompt, got {self.group_size}")
+        if self.beta < 0 or self.updates_per_batch < 1 or self.max_new_tokens < 1:
+            raise ValueError("--beta must be >= 0, --updates_per_batch and --max_new_tokens >= 1")
+
+
+class GRPOStage:
+    """What GRPO gives the training loop (see the module docstring): micro-batches cut from rollouts,
+    the loss, per-step metrics and held-out evaluation.
+
+    ``policy`` is the module being trained (its weights are updated in place by the loop's optimizer, so
+    rollouts always use the current policy; under DeepSpeed ZeRO-1/2 every rank holds whole weights).
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        tokenizer: Any,
+        task: Task,
+        cfg: GRPOConfig,
+        *,
+        chat_format: Any = None,
+        rank: int = 0,
+        world_size: int = 1,
+        log: Callable[[str], Any] = print,
+    ):
+        from fastgpt.engine import Engine
+
+        if cfg.prompts_per_step % world_size:
+            raise ValueError(
+                f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
+            )
+        self.cfg, self.task, self.rank, self.world_size, self.log = cfg, task, rank, world_size, log
+        self.policy = policy
+        self.engine = Engine(policy, tokenizer, chat_format=chat_format)
+        self.reference = None
+        if cfg.beta > 0:
+            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        correctness = load_reward_fn(cfg.reward) if cfg.reward else None
+        reward_config = RewardConfig(
+            format_weight=cfg.format_weight,
+            format_style=cfg.format_style,
+            length_weight=cfg.length_weight,
+            max_tokens=cfg.max_new_tokens,
+            overlong_buffer=min(cfg.overlong_buffer, cfg.max_new_tokens),
+        )
+        self.reward = TaskReward(task, reward_config, correctness_fn=correctness, log=log)
+        self.heldout = task.split("heldout", None if task.finite else cfg.eval_problems)[: cfg.eval_problems]
+        self.local_prompts = cfg.prompts_per_step // world_size
+        self.rows = self.local_prompts * cfg.group_size
+        self.micro_rows = cfg.batch_size or self.rows
+        if self.rows % self.micro_rows:
+            raise ValueError(
+                f"--batch_size={cfg.batch_size} must divide the {self.rows} rollout rows of a rank"
+            )
+        self.grad_accum = self.rows // self.micro_rows
+        self.pad_id = 0
+        self.rollouts_done = 0
+        self._problems = task.train_stream(seed=cfg.seed)
+        self._buffer: list[dict[str, torch.Tensor]] = []
+        self._cursor = 0
+        self._step_stats: dict[str, list[torch.Tensor]] = {}
+        self._rollout_metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------ rollouts
+    def _next_problems(self) -> list:
+        """This rank's share of the next rollout's problems (every rank walks the same stream)."""
+        batch = list(itertools.islice(self._problems, self.cfg.prompts_per_step))
+        return batch[self.rank * self.local_prompts : (self.rank + 1) * self.local_prompts]
+
+    def _rollout(self) -> None:
+        cfg = self.cfg
+        was_training = self.policy.training
+        self.policy.eval()
+        rollout = sample_rollout(
+            self.engine,
+            self._next_problems(),
+            self.reward,
+            group_size=cfg.group_size,
+            max_new_tokens=cfg.max_new_tokens,
+            step=self.rollouts_done,
+            seed=cfg.seed,
+            first_index=self.rank * self.local_prompts,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p if cfg.top_p < 1.0 else None,
+            tools=cfg.tools,
+            pad_id=self.pad_id,
+        )
+        self.policy.train(was_training)
+        self.rollouts_done += 1
+        self._buffer = self._micro_batches(rollout)
+        self._cursor = 0
+
+    @torch.no_grad()
+    def _micro_batches(self, rollout: Rollout) -> list[dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        advantages, zero_var = group_advantages(
+            rollout.rewards, cfg.group_size, normalize_std=cfg.normalize_std
+        )
+        keep = torch.ones(len(rollout))
+        if cfg.drop_zero_var:
+            keep = (~zero_var).float().repeat_interleave(cfg.group_size)
+        mask_all = rollout.batch.target_mask * keep[:, None]  # (R, T-1)
+        # the step's normaliser, over all ranks, so the summed micro-batch losses equal the loss of the
+        # whole global batch whatever the split (ranks average their gradients, hence the / world_size)
+        if cfg.aggregation == "token":
+            count = mask_all.sum()
+        elif cfg.aggregation == "sequence":
+            count = keep.sum()
+        else:
+            count = torch.tensor(float(len(rollout) * cfg.max_new_tokens))
+        total = dist.all_reduce_sum(count.reshape(1)).item()
+        denominator = max(total, 1.0) / self.world_size
+        self._rollout_metrics = self._gather_rollout_metrics(rollout, zero_var)
+        device = next(self.policy.parameters()).device
+        out = []
+        for start in range(0, len(rollout), self.micro_rows):
+            index = slice(start, start + self.micro_rows)
+            rows = rollout.batch.rows(index).to(device)
+            width = rows.ids.size(1) - 1
+            micro = {
+                "ids": rows.ids,
+                "response_mask": rows.response_mask,
+                "last": rows.last,
+                "prompt_lens": rows.prompt_lens,
+                "mask": mask_all[index, :width].to(device),
+                "advantages": advantages[index].to(device),
+                "denominator": torch.tensor(denominator),
+            }
+            if cfg.updates_per_batch > 1:  # ratios are then taken against the policy at rollout time
+                micro["old_logprobs"] = response_logprobs(self.policy, rows).float()
+            if self.reference is not None:
+                micro["ref_logprobs"] = response_logprobs(self.reference, rows).float()
+            out.append(micro)
+        return out
+
+    def _gather_rollout_metrics(self, rollout: Rollout, zero_var: torch.Tensor) -> dict[str, float]:
+        """Rollout statistics averaged over all ranks."""
+        sums = torch.tensor(
+            [
+                rollout.rewards.sum(),
+                rollout.correct.sum(),
+                rollout.completion_lens.sum(),
+                float(len(rollout)),
+                zero_var.float().sum(),
+                float(zero_var.numel()),
+                float(sum(r == "length" for r in rollout.finish_reasons)),
+            ],
+            dtype=torch.float64,
+        )
+        s = dist.all_reduce_sum(sums).tolist()
+        return {
+            "reward_mean": s[0] / s[3],
+            "accuracy": s[1] / s[3],
+            "completion_len": s[2] / s[3],
+            "zero_var_frac": s[4] / s[5],
+            "truncated_frac": s[6] / s[3],
+            "reward_errors": float(sum(self.reward.errors.values())),
+        }
+
+    # ------------------------------------------------------------------------------------------ loop API
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The next micro-batch; a new rollout starts every ``updates_per_batch`` passes over the last."""
+        if self._cursor >= len(self._buffer) * self.cfg.updates_per_batch:
+            self._rollout()
+        micro = self._buffer[self._cursor % len(self._buffer)]
+        self._cursor += 1
+        return micro
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This micro-batch's share of the step's loss: summed over the step's micro-batches (not
+        averaged) it is the GRPO loss of the rank's whole rollout share."""
+        cfg = self.cfg
+        rows = ResponseBatch(batch["ids"], batch["response_mask"], batch["last"], batch["prompt_lens"])
+        logprobs = response_logprobs(model, rows).float()  # (b, T-1)
+        mask, denominator = batch["mask"], batch["denominator"]
+        old = batch.get("old_logprobs", logprobs.detach())
+        agg = dict(denominator=denominator, fixed_len=cfg.max_new_tokens)
+        policy_loss, stats = clipped_policy_loss(
+            logprobs,
+            old,
+            batch["advantages"],
+            mask,
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high or None,
+            aggregation=cfg.aggregation,
+            **agg,
+        )
+        loss = policy_loss
+        with torch.no_grad():
+            n = mask.sum()
+            self._record("tokens", n)
+            self._record("clip_frac", stats["clip_frac"] * n)
+            self._record("entropy", -(logprobs.detach() * mask).sum())
+        if self.reference is not None:
+            kl = kl_k3(logprobs, batch["ref_logprobs"])
+            loss = loss + cfg.beta * aggregate(kl, mask, cfg.aggregation, **agg)
+            with torch.no_grad():
+                self._record("kl", (kl.detach() * mask).sum())
+        return loss
+
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        self._step_stats.setdefault(name, []).append(value.detach().float().reshape(()).cpu())
+
+    def step_metrics(self) -> dict[str, float]:
+        """Metrics of the step just taken (rollout statistics and token-weighted loss statistics, averaged
+        over ranks); clears the per-step accumulators."""
+        stats = {k: torch.stack(v).sum() for k, v in self._step_stats.items()}
+        self._step_stats = {}
+        out = dict(self._rollout_metrics)
+        if stats:
+            names = sorted(stats)
+            totals = dist.all_reduce_sum(torch.stack([stats[k] for k in names]).double()).tolist()
+            summed = dict(zip(names, totals))
+            tokens = max(summed.pop("tokens"), 1.0)
+            out.update({k: v / tokens for k, v in summed.items()})
+        out.setdefault("kl", 0.0)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
+        """Greedy accuracy on the held-out problems (each rank a share, combined)."""
+        policy = self.policy
+        was_training = policy.training
+        policy.eval()
+        mine = self.heldout[self.rank :: self.world_size]
+        acc, _ = greedy_accuracy(
+            self.engine, self.task, mine, max_new_tokens=self.cfg.max_new_tokens, tools=self.cfg.tools
+        )
+        policy.train(was_training)
+        counts = dist.all_reduce_sum(
+            torch.tensor([acc * len(mine), float(len(mine))], dtype=torch.float64)
+        ).tolist()
+        return {"heldout_accuracy": counts[0] / max(counts[1], 1.0), "heldout_n": counts[1]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rollouts_done": self.rollouts_done, "cursor": self._cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at the next rollout (a rollout interrupted mid-way is redone from fresh samples)."""
+        self.rollouts_done = int(state["rollouts_done"])
+        self._problems = self.task.train_stream(seed=self.cfg.seed)
+        for _ in itertools.islice(self._problems, self.rollouts_done * self.cfg.prompts_per_step):
+            pass
+        self._buffer, self._cursor = [], 0
+
+
+def build_task(cfg: GRPOConfig) -> Task:
+    options: dict[str, Any] = {"heldout_fraction": cfg.heldout_fraction}
+    if not cfg.task.endswith(".jsonl") and cfg.task != "game24":
+        options["seed"] = cfg.task_seed
+    return get_task(cfg.task, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    raise SystemExit("fastgpt.grpo: waiting for the shared training loop (fastgpt.train) to land")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

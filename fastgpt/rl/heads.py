@@ -1,0 +1,108 @@
+"""A language model with a scalar head: the reward model, and PPO's critic (value model).
+
+Both read the backbone's final hidden states (``GPT.hidden_states``, after the final norm) through one
+linear layer ``C -> 1``:
+
+- the **reward model** scores a whole response with the value at its last token (the end-of-turn
+  token, which has seen the prompt and the entire reply);
+- the **critic** predicts, at every token, the return still to come from there (one value per token).
+
+The head is initialised with std ``1 / sqrt(C + 1)`` (as in Stiennon et al., 2020), which gives scores
+of order 1 from unit-scale normed hidden states. On disk a scalar-head model is an ordinary model
+directory (``config.json`` + ``model.safetensors`` + tokenizer, loadable as a language model by fastgpt
+and transformers) plus ``score_head.safetensors`` and ``score_head.json`` (what the head is for).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["HEAD_FILE", "ScalarHeadModel"]
+
+HEAD_FILE = "score_head.safetensors"
+HEAD_META = "score_head.json"
+
+
+class ScalarHeadModel(nn.Module):
+    """A GPT backbone plus a linear ``C -> 1`` head (see the module docstring)."""
+
+    def __init__(self, backbone: nn.Module, *, kind: str = "reward"):
+        super().__init__()
+        if kind not in ("reward", "value"):
+            raise ValueError(f"kind={kind!r}: expected 'reward' or 'value'")
+        self.backbone, self.kind = backbone, kind
+        self.config = backbone.config
+        width = backbone.config.n_embd
+        p = next(backbone.parameters())
+        self.head = nn.Linear(width, 1, device=p.device, dtype=p.dtype)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(width + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids ``(B, T)`` -> a score per position ``(B, T)`` in fp32."""
+        h = self.backbone.hidden_states(idx, position_ids=position_ids, doc_ids=doc_ids)  # (B, T, C)
+        return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
+
+    def score(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The score of each row read at index ``last`` ``(B,)`` -> ``(B,)``."""
+        scores = self(idx[:, : int(last.max()) + 1])
+        return scores.gather(1, last[:, None]).squeeze(1)
+
+    # ------------------------------------------------------------------------------------------ files
+    def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.backbone.save_pretrained(path, dtype=dtype)
+        head = {
+            k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in self.head.state_dict().items()
+        }
+        tmp = path / f".{HEAD_FILE}.tmp"
+        save_file(head, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path / HEAD_FILE)
+        meta = path / f".{HEAD_META}.tmp"
+        meta.write_text(json.dumps({"kind": self.kind, "width": self.config.n_embd}, indent=2))
+        os.replace(meta, path / HEAD_META)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        kind: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        require_head: bool = False,
+    ) -> ScalarHeadModel:
+        """A scalar-head model from a model dir: its saved head when it has one, else a fresh head on the
+        language model (``require_head=True`` makes a missing head an error: a reward model must be trained)."""
+        from safetensors.torch import load_file
+
+        from fastgpt.model import from_pretrained
+
+        path = Path(path)
+        has_head = (path / HEAD_FILE).is_file()
+        if require_head and not has_head:
+            raise FileNotFoundError(
+                f"{path}: no {HEAD_FILE}; train a reward model first (python -m fastgpt.reward --out_dir=...)"
+            )
+        saved_kind = (
+            json.loads((path / HEAD_META).read_text())["kind"] if (path / HEAD_META).is_file() else None
+        )
+        model = cls(from_pretrained(path, dtype=dtype, device=device), kind=kind or saved_kind or "reward")
+        if has_head:
+            state = load_file(str(path / HEAD_FILE), device=str(device or "cpu"))
+            model.head.load_state_dict({k: v.to(model.head.weight.dtype) for k, v in state.items()})
+        return model

@@ -1,0 +1,123 @@
+"""Rollouts: sample a group of completions per problem with the inference engine and score them.
+
+Each problem is generated on its own, with a seed derived from ``(run seed, step, problem index)``:
+its G samples share one prefill (``Engine.generate(n=G)``), and the samples do not depend on which
+other problems are in the batch or on how many ranks split it. A run is therefore reproducible, and a
+2-rank run sees exactly the rollouts of a 1-rank run with the same global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fastgpt.rl.sequences import ResponseBatch, collate_responses
+from fastgpt.tasks.base import Problem
+
+__all__ = ["Rollout", "greedy_accuracy", "rollout_seed", "sample_rollout"]
+
+
+def rollout_seed(seed: int, step: int, index: int) -> int:
+    """A per-problem sampling seed, distinct for every (run seed, step, global problem index)."""
+    return (seed * 1_000_003 + step * 65_537 + index) % (2**62)
+
+
+@dataclass
+class Rollout:
+    """G scored completions for each of N problems, rows laid out problem by problem."""
+
+    problems: list[Problem]  # (N,)
+    batch: ResponseBatch  # N * G rows
+    rewards: torch.Tensor  # (N * G,) total reward
+    correct: torch.Tensor  # (N * G,) correctness part (0/1 for verifiable tasks)
+    completion_lens: torch.Tensor  # (N * G,) tokens generated (including the stop token)
+    texts: list[str]
+    finish_reasons: list[str]
+    group_size: int
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def sample_rollout(
+    engine: Any,
+    problems: Sequence[Problem],
+    reward_fn: Callable[[str, Problem, int], Any],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    step: int,
+    seed: int,
+    first_index: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    tools: bool = False,
+    pad_id: int = 0,
+) -> Rollout:
+    """Sample ``group_size`` completions of every problem and score them with ``reward_fn(text,
+    problem, num_tokens) -> Reward``. ``first_index`` is the global index of ``problems[0]`` in this
+    step's batch (it seeds the sampling)."""
+    fmt = engine.chat_format
+    prompts, responses, trained = [], [], []
+    texts, reasons, rewards, correct, lens = [], [], [], [], []
+    for i, problem in enumerate(problems):
+        prompt = fmt.render_prompt(list(problem.messages))
+        group = engine.generate(
+            [prompt],
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            n=group_size,
+            seed=rollout_seed(seed, step, first_index + i),
+            stop_ids=fmt.stop_ids,
+            tools=tools,
+        )[0]
+        for completion in group:
+            reward = reward_fn(completion.text, problem, len(completion.tokens))
+            prompts.append(prompt)
+            responses.append(completion.tokens)
+            trained.append(completion.sampled or [1] * len(completion.tokens))
+            texts.append(completion.text)
+            reasons.append(completion.finish_reason)
+            rewards.append(float(reward.total))
+            correct.append(float(reward.correct))
+            lens.append(len(completion.tokens))
+    return Rollout(
+        problems=list(problems),
+        batch=collate_responses(prompts, responses, trained=trained, pad_id=pad_id),
+        rewards=torch.tensor(rewards),
+        correct=torch.tensor(correct),
+        completion_lens=torch.tensor(lens, dtype=torch.float32),
+        texts=texts,
+        finish_reasons=reasons,
+        group_size=group_size,
+    )
+
+
+@torch.no_grad()
+def greedy_accuracy(
+    engine: Any,
+    task: Any,
+    problems: Sequence[Problem],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    tools: bool = False,
+) -> tuple[float, list[str]]:
+    """Accuracy of greedy (temperature 0) answers to ``problems`` under ``task``'s verifier, and the
+    answers. Problems are generated ``batch_size`` at a time (left-padded batches)."""
+    fmt = engine.chat_format
+    texts: list[str] = []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        prompts = [fmt.render_prompt(list(p.messages)) for p in chunk]
+        out = engine.generate(
+            prompts, max_tokens=max_new_tokens, temperature=0, stop_ids=fmt.stop_ids, tools=tools
+        )
+        texts.extend(group[0].text for group in out)
+    return (task.accuracy(texts, problems) if problems else 0.0), texts
