@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
+from fastgpt.model.sampling import sample_next_token
 from fastgpt.tools import calculate
 
-__all__ = ["Completion", "Engine", "sample_next"]
+__all__ = ["Completion", "Engine"]
 
 
 @dataclass
@@ -51,31 +52,6 @@ class Completion:
     finish_reason: str  # "stop" | "length" | "tool_calls"
     logprobs: list[float] | None = None
     sampled: list[int] = field(default_factory=list)
-
-
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Next token per row from logits ``(R, V)`` -> ``(R,)`` int64. ``temperature=0`` is greedy."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # drop a token when the tokens ranked above it already reach top_p (the first is always kept)
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @dataclass
@@ -109,7 +85,7 @@ class Engine:
 
     @property
     def context_len(self) -> int:
-        return int(self.model.config.sequence_len)
+        return int(self.model.config.max_seq_len)
 
     # ------------------------------------------------------------------------------------------ public
     def generate(
@@ -226,34 +202,30 @@ class Engine:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
 
-        # ---- prefill: B prompts left-padded to the longest; one prompt with n samples is prefilled once
+        # ---- prefill: prompts left-padded to the longest, each prompt once (n samples share it)
         B = len(prompts)
-        share_prefill = B == 1 and n > 1
-        batch = prompts if share_prefill or n == 1 else [p for p in prompts for _ in range(n)]
-        rows_in = len(batch)
-        pad = torch.tensor([longest - len(p) for p in batch], device=device)  # (rows_in,)
-        idx = torch.zeros(rows_in, longest, dtype=torch.long, device=device)
-        for r, p in enumerate(batch):
-            idx[r, longest - len(p) :] = torch.tensor(p, device=device)
-        ar = torch.arange(longest, device=device)
-        doc_ids = (ar[None, :] >= pad[:, None]).to(torch.int32)  # (rows_in, T): 0 on padding, 1 on prompt
-        position_ids = (ar[None, :] - pad[:, None]).clamp_(min=0)
-        cache = KVCache(model.config, rows_in, longest + max_tokens, dtype=dtype, device=device)
-        logits = model(idx, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache)[
-            :, -1, :
-        ]  # (rows_in, V)
-        if share_prefill:
+        pad = [longest - n_tok for n_tok in lengths]
+        idx = torch.zeros(B, longest, dtype=torch.long, device=device)
+        for r, p in enumerate(prompts):
+            idx[r, pad[r] :] = torch.tensor(p, device=device)
+        position_ids = doc_ids = None  # no padding: plain causal attention, positions from 0
+        if any(pad):
+            pad_t = torch.tensor(pad, device=device)[:, None]  # (B, 1)
+            ar = torch.arange(longest, device=device)[None, :]  # (1, T)
+            doc_ids = (ar >= pad_t).to(torch.int32)  # (B, T): 0 on padding, 1 on the prompt
+            position_ids = (ar - pad_t).clamp(min=0)  # each prompt counts from its own first token
+        cache = KVCache(model.config, B, longest + max_tokens, dtype=dtype, device=device)
+        logits = model(idx, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache, logits_to_keep=1)[
+            :, -1
+        ]
+        if n > 1:  # rows b*n .. b*n+n-1 continue prompt b
             cache = cache.repeat(n)
-            logits = logits.expand(n, -1)
-            pad = pad.expand(n)
+            logits = logits.repeat_interleave(n, dim=0)  # (B*n, V)
         R = B * n
         rows = [_Row() for _ in range(R)]
-        ones = torch.ones(R, 1, dtype=torch.int32, device=device)
 
         for _step in range(max_tokens):
-            chosen = sample_next(
-                logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
-            )
+            chosen = sample_next_token(logits, temperature, top_k, top_p, generator)
             chosen_list = chosen.tolist()
             lp = torch.log_softmax(logits.float(), dim=-1) if want_logprobs else None
             new: list[int | None] = [None] * R
@@ -280,8 +252,8 @@ class Engine:
             if all(row.finish_reason is not None for row in rows):
                 break
             x = torch.tensor(feed, device=device).unsqueeze(1)  # (R, 1)
-            pos = (cache.pos - pad).unsqueeze(1)  # (R, 1): each row's own position
-            logits = model(x, position_ids=pos, doc_ids=ones, kv_cache=cache)[:, -1, :]
+            # the cache continues each row's positions and document; finished rows are fed a dummy
+            logits = model(x, kv_cache=cache, logits_to_keep=1)[:, -1]  # (R, V)
         for row in rows:
             row.finish_reason = row.finish_reason or "length"
 

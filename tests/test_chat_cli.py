@@ -1,0 +1,90 @@
+"""``fastgpt chat``: multi-line input, streamed display of text and tool calls, and the loop's
+commands, driven end to end through a real (tiny, random) model dir."""
+
+import io
+
+import pytest
+import torch
+
+from fastgpt.chat.cli import StreamPrinter, chat_loop, read_message
+from fastgpt.conversation import SpecialTokenFormat, calculator_call
+from fastgpt.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train(["Hello there, how are you today? 12 * 7 = 84. 日本語 " * 20], vocab_size=300)
+
+
+def test_read_message_joins_continued_lines_and_blocks():
+    lines = iter(["one \\\n", "two\n", '"""\n', "a\n", "  b\n", '"""\n', "last\n"])
+    shown = []
+    assert read_message(lines, shown.append) == "one \ntwo"
+    assert read_message(lines, shown.append) == "a\n  b"
+    assert read_message(lines, shown.append) == "last"
+    assert read_message(lines, shown.append) is None
+    assert shown.count("...  ") == 1
+
+
+def test_stream_printer_shows_text_and_calculator_calls(tok):
+    fmt = SpecialTokenFormat(tok)
+    # render a reply with a tool call, as the engine produces it, and stream it token by token
+    msgs = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "Hello 日本語 ", "tool_calls": [calculator_call("12 * 7")]},
+        {"role": "tool", "content": "84"},
+        {"role": "assistant", "content": " so 84."},
+    ]
+    prompt = fmt.render_prompt(msgs[:1])
+    reply = fmt.render(msgs)[0][len(prompt) :]
+    out = io.StringIO()
+    printer = StreamPrinter(tok, fmt, out)
+    for t in reply:
+        printer.feed(t)
+    printer.flush()
+    assert out.getvalue() == "Hello 日本語 [calculator: 12 * 7 = 84] so 84."
+
+
+class _RecordingEngine:
+    """Stands in for the engine to check what the loop sends (the loop, not the engine, is under test)."""
+
+    def __init__(self, tok):
+        self.tokenizer, self.chat_format = tok, SpecialTokenFormat(tok)
+        self.prompts, self.settings = [], []
+
+    def stream(self, prompt, **kw):
+        self.prompts.append(prompt)
+        self.settings.append(dict(kw))
+        yield from self.tokenizer.encode("ok")
+        yield self.chat_format.ids["assistant"][1]
+
+
+def test_chat_loop_history_reset_and_temperature(tok):
+    engine = _RecordingEngine(tok)
+    fmt = engine.chat_format
+    out = io.StringIO()
+    lines = ["hi\n", "/temp 0.25\n", "again\n", "/reset\n", "fresh\n", "/quit\n"]
+    chat_loop(engine, {"temperature": 0.6, "max_tokens": 8}, None, lines, out)
+    hi = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
+    assert engine.prompts[0] == fmt.render_prompt(hi[:1])
+    assert engine.prompts[1] == fmt.render_prompt([*hi, {"role": "user", "content": "again"}])  # history kept
+    assert engine.prompts[2] == fmt.render_prompt([{"role": "user", "content": "fresh"}])  # after /reset
+    assert [s["temperature"] for s in engine.settings] == [0.6, 0.25, 0.25]
+    assert out.getvalue().count("assistant> ok") == 3
+
+
+def test_one_shot_prompt_on_a_real_model_dir(tok, tmp_path, capsys):
+    from fastgpt.chat.cli import main
+    from fastgpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
+    )
+    GPT(config).save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    assert (
+        main(["--model", str(tmp_path), "--prompt", "Hello", "--max_tokens", "5", "--temperature", "0"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert printed.endswith("\n") and len(printed) > 1
