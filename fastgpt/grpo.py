@@ -28,7 +28,7 @@ vocabulary-sized pass), ``completion_len``, ``zero_var_frac``, ``reward_errors``
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ import torch
 
 from fastgpt import dist
 from fastgpt.rl.advantages import group_advantages
+from fastgpt.rl.common import export_final, frozen_copy, load_start, log_baseline, normalize_argv
 from fastgpt.rl.losses import AGGREGATIONS, aggregate, clipped_policy_loss, kl_k3
 from fastgpt.rl.rollout import Rollout, greedy_accuracy, sample_rollout
 from fastgpt.rl.sequences import ResponseBatch, response_logprobs
@@ -97,7 +98,8 @@ class GRPOConfig(TrainConfig):
 
 class GRPOStage:
     """What GRPO gives the training loop (see the module docstring): micro-batches cut from rollouts,
-    the loss, per-step metrics and held-out evaluation.
+    the loss (a sum; the loop divides by :meth:`count_targets` summed over the step), metrics and
+    held-out evaluation.
 
     ``policy`` is the module being trained (its weights are updated in place by the loop's optimizer, so
     rollouts always use the current policy; under DeepSpeed ZeRO-1/2 every rank holds whole weights).
@@ -111,10 +113,13 @@ class GRPOStage:
         cfg: GRPOConfig,
         *,
         chat_format: Any = None,
+        correctness_fn: Callable[[str, Any], float] | None = None,
         rank: int = 0,
         world_size: int = 1,
         log: Callable[[str], Any] = print,
     ):
+        """``correctness_fn(completion, problem) -> float`` replaces the task's verifier as the
+        correctness reward (``--reward=module:function`` on the command line)."""
         from fastgpt.engine import Engine
 
         if cfg.prompts_per_step % world_size:
@@ -124,10 +129,9 @@ class GRPOStage:
         self.cfg, self.task, self.rank, self.world_size, self.log = cfg, task, rank, world_size, log
         self.policy = policy
         self.engine = Engine(policy, tokenizer, chat_format=chat_format)
-        self.reference = None
-        if cfg.beta > 0:
-            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        correctness = load_reward_fn(cfg.reward) if cfg.reward else None
+        self.reference = frozen_copy(policy) if cfg.beta > 0 else None
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        correctness = correctness_fn or (load_reward_fn(cfg.reward) if cfg.reward else None)
         reward_config = RewardConfig(
             format_weight=cfg.format_weight,
             format_style=cfg.format_style,
@@ -150,8 +154,13 @@ class GRPOStage:
         self._problems = task.train_stream(seed=cfg.seed)
         self._buffer: list[dict[str, torch.Tensor]] = []
         self._cursor = 0
-        self._step_stats: dict[str, list[torch.Tensor]] = {}
         self._rollout_metrics: dict[str, float] = {}
+
+    def attach(self, trainer: Any) -> None:
+        """Use the trainer's device and autocast for rollouts and the reference model."""
+        self.autocast = trainer.autocast
+        if self.reference is not None:
+            self.reference.to(trainer.device)
 
     # ------------------------------------------------------------------------------------------ rollouts
     def _next_problems(self) -> list:
@@ -163,23 +172,24 @@ class GRPOStage:
         cfg = self.cfg
         was_training = self.policy.training
         self.policy.eval()
-        rollout = sample_rollout(
-            self.engine,
-            self._next_problems(),
-            self.reward,
-            group_size=cfg.group_size,
-            max_new_tokens=cfg.max_new_tokens,
-            step=self.rollouts_done,
-            seed=cfg.seed,
-            first_index=self.rank * self.local_prompts,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p if cfg.top_p < 1.0 else None,
-            tools=cfg.tools,
-            pad_id=self.pad_id,
-        )
+        with self.autocast():
+            rollout = sample_rollout(
+                self.engine,
+                self._next_problems(),
+                self.reward,
+                group_size=cfg.group_size,
+                max_new_tokens=cfg.max_new_tokens,
+                step=self.rollouts_done,
+                seed=cfg.seed,
+                first_index=self.rank * self.local_prompts,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p if cfg.top_p < 1.0 else None,
+                tools=cfg.tools,
+                pad_id=self.pad_id,
+            )
+            self._buffer = self._micro_batches(rollout)
         self.policy.train(was_training)
         self.rollouts_done += 1
-        self._buffer = self._micro_batches(rollout)
         self._cursor = 0
 
     @torch.no_grad()
@@ -192,31 +202,32 @@ class GRPOStage:
         if cfg.drop_zero_var:
             keep = (~zero_var).float().repeat_interleave(cfg.group_size)
         mask_all = rollout.batch.target_mask * keep[:, None]  # (R, T-1)
-        # the step's normaliser, over all ranks, so the summed micro-batch losses equal the loss of the
-        # whole global batch whatever the split (ranks average their gradients, hence the / world_size)
-        if cfg.aggregation == "token":
-            count = mask_all.sum()
-        elif cfg.aggregation == "sequence":
-            count = keep.sum()
-        else:
-            count = torch.tensor(float(len(rollout) * cfg.max_new_tokens))
-        total = dist.all_reduce_sum(count.reshape(1)).item()
-        denominator = max(total, 1.0) / self.world_size
         self._rollout_metrics = self._gather_rollout_metrics(rollout, zero_var)
+        # token statistics are reported as this rank's token-weighted means over the whole step: each
+        # micro-batch reports its sum / (rank tokens of the step) * (micro-batches), which the loop averages
+        self._stat_scale = len(range(0, len(rollout), self.micro_rows)) / max(float(mask_all.sum()), 1.0)
         device = next(self.policy.parameters()).device
         out = []
         for start in range(0, len(rollout), self.micro_rows):
             index = slice(start, start + self.micro_rows)
             rows = rollout.batch.rows(index).to(device)
             width = rows.ids.size(1) - 1
+            mask = mask_all[index, :width].to(device)
+            if cfg.aggregation == "token":
+                count = mask.sum()
+            elif cfg.aggregation == "sequence":
+                count = keep[index].sum()
+            else:
+                count = torch.tensor(float(rows.ids.size(0) * cfg.max_new_tokens))
             micro = {
+                "inputs": rows.inputs,  # what the loop counts as the step's tokens
                 "ids": rows.ids,
                 "response_mask": rows.response_mask,
                 "last": rows.last,
                 "prompt_lens": rows.prompt_lens,
-                "mask": mask_all[index, :width].to(device),
+                "mask": mask,
                 "advantages": advantages[index].to(device),
-                "denominator": torch.tensor(denominator),
+                "count": count,
             }
             if cfg.updates_per_batch > 1:  # ratios are then taken against the policy at rollout time
                 micro["old_logprobs"] = response_logprobs(self.policy, rows).float()
@@ -226,7 +237,7 @@ class GRPOStage:
         return out
 
     def _gather_rollout_metrics(self, rollout: Rollout, zero_var: torch.Tensor) -> dict[str, float]:
-        """Rollout statistics averaged over all ranks."""
+        """Rollout statistics over all ranks."""
         sums = torch.tensor(
             [
                 rollout.rewards.sum(),
@@ -236,6 +247,7 @@ class GRPOStage:
                 zero_var.float().sum(),
                 float(zero_var.numel()),
                 float(sum(r == "length" for r in rollout.finish_reasons)),
+                float(sum(self.reward.errors.values())),
             ],
             dtype=torch.float64,
         )
@@ -246,7 +258,7 @@ class GRPOStage:
             "completion_len": s[2] / s[3],
             "zero_var_frac": s[4] / s[5],
             "truncated_frac": s[6] / s[3],
-            "reward_errors": float(sum(self.reward.errors.values())),
+            "reward_errors": s[7],
         }
 
     # ------------------------------------------------------------------------------------------ loop API
@@ -258,16 +270,23 @@ class GRPOStage:
         self._cursor += 1
         return micro
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """This micro-batch's share of the step's loss: summed over the step's micro-batches (not
-        averaged) it is the GRPO loss of the rank's whole rollout share."""
+    @staticmethod
+    def count_targets(batch: dict[str, torch.Tensor]) -> float:
+        """What the step's summed loss is divided by: tokens (``token``), completions (``sequence``)
+        or completions x max_new_tokens (``fixed``), over all micro-batches and ranks."""
+        return float(batch["count"])
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The micro-batch's summed GRPO loss (policy term + beta * k3 KL) and its statistics."""
         cfg = self.cfg
         rows = ResponseBatch(batch["ids"], batch["response_mask"], batch["last"], batch["prompt_lens"])
         logprobs = response_logprobs(model, rows).float()  # (b, T-1)
-        mask, denominator = batch["mask"], batch["denominator"]
+        mask = batch["mask"]
         old = batch.get("old_logprobs", logprobs.detach())
-        agg = dict(denominator=denominator, fixed_len=cfg.max_new_tokens)
-        policy_loss, stats = clipped_policy_loss(
+        agg = dict(denominator=1.0, fixed_len=cfg.max_new_tokens)  # a sum: the loop normalises
+        loss, stats = clipped_policy_loss(
             logprobs,
             old,
             batch["advantages"],
@@ -277,36 +296,16 @@ class GRPOStage:
             aggregation=cfg.aggregation,
             **agg,
         )
-        loss = policy_loss
-        with torch.no_grad():
-            n = mask.sum()
-            self._record("tokens", n)
-            self._record("clip_frac", stats["clip_frac"] * n)
-            self._record("entropy", -(logprobs.detach() * mask).sum())
+        n = float(mask.sum())
+        metrics = dict(self._rollout_metrics)
+        metrics["clip_frac"] = float(stats["clip_frac"]) * n * self._stat_scale
+        metrics["entropy"] = float(-(logprobs.detach() * mask).sum()) * self._stat_scale
+        metrics["kl"] = 0.0
         if self.reference is not None:
             kl = kl_k3(logprobs, batch["ref_logprobs"])
             loss = loss + cfg.beta * aggregate(kl, mask, cfg.aggregation, **agg)
-            with torch.no_grad():
-                self._record("kl", (kl.detach() * mask).sum())
-        return loss
-
-    def _record(self, name: str, value: torch.Tensor) -> None:
-        self._step_stats.setdefault(name, []).append(value.detach().float().reshape(()).cpu())
-
-    def step_metrics(self) -> dict[str, float]:
-        """Metrics of the step just taken (rollout statistics and token-weighted loss statistics, averaged
-        over ranks); clears the per-step accumulators."""
-        stats = {k: torch.stack(v).sum() for k, v in self._step_stats.items()}
-        self._step_stats = {}
-        out = dict(self._rollout_metrics)
-        if stats:
-            names = sorted(stats)
-            totals = dist.all_reduce_sum(torch.stack([stats[k] for k in names]).double()).tolist()
-            summed = dict(zip(names, totals))
-            tokens = max(summed.pop("tokens"), 1.0)
-            out.update({k: v / tokens for k, v in summed.items()})
-        out.setdefault("kl", 0.0)
-        return out
+            metrics["kl"] = float((kl.detach() * mask).sum()) * self._stat_scale
+        return loss, metrics
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
@@ -315,17 +314,28 @@ class GRPOStage:
         was_training = policy.training
         policy.eval()
         mine = self.heldout[self.rank :: self.world_size]
-        acc, _ = greedy_accuracy(
-            self.engine, self.task, mine, max_new_tokens=self.cfg.max_new_tokens, tools=self.cfg.tools
-        )
+        with self.autocast():
+            acc, _ = greedy_accuracy(
+                self.engine, self.task, mine, max_new_tokens=self.cfg.max_new_tokens, tools=self.cfg.tools
+            )
         policy.train(was_training)
         counts = dist.all_reduce_sum(
             torch.tensor([acc * len(mine), float(len(mine))], dtype=torch.float64)
         ).tolist()
         return {"heldout_accuracy": counts[0] / max(counts[1], 1.0), "heldout_n": counts[1]}
 
+    def samples(self, model: torch.nn.Module | None = None) -> list[dict[str, str]]:
+        """A greedy answer to the first held-out problem, for the log."""
+        if not self.heldout:
+            return []
+        with self.autocast():
+            _, texts = greedy_accuracy(
+                self.engine, self.task, self.heldout[:1], max_new_tokens=self.cfg.max_new_tokens
+            )
+        return [{"prompt": self.heldout[0].question, "reply": texts[0], "answer": self.heldout[0].answer}]
+
     def state_dict(self) -> dict[str, Any]:
-        return {"rollouts_done": self.rollouts_done, "cursor": self._cursor}
+        return {"rollouts_done": self.rollouts_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the next rollout (a rollout interrupted mid-way is redone from fresh samples)."""
@@ -344,7 +354,35 @@ def build_task(cfg: GRPOConfig) -> Task:
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise SystemExit("fastgpt.grpo: waiting for the shared training loop (fastgpt.train) to land")
+    from fastgpt.train.config import parse_args
+    from fastgpt.train.trainer import Trainer
+
+    cfg = parse_args(GRPOConfig, normalize_argv(argv))
+    info = dist.init_distributed(cfg.device)
+    model, tokenizer, chat_format = load_start(cfg.init_from, stage="grpo")
+    task = build_task(cfg)
+    log = print if info.is_main else (lambda *_: None)
+    stage = GRPOStage(
+        model,
+        tokenizer,
+        task,
+        cfg,
+        chat_format=chat_format,
+        rank=info.rank,
+        world_size=info.world_size,
+        log=log,
+    )
+    cfg.batch_size, cfg.grad_accum = stage.micro_rows, stage.grad_accum
+    trainer = Trainer(cfg, model, tokenizer=tokenizer, stage_name="grpo", run_info={"task": repr(task)})
+    stage.attach(trainer)
+    log(
+        f"grpo: task {task!r}, {cfg.prompts_per_step} prompts x {cfg.group_size} samples per rollout, "
+        f"{stage.grad_accum} micro-batch(es) of {stage.micro_rows} rows per rank, {len(stage.heldout)} held-out problems"
+    )
+    log_baseline(trainer, stage)
+    trainer.fit(stage)
+    export_final(trainer, chat_format)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""Start-up and wrap-up shared by the post-SFT stages (GRPO, reward model, PPO, DPO).
+
+Each of them starts from an existing model directory (fastgpt or Hugging Face layout) with its
+tokenizer and chat format, trains on the one loop (:class:`fastgpt.train.trainer.Trainer`), and ends
+with ``out_dir/model`` in the one model format, chat template included, so ``fastgpt chat`` and
+transformers read it directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["export_final", "frozen_copy", "load_start", "log_baseline", "normalize_argv"]
+
+
+def normalize_argv(argv: list[str] | None) -> list[str]:
+    """``--model=DIR`` (the stages' documented flag) is the loop config's ``--init_from=DIR``;
+    ``--model.<field>=...`` architecture overrides are left alone."""
+    out = []
+    for arg in argv or []:
+        if arg.startswith("--model=") or arg == "--model":
+            arg = "--init_from=" + arg.partition("=")[2]
+        out.append(arg)
+    return out
+
+
+def load_start(model_dir: str, *, stage: str) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, chat_format)`` of the starting model directory (train mode, fp32)."""
+    from fastgpt.conversation import ChatFormat
+    from fastgpt.model import from_pretrained
+    from fastgpt.tokenizer import Tokenizer
+
+    if not model_dir:
+        raise SystemExit(
+            f"fastgpt {stage}: --model=DIR is required (a fastgpt or Hugging Face model directory)"
+        )
+    if not Path(model_dir, "config.json").is_file():
+        raise SystemExit(f"fastgpt {stage}: --model={model_dir}: not a model directory (no config.json)")
+    model = from_pretrained(model_dir).train()
+    tokenizer = Tokenizer.load(model_dir)
+    return model, tokenizer, ChatFormat.for_model(model_dir)
+
+
+def frozen_copy(model: torch.nn.Module, *, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A frozen copy of ``model`` for reference / reward scoring: eval mode, no gradients, optionally
+    cast (bf16 halves its memory)."""
+    import copy
+
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    return frozen.to(dtype) if dtype is not None else frozen
+
+
+def export_final(trainer: Any, chat_format: Any) -> Path:
+    """Make sure ``out_dir/model`` carries the chat template the model was trained with."""
+    from fastgpt.chat.template import export_chat_template
+
+    path = Path(trainer.out_dir) / "model"
+    if trainer.dist.is_main and path.is_dir() and not (path / "chat_template.jinja").is_file():
+        export_chat_template(path, chat_format)
+    return path
+
+
+def log_baseline(trainer: Any, stage: Any) -> dict[str, float]:
+    """Evaluate the starting model and log it as step 0 (only for a fresh run, not a resumed one), so
+    ``metrics.jsonl`` shows where training started from."""
+    from fastgpt.checkpoint import latest_checkpoint
+
+    if trainer.cfg.resume != "never" and latest_checkpoint(trainer.out_dir) is not None:
+        return {}
+    result = trainer.evaluate(stage)
+    if result:
+        trainer.metrics.log({"step": 0, "tokens": 0, "elapsed_s": 0.0, **result})
+        trainer.print(" ".join(f"{k}={v:.4f}" for k, v in result.items()), prefix="step 0: ")
+    return result
