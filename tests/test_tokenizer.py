@@ -96,6 +96,23 @@ def test_save_load_same_ids_and_hash(tok, tmp_path):
     assert other.hash != tok.hash
 
 
+def test_engine_choice_is_verified(tok, tmp_path):
+    """tiktoken encodes only tokenizer.json files it provably reproduces; others go to HF tokenizers."""
+    data = json.loads((tok.save(tmp_path / "a") / "tokenizer.json").read_text())
+    (tmp_path / "bare").mkdir()  # no fastgpt metadata: the merges are re-derived and checked
+    (tmp_path / "bare" / "tokenizer.json").write_text(json.dumps(data))
+    assert Tokenizer.load(tmp_path / "bare").engine == "tiktoken"
+    merges = data["model"]["merges"]
+    merges[-1], merges[-2] = merges[-2], merges[-1]  # a different BPE: must not be run by tiktoken
+    (tmp_path / "edited").mkdir()
+    (tmp_path / "edited" / "tokenizer.json").write_text(json.dumps(data))
+    edited = Tokenizer.load(tmp_path / "edited")
+    assert edited.engine == "tokenizers"
+    reference = HFTokenizer.from_file(str(tmp_path / "edited" / "tokenizer.json"))
+    for text in _corpus(10, seed=6):
+        assert edited.encode(text) == reference.encode(text).ids
+
+
 def test_saved_dir_loads_in_transformers(tok, tmp_path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
