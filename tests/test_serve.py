@@ -45,7 +45,7 @@ def engine(tokenizer):
         n_head=4,
         n_kv_head=2,
         n_embd=64,
-        sequence_len=CONTEXT,
+        max_seq_len=CONTEXT,
     )
     return Engine(GPT(config).eval(), tokenizer)
 
@@ -155,19 +155,17 @@ def test_text_completions_several_prompts(client, engine, tokenizer):
 
 
 def test_stop_string_cuts_before_it(client, engine, tokenizer):
-    _, (ref,) = chat_reference(engine, USER, max_tokens=30, temperature=0)
+    prompt = tokenizer.encode("Who are", add_bos=True)
+    (ref,) = engine.generate([prompt], max_tokens=30, temperature=0, stop_ids={tokenizer.bos_id})[0]
     full = visible(tokenizer, ref.tokens)
     stop = full[len(full) // 2 : len(full) // 2 + 2]
-    assert stop.strip()
-    r = client.chat.completions.create(
-        model=NAME, messages=USER, max_tokens=30, temperature=0, stop=[stop, "\x00"]
-    )
-    assert r.choices[0].message.content == full[: full.index(stop)]
+    assert len(stop) == 2 and stop.strip()  # precondition: a reply long enough to cut
+    kwargs = dict(model=NAME, prompt="Who are", max_tokens=30, temperature=0)
+    r = client.completions.create(stop=[stop, "\x00"], **kwargs)
+    assert r.choices[0].text == full[: full.index(stop)]
     assert r.choices[0].finish_reason == "stop"
-    chunks = client.chat.completions.create(
-        model=NAME, messages=USER, max_tokens=30, temperature=0, stop=stop, stream=True
-    )
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full[: full.index(stop)]
+    chunks = client.completions.create(stop=stop, stream=True, **kwargs)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full[: full.index(stop)]
 
 
 # ------------------------------------------------------------------------------------------ concurrency
@@ -356,14 +354,15 @@ class ScriptedGPT(torch.nn.Module):
         self.inner, self.config, self.script = inner, inner.config, script
         self.history: list[list[int]] = []
 
-    def forward(self, idx, *, position_ids=None, doc_ids=None, kv_cache=None):
-        logits = self.inner(idx, position_ids=position_ids, doc_ids=doc_ids, kv_cache=kv_cache)
+    def forward(self, idx, *, doc_ids=None, **kwargs):
+        logits = self.inner(idx, doc_ids=doc_ids, **kwargs)
         if idx.size(1) > 1 or not self.history:  # a prefill starts new rows
             self.history = [[] for _ in range(idx.size(0))]
-        elif len(self.history) != idx.size(0):  # one prefill shared by n samples
-            self.history = [list(self.history[0]) for _ in range(idx.size(0))]
+        elif len(self.history) != idx.size(0):  # each prompt's prefill is shared by its n samples
+            n = idx.size(0) // len(self.history)
+            self.history = [list(h) for h in self.history for _ in range(n)]
         for b in range(idx.size(0)):
-            self.history[b] += idx[b][doc_ids[b] != 0].tolist()
+            self.history[b] += idx[b][doc_ids[b] != 0].tolist() if doc_ids is not None else idx[b].tolist()
             logits[b, -1] = -1e9
             logits[b, -1, self.script(self.history[b])] = 1e9
         return logits

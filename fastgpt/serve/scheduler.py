@@ -205,11 +205,12 @@ class Scheduler:
         return batch
 
     def _run_batch(self, batch: list[GenerationJob]) -> None:
-        # row r of the batch is (job, job_row); a lone job with one prompt and n samples keeps the
-        # engine's shared prefill, otherwise every row is its own prompt
+        # row r of the batch is (job, job_row), prompt-major as the engine orders rows; when every job
+        # asks for the same n the engine prefills each prompt once for its n samples, otherwise every
+        # row is passed as its own prompt
         owners = [(job, r) for job in batch for r in range(job.rows)]
-        if len(batch) == 1 and len(batch[0].prompts) == 1:
-            prompts, n = batch[0].prompts, batch[0].n
+        if len({job.n for job in batch}) == 1:
+            prompts, n = [p for job in batch for p in job.prompts], batch[0].n
         else:
             prompts, n = [job.prompts[r // job.n] for job, r in owners], 1
         max_tokens = max(self._room(job) for job in batch)

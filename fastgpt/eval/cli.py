@@ -1,0 +1,217 @@
+"""``fastgpt eval``: evaluate a model dir on bits per byte, verifiable tasks and multiple choice.
+
+    fastgpt eval --model out/sft/model --tasks bpb,chain_sum_easy,mc:basics
+    fastgpt eval --model out/grpo/model --tasks chain_sum_easy --pass_k 4 --samples 8 --out eval.json
+
+``--tasks`` is a comma-separated list of:
+
+- ``bpb``: bits per byte on the validation split of ``--data`` (default: the data the model's run
+  trained on when its ``config.json`` says, else the built-in ``shakespeare`` corpus);
+- a task name or ``.jsonl`` file of :func:`fastgpt.tasks.get_task` (``chain_sum_easy``, ``gsm_symbolic``,
+  ``game24``, ...): greedy accuracy on its held-out split, plus pass@k with ``--pass_k``;
+- ``mc:NAME`` or ``mc:FILE.jsonl``: multiple choice by log-likelihood (built-in ``shakespeare``,
+  ``basics``; see :mod:`fastgpt.eval.multiple_choice` for the file format).
+
+Chat models (a chat template in the model dir, or ``--chat yes``) get task and question prompts through
+their chat format; ``--chat no`` treats the model as a base model. Results print as a table and are
+written as JSON with ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "run_eval"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastgpt eval", description="Evaluate a model dir.")
+    p.add_argument(
+        "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
+    )
+    p.add_argument("--tasks", default="bpb,mc:basics", help="comma-separated: bpb, TASK, mc:NAME|FILE")
+    p.add_argument("--out", default=None, help="write the results as JSON to this file")
+    p.add_argument(
+        "--chat", choices=("auto", "yes", "no"), default="auto", help="prompt through the chat format"
+    )
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
+    g = p.add_argument_group("bits per byte")
+    g.add_argument("--data", default=None, help="corpus name, prepared data dir or text files")
+    g.add_argument("--bpb_tokens", type=int, default=262_144, help="validation tokens to score")
+    g = p.add_argument_group("tasks")
+    g.add_argument("--problems", type=int, default=100, help="held-out problems per task")
+    g.add_argument("--max_new_tokens", type=int, default=256)
+    g.add_argument("--batch_size", type=int, default=16, help="prompts generated together")
+    g.add_argument("--pass_k", type=int, default=0, help="also report pass@k (0: greedy only)")
+    g.add_argument("--samples", type=int, default=None, help="samples per problem for pass@k (default k)")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature for pass@k")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no_tools", action="store_true", help="do not run calculator calls")
+    return p
+
+
+def has_chat_template(model_dir: str | Path) -> bool:
+    """Whether a model dir carries a chat template (what SFT writes; a pretrained model has none)."""
+    folder = Path(model_dir)
+    if (folder / "chat_template.jinja").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+    return False
+
+
+def training_data_of(model_dir: str | Path) -> str | None:
+    """The pretraining ``data`` setting of the run that wrote ``model_dir`` (``out_dir/model``), if known."""
+    config = Path(model_dir).resolve().parent / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8")).get("data")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return data if isinstance(data, str) and data else None
+
+
+def parse_tasks(spec: str) -> list[tuple[str, str]]:
+    """``"bpb,chain_sum,mc:basics"`` -> ``[("bpb", "bpb"), ("task", "chain_sum"), ("mc", "basics")]``."""
+    out = []
+    for part in (s.strip() for s in spec.split(",")):
+        if not part:
+            continue
+        if part == "bpb":
+            out.append(("bpb", "bpb"))
+        elif part.startswith("mc:"):
+            if not part[3:]:
+                raise ValueError("'mc:' needs a set name or a .jsonl file, e.g. mc:basics")
+            out.append(("mc", part[3:]))
+        else:
+            out.append(("task", part))
+    if not out:
+        raise ValueError("--tasks is empty")
+    return out
+
+
+def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    import torch
+
+    from fastgpt.conversation import ChatFormat
+    from fastgpt.engine import Engine
+    from fastgpt.model import from_pretrained
+    from fastgpt.tokenizer import Tokenizer
+
+    tasks = parse_tasks(args.tasks)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = from_pretrained(
+        args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device
+    )
+    tokenizer = Tokenizer.load(args.model)
+    chat = args.chat == "yes" or (args.chat == "auto" and has_chat_template(args.model))
+    chat_format = ChatFormat.for_model(args.model) if chat else None
+    engine = Engine(model, tokenizer, chat_format=chat_format)
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    for kind, name in tasks:
+        t0 = time.perf_counter()
+        if kind == "bpb":
+            from fastgpt.eval.bpb import evaluate_bpb
+
+            data = args.data or training_data_of(args.model) or "shakespeare"
+            log(f"eval: bits per byte on the validation split of {data!r} ...")
+            result = evaluate_bpb(model, tokenizer, data, max_tokens=args.bpb_tokens)
+            key = "bpb"
+        elif kind == "mc":
+            from fastgpt.eval.multiple_choice import evaluate_mc, load_mc
+
+            set_name, items = load_mc(name)
+            log(f"eval: multiple choice {set_name!r} ({len(items)} items) ...")
+            result = evaluate_mc(model, tokenizer, items, chat_format=chat_format)
+            key = f"mc:{set_name}"
+        else:
+            from fastgpt.eval.tasks import evaluate_task
+            from fastgpt.tasks import get_task
+
+            task = get_task(name)
+            log(f"eval: task {task.name!r} ({args.problems} held-out problems) ...")
+            result = evaluate_task(
+                engine,
+                task,
+                chat=chat,
+                problems=args.problems,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+                k=args.pass_k,
+                samples=args.samples,
+                temperature=args.temperature,
+                seed=args.seed,
+                tools=False if args.no_tools else None,
+            )
+            key = f"task:{task.name}"
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        results[key] = result
+    return {
+        "model": str(Path(args.model).resolve()),
+        "chat": chat,
+        "device": device,
+        "results": results,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+# --------------------------------------------------------------------------------------------- output
+HEADLINE = {"bpb": ("bpb",), "mc": ("acc", "acc_norm", "chance"), "task": ("greedy_accuracy",)}
+
+
+def table(report: dict[str, Any]) -> str:
+    """The results as a Markdown table: one row per metric."""
+    rows = [("eval", "metric", "value", "n")]
+    for key, result in report["results"].items():
+        kind = key.split(":", 1)[0]
+        metrics = list(HEADLINE.get(kind, ()))
+        metrics += [m for m in result if m.startswith("pass@")]
+        n = result.get("tokens") or result.get("items") or result.get("problems") or ""
+        for m in metrics:
+            value = result[m]
+            rows.append((key, m, f"{value:.4f}" if kind == "bpb" else f"{value:.1%}", f"{n:,}" if n else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not Path(args.model).is_dir():
+        print(f"fastgpt eval: --model {args.model!r} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        parse_tasks(args.tasks)
+    except ValueError as e:
+        print(f"fastgpt eval: {e}", file=sys.stderr)
+        return 2
+    report = run_eval(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(table(report))
+    if args.out:
+        write_json_atomic(args.out, report)
+        print(f"results written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

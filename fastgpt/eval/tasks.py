@@ -1,0 +1,99 @@
+"""Accuracy on verifiable tasks (:mod:`fastgpt.tasks`): greedy accuracy and pass@k on the held-out split.
+
+The problems, answer extraction and verifier are the RL stage's own (``Task.split("heldout")``,
+``Task.is_correct``), so "accuracy" here is the number GRPO moves. Prompts go through the model's chat
+format for chat models (the calculator runs when the format has tool tokens, as in RL rollouts); a base
+model gets the question as plain text.
+
+pass@k uses the unbiased estimator of Chen et al. (2021): with ``n >= k`` samples of which ``c`` are
+correct, ``pass@k = 1 - C(n - c, k) / C(n, k)``, the chance that k samples drawn without replacement
+from the n contain a correct one, averaged over problems.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["evaluate_task", "pass_at_k"]
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with ``c`` correct out of ``n`` samples (``k <= n``)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def _prompts(engine: Any, problems: list[Any], chat: bool) -> list[list[int]]:
+    if chat:
+        return [engine.chat_format.render_prompt(list(p.messages)) for p in problems]
+    return [engine.tokenizer.encode(p.question.rstrip() + "\n", add_bos=True) for p in problems]
+
+
+def _generate(engine: Any, prompts: list[list[int]], batch_size: int, **kw: Any) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    for i in range(0, len(prompts), batch_size):
+        out += engine.generate(prompts[i : i + batch_size], **kw)
+    return out
+
+
+def evaluate_task(
+    engine: Any,
+    task: Any,
+    *,
+    chat: bool,
+    problems: int = 100,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    k: int = 0,
+    samples: int | None = None,
+    temperature: float = 0.8,
+    seed: int = 0,
+    tools: bool | None = None,
+    examples: int = 3,
+) -> dict[str, Any]:
+    """Greedy accuracy on the first ``problems`` held-out problems of ``task``, and pass@``k`` from
+    ``samples`` (default ``k``) sampled completions per problem when ``k > 0``.
+
+    Returns ``{"problems", "greedy_accuracy", "pass@k"?, "samples"?, "examples"}``; ``examples`` holds the
+    first few (question, completion, correct) triples for the report.
+    """
+    heldout = task.split("heldout", problems)
+    if not heldout:
+        raise ValueError(f"task {task.name!r} has no held-out problems")
+    fmt = engine.chat_format if chat else None
+    if tools is None:
+        tools = bool(chat and fmt.supports_tools)
+    stop_ids = set(fmt.stop_ids) if chat else {engine.tokenizer.bos_id}
+    prompts = _prompts(engine, heldout, chat)
+    common = dict(max_tokens=max_new_tokens, stop_ids=stop_ids, tools=tools)
+
+    greedy = [c[0] for c in _generate(engine, prompts, batch_size, temperature=0.0, **common)]
+    correct = [task.is_correct(c.text, p) for c, p in zip(greedy, heldout)]
+    result: dict[str, Any] = {
+        "task": task.name,
+        "problems": len(heldout),
+        "greedy_accuracy": sum(correct) / len(heldout),
+        "tools": tools,
+        "examples": [
+            {"question": p.question, "completion": c.text, "answer": p.answer, "correct": ok}
+            for p, c, ok in list(zip(heldout, greedy, correct))[:examples]
+        ],
+    }
+    if k > 0:
+        n = samples or k
+        if n < k:
+            raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+        rows = max(1, batch_size // n)  # prompts per generate call, each with n samples
+        sampled = _generate(engine, prompts, rows, temperature=temperature, n=n, seed=seed, **common)
+        scores = [
+            pass_at_k(n, sum(task.is_correct(c.text, p) for c in group), k)
+            for group, p in zip(sampled, heldout)
+        ]
+        result[f"pass@{k}"] = sum(scores) / len(scores)
+        result["samples"] = n
+        result["temperature"] = temperature
+    return result

@@ -1,0 +1,269 @@
+"""Evaluation against independent references: bits per byte of a uniform predictor (log2 V bits per token
+over the decoded text's bytes) and of a random model (materialised logits), pass@k by enumerating
+subsets, multiple-choice log-likelihoods against one unbatched forward per choice, task accuracy with a
+scripted model whose right answers are known, and the ``fastgpt eval`` command end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastgpt.data import ShardLoader, resolve_pretrain_data
+from fastgpt.engine import Engine
+from fastgpt.eval.bpb import bits_per_byte, evaluate_bpb
+from fastgpt.eval.cli import main as eval_main
+from fastgpt.eval.cli import parse_tasks
+from fastgpt.eval.multiple_choice import MCError, MCItem, choice_logprobs, evaluate_mc, load_mc
+from fastgpt.eval.tasks import evaluate_task, pass_at_k
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.tasks import get_task
+from fastgpt.tokenizer import Tokenizer
+
+TEXT = (
+    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate. "
+    "What is 12 plus 7? The answer is 19. Café, naïve, über. "
+)
+ASCII = TEXT.replace("Café, naïve, über. ", "")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.train([TEXT * 30], vocab_size=300)
+
+
+def tiny_gpt(vocab_size: int, seq_len: int = 64) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, max_seq_len=seq_len
+    )
+    return GPT(config).eval()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaldata")
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(40):
+        # ASCII text: a token's bytes are then exactly the bytes of its own decoded text
+        (docs / f"doc{i:02d}.txt").write_text(f"Document {i}. " + ASCII * (1 + i % 3), encoding="utf-8")
+    data, _ = resolve_pretrain_data(
+        str(docs), tokenizer, val_fraction=0.25, cache_dir=root / "cache", progress=False, workers=1
+    )
+    return data
+
+
+# ------------------------------------------------------------------------------------------ bits per byte
+def test_uniform_predictor_costs_log2_vocab_bits_per_token(tokenizer, data_dir):
+    model = tiny_gpt(tokenizer.vocab_size)
+    with torch.no_grad():
+        model.lm_head_weight.zero_()  # every logit 0: uniform over the vocabulary
+    batches = list(ShardLoader(data_dir, "val", batch_size=8, seq_len=32).eval_batches(1000))
+    result = bits_per_byte(model, batches, tokenizer.token_byte_lengths())
+    special = set(tokenizer.special_tokens.values())
+    scored = [t for _, targets, _ in batches for t in targets.flatten().tolist() if t not in special]
+    text_bytes = sum(len(tokenizer.decode([t]).encode("utf-8")) for t in scored)
+    assert result["tokens"] == len(scored) and result["bytes"] == text_bytes
+    assert result["bpb"] == pytest.approx(
+        len(scored) * math.log2(tokenizer.vocab_size) / text_bytes, rel=1e-5
+    )
+    assert result["loss"] == pytest.approx(math.log(tokenizer.vocab_size), rel=1e-5)
+
+
+def test_bpb_of_a_random_model_matches_materialised_logits(tokenizer, data_dir):
+    model = tiny_gpt(tokenizer.vocab_size)
+    result = evaluate_bpb(model, tokenizer, str(data_dir), max_tokens=1500, seq_len=48, batch_size=3)
+    lengths = torch.as_tensor(tokenizer.token_byte_lengths(), dtype=torch.long)
+    nats = nbytes = 0.0
+    for inputs, targets, doc_ids in ShardLoader(data_dir, "val", batch_size=3, seq_len=48).eval_batches(1500):
+        with torch.no_grad():
+            logp = F.log_softmax(model(inputs, doc_ids=doc_ids), dim=-1)  # (B, T, V)
+        keep = lengths[targets] > 0
+        nats -= logp.gather(-1, targets[..., None])[..., 0][keep].sum().item()
+        nbytes += lengths[targets].sum().item()
+    assert result["bpb"] == pytest.approx(nats / math.log(2) / nbytes, rel=1e-4)
+    assert result["seq_len"] == 48
+
+
+# ------------------------------------------------------------------------------------------ pass@k
+@pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 1, 1), (5, 2, 3), (6, 3, 2), (4, 4, 4), (7, 1, 5)])
+def test_pass_at_k_is_the_chance_a_k_subset_has_a_correct_sample(n, c, k):
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(samples, k))
+    assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+
+
+# ------------------------------------------------------------------------------------------ multiple choice
+def test_choice_logprobs_match_one_forward_per_choice(tokenizer):
+    model = tiny_gpt(tokenizer.vocab_size, seq_len=40)
+    pairs = [
+        (tokenizer.encode("Shall I compare thee", add_bos=True), tokenizer.encode(" to a summer's day")),
+        (tokenizer.encode("What is 12", add_bos=True), tokenizer.encode(" plus")),
+        ([tokenizer.bos_id], tokenizer.encode("Café")),
+        (tokenizer.encode(TEXT * 3, add_bos=True), tokenizer.encode(" more lovely")),  # cut to the context
+    ]
+    got = choice_logprobs(model, pairs, batch_rows=3)
+    for (context, choice), value in zip(pairs, got):
+        seq = (context + choice)[-41:]
+        with torch.no_grad():
+            logp = F.log_softmax(model(torch.tensor([seq[:-1]]))[0], dim=-1)
+        ref = sum(logp[len(seq) - len(choice) - 1 + i, t].item() for i, t in enumerate(choice))
+        assert value == pytest.approx(ref, abs=1e-4)
+
+
+def test_mc_accuracy_follows_the_likelihoods(tokenizer):
+    model = tiny_gpt(tokenizer.vocab_size)
+    items = [
+        MCItem("Shall I compare thee to a summer's", (" day", " night", " rose"), 0, "cloze"),
+        MCItem("What is 12 plus 7?", ("19", "20", "Thou art"), 0, "question"),
+        MCItem("Thou art more lovely and more", (" temperate", " lovely", " über"), 0, "cloze"),
+    ]
+    best, worst = [], []
+    for item in items:  # the reference: each choice scored on its own (question items as base prompts)
+        context = (
+            tokenizer.encode(f"Question: {item.prompt}\nAnswer:", add_bos=True)
+            if item.style == "question"
+            else tokenizer.encode(item.prompt, add_bos=True)
+        )
+        prefix = " " if item.style == "question" else ""
+        scores = choice_logprobs(
+            model, [(context, tokenizer.encode(prefix + c)) for c in item.choices], batch_rows=1
+        )
+        best.append(max(range(3), key=scores.__getitem__))
+        worst.append(min(range(3), key=scores.__getitem__))
+    right = [MCItem(i.prompt, i.choices, b, i.style) for i, b in zip(items, best)]
+    wrong = [MCItem(i.prompt, i.choices, w, i.style) for i, w in zip(items, worst)]
+    assert evaluate_mc(model, tokenizer, right)["acc"] == 1.0
+    assert evaluate_mc(model, tokenizer, wrong)["acc"] == 0.0
+    assert evaluate_mc(model, tokenizer, right)["chance"] == pytest.approx(1 / 3)
+
+
+def test_mc_builtin_sets_and_file_errors(tmp_path):
+    for name in ("shakespeare", "basics"):
+        _, items = load_mc(name)
+        assert len(items) >= 40 and all(0 <= i.answer < len(i.choices) for i in items)
+        assert len({i.answer for i in items}) > 1  # the right answer is not always in one place
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"question": "2+2?", "choices": ["3", "4"], "answer": "4"}) + "\n")
+    assert load_mc(str(good))[1] == [MCItem("2+2?", ("3", "4"), 1, "question")]
+    cases = {
+        '{"question": "q", "choices": ["a"], "answer": 0}': "choices",
+        '{"question": "q", "choices": ["a", "b"], "answer": 2}': "answer",
+        '{"question": "q", "choices": ["a", "b"], "answer": "c"}': "answer",
+        '{"choices": ["a", "b"], "answer": 0}': "question",
+        "[1, 2]": "object",
+        "{oops": "JSON",
+    }
+    for line, field in cases.items():
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps({"context": "x", "choices": ["a", "b"], "answer": 0}) + "\n" + line + "\n")
+        with pytest.raises(MCError, match=rf"bad.jsonl:2: .*{field}"):
+            load_mc(str(bad))
+
+
+# ------------------------------------------------------------------------------------------ task accuracy
+class ArithmeticScript(torch.nn.Module):
+    """A real tiny GPT whose reply is dictated: to "What is A plus B?" it answers ``#### A+B`` when A is
+    even and ``#### A+B+1`` when A is odd, then stops. The expected accuracy is known in advance."""
+
+    def __init__(self, inner: GPT, tokenizer: Tokenizer, stop_id: int):
+        super().__init__()
+        self.inner, self.config, self.tok, self.stop_id = inner, inner.config, tokenizer, stop_id
+        self.rows: list[tuple[list[int], int]] = []  # per row: (reply tokens to write, tokens written)
+
+    def forward(self, idx, *, doc_ids=None, **kwargs):
+        logits = self.inner(idx, doc_ids=doc_ids, **kwargs)
+        if idx.size(1) > 1:  # prefill: read each row's question once
+            self.rows = []
+            for b in range(idx.size(0)):
+                a, c = map(
+                    int, re.findall(r"What is (\d+) plus (\d+)\?", self.tok.decode(idx[b].tolist()))[-1]
+                )
+                self.rows.append((self.tok.encode(f" #### {a + c + a % 2}") + [self.stop_id], 0))
+        elif len(self.rows) != idx.size(0):  # each prompt's prefill is shared by its n samples
+            n = idx.size(0) // len(self.rows)
+            self.rows = [row for row in self.rows for _ in range(n)]
+        else:  # a decode step: each row's previous token was fed
+            self.rows = [(target, done + 1) for target, done in self.rows]
+        for b, (target, done) in enumerate(self.rows):
+            logits[b, -1] = -1e9
+            logits[b, -1, target[min(done, len(target) - 1)]] = 1e9
+        return logits
+
+
+def test_task_accuracy_greedy_and_pass_at_k(tokenizer, tmp_path):
+    problems = [{"prompt": f"What is {a} plus {b}?", "answer": a + b} for a in range(1, 13) for b in (3, 8)]
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    task = get_task(str(path), heldout_fraction=0.5)
+    heldout = task.split("heldout", 8)
+    expected = sum(int(re.search(r"What is (\d+)", p.question).group(1)) % 2 == 0 for p in heldout) / len(
+        heldout
+    )
+    assert 0 < expected < 1
+    engine = Engine(tiny_gpt(tokenizer.vocab_size, seq_len=256), tokenizer)
+    engine.model = ArithmeticScript(engine.model, tokenizer, tokenizer.token_id("<|assistant_end|>"))
+    result = evaluate_task(
+        engine, task, chat=True, problems=8, max_new_tokens=12, batch_size=4, k=2, samples=2
+    )
+    assert result["problems"] == len(heldout)
+    assert result["greedy_accuracy"] == pytest.approx(expected)
+    assert result["pass@2"] == pytest.approx(expected)  # the script is deterministic: samples agree
+    assert result["examples"][0]["completion"].startswith(" #### ")
+
+
+# ------------------------------------------------------------------------------------------ the command
+def test_parse_tasks():
+    assert parse_tasks("bpb, chain_sum ,mc:basics,mc:x.jsonl") == [
+        ("bpb", "bpb"),
+        ("task", "chain_sum"),
+        ("mc", "basics"),
+        ("mc", "x.jsonl"),
+    ]
+    with pytest.raises(ValueError):
+        parse_tasks("mc:")
+
+
+def test_eval_command_end_to_end(tokenizer, data_dir, tmp_path, capsys):
+    model_dir = tmp_path / "run" / "model"
+    tiny_gpt(tokenizer.vocab_size, seq_len=256).save_pretrained(model_dir)
+    tokenizer.save(model_dir)
+    problems = tmp_path / "sums.jsonl"
+    problems.write_text(
+        "".join(json.dumps({"prompt": f"What is {a} plus 2?", "answer": a + 2}) + "\n" for a in range(40))
+    )
+    out = tmp_path / "eval.json"
+    argv = ["--model", str(model_dir), "--data", str(data_dir), "--bpb_tokens", "1000", "--out", str(out)]
+    mc = tmp_path / "quiz.jsonl"
+    mc.write_text(json.dumps({"question": "What is 12 plus 7?", "choices": ["19", "20"], "answer": 0}) + "\n")
+    argv += [
+        "--tasks",
+        f"bpb,mc:{mc},{problems}",
+        "--problems",
+        "3",
+        "--max_new_tokens",
+        "4",
+        "--chat",
+        "yes",
+    ]
+    assert eval_main(argv) == 0
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"bpb", "mc:quiz", "task:sums"}
+    assert report["chat"] is True and report["results"]["mc:quiz"]["items"] == 1
+    assert 0 <= report["results"]["task:sums"]["greedy_accuracy"] <= 1
+    printed = capsys.readouterr().out
+    assert "| bpb" in printed and "mc:quiz" in printed and "greedy_accuracy" in printed
+    assert eval_main(["--model", str(tmp_path / "missing")]) == 2
