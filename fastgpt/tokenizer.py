@@ -123,6 +123,8 @@ _TIKTOKEN_ENCODINGS: dict[str, tuple[str, str, dict[str, int]]] = {
     ),
 }
 
+# GPT-2-style vocabulary + merges file names: OpenAI's release, and transformers' slow tokenizers
+_GPT2_FILE_PAIRS = (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt"))
 META_FILE = "fastgpt_tokenizer.json"
 _UNKNOWN = object()  # "not computed yet" for the optional tiktoken engine
 META_FORMAT = "fastgpt-tokenizer"
@@ -315,14 +317,14 @@ def _load_tiktoken(path: Path, pattern: str | None) -> tuple[HFTokenizer, Any, s
         specials = {_ENDOFTEXT: max(ranks.values()) + 1}
         name = path.name.split(".")[0]
         if pattern is None:
-            known_pattern = next(
-                (p for key, p in (("o200k", O200K_PATTERN), ("cl100k", GPT4_PATTERN)) if key in name),
-                GPT2_PATTERN if re.search(r"gpt2|r50k|p50k", name) else GPT4_PATTERN,
-            )
+            label, known_pattern = "GPT-4 (cl100k)", GPT4_PATTERN
+            if "o200k" in name:
+                label, known_pattern = "o200k", O200K_PATTERN
+            elif re.search(r"gpt2|r50k|p50k", name):
+                label, known_pattern = "GPT-2", GPT2_PATTERN
             warnings.warn(
-                f"{path}: not a known tiktoken encoding; splitting text with the "
-                f"{'o200k' if known_pattern == O200K_PATTERN else 'GPT-2' if known_pattern == GPT2_PATTERN else 'GPT-4'}"
-                " pattern (pass pattern=... to Tokenizer.load to choose)",
+                f"{path}: not a known tiktoken encoding; splitting text with the {label} pattern "
+                "(pass pattern=... to Tokenizer.load to choose)",
                 stacklevel=3,
             )
     byte_tokens = [t for t in ranks if len(t) == 1]
@@ -556,13 +558,14 @@ class Tokenizer:
         """
         if isinstance(path, (list, tuple)):
             files = [Path(p) for p in path]
-            names = sorted(p.name for p in files)
-            if len(files) != 2 or names != ["encoder.json", "vocab.bpe"]:
+            vocab = [p for p in files if p.suffix == ".json"]
+            if len(files) != 2 or len(vocab) != 1:
                 raise TokenizerError(
-                    f"a pair of files must be GPT-2's encoder.json and vocab.bpe, got {names}"
+                    "a pair of files must be a GPT-2-style vocabulary (encoder.json / vocab.json) and its "
+                    f"merges (vocab.bpe / merges.txt), got {[p.name for p in files]}"
                 )
-            enc, bpe = sorted(files, key=lambda p: p.name)
-            hf, encoder = _load_gpt2(enc, bpe, pattern)
+            merges = next(p for p in files if p is not vocab[0])
+            hf, encoder = _load_gpt2(vocab[0], merges, pattern)
             return cls(hf, bos_token=_ENDOFTEXT, eos_token=_ENDOFTEXT, name="gpt2", tiktoken_encoder=encoder)
         path = Path(path)
         if not path.exists():
@@ -576,8 +579,9 @@ class Tokenizer:
         if path.name.endswith((".tiktoken", ".tiktoken.gz")):
             hf, encoder, name = _load_tiktoken(path, pattern)
             return cls(hf, bos_token=_ENDOFTEXT, eos_token=_ENDOFTEXT, name=name, tiktoken_encoder=encoder)
-        if path.name in ("encoder.json", "vocab.bpe"):
-            return cls.load([path.with_name("encoder.json"), path.with_name("vocab.bpe")], pattern=pattern)
+        for vocab, merges in _GPT2_FILE_PAIRS:
+            if path.name in (vocab, merges):
+                return cls.load([path.with_name(vocab), path.with_name(merges)], pattern=pattern)
         if path.suffix == ".json":
             return cls._load_hf(path)
         raise TokenizerError(
@@ -589,8 +593,9 @@ class Tokenizer:
     def _load_dir(cls, folder: Path, pattern: str | None) -> Tokenizer:
         if (folder / "tokenizer.json").exists():
             return cls._load_hf(folder / "tokenizer.json")
-        if (folder / "encoder.json").exists() and (folder / "vocab.bpe").exists():
-            return cls.load([folder / "encoder.json", folder / "vocab.bpe"], pattern=pattern)
+        for vocab, merges in _GPT2_FILE_PAIRS:
+            if (folder / vocab).exists() and (folder / merges).exists():
+                return cls.load([folder / vocab, folder / merges], pattern=pattern)
         tiktoken_files = sorted(p for p in folder.iterdir() if p.name.endswith((".tiktoken", ".tiktoken.gz")))
         if len(tiktoken_files) == 1:
             return cls.load(tiktoken_files[0], pattern=pattern)

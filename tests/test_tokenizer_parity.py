@@ -136,6 +136,11 @@ def test_gpt2_files_match_tiktoken(tmp_path, gpt2_ref, gpt2_tok):
     ref, tok = gpt2_ref, gpt2_tok
     files = vocabulary_files("gpt2")
     assert Tokenizer.load([files / "vocab.bpe", files / "encoder.json"]).hash == tok.hash  # the pair
+    hf_style = tmp_path / "hf_style"  # transformers' slow-tokenizer names for the same two files
+    hf_style.mkdir()
+    (hf_style / "vocab.json").write_bytes((files / "encoder.json").read_bytes())
+    (hf_style / "merges.txt").write_bytes((files / "vocab.bpe").read_bytes())
+    assert Tokenizer.load(hf_style).hash == Tokenizer.load(hf_style / "merges.txt").hash == tok.hash
     _assert_same_ids(tok, ref, tmp_path)
     _assert_specials(tok, ref)
     lengths = tok.token_byte_lengths()
