@@ -1,0 +1,135 @@
+"""Distributed plumbing: the torchrun environment, process groups, collectives, DeepSpeed engines.
+
+One process per device. ``torchrun`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT``; without them fastgpt runs as a single process and never touches ``torch.distributed``.
+The backend is NCCL on CUDA and gloo on CPU (DeepSpeed on CPU ranks included).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+_info: DistInfo | None = None
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Read the torchrun environment, pick this process's device and join the process group once."""
+    global _info
+    if _info is not None:
+        return _info
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+    _info = DistInfo(rank, local_rank, world_size, dev)
+    return _info
+
+
+def info() -> DistInfo:
+    return _info if _info is not None else init_distributed()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place on a copy); the identity for a single process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def destroy() -> None:
+    global _info
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _info = None
+
+
+def require_deepspeed():
+    """Import DeepSpeed or fail with the install command."""
+    try:
+        import deepspeed
+    except ImportError as e:  # pragma: no cover - deepspeed is a core dependency
+        raise RuntimeError(
+            "--zero>=1 or multi-process training needs DeepSpeed: pip install deepspeed"
+        ) from e
+    return deepspeed
+
+
+def deepspeed_config(
+    zero: int,
+    *,
+    micro_batch_size: int,
+    grad_accum: int,
+    world_size: int,
+    grad_clip: float,
+    offload: bool = False,
+    base_config: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The DeepSpeed config for a ZeRO stage: from ``launch/deepspeed/zero{N}[_offload].json`` when the
+    file is given, with the batch geometry and clipping always set from the training config (one source
+    of truth). Mixed precision is done with ``torch.autocast`` around the forward in the training loop,
+    so DeepSpeed keeps fp32 weights and optimizer state (the same on CPU and GPU)."""
+    import json
+
+    cfg: dict[str, Any] = {}
+    if base_config is not None:
+        with open(base_config) as f:
+            cfg = json.load(f)
+    cfg.setdefault("zero_optimization", {})["stage"] = zero
+    if offload and zero >= 1:
+        cfg["zero_optimization"].setdefault("offload_optimizer", {"device": "cpu", "pin_memory": True})
+        if zero == 3:
+            cfg["zero_optimization"].setdefault("offload_param", {"device": "cpu", "pin_memory": True})
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch_size
+    cfg["gradient_accumulation_steps"] = grad_accum
+    cfg["train_batch_size"] = micro_batch_size * grad_accum * world_size
+    cfg["gradient_clipping"] = grad_clip if grad_clip > 0 else 0.0
+    cfg.setdefault("steps_per_print", 10**9)
+    cfg.setdefault("wall_clock_breakdown", False)
+    cfg["bf16"] = {"enabled": False}
+    cfg["fp16"] = {"enabled": False}
+    return cfg

@@ -1,0 +1,194 @@
+"""Training configuration: a flat dataclass with defaults that run, overridable as ``--key=value``.
+
+Every stage (pretrain, SFT, reward model, DPO, RL) subclasses :class:`TrainConfig` and adds its own
+keys; :func:`parse_args` handles them all the same way. Model architecture keys are given as
+``--model.<field>=value`` (e.g. ``--model.n_layer=8``) on top of ``--preset``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastgpt.model.config import PRESETS, GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train -----------------------------------------------------------------------------
+    preset: str = "tiny"  # model preset (fastgpt.model.PRESETS); ignored when init_from is set
+    init_from: str = ""  # start from a model dir (fastgpt or HF format) instead of a fresh preset
+    model: dict[str, Any] = field(default_factory=dict)  # --model.<field>=value architecture overrides
+    out_dir: str = "out/pretrain"
+    data: str = "shakespeare"  # built-in corpus name, prepared shard dir, or raw files/globs
+    tokenizer: str = ""  # "" trains one on the data (vocab_size tokens); else a path or vocab name
+    vocab_size: int = 4096
+    # --- how long ----------------------------------------------------------------------------------
+    max_steps: int = 0  # 0: run until time_budget_s (one of the two must be set)
+    time_budget_s: float = 0.0  # wall-clock budget for the training steps (schedule follows it)
+    # --- batch -------------------------------------------------------------------------------------
+    batch_size: int = 16  # sequences per rank per micro-batch
+    seq_len: int = 256
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size*grad_accum*ranks)
+    total_batch_tokens: int = 0  # if > 0, derives grad_accum = total / (batch_size*seq_len*ranks)
+    # --- optimisation ------------------------------------------------------------------------------
+    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | wsd | constant
+    wsd_decay_frac: float = 0.2  # wsd: share of the run spent decaying to min_lr
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    grad_clip: float = 1.0  # 0 disables
+    max_nonfinite_steps: int = 5  # stop after this many NaN/inf losses in a row
+    # --- numerics and systems ----------------------------------------------------------------------
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; master weights stay fp32)
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    zero: int = 0  # DeepSpeed ZeRO stage 0..3 (multi-process runs always go through DeepSpeed)
+    offload: bool = False  # ZeRO CPU offload of optimizer state (and parameters for zero=3)
+    deepspeed_config: str = ""  # optional base DeepSpeed JSON (launch/deepspeed/*.json)
+    # --- evaluation, sampling, checkpoints, logging ------------------------------------------------
+    eval_every: int = 100  # 0 disables
+    eval_tokens: int = 65536
+    sample_every: int = 0  # 0 disables periodic samples (a final sample is always printed)
+    sample_tokens: int = 128
+    save_every: int = 0  # 0: save only at the end
+    keep_last: int = 2
+    resume: str = "auto"  # auto (latest complete checkpoint in out_dir) | never | <checkpoint dir>
+    seed: int = 1337
+    log_every: int = 10
+    wandb: bool = False
+    wandb_project: str = "fastgpt"
+    progress: bool = True
+
+    # ------------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"--{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        if not self.init_from and self.preset not in PRESETS:
+            raise bad("preset", f"one of {', '.join(PRESETS)}")
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            raise bad("schedule", "cosine, wsd or constant")
+        if self.optimizer not in ("adamw", "muon"):
+            raise bad("optimizer", "adamw or muon")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise bad("dtype", "auto, fp32, bf16 or fp16")
+        if self.zero not in (0, 1, 2, 3):
+            raise bad("zero", "0, 1, 2 or 3")
+        if self.max_steps <= 0 and self.time_budget_s <= 0:
+            raise ValueError("set --max_steps or --time_budget_s (both are 0)")
+        for name in ("batch_size", "seq_len", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise bad(name, "a positive integer")
+        if self.optimizer == "muon" and self.zero >= 1:
+            raise ValueError("--optimizer=muon needs whole matrices; it does not combine with --zero>=1")
+
+    def model_config(self, vocab_size: int | None = None) -> GPTConfig:
+        """The architecture: the preset with ``--model.*`` overrides (and the tokenizer's vocab)."""
+        overrides = dict(self.model)
+        if vocab_size is not None:
+            overrides.setdefault("vocab_size", vocab_size)
+        overrides.setdefault("max_seq_len", max(self.seq_len, PRESETS[self.preset].get("max_seq_len", 0)))
+        return GPTConfig.from_preset(self.preset, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path, **extra: Any) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2) + "\n")
+
+
+C = TypeVar("C", bound=TrainConfig)
+
+
+def _coerce(raw: str, annotation: Any, key: str) -> Any:
+    """Turn the string ``raw`` into the type of field ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw.lower() in ("none", "null", ""):
+            return None
+        annotation = args[0]
+    if annotation is bool:
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"--{key}: expected true or false, got {raw!r}")
+    if annotation in (int, float):
+        try:
+            return annotation(float(raw)) if annotation is int and "e" in raw.lower() else annotation(raw)
+        except ValueError:
+            raise ValueError(f"--{key}: expected {annotation.__name__}, got {raw!r}") from None
+    return raw
+
+
+def _guess(value: str) -> Any:
+    """Model override values: ints, floats, booleans, None or JSON; else the string."""
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value.lower() in ("none", "null"):
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def parse_args(cls: type[C], argv: list[str] | None) -> C:
+    """``--key=value`` arguments -> ``cls`` instance. Unknown keys fail with the closest matches."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for arg in argv or []:
+        if arg in ("-h", "--help"):
+            raise SystemExit(_help(cls))
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}: options are --key=value")
+        key, sep, raw = arg[2:].partition("=")
+        if not sep:  # --flag alone means true for booleans
+            raw = "true"
+        key = key.replace("-", "_")
+        if key.startswith("model."):
+            model[key[len("model.") :]] = _guess(raw)
+            continue
+        if key not in fields or key == "model":
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            hint = f" (did you mean {', '.join('--' + c for c in close)}?)" if close else ""
+            raise ValueError(f"unknown option --{key}{hint}; see --help")
+        if not sep and hints[key] is not bool:
+            raise ValueError(f"--{key} needs a value: --{key}=...")
+        values[key] = _coerce(raw, hints[key], key)
+    cfg = cls(**values)
+    cfg.model = {**cfg.model, **model}
+    return cfg
+
+
+def _help(cls: type) -> str:
+    lines = [f"options ({cls.__name__}), as --key=value:"]
+    for f in dataclasses.fields(cls):
+        if f.name == "model":
+            lines.append("  --model.<field>=value     architecture override (see fastgpt.GPTConfig)")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  --{f.name}={default}")
+    return "\n".join(lines)

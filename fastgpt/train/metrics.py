@@ -1,0 +1,93 @@
+"""Run outputs: ``metrics.jsonl`` (one JSON object per logged step), optional wandb, and MFU.
+
+Reports, plots and benchmarks read ``metrics.jsonl``; nothing scrapes the console.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
+GPU_PEAK_FLOPS = {
+    "A100": 312e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+    "4090": 165e12,
+}
+
+
+def measure_cpu_matmul_flops(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
+    """This CPU's achievable matmul rate in ``dtype`` (FLOP/s, median of a few runs): the honest
+    denominator for MFU on a CPU, which has no datasheet peak for PyTorch."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 2 * n**3 / times[len(times) // 2]
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return flops if dtype in (torch.bfloat16, torch.float16) else flops / 2
+        return float("nan")
+    return measure_cpu_matmul_flops(dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32)
+
+
+class MetricsLogger:
+    """Appends one JSON line per call to ``out_dir/metrics.jsonl`` (main process only) and mirrors
+    to wandb when enabled. wandb is never required: offline when no API key is set, and
+    ``WANDB_MODE`` is respected."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        enabled: bool,
+        wandb: bool = False,
+        project: str = "fastgpt",
+        run_config: dict[str, Any] | None = None,
+    ):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self.wandb_run = None
+        if enabled and wandb:
+            try:
+                import wandb as wb
+            except ImportError:
+                print("wandb is not installed; logging to metrics.jsonl only")
+            else:
+                mode = os.environ.get("WANDB_MODE") or (
+                    "online" if os.environ.get("WANDB_API_KEY") else "offline"
+                )
+                self.wandb_run = wb.init(project=project, config=run_config, dir=str(out_dir), mode=mode)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(
+                {k: v for k, v in clean.items() if isinstance(v, (int, float))}, step=clean.get("step")
+            )
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()

@@ -1,0 +1,366 @@
+"""The one training loop. Pretraining, SFT, the reward model and DPO differ in batches and loss only;
+RL adds a rollout phase before the same :meth:`Trainer.train_step`.
+
+A *stage* is any object with:
+
+- ``next_batch() -> batch`` — this rank's next micro-batch (a tuple or dict of tensors);
+- ``loss(model, batch) -> Tensor | (Tensor, dict)`` — the SUM of per-target losses of the batch (the
+  loop divides by the global number of targets of the whole step, so micro-batches and ranks with
+  different token counts weigh each target equally), optionally with extra metrics;
+- ``count_targets(batch) -> int`` (optional; default: ``targets != -100`` in ``batch["targets"]`` or
+  ``batch[1]``);
+- ``state_dict()`` / ``load_state_dict()`` — the data position, saved with checkpoints;
+- ``evaluate(model) -> dict`` and ``samples(model) -> list`` (optional) — run every ``eval_every`` /
+  ``sample_every`` steps and at the end, on every rank (ZeRO-3 forwards are collective).
+
+The loop owns: the optimizer (AdamW or Muon+AdamW), the LR schedule, gradient accumulation, clipping,
+autocast, ``torch.compile``, DeepSpeed (ZeRO 0–3, used whenever there are several processes or
+``zero >= 1``), NaN/inf step skipping, checkpoints and resume, ``metrics.jsonl``/wandb and the
+progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastgpt import dist
+from fastgpt.train.config import TrainConfig
+from fastgpt.train.metrics import MetricsLogger, peak_flops
+from fastgpt.train.optim import build_optimizer, lr_multiplier
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPUs that have it and on CPUs with native bf16 matmuls (AVX-512 BF16/AMX),
+    fp32 otherwise."""
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    capability = torch.backends.cpu.get_cpu_capability()
+    return torch.bfloat16 if capability in ("AVX512", "AVX512_BF16", "AMX") else torch.float32
+
+
+def _targets(batch: Any) -> torch.Tensor:
+    return batch["targets"] if isinstance(batch, dict) else batch[1]
+
+
+def _inputs(batch: Any) -> torch.Tensor:
+    return batch["inputs"] if isinstance(batch, dict) else batch[0]
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Trainer:
+    """Owns the model's optimisation state for one run (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: torch.nn.Module,
+        *,
+        tokenizer: Any = None,
+        stage_name: str = "pretrain",
+        run_info: dict[str, Any] | None = None,
+    ):
+        cfg.validate()
+        self.cfg, self.tokenizer, self.stage_name = cfg, tokenizer, stage_name
+        self.dist = dist.init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.out_dir = Path(cfg.out_dir)
+        self.autocast_dtype = resolve_dtype(cfg.dtype, self.device)
+        torch.manual_seed(cfg.seed)
+
+        per_step = cfg.batch_size * cfg.seq_len * self.dist.world_size
+        if cfg.total_batch_tokens > 0:
+            if cfg.total_batch_tokens % per_step != 0:
+                raise ValueError(
+                    f"--total_batch_tokens={cfg.total_batch_tokens} is not a multiple of batch_size*seq_len*ranks"
+                    f" = {per_step}"
+                )
+            cfg.grad_accum = cfg.total_batch_tokens // per_step
+        self.grad_accum = cfg.grad_accum
+
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.engine = None
+        self.use_deepspeed = cfg.zero >= 1 or self.dist.world_size > 1
+        if self.use_deepspeed:
+            self._init_deepspeed()
+            self.forward_model: torch.nn.Module = self.engine
+        else:
+            self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+
+        self.step = 0
+        self.tokens = 0
+        self.elapsed = 0.0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
+        self.peak = peak_flops(self.device, self.autocast_dtype)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(
+                self.out_dir / "config.json",
+                stage=stage_name,
+                world_size=self.dist.world_size,
+                grad_accum_resolved=self.grad_accum,
+                model_config=self.model.config.to_dict(),
+                **(run_info or {}),
+            )
+        dist.barrier()
+        self.metrics = MetricsLogger(
+            self.out_dir,
+            enabled=self.dist.is_main,
+            wandb=cfg.wandb,
+            project=cfg.wandb_project,
+            run_config=cfg.to_dict(),
+        )
+
+    # --------------------------------------------------------------------------------------- setup
+    def _init_deepspeed(self) -> None:
+        ds = dist.require_deepspeed()
+        cfg = self.cfg
+        if cfg.zero == 3 and getattr(self.model, "lm_head", None) is None and hasattr(self.model, "wte"):
+            # the tied output head reads wte.weight outside wte's own forward: tell ZeRO-3 to gather it
+            ds.zero.register_external_parameter(self.model, self.model.wte.weight)
+        ds_config = dist.deepspeed_config(
+            cfg.zero,
+            micro_batch_size=cfg.batch_size,
+            grad_accum=self.grad_accum,
+            world_size=self.dist.world_size,
+            grad_clip=cfg.grad_clip,
+            offload=cfg.offload,
+            base_config=cfg.deepspeed_config or None,
+        )
+        if not torch.distributed.is_initialized():  # single process with --zero>=1
+            ds.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        self.engine, self.optimizer, _, _ = ds.initialize(
+            model=self.model, optimizer=self.optimizer, config=ds_config, dist_init_required=False
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    # ----------------------------------------------------------------------------------- one step
+    def progress(self) -> float:
+        """Fraction of the run done, for the LR schedule: by steps, or by time when only a budget is set."""
+        if self.cfg.max_steps > 0:
+            return self.step / self.cfg.max_steps
+        return self.elapsed / self.cfg.time_budget_s
+
+    def _set_lr(self) -> float:
+        mult = lr_multiplier(self.cfg, self.step, self.progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("base_lr", self.cfg.lr) * mult
+        return mult * self.cfg.lr
+
+    def train_step(self, stage: Any, batches: list[Any]) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches ``batches`` (``grad_accum`` of them).
+        Returns the step's metrics (loss averaged over every target of every rank)."""
+        if len(batches) != self.grad_accum and self.engine is not None:
+            raise ValueError(
+                f"DeepSpeed expects {self.grad_accum} micro-batches per step, got {len(batches)}"
+            )
+        batches = [to_device(b, self.device) for b in batches]
+        count = getattr(stage, "count_targets", None) or (lambda b: int((_targets(b) != -100).sum()))
+        n_local = sum(int(count(b)) for b in batches)
+        local = torch.tensor(
+            [float(n_local), float(sum(_inputs(b).numel() for b in batches))], device=self.device
+        )
+        n_global, tokens_global = dist.all_reduce_sum(local).tolist()
+        scale = self.dist.world_size / max(n_global, 1.0)  # ranks' gradients are averaged, not summed
+        lr = self._set_lr()
+
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        extra: dict[str, float] = {}
+        for batch in batches:
+            with self.autocast():
+                out = stage.loss(self.forward_model, batch)
+            loss, metrics = out if isinstance(out, tuple) else (out, {})
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0.0) + float(v) / len(batches)
+            loss_sum += loss.detach().float()
+            if self.engine is not None:
+                self.engine.backward(loss * scale * self.grad_accum)  # DeepSpeed divides by grad_accum
+            else:
+                (loss * scale).backward()
+        step_loss = float(dist.all_reduce_sum(loss_sum)) / max(n_global, 1.0)
+
+        finite = math.isfinite(step_loss)
+        if self.engine is not None:
+            if not finite:
+                self.engine.zero_grad()  # the update is skipped; note Adam still counts the step
+            self.engine.step()
+            grad_norm = self.engine.get_global_grad_norm()
+            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        else:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+            finite = finite and math.isfinite(grad_norm)
+            if finite:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        if finite:
+            self.nonfinite_in_row = 0
+        else:
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"step {self.step}: loss was NaN/inf for {self.nonfinite_in_row} steps in a row; stopping "
+                    "(lower --lr, check the data, or use --dtype=fp32)"
+                )
+        self.step += 1
+        self.tokens += int(tokens_global)
+        return {
+            "loss": step_loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "step_tokens": int(tokens_global),
+            "skipped": int(not finite),
+            **extra,
+        }
+
+    # ---------------------------------------------------------------------------------- the loop
+    def done(self) -> bool:
+        if self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps:
+            return True
+        return self.cfg.time_budget_s > 0 and self.elapsed >= self.cfg.time_budget_s
+
+    def evaluate(self, stage: Any) -> dict[str, float]:
+        if not hasattr(stage, "evaluate"):
+            return {}
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            result = stage.evaluate(self.forward_model if self.engine is None else self.model)
+        self.model.train()
+        return result
+
+    def samples(self, stage: Any) -> list[Any]:
+        if not hasattr(stage, "samples"):
+            return []
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            out = stage.samples(self.model)
+        self.model.train()
+        return out
+
+    def fit(self, stage: Any) -> dict[str, float]:
+        """Train until ``max_steps`` / ``time_budget_s``; returns the last metrics (with final eval)."""
+        from fastgpt import checkpoint
+
+        cfg = self.cfg
+        checkpoint.maybe_resume(self, stage)
+        bar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            total = cfg.max_steps if cfg.max_steps > 0 else int(cfg.time_budget_s)
+            bar = tqdm(
+                total=total,
+                initial=self.step if cfg.max_steps > 0 else int(self.elapsed),
+                unit="step" if cfg.max_steps > 0 else "s",
+                dynamic_ncols=True,
+                desc=self.stage_name,
+            )
+        last: dict[str, float] = {}
+        window_tokens, window_time = 0, 0.0
+        while not self.done():
+            t0 = time.perf_counter()
+            batches = [stage.next_batch() for _ in range(self.grad_accum)]
+            m = self.train_step(stage, batches)
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            window_tokens += m["step_tokens"]
+            window_time += dt
+            tok_s = window_tokens / max(window_time, 1e-9)
+            mfu = self.flops_per_token * tok_s / self.peak if self.peak == self.peak else float("nan")
+            last = {**m, "tokens_per_sec": tok_s, "mfu": mfu}
+            if bar is not None:
+                bar.update(1 if cfg.max_steps > 0 else int(self.elapsed) - bar.n)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+            if self.step % cfg.log_every == 0 or self.step == 1 or self.done():
+                self.metrics.log(
+                    {
+                        "step": self.step,
+                        "tokens": self.tokens,
+                        **{k: v for k, v in last.items() if k != "step_tokens"},
+                        "elapsed_s": self.elapsed,
+                    }
+                )
+                window_tokens, window_time = 0, 0.0
+            at_end = self.done()
+            if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0) and not at_end:
+                self._log_eval(stage, bar)
+            if cfg.sample_every > 0 and self.step % cfg.sample_every == 0 and not at_end:
+                self._log_samples(stage, bar)
+            if cfg.save_every > 0 and self.step % cfg.save_every == 0 and not at_end:
+                checkpoint.save_checkpoint(self, stage)
+        if bar is not None:
+            bar.close()
+        last.update(self._log_eval(stage, None))
+        checkpoint.save_checkpoint(self, stage)
+        self.metrics.close()
+        return last
+
+    def _log_eval(self, stage: Any, bar: Any) -> dict[str, float]:
+        result = self.evaluate(stage)
+        if result:
+            self.metrics.log({"step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed, **result})
+            self.print(
+                " ".join(f"{k}={v:.4f}" for k, v in result.items()), bar=bar, prefix=f"step {self.step}: "
+            )
+        return result
+
+    def _log_samples(self, stage: Any, bar: Any) -> list[Any]:
+        samples = self.samples(stage)
+        if samples and self.dist.is_main:
+            with open(self.out_dir / "samples.jsonl", "a") as f:
+                import json
+
+                f.write(json.dumps({"step": self.step, "samples": samples}) + "\n")
+            for s in samples:
+                self.print(str(s), bar=bar)
+        return samples
+
+    def print(self, text: str, *, bar: Any = None, prefix: str = "") -> None:
+        if not self.dist.is_main:
+            return
+        if bar is not None:
+            bar.write(prefix + text)
+        else:
+            print(prefix + text, flush=True)
+
+    # -------------------------------------------------------------------------------- model output
+    def save_model(self, path: str | Path | None = None) -> Path:
+        """Write the model in the one model format (HF layout + tokenizer files). Collective under ZeRO-3."""
+        from fastgpt import checkpoint
+
+        return checkpoint.export_model(self, Path(path) if path else self.out_dir / "model")
