@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--samples", type=int, default=None, help="samples per problem for pass@k (default k)")
     g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature for pass@k")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--no_tools", action="store_true", help="do not run calculator calls")
+    g.add_argument(
+        "--tools", action="store_true", help="run the calculator calls chat models make (as GRPO --tools)"
+    )
     return p
 
 
@@ -152,7 +154,7 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
                 samples=args.samples,
                 temperature=args.temperature,
                 seed=args.seed,
-                tools=False if args.no_tools else None,
+                tools=args.tools,
             )
             key = f"task:{task.name}"
         result["seconds"] = round(time.perf_counter() - t0, 2)

@@ -2,8 +2,9 @@
 
 The problems, answer extraction and verifier are the RL stage's own (``Task.split("heldout")``,
 ``Task.is_correct``), so "accuracy" here is the number GRPO moves. Prompts go through the model's chat
-format for chat models (the calculator runs when the format has tool tokens, as in RL rollouts); a base
-model gets the question as plain text.
+format for chat models, and greedy accuracy is computed by GRPO's own held-out evaluation
+(:func:`fastgpt.rl.rollout.greedy_accuracy`); a base model gets the question as plain text. ``tools``
+(run calculator calls) is off by default, as in GRPO.
 
 pass@k uses the unbiased estimator of Chen et al. (2021): with ``n >= k`` samples of which ``c`` are
 correct, ``pass@k = 1 - C(n - c, k) / C(n, k)``, the chance that k samples drawn without replacement
@@ -52,7 +53,7 @@ def evaluate_task(
     samples: int | None = None,
     temperature: float = 0.8,
     seed: int = 0,
-    tools: bool | None = None,
+    tools: bool = False,
     examples: int = 3,
 ) -> dict[str, Any]:
     """Greedy accuracy on the first ``problems`` held-out problems of ``task``, and pass@``k`` from
@@ -64,23 +65,27 @@ def evaluate_task(
     heldout = task.split("heldout", problems)
     if not heldout:
         raise ValueError(f"task {task.name!r} has no held-out problems")
-    fmt = engine.chat_format if chat else None
-    if tools is None:
-        tools = bool(chat and fmt.supports_tools)
-    stop_ids = set(fmt.stop_ids) if chat else {engine.tokenizer.bos_id}
+    stop_ids = set(engine.chat_format.stop_ids) if chat else {engine.tokenizer.bos_id}
     prompts = _prompts(engine, heldout, chat)
     common = dict(max_tokens=max_new_tokens, stop_ids=stop_ids, tools=tools)
 
-    greedy = [c[0] for c in _generate(engine, prompts, batch_size, temperature=0.0, **common)]
-    correct = [task.is_correct(c.text, p) for c, p in zip(greedy, heldout)]
+    if chat:  # exactly GRPO's held-out evaluation, so the two numbers are the same measurement
+        from fastgpt.rl.rollout import greedy_accuracy
+
+        _, texts = greedy_accuracy(
+            engine, task, heldout, max_new_tokens=max_new_tokens, batch_size=batch_size, tools=tools
+        )
+    else:
+        texts = [c[0].text for c in _generate(engine, prompts, batch_size, temperature=0.0, **common)]
+    correct = [task.is_correct(t, p) for t, p in zip(texts, heldout)]
     result: dict[str, Any] = {
         "task": task.name,
         "problems": len(heldout),
         "greedy_accuracy": sum(correct) / len(heldout),
         "tools": tools,
         "examples": [
-            {"question": p.question, "completion": c.text, "answer": p.answer, "correct": ok}
-            for p, c, ok in list(zip(heldout, greedy, correct))[:examples]
+            {"question": p.question, "completion": t, "answer": p.answer, "correct": ok}
+            for p, t, ok in list(zip(heldout, texts, correct))[:examples]
         ],
     }
     if k > 0:

@@ -1,0 +1,121 @@
+"""``fastgpt report`` on a pipeline dir built here with known metrics: the headline numbers, times,
+tokens and parameter count it prints are the ones written (parameters counted by torch), every run gets
+a real PNG, eval tables are included, and a truncated metrics line is skipped and counted."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fastgpt.eval.report import discover, fmt_duration, main
+
+
+def write_run(folder, stage, records, config=None, bad_tail=False):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        json.dumps({"stage": stage, "preset": "tiny", "device": "cpu", **(config or {})})
+    )
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if bad_tail:
+        text += '{"step": 99, "loss": '  # a run killed while writing
+    (folder / "metrics.jsonl").write_text(text)
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    root = tmp_path / "speedrun"
+    pre = [
+        {"step": s, "tokens": 4096 * s, "loss": 8 - s / 10, "lr": 1e-3, "elapsed_s": 3.0 * s}
+        for s in range(1, 21)
+    ]
+    pre += [
+        {"step": 10, "val_bpb": 3.1, "val_loss": 7.0, "elapsed_s": 30.0},
+        {"step": 20, "val_bpb": 2.42, "val_loss": 6.5, "elapsed_s": 61.5},
+    ]
+    write_run(root / "pretrain", "pretrain", pre, {"data": "shakespeare"}, bad_tail=True)
+    sft = [
+        {"step": s, "tokens": 1000 * s, "loss": 3 - s / 10, "elapsed_s": 2.0 * s} for s in range(1, 11)
+    ] + [{"step": 10, "val_loss": 1.75, "elapsed_s": 20.0}]
+    write_run(root / "sft", "sft", sft)
+    grpo = [{"step": 0, "heldout_accuracy": 0.1, "elapsed_s": 1.0}]
+    grpo += [
+        {
+            "step": s,
+            "reward_mean": 0.1 * s,
+            "accuracy": 0.1 * s,
+            "kl": 0.01 * s,
+            "loss": -0.1,
+            "elapsed_s": 10.0 * s,
+        }
+        for s in range(1, 5)
+    ]
+    grpo += [{"step": 4, "heldout_accuracy": 0.4, "elapsed_s": 46.0}]
+    write_run(root / "grpo", "grpo", grpo)
+    tensors = {
+        "wte.weight": torch.zeros(300, 64),
+        "blocks.0.attn.weight": torch.zeros(64, 192),
+        "norm.weight": torch.zeros(64),
+    }
+    (root / "grpo" / "model").mkdir()
+    save_file(tensors, str(root / "grpo" / "model" / "model.safetensors"))
+    evaluation = {
+        "model": str(root / "grpo" / "model"),
+        "chat": True,
+        "results": {
+            "bpb": {"bpb": 2.41, "tokens": 5000},
+            "task:chain_sum_easy": {
+                "greedy_accuracy": 0.375,
+                "problems": 8,
+                "examples": [
+                    {"question": "What is 2 + 3?", "completion": "#### 5", "answer": "5", "correct": True}
+                ],
+            },
+        },
+    }
+    (root / "eval.json").write_text(json.dumps(evaluation))
+    return root, sum(t.numel() for t in tensors.values())
+
+
+def test_report_of_a_pipeline(pipeline):
+    root, n_params = pipeline
+    assert main(["--runs", str(root), "--note", "made in a test"]) == 0
+    text = (root / "report.md").read_text()
+    runs, _ = discover([str(root)])
+    assert [r.stage for r in runs] == ["pretrain", "sft", "grpo"]  # pipeline order, not alphabetical
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert (
+        "val_bpb 2.42" in rows["pretrain"] and "1m 02s" in rows["pretrain"] and "81.92k" in rows["pretrain"]
+    )
+    assert "val_loss 1.75" in rows["sft"]
+    assert "heldout_accuracy 10.0% → 40.0%" in rows["grpo"]
+    assert f"| parameters | {n_params:,} |" in text
+    assert "**2m 08s**" in text  # 61.5 + 20 + 46 seconds
+    assert "made in a test" in text and "## Hardware" in text and "CPU:" in text
+    assert "task:chain_sum_easy" in text and "37.5%" in text and "What is 2 + 3?" in text
+    assert "1 unreadable line(s)" in text
+    for stage in ("pretrain", "sft", "grpo"):
+        assert f"![{stage} curves](plots/{stage}.png)" in text
+        image = matplotlib.image.imread(root / "plots" / f"{stage}.png")
+        assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_report_errors_and_explicit_runs(pipeline, tmp_path, capsys):
+    root, _ = pipeline
+    assert main(["--runs", str(tmp_path / "nope")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["--runs", str(tmp_path / "empty")]) == 2
+    assert "holds no run" in capsys.readouterr().err
+    out = tmp_path / "card" / "r.md"
+    assert main(["--runs", str(root / "sft"), str(root / "pretrain"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.index("### sft") < text.index("### pretrain")  # runs named one by one keep their order
+    assert (tmp_path / "card" / "plots" / "sft.png").is_file()
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0m 00s"), (59.6, "1m 00s"), (3725, "1h 02m 05s"), (None, "—")])
+def test_durations(seconds, text):
+    assert fmt_duration(seconds) == text
