@@ -703,7 +703,8 @@ class Tokenizer:
             else:
                 batch = self._tiktoken.encode_ordinary_batch(texts, num_threads=num_threads)
         else:
-            batch = [e.ids for e in self._hf.encode_batch_fast(texts, add_special_tokens=False)]
+            encode = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)  # _fast: no offsets
+            batch = [e.ids for e in encode(texts, add_special_tokens=False)]
         return [[self.bos_id, *ids] for ids in batch] if add_bos else batch
 
     def decode(self, ids: Iterable[int]) -> str:
