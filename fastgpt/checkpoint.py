@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,8 @@ def save_checkpoint(trainer: Any, stage: Any) -> Path:
             tmp / "state.pt",
         )
     export_model(trainer, tmp / "model")
+    if os.environ.get("FASTGPT_SLOW_SAVE_S"):  # fault injection for the kill-during-save test
+        time.sleep(float(os.environ["FASTGPT_SLOW_SAVE_S"]))
     if info.is_main:
         _atomic_json(tmp / "stage.json", stage.state_dict() if hasattr(stage, "state_dict") else {})
         _atomic_json(

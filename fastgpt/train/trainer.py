@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from fastgpt import dist
 from fastgpt.train.config import TrainConfig
 from fastgpt.train.metrics import MetricsLogger, peak_flops
 from fastgpt.train.optim import build_optimizer, lr_multiplier
+
+_STOP_AFTER_STEP = int(os.environ.get("FASTGPT_STOP_AFTER_STEP", "0"))
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -66,6 +69,20 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def default_deepspeed_config(zero: int, offload: bool) -> Path | None:
+    """``launch/deepspeed/zero{N}[_offload].json`` of a source checkout, if present (``--zero`` and
+    ``--offload`` select it; ``--deepspeed_config`` overrides)."""
+    if zero == 0:
+        return None
+    path = (
+        Path(__file__).resolve().parents[2]
+        / "launch"
+        / "deepspeed"
+        / f"zero{zero}{'_offload' if offload else ''}.json"
+    )
+    return path if path.exists() else None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -152,7 +169,7 @@ class Trainer:
             world_size=self.dist.world_size,
             grad_clip=cfg.grad_clip,
             offload=cfg.offload,
-            base_config=cfg.deepspeed_config or None,
+            base_config=cfg.deepspeed_config or default_deepspeed_config(cfg.zero, cfg.offload),
         )
         if not torch.distributed.is_initialized():  # single process with --zero>=1
             ds.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
@@ -323,6 +340,9 @@ class Trainer:
                 self._log_samples(stage, bar)
             if cfg.save_every > 0 and self.step % cfg.save_every == 0 and not at_end:
                 checkpoint.save_checkpoint(self, stage)
+            if self.step == _STOP_AFTER_STEP:  # fault injection for resume tests: "the machine went down"
+                self.print(f"FASTGPT_STOP_AFTER_STEP: stopping after step {self.step}")
+                return last
         if bar is not None:
             bar.close()
         last.update(self._log_eval(stage, None))
