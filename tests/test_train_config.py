@@ -1,0 +1,125 @@
+"""TrainConfig: ``--key=value`` parsing (types, booleans, unknown keys), model overrides on a preset,
+and the validation errors a user sees for bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fastgpt.model import GPTConfig
+from fastgpt.train.config import TrainConfig, parse_args
+
+ISSUE_KEYS = (
+    "preset out_dir data tokenizer vocab_size max_steps time_budget_s batch_size seq_len grad_accum "
+    "total_batch_tokens lr min_lr warmup_steps schedule weight_decay grad_clip optimizer dtype compile zero "
+    "offload eval_every eval_tokens sample_every save_every keep_last resume seed wandb log_every"
+).split()
+
+
+def test_every_documented_key_exists():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(ISSUE_KEYS) <= fields, sorted(set(ISSUE_KEYS) - fields)
+
+
+def test_values_are_coerced_to_the_field_types():
+    cfg = parse_args(
+        TrainConfig,
+        [
+            "--lr=1e-3",
+            "--max_steps=2e3",
+            "--batch_size=8",
+            "--compile=true",
+            "--wandb=False",
+            "--zero=2",
+            "--schedule=wsd",
+            "--time_budget_s=90",
+            "--offload",
+        ],
+    )
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert cfg.max_steps == 2000 and isinstance(cfg.max_steps, int)
+    assert cfg.batch_size == 8 and isinstance(cfg.batch_size, int)
+    assert cfg.compile is True and cfg.wandb is False and cfg.offload is True
+    assert cfg.zero == 2 and cfg.schedule == "wsd" and cfg.time_budget_s == 90.0
+    untouched = TrainConfig()
+    assert cfg.seed == untouched.seed and cfg.out_dir == untouched.out_dir
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("--compile=maybe", "--compile: expected true or false"),
+        ("--batch_size=eight", "--batch_size: expected int"),
+        ("--lr=fast", "--lr: expected float"),
+        ("--max_steps", "--max_steps needs a value"),
+        ("lr=3", "options are --key=value"),
+    ],
+)
+def test_bad_values_name_the_key(arg, needle):
+    with pytest.raises(ValueError, match=needle):
+        parse_args(TrainConfig, [arg])
+
+
+@pytest.mark.parametrize(
+    "typo, suggestion",
+    [("--batchsize=4", "--batch_size"), ("--max_step=3", "--max_steps"), ("--warmup=3", "--warmup_steps")],
+)
+def test_unknown_key_lists_close_matches(typo, suggestion):
+    with pytest.raises(ValueError, match="unknown option") as e:
+        parse_args(TrainConfig, [typo])
+    assert suggestion in str(e.value)
+
+
+def test_model_overrides_apply_on_top_of_the_preset():
+    cfg = parse_args(
+        TrainConfig,
+        [
+            "--preset=tiny",
+            "--model.n_layer=3",
+            "--model.n_embd=96",
+            "--model.n_head=3",
+            "--model.n_kv_head=1",
+            "--seq_len=64",
+        ],
+    )
+    got = cfg.model_config(vocab_size=512)
+    reference = GPTConfig.from_preset("tiny", n_layer=3, n_embd=96, n_head=3, n_kv_head=1, vocab_size=512)
+    assert got.n_layer == 3 and got.n_embd == 96 and got.head_dim == 32 and got.vocab_size == 512
+    for field in ("family", "rope_theta", "tie_embeddings", "norm_eps", "intermediate_size"):
+        assert getattr(got, field) == getattr(reference, field), field
+
+
+def test_unknown_model_field_is_an_error():
+    cfg = parse_args(TrainConfig, ["--model.n_layers=3"])
+    with pytest.raises(ValueError, match="n_layers"):
+        cfg.model_config(vocab_size=512)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--preset=gpt5"], "--preset: expected one of tiny"),
+        (["--schedule=linear"], "--schedule"),
+        (["--optimizer=sgd"], "--optimizer"),
+        (["--dtype=int8"], "--dtype"),
+        (["--zero=4"], "--zero"),
+        (["--max_steps=0", "--time_budget_s=0"], "max_steps or --time_budget_s"),
+        (["--batch_size=0"], "--batch_size"),
+    ],
+)
+def test_validate_rejects_bad_settings(args, needle):
+    cfg = parse_args(
+        TrainConfig, args + (["--max_steps=1"] if not any("max_steps" in a for a in args) else [])
+    )
+    with pytest.raises(ValueError, match=needle):
+        cfg.validate()
+
+
+def test_help_lists_every_key():
+    with pytest.raises(SystemExit) as e:
+        parse_args(TrainConfig, ["--help"])
+    text = str(e.value)
+    for key in ISSUE_KEYS:
+        assert f"--{key}=" in text, key
+    assert "--model.<field>" in text

@@ -1,0 +1,132 @@
+"""Shared by the training-loop tests: a tiny prepared corpus, tiny-model pretraining arguments, and
+helpers that run ``python -m fastgpt.pretrain`` (directly or under torchrun) and read its metrics.
+
+Not a test module (no ``test_`` prefix): imported by tests/test_train*.py, test_checkpoint*.py,
+test_deepspeed*.py, test_multinode*.py and test_pretrain*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORDS = (
+    "the king queen lord lady love death night day sword crown blood heart fair sweet good my thy "
+    "and of to is in that with not be"
+).split()
+
+# A model small enough that a step takes milliseconds: 2 layers, width 64.
+TINY_MODEL = [
+    "--preset=tiny",
+    "--model.n_layer=2",
+    "--model.n_embd=64",
+    "--model.n_head=2",
+    "--model.n_kv_head=1",
+]
+
+
+def make_corpus(root: Path, *, n_docs: int = 300, vocab_size: int = 320, seed: int = 0) -> Path:
+    """Random word documents -> a 320-token BPE and prepared shards (train + val) under ``root``.
+
+    Returns the prepared data dir (it holds ``manifest.json`` and ``tokenizer/``)."""
+    from fastgpt.data.prepare import prepare
+    from fastgpt.tokenizer import Tokenizer
+
+    rng = random.Random(seed)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 80))) + "." for _ in range(n_docs)]
+    root.mkdir(parents=True, exist_ok=True)
+    text = root / "corpus.txt"
+    text.write_text("\n\n".join(docs))
+    tok = Tokenizer.train(docs, vocab_size=vocab_size)
+    prepare([str(text)], tok, root / "data", val_fraction=0.1, workers=1, txt_mode="blocks", progress=False)
+    return root / "data"
+
+
+def pretrain_args(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
+    """Arguments for a deterministic tiny fp32 run; ``overrides`` become ``--key=value``."""
+    settings = dict(
+        data=str(data_dir),
+        out_dir=str(out_dir),
+        seq_len=32,
+        batch_size=4,
+        max_steps=6,
+        warmup_steps=2,
+        lr=3e-3,
+        min_lr=3e-4,
+        dtype="fp32",
+        eval_every=0,
+        eval_tokens=256,
+        sample_every=0,
+        sample_tokens=8,
+        log_every=1,
+        progress=False,
+        seed=7,
+    )
+    settings.update(overrides)
+    return TINY_MODEL + [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_losses(out_dir: Path) -> dict[int, float]:
+    """``{step: loss}`` of the training lines of ``metrics.jsonl`` (a resumed run appends to it)."""
+    return {m["step"]: m["loss"] for m in read_metrics(out_dir) if "loss" in m}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """One thread per process (two cores, several ranks) and no wandb."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false"
+    )
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_pretrain(
+    args: list[str],
+    *,
+    nproc: int = 1,
+    torchrun_args: list[str] | None = None,
+    timeout: float = 600,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """``python -m fastgpt.pretrain args`` as a child process, or under torchrun when ``nproc > 1`` or
+    ``torchrun_args`` are given (a fresh port unless the caller sets the rendezvous)."""
+    if nproc == 1 and torchrun_args is None:
+        cmd = [sys.executable, "-m", "fastgpt.pretrain", *args]
+    else:
+        rdzv = torchrun_args if torchrun_args is not None else [f"--master_port={free_port()}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            *rdzv,
+            "-m",
+            "fastgpt.pretrain",
+            *args,
+        ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
