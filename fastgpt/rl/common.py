@@ -18,9 +18,11 @@ __all__ = ["export_final", "frozen_copy", "load_start", "log_baseline", "normali
 
 def normalize_argv(argv: list[str] | None) -> list[str]:
     """``--model=DIR`` (the stages' documented flag) is the loop config's ``--init_from=DIR``;
-    ``--model.<field>=...`` architecture overrides are left alone."""
+    ``--model.<field>=...`` architecture overrides are left alone. ``None`` reads ``sys.argv``."""
+    import sys
+
     out = []
-    for arg in argv or []:
+    for arg in sys.argv[1:] if argv is None else argv:
         if arg.startswith("--model=") or arg == "--model":
             arg = "--init_from=" + arg.partition("=")[2]
         out.append(arg)
