@@ -60,6 +60,21 @@ class ScalarHeadModel(nn.Module):
         scores = self(idx[:, : int(last.max()) + 1])
         return scores.gather(1, last[:, None]).squeeze(1)
 
+    # ------------------------------------------------------------------------------ what the loop needs
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The backbone's optimizer groups, with the head's weight as a ``head`` and its bias as a
+        ``vector`` parameter (AdamW under Muon too)."""
+        groups = self.backbone.param_groups(weight_decay)
+        groups.append({"params": [self.head.weight], "weight_decay": weight_decay, "kind": "head"})
+        groups.append({"params": [self.head.bias], "weight_decay": 0.0, "kind": "vector"})
+        return groups
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        return self.backbone.flops_per_token(seq_len)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        return self.backbone.num_params(exclude_embeddings) + sum(p.numel() for p in self.head.parameters())
+
     # ------------------------------------------------------------------------------------------ files
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
         from safetensors.torch import save_file

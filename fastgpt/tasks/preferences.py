@@ -206,7 +206,7 @@ def corrupt_solution(solution: str, answer: str, rng: random.Random) -> str:
     if not lines[-1].lstrip().startswith("####"):
         raise ValueError("solution does not end with a '#### N' line")
     lines[-1] = f"#### {wrong}"
-    whole = re.compile(rf"(?<![\d.]){re.escape(answer)}(?![\d.])")
+    whole = re.compile(rf"(?<!\d)(?<!\d\.){re.escape(answer)}(?!\.?\d)")  # 42 but not 142, 42.5
     for i in range(len(lines) - 2, -1, -1):
         if lines[i].strip():
             lines[i] = whole.sub(wrong, lines[i])
