@@ -1,0 +1,246 @@
+"""DPO: direct preference optimisation, offline, against a frozen reference (Rafailov et al., 2023).
+
+    python -m fastgpt.dpo --model=out/sft/model --data=gsm_symbolic_pairs --beta=0.1 --out_dir=out/dpo
+    python -m fastgpt.dpo --model=DIR --data=pairs.jsonl --loss_type=ipo --beta=0.5
+
+No reward model and no sampling: the policy is pushed to raise the log-probability of each chosen
+reply relative to the rejected one, *measured against the reference* (the starting model), which is
+what keeps it close to where it started. With ``h = [log pi(y_c) - log ref(y_c)] - [log pi(y_r) -
+log ref(y_r)]``:
+
+- ``--loss_type=sigmoid`` (DPO): ``-log sigmoid(beta * h)``; ``--label_smoothing=eps`` assumes a
+  share ``eps`` of the labels are flipped (conservative DPO);
+- ``--loss_type=ipo``: ``(h - 1 / (2 beta))^2`` (Azar et al., 2023) on per-token *average*
+  log-probabilities, which stops pushing once the margin reaches its target.
+
+**Reference log-probabilities are precomputed** (``--precompute_ref=true``, the default): before the
+first step the starting model scores every pair once, so no second model is held in memory during
+training. ``--precompute_ref=false`` keeps a frozen copy and scores each batch on the fly.
+
+Logged: ``chosen_logp``/``rejected_logp`` (policy, summed over reply tokens), the implicit rewards
+``chosen_reward``/``rejected_reward`` (``beta * (pi - ref)``), their ``margin`` and ``reward_accuracy``
+(share of pairs whose chosen reply has the larger implicit reward); the same on held-out pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fastgpt import dist
+from fastgpt.reward import load_rendered_pairs
+from fastgpt.rl.common import export_final, frozen_copy, load_start, log_baseline, normalize_argv
+from fastgpt.rl.losses import DPO_LOSS_TYPES, dpo_loss
+from fastgpt.rl.pairs import (
+    PairOrder,
+    RenderedPair,
+    as_response_batch,
+    batch_dict,
+    collate_pairs,
+)
+from fastgpt.rl.sequences import response_logprobs
+from fastgpt.train.config import TrainConfig
+
+__all__ = ["DPOConfig", "DPOStage", "main", "pair_logprobs"]
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    out_dir: str = "out/dpo"
+    data: str = "gsm_symbolic_pairs"  # pair files and built-ins, comma-separated (fastgpt.tasks.preferences)
+    num_derived: int = 2000
+    heldout_fraction: float = 0.1
+    max_len: int = 512
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid | ipo
+    label_smoothing: float = 0.0
+    precompute_ref: bool = True
+    batch_size: int = 4  # pairs per rank per micro-batch
+    lr: float = 5e-7
+    min_lr: float = 5e-7
+    schedule: str = "constant"
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    max_steps: int = 200
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"--loss_type: expected one of {DPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:
+            raise ValueError("--beta must be > 0 and --label_smoothing in [0, 0.5)")
+
+
+def pair_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, average: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(chosen, rejected)`` log-probabilities ``(b,)`` of the replies, summed (or averaged) over tokens."""
+    rows = as_response_batch(batch)
+    per_token = response_logprobs(model, rows).float()  # (2b, T-1), 0 off the replies
+    logp = per_token.sum(-1)
+    if average:
+        logp = logp / rows.target_mask.sum(-1).clamp(min=1)
+    b = logp.numel() // 2
+    return logp[:b], logp[b:]
+
+
+class DPOStage:
+    """What DPO gives the training loop: pair batches with their reference log-probabilities, the summed
+    loss (the loop divides by the number of pairs) and held-out implicit-reward statistics."""
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        train: list[RenderedPair],
+        heldout: list[RenderedPair],
+        cfg: DPOConfig,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_id: int = 0,
+        log: Callable[[str], Any] = print,
+    ):
+        self.cfg, self.train, self.heldout, self.pad_id, self.log = cfg, train, heldout, pad_id, log
+        self.rank, self.world_size = rank, world_size
+        self.average = cfg.loss_type == "ipo"
+        self.order = PairOrder(
+            len(train), batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size
+        )
+        self.policy = policy
+        self.reference = None if cfg.precompute_ref else frozen_copy(policy)
+        self.ref_train: torch.Tensor | None = None  # (n, 2) chosen/rejected reference log-probs
+        self.ref_heldout: torch.Tensor | None = None
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+    def attach(self, trainer: Any) -> None:
+        """Use the trainer's device and autocast; precompute the reference log-probabilities now, with the
+        starting weights (before the first step)."""
+        self.autocast = trainer.autocast
+        if self.reference is not None:
+            self.reference.to(trainer.device)
+        else:
+            self.ref_train = self.reference_logprobs(self.policy, self.train)
+            self.ref_heldout = self.reference_logprobs(self.policy, self.heldout)
+            self.log(
+                f"dpo: reference log-probabilities of {len(self.train)} + {len(self.heldout)} pairs precomputed"
+            )
+
+    @torch.no_grad()
+    def reference_logprobs(self, model: torch.nn.Module, pairs: list[RenderedPair]) -> torch.Tensor:
+        """``(n, 2)`` reference log-probabilities of every pair; ranks share the work."""
+        was_training = model.training
+        model.eval()
+        out = torch.zeros(len(pairs), 2, dtype=torch.float64)
+        device = next(model.parameters()).device
+        mine = list(range(self.rank, len(pairs), self.world_size))
+        for start in range(0, len(mine), self.cfg.batch_size):
+            index = mine[start : start + self.cfg.batch_size]
+            batch = batch_dict(collate_pairs([pairs[i] for i in index], pad_id=self.pad_id).to(device))
+            with self.autocast():
+                chosen, rejected = pair_logprobs(model, batch, average=self.average)
+            out[index] = torch.stack([chosen, rejected], 1).double().cpu()
+        model.train(was_training)
+        return dist.all_reduce_sum(out).float()
+
+    # ------------------------------------------------------------------------------------------ loop API
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        index = self.order.next_indices()
+        batch = batch_dict(collate_pairs([self.train[i] for i in index], pad_id=self.pad_id))
+        batch["n_pairs"] = torch.tensor(len(index))
+        if self.ref_train is not None:
+            batch["ref"] = self.ref_train[index]
+        return batch
+
+    @staticmethod
+    def count_targets(batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["n_pairs"])
+
+    def _reference(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "ref" in batch:
+            return batch["ref"][:, 0], batch["ref"][:, 1]
+        with torch.no_grad():
+            return pair_logprobs(self.reference, batch, average=self.average)
+
+    def _loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        chosen, rejected = pair_logprobs(model, batch, average=self.average)
+        ref_chosen, ref_rejected = self._reference(batch)
+        loss, stats = dpo_loss(
+            chosen,
+            rejected,
+            ref_chosen.to(chosen),
+            ref_rejected.to(chosen),
+            beta=self.cfg.beta,
+            loss_type=self.cfg.loss_type,
+            label_smoothing=self.cfg.label_smoothing,
+        )
+        stats["chosen_logp"], stats["rejected_logp"] = chosen.detach(), rejected.detach()
+        return loss, stats
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, stats = self._loss(model, batch)
+        n = int(batch["n_pairs"])
+        metrics = {k: float(v.float().mean()) for k, v in stats.items()}
+        metrics["reward_accuracy"] = metrics.pop("accuracy")
+        return loss * n, metrics
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Held-out loss, margin, reward accuracy and log-probabilities, over all ranks."""
+        names = ["loss", "margin", "accuracy", "chosen_logp", "rejected_logp"]
+        sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+        mine = list(range(self.rank, len(self.heldout), self.world_size))
+        device = next(model.parameters()).device
+        for start in range(0, len(mine), self.cfg.batch_size):
+            index = mine[start : start + self.cfg.batch_size]
+            batch = batch_dict(collate_pairs([self.heldout[i] for i in index], pad_id=self.pad_id).to(device))
+            if self.ref_heldout is not None:
+                batch["ref"] = self.ref_heldout[index].to(device)
+            loss, stats = self._loss(model, batch)
+            n = len(index)
+            values = [float(loss) * n] + [float(stats[k].float().sum()) for k in names[1:]]
+            sums += torch.tensor([*values, n], dtype=torch.float64)
+        sums = dist.all_reduce_sum(sums).tolist()
+        n = max(sums[-1], 1.0)
+        out = {f"heldout_{k}": v / n for k, v in zip(names, sums)}
+        out["heldout_reward_accuracy"] = out.pop("heldout_accuracy")
+        out["heldout_pairs"] = sums[-1]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastgpt.train.config import parse_args
+    from fastgpt.train.trainer import Trainer
+
+    cfg = parse_args(DPOConfig, normalize_argv(argv))
+    info = dist.init_distributed(cfg.device)
+    log = print if info.is_main else (lambda *_: None)
+    model, tokenizer, chat_format = load_start(cfg.init_from, stage="dpo")
+    cfg.max_len = min(cfg.max_len, model.config.max_seq_len)
+    train, heldout = load_rendered_pairs(cfg, chat_format, log)
+    stage = DPOStage(model, train, heldout, cfg, rank=info.rank, world_size=info.world_size, log=log)
+    cfg.seq_len = cfg.max_len
+    trainer = Trainer(cfg, model, tokenizer=tokenizer, stage_name="dpo", run_info={"data": cfg.data})
+    stage.attach(trainer)
+    log_baseline(trainer, stage)
+    trainer.fit(stage)
+    export_final(trainer, chat_format)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
