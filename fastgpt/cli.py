@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ppo": ("fastgpt.ppo", "RLHF with PPO against a reward model"),
     "dpo": ("fastgpt.dpo", "direct preference optimisation"),
     "export": ("fastgpt.checkpoint", "export a training checkpoint as an HF-format model dir"),
+    "convert-gguf": ("fastgpt.model.gguf", "convert a GGUF file (e.g. SmolLM2) into a model dir"),
     "sample": ("fastgpt.sample", "sample text from a model dir"),
     "chat": ("fastgpt.chat.cli", "chat with a model in the terminal"),
     "serve": ("fastgpt.serve.server", "OpenAI-compatible HTTP server"),

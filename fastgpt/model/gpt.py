@@ -158,12 +158,28 @@ class GPT(nn.Module):
             None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         )
         if config.uses_rope:
-            inv_freq = rope_inv_freq(config)
-            angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
             # (max_seq_len, head_dim/2) tables; not saved with the weights: they follow from the config
-            self.register_buffer("rope_cos", angles.cos(), persistent=False)
-            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+            self.register_buffer(
+                "rope_cos", torch.empty(config.max_seq_len, config.head_dim // 2), persistent=False
+            )
+            self.register_buffer(
+                "rope_sin", torch.empty(config.max_seq_len, config.head_dim // 2), persistent=False
+            )
+            self.init_rope_tables()
         self.init_weights()
+
+    @torch.no_grad()
+    def init_rope_tables(self) -> None:
+        """(Re)compute the rotary cos/sin tables in fp32 (after building on the meta device, say)."""
+        if not self.config.uses_rope:
+            return
+        inv_freq = rope_inv_freq(self.config)
+        angles = torch.outer(torch.arange(self.config.max_seq_len, dtype=torch.float32), inv_freq)
+        device = self.rope_cos.device
+        if device.type == "meta":
+            return
+        self.rope_cos = angles.cos().to(device)
+        self.rope_sin = angles.sin().to(device)
 
     # ------------------------------------------------------------------------------------------ weights
     @torch.no_grad()

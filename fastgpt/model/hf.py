@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fastgpt.model.config import GPTConfig
-from fastgpt.model.gpt import GPT, rope_inv_freq
+from fastgpt.model.gpt import GPT
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral")
 # Buffers that some HF checkpoints carry and that are derived, not learned.
@@ -282,15 +282,10 @@ def from_pretrained(
     with torch.device("meta"):
         model = GPT(config)
     model = model.to_empty(device="cpu")
-    if config.uses_rope:  # non-persistent buffers are not in the checkpoint: recompute them
-        angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), rope_inv_freq(config))
-        model.rope_cos.copy_(angles.cos())
-        model.rope_sin.copy_(angles.sin())
+    model.init_rope_tables()  # non-persistent buffers are not in the checkpoint
     load_hf_weights(model, _read_weights(path), str(path))
     model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
-    if config.uses_rope:  # keep the rotary tables in fp32 whatever the weights' dtype
-        model.rope_cos.data = model.rope_cos.data.float()
-        model.rope_sin.data = model.rope_sin.data.float()
+    model.init_rope_tables()  # keep the rotary tables in fp32 whatever the weights' dtype
     return model.eval()
 
 
@@ -299,6 +294,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model dir is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
