@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["HEAD_FILE", "ScalarHeadModel"]
+__all__ = ["HEAD_FILE", "PolicyWithValue", "ScalarHeadModel"]
 
 HEAD_FILE = "score_head.safetensors"
 HEAD_META = "score_head.json"
@@ -121,3 +121,87 @@ class ScalarHeadModel(nn.Module):
             state = load_file(str(path / HEAD_FILE), device=str(device or "cpu"))
             model.head.load_state_dict({k: v.to(model.head.weight.dtype) for k, v in state.items()})
         return model
+
+
+class PolicyWithValue(nn.Module):
+    """PPO's trained pair, as one module so the one training loop (one optimizer, one DeepSpeed engine)
+    updates both: the policy (a GPT) and a value estimate per token.
+
+    - ``critic=None`` (the memory-conscious default): a value head on the policy's own final hidden
+      states; one backbone, one forward pass gives log-probabilities and values.
+    - ``critic=ScalarHeadModel(...)``: a separate value model (InstructGPT initialises it from the
+      reward model); twice the trained parameters, no interference between the two losses.
+
+    ``save_pretrained`` writes the policy as the run's model directory; the value head or critic is
+    saved beside it (``value_head.safetensors``, or ``critic.safetensors`` + ``critic_config.json``).
+    """
+
+    def __init__(self, policy: nn.Module, critic: ScalarHeadModel | None = None):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+        self.config = policy.config
+        self.value_head = None
+        if critic is None:
+            p = next(policy.parameters())
+            self.value_head = nn.Linear(policy.config.n_embd, 1, device=p.device, dtype=p.dtype)
+            nn.init.zeros_(self.value_head.weight)  # values start at 0: no made-up baseline
+            nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, *args, **kwargs):
+        return self.policy(*args, **kwargs)
+
+    def logprobs_and_values(
+        self, inputs: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p(targets) (B, T) fp32, values (B, T) fp32)`` for ``inputs``/``targets`` ``(B, T)``."""
+        if self.critic is not None:
+            logprobs = self.policy.token_logprobs(inputs, targets, ignore_index=ignore_index)
+            return logprobs.float(), self.critic(inputs)
+        from fastgpt import ops
+
+        h = self.policy.hidden_states(inputs)  # (B, T, C): shared by the LM head and the value head
+        B, T, C = h.shape
+        nll = ops.linear_cross_entropy(
+            h.reshape(B * T, C),
+            self.policy.lm_head_weight,
+            targets.reshape(B * T),
+            ignore_index=ignore_index,
+            reduction="none",
+        )
+        values = self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)
+        return -nll.view(B, T).float(), values.float()
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        groups = self.policy.param_groups(weight_decay)
+        if self.critic is not None:
+            groups += self.critic.param_groups(weight_decay)
+        else:
+            groups.append({"params": [self.value_head.weight], "weight_decay": 0.0, "kind": "head"})
+            groups.append({"params": [self.value_head.bias], "weight_decay": 0.0, "kind": "vector"})
+        return groups
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        extra = self.critic.flops_per_token(seq_len) if self.critic is not None else 0.0
+        return self.policy.flops_per_token(seq_len) + extra
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.policy.save_pretrained(path, dtype=dtype)
+        # flat files beside the policy (checkpoint export copies a model dir file by file)
+        value = self.critic if self.critic is not None else self.value_head
+        name = "critic" if self.critic is not None else "value_head"
+        state = {
+            k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in value.state_dict().items()
+        }
+        tmp = path / f".{name}.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path / f"{name}.safetensors")
+        if self.critic is not None:
+            meta = path / ".critic_config.json.tmp"
+            meta.write_text(json.dumps(self.critic.config.to_dict(), indent=2))
+            os.replace(meta, path / "critic_config.json")

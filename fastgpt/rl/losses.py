@@ -113,9 +113,11 @@ def value_loss(
     mask: torch.Tensor,
     *,
     clip: float | None = 0.2,
+    denominator: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's value loss ``0.5 * max((V - R)^2, (clip(V, V_old +- clip) - R)^2)`` averaged over masked
-    tokens, and ``{"value_clip_frac"}``. ``clip=None`` gives the plain squared error."""
+    tokens (or divided by ``denominator``), and ``{"value_clip_frac"}``. ``clip=None`` gives the plain
+    squared error."""
     err = (values - returns) ** 2
     if clip is None:
         per_token, frac = err, torch.zeros(())
@@ -125,7 +127,9 @@ def value_loss(
         per_token = torch.maximum(err, err_clipped)
         with torch.no_grad():
             frac = aggregate((err_clipped > err).to(err.dtype), mask, "token")
-    return 0.5 * aggregate(per_token, mask, "token"), {"value_clip_frac": frac.detach()}
+    return 0.5 * aggregate(per_token, mask, "token", denominator=denominator), {
+        "value_clip_frac": frac.detach()
+    }
 
 
 def dpo_loss(
