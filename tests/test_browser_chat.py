@@ -38,7 +38,7 @@ def served():
     tokenizer = Tokenizer.train(["Who are you? I am a small model. Hello there! " * 30], vocab_size=290)
     torch.manual_seed(0)
     config = GPTConfig.from_preset(
-        "tiny", vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, sequence_len=128
+        "tiny", vocab_size=tokenizer.vocab_size, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, max_seq_len=128
     )
     engine = Engine(GPT(config).eval(), tokenizer)
     app = create_app(engine, ServeConfig(model_name=NAME, limits=Limits(max_tokens=64)))

@@ -77,6 +77,10 @@ def pipeline(tmp_path):
         },
     }
     (root / "eval.json").write_text(json.dumps(evaluation))
+    walls = [("tokenizer", 30), ("pretrain", 90), ("sft", 40), ("grpo", 60), ("eval", 25)]
+    (root / "timings.jsonl").write_text(
+        "".join(json.dumps({"stage": s, "wall_s": w}) + "\n" for s, w in walls)
+    )
     return root, sum(t.numel() for t in tensors.values())
 
 
@@ -84,7 +88,8 @@ def test_report_of_a_pipeline(pipeline):
     root, n_params = pipeline
     assert main(["--runs", str(root), "--note", "made in a test"]) == 0
     text = (root / "report.md").read_text()
-    runs, _ = discover([str(root)])
+    runs, _, timings = discover([str(root)])
+    assert timings["eval"] == 25
     assert [r.stage for r in runs] == ["pretrain", "sft", "grpo"]  # pipeline order, not alphabetical
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert (
@@ -93,7 +98,11 @@ def test_report_of_a_pipeline(pipeline):
     assert "val_loss 1.75" in rows["sft"]
     assert "heldout_accuracy 10.0% → 40.0%" in rows["grpo"]
     assert f"| parameters | {n_params:,} |" in text
-    assert "**2m 08s**" in text  # 61.5 + 20 + 46 seconds
+    assert "**2m 08s**" in text  # training time: 61.5 + 20 + 46 seconds
+    assert "**4m 05s**" in text  # wall time: 30 + 90 + 40 + 60 + 25 seconds
+    assert "1m 30s" in rows["pretrain"] and "0m 30s" in rows["tokenizer"]
+    stages = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert stages[1:7] == ["tokenizer", "pretrain", "sft", "grpo", "eval", "**total**"]  # the order they ran
     assert "made in a test" in text and "## Hardware" in text and "CPU:" in text
     assert "task:chain_sum_easy" in text and "37.5%" in text and "What is 2 + 3?" in text
     assert "1 unreadable line(s)" in text

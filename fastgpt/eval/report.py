@@ -185,9 +185,21 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.jsonl").is_file() or (path / "config.json").is_file()
 
 
-def discover(paths: list[str]) -> tuple[list[Run], list[dict[str, Any]]]:
-    """Runs named directly, or the run dirs inside a pipeline dir; plus pipeline-level eval files."""
-    runs, evals = [], []
+def read_timings(folder: Path) -> dict[str, float]:
+    """``timings.jsonl`` of a pipeline dir (``{"stage", "wall_s"}`` per line, as launch/speedrun.sh
+    writes): the wall-clock time of every stage, data preparation and start-up included."""
+    records, _ = read_metrics(folder / "timings.jsonl")
+    return {
+        str(r["stage"]): float(r["wall_s"])
+        for r in records
+        if "stage" in r and isinstance(r.get("wall_s"), (int, float))
+    }
+
+
+def discover(paths: list[str]) -> tuple[list[Run], list[dict[str, Any]], dict[str, float]]:
+    """Runs named directly, or the run dirs inside a pipeline dir; plus pipeline-level eval files and
+    stage wall times."""
+    runs, evals, timings = [], [], {}
     for p in map(Path, paths):
         if not p.is_dir():
             raise FileNotFoundError(f"--runs: {p} is not a directory")
@@ -196,13 +208,14 @@ def discover(paths: list[str]) -> tuple[list[Run], list[dict[str, Any]]]:
             continue
         children = [load_run(c) for c in sorted(p.iterdir()) if c.is_dir() and is_run_dir(c)]
         evals += read_evals(p)
+        timings.update(read_timings(p))
         if not children and not evals:
             raise FileNotFoundError(
                 f"--runs: {p} holds no run (no metrics.jsonl or config.json in it or below)"
             )
         rank = {s: i for i, s in enumerate(STAGE_ORDER)}
         runs += sorted(children, key=lambda r: (rank.get(r.stage, len(rank)), r.path.name))
-    return runs, evals
+    return runs, evals, timings
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -324,7 +337,14 @@ def plot_run(run: Run, out_png: Path) -> bool:
 
 # --------------------------------------------------------------------------------------------- report
 def render_report(
-    runs: list[Run], evals: list[dict[str, Any]], out: Path, *, title: str, note: str | None, command: str
+    runs: list[Run],
+    evals: list[dict[str, Any]],
+    out: Path,
+    *,
+    title: str,
+    note: str | None,
+    command: str,
+    timings: dict[str, float] | None = None,
 ) -> str:
     """The Markdown text; plots are written under ``out.parent / "plots"``."""
     from fastgpt.eval.cli import table as eval_table
@@ -335,27 +355,38 @@ def render_report(
         md += ["", f"> {note}"]
 
     md += ["", "## Pipeline", ""]
-    rows = [["stage", "run", "steps", "tokens", "time", "headline"]]
+    timings = timings or {}
+    rows = [["stage", "run", "steps", "tokens", "training time", "wall time", "headline"]]
     total = 0.0
-    for run in runs:
+    by_stage = {run.stage: run for run in runs}
+    # pipeline order: the order stages ran in (timings.jsonl), then runs it does not mention
+    order = list(timings) + [run.stage for run in runs if run.stage not in timings]
+    for name in order:
+        run = by_stage.get(name)
+        if run is None:  # a stage without a run dir: tokenizer, eval, ...
+            rows.append([name, "", "", "", "", fmt_duration(timings[name]), ""])
+            continue
         elapsed = run.last("elapsed_s")
         total += elapsed or 0.0
-        rel = os.path.relpath(run.path, out.parent)
         rows.append(
             [
                 run.stage,
-                f"`{rel}`",
+                f"`{os.path.relpath(run.path, out.parent)}`",
                 fmt_value("step", run.last("step")),
                 fmt_count(run.last("tokens")),
                 fmt_duration(elapsed),
+                fmt_duration(timings.get(run.stage)),
                 headline(run),
             ]
         )
-    rows.append(["**total**", "", "", "", f"**{fmt_duration(total)}**", ""])
+    wall_total = fmt_duration(sum(timings.values())) if timings else "—"
+    rows.append(["**total**", "", "", "", f"**{fmt_duration(total)}**", f"**{wall_total}**", ""])
     md.append(md_table(rows))
     md += [
         "",
-        "Time is each stage's own training time (`elapsed_s` in its metrics.jsonl); data preparation, tokenizer training and model loading are not in it.",
+        "Training time is each stage's own clock (`elapsed_s` in its metrics.jsonl: the training steps and "
+        "evaluations); wall time (from `timings.jsonl`, when the pipeline wrote one) also counts start-up, "
+        "data download and preparation, and saving.",
     ]
 
     md += ["", "## Hardware", ""]
@@ -440,14 +471,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        runs, evals = discover(args.runs)
+        runs, evals, timings = discover(args.runs)
     except FileNotFoundError as e:
         print(f"fastgpt report: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.runs[0]) / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "fastgpt report " + " ".join(argv)
-    text = render_report(runs, evals, out.resolve(), title=args.title, note=args.note, command=command)
+    text = render_report(
+        runs, evals, out.resolve(), title=args.title, note=args.note, command=command, timings=timings
+    )
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The whole recipe in one command, on the built-in data:
+#   tokenizer -> pretrain -> SFT -> GRPO -> eval -> report
+#
+#   bash launch/speedrun.sh                         # --preset=tiny: a 2-core CPU, about 30 minutes
+#   bash launch/speedrun.sh --preset=gpt2           # GPUs (all local ones, through torchrun)
+#   bash launch/speedrun.sh --out=out/run2 --overwrite
+#
+# Each stage runs for a fixed wall-clock budget (--time_budget_s; the LR schedule follows it), so the
+# total time is set by the preset, not by how fast the machine is; a faster machine trains more
+# tokens in the same time and gets a better model.
+#
+#   preset  model                    budgets (pretrain / SFT / GRPO)   expected wall time
+#   tiny    5.5M params, llama-style  540 s / 240 s / 300 s            ~30 min on 2 CPU cores (measured:
+#                                                                     see docs/example-report/)
+#   gpt2    124M params, GPT-2        1200 s / 300 s / 600 s           ~40 min on 8xH100 (ESTIMATE: the
+#                                                                     budgets plus start-up, data
+#                                                                     preparation and eval; not measured)
+#
+# Extra settings per stage go through environment variables (appended last, so they win):
+#   TOKENIZER_ARGS  PRETRAIN_ARGS  SFT_ARGS  GRPO_ARGS  EVAL_ARGS     e.g. PRETRAIN_ARGS="--zero=2"
+# Multi-GPU / multi-node: the variables of launch/_torchrun.sh (NPROC_PER_NODE, NNODES, ...).
+#
+# Outputs in --out (default out/speedrun): tokenizer/, pretrain/, sft/, grpo/ (each a run dir with
+# config.json, metrics.jsonl and model/), eval.json, timings.jsonl (wall time of every stage),
+# report.md and plots/.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+
+PRESET=tiny
+OUT=out/speedrun
+OVERWRITE=0
+for arg in "$@"; do
+  case "$arg" in
+    --preset=*) PRESET="${arg#*=}" ;;
+    --out=*) OUT="${arg#*=}" ;;
+    --overwrite) OVERWRITE=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "speedrun.sh: unknown argument $arg (expected --preset=NAME, --out=DIR, --overwrite)" >&2; exit 2 ;;
+  esac
+done
+
+case "$PRESET" in
+  tiny)
+    VOCAB=4096
+    PRETRAIN=(--preset=tiny --time_budget_s=540 --eval_every=100 --eval_tokens=65536)
+    SFT=(--time_budget_s=240 --eval_every=50)
+    GRPO=(--task=chain_sum_easy --tools=true --group_size=8 --prompts_per_step=4 --max_new_tokens=64
+          --time_budget_s=300 --eval_every=10 --eval_problems=50)
+    EVAL=(--tasks=bpb,chain_sum_easy,mc:shakespeare,mc:basics --problems=50 --pass_k=4 --samples=4
+          --max_new_tokens=64 --bpb_tokens=65536)
+    ;;
+  gpt2)
+    VOCAB=8192
+    PRETRAIN=(--preset=gpt2 --time_budget_s=1200 --batch_size=32 --seq_len=1024 --eval_every=250
+              --eval_tokens=1048576 --dtype=bf16)
+    SFT=(--time_budget_s=300 --batch_size=32 --seq_len=1024 --eval_every=100 --dtype=bf16)
+    GRPO=(--task=chain_sum_easy --tools=true --group_size=16 --prompts_per_step=32 --max_new_tokens=128
+          --time_budget_s=600 --eval_every=20 --eval_problems=200 --dtype=bf16)
+    EVAL=(--tasks=bpb,chain_sum_easy,gsm_symbolic,mc:shakespeare,mc:basics --problems=200 --pass_k=8
+          --samples=8 --max_new_tokens=256 --bpb_tokens=1048576)
+    ;;
+  *) echo "speedrun.sh: unknown --preset=$PRESET (expected tiny or gpt2)" >&2; exit 2 ;;
+esac
+
+if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
+  if [ "$OVERWRITE" = 1 ]; then rm -rf "$OUT"; else
+    echo "speedrun.sh: $OUT already holds a run; pass --out=NEW_DIR or --overwrite" >&2; exit 2
+  fi
+fi
+mkdir -p "$OUT"
+TIMINGS="$OUT/timings.jsonl"
+START=$(date +%s)
+
+# stage NAME COMMAND...: run it, print its wall time, append {"stage", "wall_s"} to timings.jsonl
+stage() {
+  local name="$1"; shift
+  local t0; t0=$(date +%s)
+  echo "=== [$name] $*"
+  "$@"
+  local wall=$(( $(date +%s) - t0 ))
+  printf '{"stage": "%s", "wall_s": %d}\n' "$name" "$wall" >> "$TIMINGS"
+  echo "=== [$name] done in ${wall}s (total $(( $(date +%s) - START ))s)"
+}
+# a training module under torchrun (all local GPUs) or plain python (CPU), as launch/*.sh do
+train() { ( MODULE="$1"; shift; source "$HERE/_torchrun.sh" "$@" ); }
+
+# shellcheck disable=SC2086  # the *_ARGS variables are word lists on purpose
+stage tokenizer fastgpt train-tokenizer --source shakespeare --vocab-size "$VOCAB" --out "$OUT/tokenizer" ${TOKENIZER_ARGS:-}
+stage pretrain train fastgpt.pretrain "${PRETRAIN[@]}" --data=shakespeare --tokenizer="$OUT/tokenizer" \
+  --out_dir="$OUT/pretrain" --progress=false ${PRETRAIN_ARGS:-}
+stage sft train fastgpt.sft "${SFT[@]}" --model="$OUT/pretrain/model" --out_dir="$OUT/sft" --progress=false ${SFT_ARGS:-}
+stage grpo train fastgpt.grpo "${GRPO[@]}" --model="$OUT/sft/model" --out_dir="$OUT/grpo" --progress=false ${GRPO_ARGS:-}
+stage eval fastgpt eval --model "$OUT/grpo/model" "${EVAL[@]}" --tools --data shakespeare --out "$OUT/eval.json" ${EVAL_ARGS:-}
+stage report fastgpt report --runs "$OUT" --title "fastgpt speedrun ($PRESET preset)" \
+  --note "bash launch/speedrun.sh --preset=$PRESET on $(hostname): $(nproc) cores, $(python -c 'import torch; print(torch.cuda.device_count())') GPUs"
+
+echo "speedrun finished in $(( $(date +%s) - START ))s: $OUT/report.md"
