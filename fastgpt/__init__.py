@@ -25,7 +25,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from fastgpt.tokenizer import Tokenizer
 
 
+_SUBMODULES = ("ops", "model", "data", "train", "dist", "checkpoint", "tokenizer", "engine", "conversation")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fastgpt.{name}")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'fastgpt' has no attribute {name!r}")
