@@ -445,3 +445,47 @@ def test_declared_calculator_returns_tool_calls_to_the_client(tool_server):
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert [json.loads(tc.function.arguments) for tc in calls] == [{"expression": "12*7"}]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+# ------------------------------------------------------------------------------------------ the command
+def test_fastgpt_serve_command(engine, tokenizer, tmp_path):
+    """``fastgpt serve --model DIR`` in its own process: loads the dir, binds, answers, shuts down."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    model_dir = tmp_path / "sft" / "model"
+    engine.model.save_pretrained(model_dir)
+    tokenizer.save(model_dir)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "fastgpt.cli", "serve", "--model", str(model_dir), "--port", str(port)]
+    cmd += ["--api-key", "k", "--max_tokens", "8", "--log_level", "warning"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "FASTGPT_API_KEY": ""}
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                return httpx.get(url + "/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait_for(up, timeout=120)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["sft"]  # named after the run dir
+        r = client.chat.completions.create(model="sft", messages=USER, max_tokens=8, temperature=0)
+        _, (ref,) = chat_reference(engine, USER, max_tokens=8, temperature=0)
+        assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        assert r.usage.completion_tokens == len(ref.tokens) or r.choices[0].finish_reason == "tool_calls"
+        with pytest.raises(openai.BadRequestError, match="max_tokens=9"):
+            client.chat.completions.create(model="sft", messages=USER, max_tokens=9)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
