@@ -103,7 +103,6 @@ class TileConfig:
 
 
 SUPPORTED_HEAD_DIMS = (32, 64, 96, 128)
-KERNEL_ROLES = ("fwd", "bwd_dkdv", "bwd_dq")
 _PREPROCESS_BLOCK_M = 64  # rows per program of the delta = rowsum(dO * O) kernel (memory bound)
 
 # Chosen by compiling candidates for sm_80 and sm_90 with every feature variant (docs/attention.md has the
@@ -880,6 +879,13 @@ def _check_inputs(q, k, v, doc_ids, window) -> None:
     if not (q.device == k.device == v.device):
         raise ValueError("attention_triton: q, k, v must be on one device")
     padded_head_dim(D)
+    if q.is_cuda and q.dtype == torch.float32:
+        # Full-precision fp32 dots run on CUDA cores and spill heavily at these tile sizes (measured);
+        # TF32 would silently lose precision. fp32 stays available under the interpreter for tests.
+        raise ValueError(
+            "attention_triton on GPU takes float16 or bfloat16 inputs (it accumulates in fp32); "
+            "for float32 use attention_reference (FASTGPT_ATTENTION=sdpa)"
+        )
     if q.device.type != "cuda" and not triton.knobs.runtime.interpret:
         raise RuntimeError(
             "attention_triton on CPU tensors runs only under the Triton interpreter: set TRITON_INTERPRET=1 "
@@ -905,7 +911,7 @@ def _kernel_flags(q: torch.Tensor, causal: bool, has_docs: bool, window: int | N
         HAS_DOCS=has_docs,
         HAS_WINDOW=window is not None,
         UPCAST=q.dtype == torch.bfloat16 and not q.is_cuda,  # the interpreter's bf16 arithmetic is wrong
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 inputs get full fp32 dots
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # fp32 (interpreter only): exact dots
     )
 
 
@@ -1008,7 +1014,8 @@ def attention_triton(
     """Flash attention in Triton: q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` -> ``(B, Hq, Tq, D)``.
 
     Same semantics as :func:`attention_reference`. Head dims 32, 64, 96, 128; any sequence lengths;
-    float16/bfloat16 (fp32 accumulation) and float32. Differentiable in q, k and v.
+    float16/bfloat16 with fp32 accumulation (float32 too under the interpreter, for tests).
+    Differentiable in q, k and v.
     """
     _check_inputs(q, k, v, doc_ids, window)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -1060,15 +1067,17 @@ def _aot_attrs(fn, signature: dict[str, str]) -> dict:
 
 
 def _aot_entry(name: str, fn, dtype: str, constexprs: dict, options: dict, archs: list[int]) -> dict:
+    """One entry in the format of kernels/build_check.py, plus two keys it may use: ``attrs`` (pass to
+    ``ASTSource`` to compile what the JIT compiles) and ``archs`` (where the launcher picks this entry)."""
     signature = _aot_signature(fn, dtype, constexprs)
     return {
         "name": name,
         "fn": fn,
         "signature": signature,
         "constexprs": constexprs,
+        **options,  # num_warps, num_stages
         "attrs": _aot_attrs(fn, signature),
-        "options": options,  # num_warps / num_stages for triton.compile(..., options=...)
-        "archs": archs,  # compute capabilities whose launcher picks this configuration
+        "archs": archs,
     }
 
 

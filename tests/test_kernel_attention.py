@@ -268,7 +268,8 @@ cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 for e in AOT_CONFIGS:
     if " d128 bf16 sm90-tiles" in e["name"] and e["name"].endswith(" causal"):
         src = ASTSource(fn=e["fn"], signature=e["signature"], constexprs=e["constexprs"], attrs=e["attrs"])
-        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=e["options"])
+        options = dict(num_warps=e["num_warps"], num_stages=e["num_stages"])
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(kernel.asm["cubin"])
             f.flush()
