@@ -3,6 +3,10 @@ argument type by hand.
 
 Convention in fastgpt's kernels: UPPER-CASE arguments are pointers, lower-case ones are ``i32`` sizes and
 strides unless listed as fp32 scalars; constexprs are whatever the config fixes.
+
+Pointers are declared 16-byte aligned (``tt.divisibility``), as the Triton launcher specialises them
+for tensors fresh from PyTorch's allocators: the AOT build then compiles the same vectorised loads and
+stores that run on the GPU, not a slower unaligned variant.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ def aot_config(
 ) -> dict:
     """One ``AOT_CONFIGS`` entry: ``fn``'s pointers in ``dtype`` (``"bf16"``/``"fp16"``) except those named
     fp32 (statistics, partial sums) or i64 (targets)."""
-    signature = {}
-    for arg in fn.arg_names:
+    signature, attrs = {}, {}
+    for index, arg in enumerate(fn.arg_names):
         if arg in constexprs:
             signature[arg] = "constexpr"
         elif arg in fp32_scalars:
@@ -31,6 +35,7 @@ def aot_config(
             signature[arg] = (
                 "*fp32" if arg in fp32_pointers else "*i64" if arg in i64_pointers else f"*{dtype}"
             )
+            attrs[(index,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"
     return {
@@ -38,5 +43,6 @@ def aot_config(
         "fn": fn,
         "signature": signature,
         "constexprs": dict(constexprs),
+        "attrs": attrs,
         "num_warps": num_warps,
     }

@@ -8,7 +8,8 @@ Both are elementwise and bandwidth-bound, so the kernels only save memory traffi
 - Nothing but the inputs is saved for the backward: it *recomputes* ``sigmoid(gate)`` / ``tanh(...)``
   from them instead of keeping activation-sized intermediates alive between forward and backward.
 - Inputs may be row-strided views (``gate, up = gate_up.chunk(2, -1)`` needs no copy): the kernels take a
-  row stride per tensor and a 2D grid ``(rows, column blocks)``.
+  row stride per tensor and work on ``(BLOCK_M, BLOCK_N)`` tiles of 1024 elements (several short rows
+  per tile, or a 1024-wide piece of one long row).
 
 All math is in fp32; one rounding to the output dtype at the end. ``tanh`` is written with ``tl.exp``
 (``tanh(u) = 1 - 2 / (exp(2u) + 1)``, exact at both infinities) because libdevice is unavailable under
@@ -43,80 +44,89 @@ def gelu_tanh_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ block sizes
-def activation_block_config() -> tuple[int, int]:
-    """``(BLOCK, num_warps)``: 1024 elements per program, 4 warps = 8 elements (16 bytes of bf16, one
-    vector load) per thread per tensor. Elementwise kernels are bandwidth-bound, so one config serves
-    every shape; the column tail is masked."""
-    return 1024, 4
+BLOCK_N_CHOICES = (32, 64, 128, 256, 512, 1024)
+
+
+def activation_block_config(n_cols: int) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps)``: tiles of 1024 elements, 4 warps = 8 elements (16 bytes of bf16,
+    one vector access) per thread per tensor. Elementwise kernels are bandwidth-bound; the tile is only
+    shaped so short rows are not mostly masked lanes. Tails are masked in both dimensions."""
+    block_n = min(max(triton.next_power_of_2(n_cols), BLOCK_N_CHOICES[0]), BLOCK_N_CHOICES[-1])
+    return 1024 // block_n, block_n, 4
 
 
 # ---------------------------------------------------------------------------------------------- kernels
+# The activation math is written inline in each kernel, not in shared @jit helpers: the interpreter
+# re-patches the language on every nested call, which made the tests several times slower.
 @triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
-
-
-@triton.jit
-def _swiglu_fwd_kernel(GATE, UP, Y, stride_gate, stride_up, stride_y, n_cols, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    g = tl.load(GATE + row * stride_gate + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(UP + row * stride_up + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride_y + cols, (g * _sigmoid(g) * u).to(Y.dtype.element_ty), mask=mask)
+def _swiglu_fwd_kernel(
+    GATE,
+    UP,
+    Y,
+    stride_gate,
+    stride_up,
+    stride_y,
+    n_rows,
+    n_cols,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    mask = (rows < n_rows) & (cols < n_cols)
+    g = tl.load(GATE + rows * stride_gate + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(UP + rows * stride_up + cols, mask=mask, other=0.0).to(tl.float32)
+    s = 1.0 / (1.0 + tl.exp(-g))
+    tl.store(Y + rows * stride_y + cols, (g * s * u).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _swiglu_bwd_kernel(
-    DY, GATE, UP, DGATE, DUP, stride_dy, stride_gate, stride_up, stride_dgate, stride_dup, n_cols,
-    BLOCK: tl.constexpr,
+    DY, GATE, UP, DGATE, DUP, stride_dy, stride_gate, stride_up, stride_dgate, stride_dup, n_rows, n_cols,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """d/dgate silu(g) u = u s (1 + g (1 - s)) with s = sigmoid(g); d/dup = silu(g)."""
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(GATE + row * stride_gate + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(UP + row * stride_up + cols, mask=mask, other=0.0).to(tl.float32)
-    s = _sigmoid(g)
-    tl.store(
-        DGATE + row * stride_dgate + cols,
-        (dy * u * s * (1.0 + g * (1.0 - s))).to(DGATE.dtype.element_ty),
-        mask=mask,
-    )
-    tl.store(DUP + row * stride_dup + cols, (dy * g * s).to(DUP.dtype.element_ty), mask=mask)
+    """d/dgate silu(g) u = u s (1 + g (1 - s)) with s = sigmoid(g) recomputed; d/dup = silu(g)."""
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    mask = (rows < n_rows) & (cols < n_cols)
+    dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(GATE + rows * stride_gate + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(UP + rows * stride_up + cols, mask=mask, other=0.0).to(tl.float32)
+    s = 1.0 / (1.0 + tl.exp(-g))
+    dgate = dy * u * s * (1.0 + g * (1.0 - s))
+    tl.store(DGATE + rows * stride_dgate + cols, dgate.to(DGATE.dtype.element_ty), mask=mask)
+    tl.store(DUP + rows * stride_dup + cols, (dy * g * s).to(DUP.dtype.element_ty), mask=mask)
 
 
-# In the GELU kernels: 0.7978845608028654 = sqrt(2 / pi) and 0.044715 is the cubic coefficient of the
-# tanh approximation (literals: the interpreter cannot mix module-level constexprs into tensor math).
+# In the GELU kernels: 0.7978845608028654 = sqrt(2 / pi), 0.044715 is the cubic coefficient of the tanh
+# approximation, and tanh(u) = 1 - 2 / (exp(2u) + 1) (libdevice tanh does not run in the interpreter).
 @triton.jit
-def _gelu_tanh_fwd_kernel(X, Y, stride_x, stride_y, n_cols, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    t = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
-    tl.store(Y + row * stride_y + cols, (0.5 * x * (1.0 + t)).to(Y.dtype.element_ty), mask=mask)
+def _gelu_tanh_fwd_kernel(
+    X, Y, stride_x, stride_y, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    mask = (rows < n_rows) & (cols < n_cols)
+    x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    t = 1.0 - 2.0 / (tl.exp(2.0 * 0.7978845608028654 * (x + 0.044715 * x * x * x)) + 1.0)
+    tl.store(Y + rows * stride_y + cols, (0.5 * x * (1.0 + t)).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _gelu_tanh_bwd_kernel(DY, X, DX, stride_dy, stride_x, stride_dx, n_cols, BLOCK: tl.constexpr):
+def _gelu_tanh_bwd_kernel(
+    DY, X, DX, stride_dy, stride_x, stride_dx, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
     """d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 c x^2), t recomputed."""
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)[:, None]
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    mask = (rows < n_rows) & (cols < n_cols)
+    dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     x2 = x * x
-    t = _tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x2))
+    t = 1.0 - 2.0 / (tl.exp(2.0 * 0.7978845608028654 * x * (1.0 + 0.044715 * x2)) + 1.0)
     dt = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x2)
     dx = dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
-    tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DX + rows * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------- launch helpers
@@ -126,8 +136,13 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def _grid(t2: torch.Tensor, block: int) -> tuple[int, int]:
-    return (t2.shape[0], triton.cdiv(t2.shape[1], block))
+def _launch(kernel, t2: torch.Tensor, *args) -> None:
+    """Run an elementwise ``kernel`` over the ``(M, N)`` rows of ``t2``; ``args`` are its tensors and
+    row strides (the sizes and tile constexprs are appended here)."""
+    n_rows, n_cols = t2.shape
+    block_m, block_n, warps = activation_block_config(n_cols)
+    grid = (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_n))
+    kernel[grid](*args, n_rows, n_cols, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
 
 
 class _SwiGLU(torch.autograd.Function):
@@ -135,10 +150,7 @@ class _SwiGLU(torch.autograd.Function):
     def forward(ctx, gate, up):
         g2, u2 = _as_rows(gate), _as_rows(up)
         y = torch.empty(g2.shape, dtype=torch.result_type(gate, up), device=gate.device)
-        block, warps = activation_block_config()
-        _swiglu_fwd_kernel[_grid(g2, block)](
-            g2, u2, y, g2.stride(0), u2.stride(0), y.stride(0), g2.shape[1], BLOCK=block, num_warps=warps
-        )
+        _launch(_swiglu_fwd_kernel, g2, g2, u2, y, g2.stride(0), u2.stride(0), y.stride(0))
         ctx.save_for_backward(g2, u2)
         ctx.shapes = (gate.shape, up.dtype)
         return y.view(gate.shape)
@@ -150,10 +162,9 @@ class _SwiGLU(torch.autograd.Function):
         dy2 = _as_rows(dy)
         dgate = torch.empty(g2.shape, dtype=g2.dtype, device=g2.device)
         dup = torch.empty(g2.shape, dtype=up_dtype, device=g2.device)
-        block, warps = activation_block_config()
-        _swiglu_bwd_kernel[_grid(g2, block)](
-            dy2, g2, u2, dgate, dup, dy2.stride(0), g2.stride(0), u2.stride(0), dgate.stride(0),
-            dup.stride(0), g2.shape[1], BLOCK=block, num_warps=warps,
+        _launch(
+            _swiglu_bwd_kernel, g2, dy2, g2, u2, dgate, dup,
+            dy2.stride(0), g2.stride(0), u2.stride(0), dgate.stride(0), dup.stride(0),
         )  # fmt: skip
         return dgate.view(shape), dup.view(shape)
 
@@ -163,10 +174,7 @@ class _GeluTanh(torch.autograd.Function):
     def forward(ctx, x):
         x2 = _as_rows(x)
         y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-        block, warps = activation_block_config()
-        _gelu_tanh_fwd_kernel[_grid(x2, block)](
-            x2, y, x2.stride(0), y.stride(0), x2.shape[1], BLOCK=block, num_warps=warps
-        )
+        _launch(_gelu_tanh_fwd_kernel, x2, x2, y, x2.stride(0), y.stride(0))
         ctx.save_for_backward(x2)
         ctx.shape = x.shape
         return y.view(x.shape)
@@ -176,10 +184,7 @@ class _GeluTanh(torch.autograd.Function):
         (x2,) = ctx.saved_tensors
         dy2 = _as_rows(dy)
         dx = torch.empty_like(x2, memory_format=torch.contiguous_format)
-        block, warps = activation_block_config()
-        _gelu_tanh_bwd_kernel[_grid(x2, block)](
-            dy2, x2, dx, dy2.stride(0), x2.stride(0), dx.stride(0), x2.shape[1], BLOCK=block, num_warps=warps
-        )
+        _launch(_gelu_tanh_bwd_kernel, x2, dy2, x2, dx, dy2.stride(0), x2.stride(0), dx.stride(0))
         return dx.view(ctx.shape)
 
 
@@ -202,16 +207,18 @@ def gelu_tanh_triton(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ ahead-of-time configs
 def _aot_configs() -> list[dict]:
-    block, warps = activation_block_config()
     configs = []
     for dt in ("bf16", "fp16"):
-        for name, fn in (
-            ("swiglu_fwd", _swiglu_fwd_kernel),
-            ("swiglu_bwd", _swiglu_bwd_kernel),
-            ("gelu_tanh_fwd", _gelu_tanh_fwd_kernel),
-            ("gelu_tanh_bwd", _gelu_tanh_bwd_kernel),
-        ):
-            configs.append(aot_config(name, fn, dt, {"BLOCK": block}, num_warps=warps))
+        for block_n in BLOCK_N_CHOICES:
+            block_m, _, warps = activation_block_config(block_n)
+            tile = {"BLOCK_M": block_m, "BLOCK_N": block_n}
+            for name, fn in (
+                ("swiglu_fwd", _swiglu_fwd_kernel),
+                ("swiglu_bwd", _swiglu_bwd_kernel),
+                ("gelu_tanh_fwd", _gelu_tanh_fwd_kernel),
+                ("gelu_tanh_bwd", _gelu_tanh_bwd_kernel),
+            ):
+                configs.append(aot_config(name, fn, dt, tile, num_warps=warps))
     return configs
 
 

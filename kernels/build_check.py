@@ -7,7 +7,9 @@ can pick, as dicts::
      "fn": _rms_norm_fwd_kernel,          # the @triton.jit function
      "signature": {"X": "*bf16", "n_cols": "i32", "eps": "fp32", "BLOCK_H": "constexpr", ...},
      "constexprs": {"BLOCK_H": 1024, ...},
-     "num_warps": 4, "num_stages": 3}     # optional compile options
+     "num_warps": 4, "num_stages": 3,     # optional compile options
+     "attrs": {(0,): [["tt.divisibility", 16]]},  # optional specialisation hints, as ASTSource takes
+     "archs": [90]}                       # optional: only these SM versions (default: all)
 
 This script compiles each one with the real Triton compiler (``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", cap, 32))``), which catches what the CPU interpreter cannot: illegal ``tl.dot``
@@ -79,15 +81,16 @@ def _describe(cfg: dict) -> str:
     return " ".join(parts)
 
 
-def _list_configs(modules: list[str]) -> list[tuple[str, int, str, str]]:
-    """``(module, index, kernel name, config description)`` for every AOT config of ``modules``."""
+def _list_configs(modules: list[str]) -> list[tuple[str, int, str, str, tuple[int, ...] | None]]:
+    """``(module, index, kernel name, config description, archs or None)`` for every AOT config."""
     import importlib
 
     out = []
     for name in modules:
         module = importlib.import_module(name)
         for i, cfg in enumerate(getattr(module, "AOT_CONFIGS", None) or []):
-            out.append((name, i, cfg["name"], _describe(cfg)))
+            archs = tuple(cfg["archs"]) if cfg.get("archs") else None
+            out.append((name, i, cfg["name"], _describe(cfg), archs))
     return out
 
 
@@ -124,7 +127,12 @@ def _compile_one(module: str, index: int, arch: int) -> Row:
     row = Row(module.rsplit(".", 1)[-1], cfg["name"], _describe(cfg), arch)
     start = time.perf_counter()
     try:
-        src = ASTSource(fn=cfg["fn"], signature=cfg["signature"], constexprs=cfg.get("constexprs", {}))
+        src = ASTSource(
+            fn=cfg["fn"],
+            signature=cfg["signature"],
+            constexprs=cfg.get("constexprs", {}),
+            attrs=cfg.get("attrs"),
+        )
         options = {k: cfg[k] for k in _COMPILE_OPTIONS if k in cfg}
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         row.smem = int(compiled.metadata.shared)
@@ -169,8 +177,9 @@ def run(modules: list[str], archs: list[int], match: str | None, jobs: int) -> l
             if match:
                 pattern = re.compile(match)
                 configs = [c for c in configs if pattern.search(_row_id(c[0], c[2], c[3]))]
-            # Submit the slow (large-block) configs first so the tail of the run stays short.
-            tasks = [(m, i, arch) for m, i, _, _ in configs for arch in archs]
+            tasks = [
+                (m, i, arch) for m, i, _, _, only in configs for arch in archs if only is None or arch in only
+            ]
             futures = [pool.submit(_compile_one, *t) for t in tasks]
             rows = [f.result() for f in futures]
     finally:

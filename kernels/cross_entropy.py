@@ -164,17 +164,14 @@ def linear_cross_entropy_chunk_rows(n_rows: int, hidden_size: int, vocab_size: i
 
 # ----------------------------------------------------------------------------------------------- kernel
 @triton.jit
-def _tanh(x):
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
-
-
-@triton.jit
 def _cross_entropy_kernel(
     LOGITS, TARGETS, LOSS, LSE, GRAD, GRAD_SCALE,
     stride_logits, stride_grad, stride_scale,
     n_cols, ignore_index, z_loss, softcap,
     BLOCK_V: tl.constexpr, HAS_SOFTCAP: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
 ):  # fmt: skip
+    # softcap * tanh(z / softcap) is written out with tl.exp (tanh(u) = 1 - 2 / (exp(2u) + 1)): libdevice
+    # tanh does not run under the interpreter, and nested @jit helpers are slow there.
     row = tl.program_id(0).to(tl.int64)
     logits_ptr = LOGITS + row * stride_logits
     target = tl.load(TARGETS + row)
@@ -188,7 +185,7 @@ def _cross_entropy_kernel(
         mask = cols < n_cols
         z = tl.load(logits_ptr + cols, mask=mask, other=float("-inf")).to(tl.float32)
         if HAS_SOFTCAP:
-            z = tl.where(mask, softcap * _tanh(z / softcap), float("-inf"))
+            z = tl.where(mask, softcap * (1.0 - 2.0 / (tl.exp(2.0 * z / softcap) + 1.0)), float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
@@ -199,7 +196,7 @@ def _cross_entropy_kernel(
     in_range = (safe_target >= 0) & (safe_target < n_cols)
     z_target = tl.load(logits_ptr + safe_target, mask=in_range, other=float("nan")).to(tl.float32)
     if HAS_SOFTCAP:
-        z_target = softcap * _tanh(z_target / softcap)
+        z_target = softcap * (1.0 - 2.0 / (tl.exp(2.0 * z_target / softcap) + 1.0))
     loss = lse - z_target + z_loss * lse * lse
     tl.store(LOSS + row, tl.where(valid, loss, 0.0))
     tl.store(LSE + row, lse)
@@ -214,7 +211,7 @@ def _cross_entropy_kernel(
             mask = cols < n_cols
             z = tl.load(logits_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             if HAS_SOFTCAP:
-                z = softcap * _tanh(z / softcap)
+                z = softcap * (1.0 - 2.0 / (tl.exp(2.0 * z / softcap) + 1.0))
             g = tl.exp(z - lse) * dlse - tl.where(cols == target, scale, 0.0)
             if HAS_SOFTCAP:
                 t = z / softcap

@@ -2,12 +2,13 @@
 
 Statistics are always computed in fp32, whatever the input dtype, and the result is cast back.
 
-Kernel design (one program per row in the forward, one program per *group of rows* in the backward):
+Kernel design (tiles of whole rows; one tile per program in the forward, one *group of rows* per program
+in the backward):
 
-- Forward: a row of ``H`` elements is loaded once into registers (``BLOCK_H`` = next power of two >= H,
-  masked tail), reduced in fp32 to ``rstd`` (and ``mean`` for LayerNorm), normalised and stored. The
-  per-row statistics (``4`` or ``8`` bytes per row) are saved for the backward, so the backward never
-  recomputes a reduction over the row twice.
+- Forward: a ``(BLOCK_M, BLOCK_H)`` tile of rows is loaded once into registers (``BLOCK_H`` = next power
+  of two >= H, masked tail; ``BLOCK_M`` > 1 packs several short rows into one program), reduced per row
+  in fp32 to ``rstd`` (and ``mean`` for LayerNorm), normalised and stored. The per-row statistics (4 or 8
+  bytes per row) are saved, so the backward does not recompute them.
 - The fused ``add_rms_norm`` variant adds the residual stream in the same pass and writes the new
   residual, saving one full read+write of the activations per sub-layer.
 - Backward: ``dx`` needs only its own row, but ``dweight``/``dbias`` are sums over *all* rows. Each of
@@ -19,6 +20,8 @@ Kernel design (one program per row in the forward, one program per *group of row
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,7 @@ __all__ = [
     "add_rms_norm_triton",
     "layer_norm_reference",
     "layer_norm_triton",
+    "NormConfig",
     "norm_block_config",
     "rms_norm_reference",
     "rms_norm_triton",
@@ -65,186 +69,164 @@ def layer_norm_reference(
 
 
 # ------------------------------------------------------------------------------------------ block sizes
-# The whole row sits in registers. 16384 covers every hidden size in use (Llama-3-405B: 16384); wider rows
-# get a clear error instead of a kernel that spills most of its row (see docs/kernels.md, AOT table).
+# Whole rows sit in registers. 16384 covers every hidden size in use (Llama-3-405B: 16384); wider rows get
+# a clear error instead of a kernel that spills most of its row (see docs/kernels.md, AOT table).
 MAX_HIDDEN = 16384
 MIN_BLOCK_H = 64
 BLOCK_H_CHOICES = tuple(1 << p for p in range(6, 15))  # 64 .. 16384: all the launchers can pick
+TILE_ELEMENTS = 2048  # rows shorter than this are packed BLOCK_M to a tile
 
 
-def norm_block_config(n_cols: int) -> tuple[int, int, int]:
-    """``(BLOCK_H, forward num_warps, backward num_warps)`` for rows of ``n_cols`` elements.
+class NormConfig(NamedTuple):
+    block_h: int  # columns per tile (the whole row, padded to a power of two)
+    block_m: int  # rows per tile
+    forward_warps: int
+    backward_warps: int
 
-    ``BLOCK_H`` is the next power of two (the tail is masked). Warps grow with the row so each thread holds
-    8-16 fp32 values per live row vector: enough to keep the load/store units busy, few enough to stay
-    clear of spills. The backward keeps ~5 row vectors live, so up to 8192 it stops at 16 warps (128
-    registers per thread allowed) rather than 32 (64 allowed). A 16384 row needs all 32 warps and its
-    backward spills a few hundred bytes per thread (the AOT table in docs/kernels.md shows it).
+
+def norm_block_config(n_cols: int) -> NormConfig:
+    """Tile shape and warps for rows of ``n_cols`` elements.
+
+    Tiles hold at least 2048 elements (short rows are packed several to a tile) and warps grow with the
+    tile so each thread holds 8-16 fp32 values per live vector: enough to keep the load/store units busy,
+    few enough to stay clear of spills. The backward keeps ~5 such vectors live, so up to 8192 it stops
+    at 16 warps (128 registers per thread allowed) rather than 32 (64 allowed). A 16384 row needs all 32
+    warps and its backward spills a few hundred bytes per thread (the AOT table in docs/kernels.md).
     """
     if n_cols < 1 or n_cols > MAX_HIDDEN:
         raise ValueError(f"norms: hidden size must be in 1..{MAX_HIDDEN}, got {n_cols}")
-    block = max(triton.next_power_of_2(n_cols), MIN_BLOCK_H)
-    forward_warps = min(max(block // 256, 1), 32)
-    backward_warps = min(max(block // 256, 1), 16) if block <= 8192 else 32
-    return block, forward_warps, backward_warps
+    block_h = max(triton.next_power_of_2(n_cols), MIN_BLOCK_H)
+    block_m = max(1, TILE_ELEMENTS // block_h)
+    tile = block_m * block_h
+    forward_warps = min(tile // 256, 32)
+    backward_warps = min(tile // 256, 16) if tile <= 8192 else 32
+    return NormConfig(block_h, block_m, forward_warps, backward_warps)
 
 
-def _reduction_programs(n_rows: int, device: torch.device) -> tuple[int, int]:
+def _reduction_programs(n_rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
     """``(programs, rows_per_program)`` for the backward's partial weight-gradient sums: about two
-    programs per SM on a GPU (a handful under the interpreter, enough to exercise the reduction)."""
+    programs per SM on a GPU (a handful under the interpreter, enough to exercise the reduction); each
+    program's group is a whole number of tiles."""
     if device.type == "cuda":
         target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         target = 4
-    rows_per_program = triton.cdiv(n_rows, min(n_rows, target))
+    rows_per_program = triton.cdiv(triton.cdiv(n_rows, min(n_rows, target)), block_m) * block_m
     return triton.cdiv(n_rows, rows_per_program), rows_per_program
 
 
 # ---------------------------------------------------------------------------------------------- kernels
 @triton.jit
 def _rms_norm_fwd_kernel(
-    X,
-    RES,
-    W,
-    Y,
-    RES_OUT,
-    RSTD,
-    stride_x,
-    stride_res,
-    stride_y,
-    stride_res_out,
-    n_cols,
-    eps,
-    BLOCK_H: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_H)
-    mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    X, RES, W, Y, RES_OUT, RSTD,
+    stride_x, stride_res, stride_y, stride_res_out,
+    n_rows, n_cols, eps,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+):  # fmt: skip
+    row_ids = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = row_ids.to(tl.int64)[:, None]  # (BLOCK_M, 1)
+    cols = tl.arange(0, BLOCK_H)[None, :]  # (1, BLOCK_H)
+    mask = (rows < n_rows) & (cols < n_cols)
+    x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        r = tl.load(RES + row * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(RES + rows * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
         # Round the new residual to its storage dtype first: the norm must see what the next layer sees.
         h = (x + r).to(RES_OUT.dtype.element_ty)
-        tl.store(RES_OUT + row * stride_res_out + cols, h, mask=mask)
+        tl.store(RES_OUT + rows * stride_res_out + cols, h, mask=mask)
         x = h.to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
-    tl.store(RSTD + row, rstd)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride_y + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)  # (BLOCK_M,)
+    tl.store(RSTD + row_ids, rstd, mask=row_ids < n_rows)
+    w = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    tl.store(Y + rows * stride_y + cols, (x * rstd[:, None] * w).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _rms_norm_bwd_kernel(
-    DY,
-    X,
-    W,
-    RSTD,
-    DRES,
-    DX,
-    DW_PARTIAL,
-    stride_dy,
-    stride_x,
-    stride_dres,
-    stride_dx,
-    n_rows,
-    n_cols,
-    rows_per_program,
-    BLOCK_H: tl.constexpr,
-    HAS_DRESIDUAL: tl.constexpr,
-):
+    DY, X, W, RSTD, DRES, DX, DW_PARTIAL,
+    stride_dy, stride_x, stride_dres, stride_dx,
+    n_rows, n_cols, rows_per_program,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, HAS_DRESIDUAL: tl.constexpr,
+):  # fmt: skip
     """dx = rstd * (w*dy - xhat * mean(xhat * w*dy)) [+ dresidual]; partial dw = sum_rows dy * xhat."""
     pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_H)
-    mask = cols < n_cols
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_H], dtype=tl.float32)
+    cols = tl.arange(0, BLOCK_H)[None, :]
+    col_mask = cols < n_cols
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    first = row_start.to(tl.int64)
-    dy_ptr, x_ptr, dx_ptr = DY + first * stride_dy, X + first * stride_x, DX + first * stride_dx
-    dres_ptr = DRES + first * stride_dres
-    for row in range(row_start, row_end):
-        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.load(RSTD + row)
+    for start in range(row_start, row_end, BLOCK_M):
+        row_ids = start + tl.arange(0, BLOCK_M)
+        rows = row_ids.to(tl.int64)[:, None]
+        mask = (rows < row_end) & col_mask
+        dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + row_ids, mask=row_ids < row_end, other=0.0)[:, None]
         xhat = x * rstd
         wdy = w * dy
-        dx = (wdy - xhat * (tl.sum(xhat * wdy, axis=0) / n_cols)) * rstd
+        dx = (wdy - xhat * (tl.sum(xhat * wdy, axis=1)[:, None] / n_cols)) * rstd
         if HAS_DRESIDUAL:
-            dx += tl.load(dres_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            dres_ptr += stride_dres
-        tl.store(dx_ptr + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            dx += tl.load(DRES + rows * stride_dres + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + rows * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
-        dy_ptr += stride_dy
-        x_ptr += stride_x
-        dx_ptr += stride_dx
-    tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=mask)
+    tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw, axis=0)[None, :], mask=col_mask)
 
 
 @triton.jit
-def _layer_norm_fwd_kernel(X, W, B, Y, MEAN, RSTD, stride_x, stride_y, n_cols, eps, BLOCK_H: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_H)
-    mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / n_cols
-    xc = tl.where(mask, x - mean, 0.0)
-    rstd = tl.rsqrt(tl.sum(xc * xc, axis=0) / n_cols + eps)  # biased variance, as torch
-    tl.store(MEAN + row, mean)
-    tl.store(RSTD + row, rstd)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride_y + cols, (xc * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
+def _layer_norm_fwd_kernel(
+    X, W, B, Y, MEAN, RSTD, stride_x, stride_y, n_rows, n_cols, eps,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    row_ids = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = row_ids.to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_H)[None, :]
+    col_mask = cols < n_cols
+    mask = (rows < n_rows) & col_mask
+    x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / n_cols
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / n_cols + eps)  # biased variance, as torch
+    tl.store(MEAN + row_ids, mean, mask=row_ids < n_rows)
+    tl.store(RSTD + row_ids, rstd, mask=row_ids < n_rows)
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)
+    tl.store(Y + rows * stride_y + cols, (xc * rstd[:, None] * w + b).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _layer_norm_bwd_kernel(
-    DY,
-    X,
-    W,
-    MEAN,
-    RSTD,
-    DX,
-    DW_PARTIAL,
-    DB_PARTIAL,
-    stride_dy,
-    stride_x,
-    stride_dx,
-    n_rows,
-    n_cols,
-    rows_per_program,
-    BLOCK_H: tl.constexpr,
-):
+    DY, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL,
+    stride_dy, stride_x, stride_dx,
+    n_rows, n_cols, rows_per_program,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
     """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat * w*dy)); partial dw, db over the group."""
     pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_H)
-    mask = cols < n_cols
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_H], dtype=tl.float32)
-    db = tl.zeros([BLOCK_H], dtype=tl.float32)
+    cols = tl.arange(0, BLOCK_H)[None, :]
+    col_mask = cols < n_cols
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
+    db = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    first = row_start.to(tl.int64)
-    dy_ptr, x_ptr, dx_ptr = DY + first * stride_dy, X + first * stride_x, DX + first * stride_dx
-    for row in range(row_start, row_end):
-        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + row)
-        rstd = tl.load(RSTD + row)
+    for start in range(row_start, row_end, BLOCK_M):
+        row_ids = start + tl.arange(0, BLOCK_M)
+        rows = row_ids.to(tl.int64)[:, None]
+        mask = (rows < row_end) & col_mask
+        dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + row_ids, mask=row_ids < row_end, other=0.0)[:, None]
+        rstd = tl.load(RSTD + row_ids, mask=row_ids < row_end, other=0.0)[:, None]
         xhat = tl.where(mask, (x - mean) * rstd, 0.0)
         wdy = w * dy
-        c_xhat = tl.sum(xhat * wdy, axis=0) / n_cols
-        c_mean = tl.sum(wdy, axis=0) / n_cols
+        c_xhat = tl.sum(xhat * wdy, axis=1)[:, None] / n_cols
+        c_mean = tl.sum(wdy, axis=1)[:, None] / n_cols
         dx = (wdy - c_mean - xhat * c_xhat) * rstd
-        tl.store(dx_ptr + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + rows * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
-        dy_ptr += stride_dy
-        x_ptr += stride_x
-        dx_ptr += stride_dx
-    tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=mask)
-    tl.store(DB_PARTIAL + pid * n_cols + cols, db, mask=mask)
+    tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw, axis=0)[None, :], mask=col_mask)
+    tl.store(DB_PARTIAL + pid * n_cols + cols, tl.sum(db, axis=0)[None, :], mask=col_mask)
 
 
 # ------------------------------------------------------------------------------------- launch helpers
@@ -264,56 +246,34 @@ def _param_or(value: torch.Tensor | None, n_cols: int, fill: float, like: torch.
 
 def _rms_forward(x2, res2, w, eps, out_dtype):
     n_rows, n_cols = x2.shape
-    block, warps, _ = norm_block_config(n_cols)
+    cfg = norm_block_config(n_cols)
     y = torch.empty((n_rows, n_cols), dtype=out_dtype, device=x2.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x2.device)
     new_res = torch.empty_like(y) if res2 is not None else None
-    _rms_norm_fwd_kernel[(n_rows,)](
-        x2,
-        res2 if res2 is not None else x2,
-        w,
-        y,
-        new_res if new_res is not None else y,
-        rstd,
-        x2.stride(0),
-        res2.stride(0) if res2 is not None else 0,
-        y.stride(0),
-        y.stride(0),
-        n_cols,
-        eps,
-        BLOCK_H=block,
-        HAS_RESIDUAL=res2 is not None,
-        num_warps=warps,
-    )
+    has_res = res2 is not None
+    _rms_norm_fwd_kernel[(triton.cdiv(n_rows, cfg.block_m),)](
+        x2, res2 if has_res else x2, w, y, new_res if has_res else y, rstd,
+        x2.stride(0), res2.stride(0) if has_res else 0, y.stride(0), y.stride(0),
+        n_rows, n_cols, eps,
+        BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, HAS_RESIDUAL=has_res, num_warps=cfg.forward_warps,
+    )  # fmt: skip
     return y, new_res, rstd
 
 
 def _rms_backward(dy2, x2, w, rstd, dres2):
     """-> ``(dx (M, H) in x2's dtype, dw fp32 (H,))``."""
     n_rows, n_cols = x2.shape
-    block, _, warps = norm_block_config(n_cols)
-    programs, rows_per_program = _reduction_programs(n_rows, x2.device)
+    cfg = norm_block_config(n_cols)
+    programs, rows_per_program = _reduction_programs(n_rows, cfg.block_m, x2.device)
     dx = torch.empty_like(x2)
     dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
+    has_dres = dres2 is not None
     _rms_norm_bwd_kernel[(programs,)](
-        dy2,
-        x2,
-        w,
-        rstd,
-        dres2 if dres2 is not None else dy2,
-        dx,
-        dw_partial,
-        dy2.stride(0),
-        x2.stride(0),
-        dres2.stride(0) if dres2 is not None else 0,
-        dx.stride(0),
-        n_rows,
-        n_cols,
-        rows_per_program,
-        BLOCK_H=block,
-        HAS_DRESIDUAL=dres2 is not None,
-        num_warps=warps,
-    )
+        dy2, x2, w, rstd, dres2 if has_dres else dy2, dx, dw_partial,
+        dy2.stride(0), x2.stride(0), dres2.stride(0) if has_dres else 0, dx.stride(0),
+        n_rows, n_cols, rows_per_program,
+        BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, HAS_DRESIDUAL=has_dres, num_warps=cfg.backward_warps,
+    )  # fmt: skip
     return dx, dw_partial.sum(0)
 
 
@@ -372,13 +332,14 @@ class _LayerNorm(torch.autograd.Function):
         n_rows, n_cols = x2.shape
         w = _param_or(weight, n_cols, 1.0, x)
         b = _param_or(bias, n_cols, 0.0, x)
-        block, warps, _ = norm_block_config(n_cols)
+        cfg = norm_block_config(n_cols)
         y = torch.empty_like(x2)
         mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
         rstd = torch.empty_like(mean)
-        _layer_norm_fwd_kernel[(n_rows,)](
-            x2, w, b, y, mean, rstd, x2.stride(0), y.stride(0), n_cols, eps, BLOCK_H=block, num_warps=warps
-        )
+        _layer_norm_fwd_kernel[(triton.cdiv(n_rows, cfg.block_m),)](
+            x2, w, b, y, mean, rstd, x2.stride(0), y.stride(0), n_rows, n_cols, eps,
+            BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, num_warps=cfg.forward_warps,
+        )  # fmt: skip
         ctx.save_for_backward(x2, w, mean, rstd)
         ctx.has_params = (weight is not None, bias is not None)
         ctx.param_dtypes = (w.dtype, b.dtype)
@@ -389,29 +350,17 @@ class _LayerNorm(torch.autograd.Function):
         x2, w, mean, rstd = ctx.saved_tensors
         dy2 = _as_rows(dy)
         n_rows, n_cols = x2.shape
-        block, _, warps = norm_block_config(n_cols)
-        programs, rows_per_program = _reduction_programs(n_rows, x2.device)
+        cfg = norm_block_config(n_cols)
+        programs, rows_per_program = _reduction_programs(n_rows, cfg.block_m, x2.device)
         dx = torch.empty_like(x2)
         dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
         db_partial = torch.empty_like(dw_partial)
         _layer_norm_bwd_kernel[(programs,)](
-            dy2,
-            x2,
-            w,
-            mean,
-            rstd,
-            dx,
-            dw_partial,
-            db_partial,
-            dy2.stride(0),
-            x2.stride(0),
-            dx.stride(0),
-            n_rows,
-            n_cols,
-            rows_per_program,
-            BLOCK_H=block,
-            num_warps=warps,
-        )
+            dy2, x2, w, mean, rstd, dx, dw_partial, db_partial,
+            dy2.stride(0), x2.stride(0), dx.stride(0),
+            n_rows, n_cols, rows_per_program,
+            BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, num_warps=cfg.backward_warps,
+        )  # fmt: skip
         has_w, has_b = ctx.has_params
         dw = dw_partial.sum(0).to(ctx.param_dtypes[0]) if has_w and ctx.needs_input_grad[1] else None
         db = db_partial.sum(0).to(ctx.param_dtypes[1]) if has_b and ctx.needs_input_grad[2] else None
@@ -446,24 +395,25 @@ def layer_norm_triton(
 
 # ------------------------------------------------------------------------------ ahead-of-time configs
 def _aot_configs() -> list[dict]:
-    """Every (kernel, BLOCK_H, flag) the launchers can pick, in bf16 and fp16 (weights in the same
-    dtype as the activations; statistics and partial sums are fp32 whatever the inputs)."""
+    """Every (kernel, tile, flag) the launchers can pick, in bf16 and fp16 (weights in the same dtype as
+    the activations; statistics and partial sums are fp32 whatever the inputs)."""
     configs = []
     stats = ("RSTD", "MEAN", "DW_PARTIAL", "DB_PARTIAL")
     for dt in ("bf16", "fp16"):
-        for block in BLOCK_H_CHOICES:
-            _, fwd_warps, bwd_warps = norm_block_config(block)
-            fwd = dict(fp32_pointers=stats, fp32_scalars=("eps",), num_warps=fwd_warps)
-            bwd = dict(fp32_pointers=stats, num_warps=bwd_warps)
+        for block_h in BLOCK_H_CHOICES:
+            cfg = norm_block_config(block_h)
+            tile = {"BLOCK_M": cfg.block_m, "BLOCK_H": cfg.block_h}
+            fwd = dict(fp32_pointers=stats, fp32_scalars=("eps",), num_warps=cfg.forward_warps)
+            bwd = dict(fp32_pointers=stats, num_warps=cfg.backward_warps)
             for flag in (False, True):
                 configs += [
-                    aot_config("rms_norm_fwd", _rms_norm_fwd_kernel, dt, {"BLOCK_H": block, "HAS_RESIDUAL": flag}, **fwd),
-                    aot_config("rms_norm_bwd", _rms_norm_bwd_kernel, dt, {"BLOCK_H": block, "HAS_DRESIDUAL": flag}, **bwd),
+                    aot_config("rms_norm_fwd", _rms_norm_fwd_kernel, dt, {**tile, "HAS_RESIDUAL": flag}, **fwd),
+                    aot_config("rms_norm_bwd", _rms_norm_bwd_kernel, dt, {**tile, "HAS_DRESIDUAL": flag}, **bwd),
                 ]  # fmt: skip
             configs += [
-                aot_config("layer_norm_fwd", _layer_norm_fwd_kernel, dt, {"BLOCK_H": block}, **fwd),
-                aot_config("layer_norm_bwd", _layer_norm_bwd_kernel, dt, {"BLOCK_H": block}, **bwd),
-            ]  # fmt: skip
+                aot_config("layer_norm_fwd", _layer_norm_fwd_kernel, dt, tile, **fwd),
+                aot_config("layer_norm_bwd", _layer_norm_bwd_kernel, dt, tile, **bwd),
+            ]
     return configs
 
 

@@ -5,12 +5,13 @@ rotated as ``(x1 cos - x2 sin, x2 cos + x1 sin)``. ``cos``/``sin`` are ``(B or 1
 already gathered at each token's position id (so packed documents restart at 0) and already carrying
 any frequency scaling (Llama-3.1) chosen by the caller.
 
-Kernel design: one program per token ``(b, t)``. It loads that token's ``D/2`` cosines and sines once and
-rotates every query head and then every key head of the token, ``BLOCK_HEADS`` heads at a time, so the
-angles are read once per token instead of once per head and Q and K need one launch, not two. Strides
-are passed for every tensor, so Q/K laid out ``(B, T, H, D)`` and viewed as ``(B, H, T, D)`` (what a
-fused QKV projection gives) are read in place. The backward is the same kernel with ``sin`` negated:
-a rotation by ``-theta`` is the transpose of the rotation by ``theta``. Nothing is saved but cos/sin.
+Kernel design: one program per (sequence, block of ``BLOCK_T`` tokens). It loads those tokens' ``D/2``
+cosines and sines once, then rotates every query head and every key head of the block, one
+``(BLOCK_T, D/2)`` tile per half at a time: the angles are read once per token, not once per head, and
+Q and K need one launch, not two. Strides are passed for every tensor, so Q/K laid out ``(B, T, H, D)``
+and viewed as ``(B, H, T, D)`` (what a fused QKV projection gives) are read and written in place of a
+copy. The backward is the same kernel with ``sin`` negated: the rotation by ``-theta`` is the transpose
+of the rotation by ``theta``. Nothing is saved for the backward but cos/sin.
 """
 
 from __future__ import annotations
@@ -44,31 +45,15 @@ BLOCK_HALF_CHOICES = (16, 32, 64, 128, 256)
 
 
 def rope_block_config(head_dim: int) -> tuple[int, int, int]:
-    """``(BLOCK_HALF, BLOCK_HEADS, num_warps)``: a tile of ``BLOCK_HEADS`` heads x ``BLOCK_HALF``
-    columns per half, ~2048 elements per loop step (16 per thread with 4 warps)."""
+    """``(BLOCK_HALF, BLOCK_T, num_warps)``: tiles of ``BLOCK_T`` tokens x ``BLOCK_HALF`` columns per half,
+    1024 elements each (8 per thread with 4 warps; two halves of Q or K live at once)."""
     if head_dim % 2 or not 2 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"rope: head dim must be even and in 2..{MAX_HEAD_DIM}, got {head_dim}")
     block_half = max(triton.next_power_of_2(head_dim // 2), BLOCK_HALF_CHOICES[0])
-    return block_half, max(1, 1024 // block_half), 4
+    return block_half, 1024 // block_half, 4
 
 
 # ----------------------------------------------------------------------------------------------- kernel
-@triton.jit
-def _rotate_heads(
-    X, OUT, n_heads, stride_h, stride_oh, cos, sin, cols, col_mask, half, BLOCK_HEADS: tl.constexpr
-):
-    """Rotate ``n_heads`` rows of one token: X/OUT point at head 0; cos/sin are ``(1, BLOCK_HALF)``."""
-    for h0 in range(0, n_heads, BLOCK_HEADS):
-        heads = h0 + tl.arange(0, BLOCK_HEADS)[:, None]
-        mask = (heads < n_heads) & col_mask
-        x_ptr = X + heads * stride_h + cols
-        o_ptr = OUT + heads * stride_oh + cols
-        x1 = tl.load(x_ptr, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x_ptr + half, mask=mask, other=0.0).to(tl.float32)
-        tl.store(o_ptr, (x1 * cos - x2 * sin).to(OUT.dtype.element_ty), mask=mask)
-        tl.store(o_ptr + half, (x2 * cos + x1 * sin).to(OUT.dtype.element_ty), mask=mask)
-
-
 @triton.jit
 def _rope_kernel(
     Q, K, COS, SIN, QO, KO,
@@ -76,26 +61,37 @@ def _rope_kernel(
     stride_qob, stride_qoh, stride_qot, stride_kob, stride_koh, stride_kot,
     stride_cb, stride_ct,
     seq_len, n_q_heads, n_k_heads, half,
-    BLOCK_HALF: tl.constexpr, BLOCK_HEADS: tl.constexpr, BACKWARD: tl.constexpr,
+    BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, BACKWARD: tl.constexpr,
 ):  # fmt: skip
-    token = tl.program_id(0).to(tl.int64)
-    b = token // seq_len
-    t = token % seq_len
-    cols = tl.arange(0, BLOCK_HALF)[None, :]
-    col_mask = cols < half
+    b = tl.program_id(0).to(tl.int64)
+    t = (tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T))[:, None].to(tl.int64)  # (BLOCK_T, 1)
+    cols = tl.arange(0, BLOCK_HALF)[None, :]  # (1, BLOCK_HALF)
+    mask = (t < seq_len) & (cols < half)
     angle_offset = b * stride_cb + t * stride_ct + cols
-    cos = tl.load(COS + angle_offset, mask=col_mask, other=0.0).to(tl.float32)
-    sin = tl.load(SIN + angle_offset, mask=col_mask, other=0.0).to(tl.float32)
+    cos = tl.load(COS + angle_offset, mask=mask, other=0.0).to(tl.float32)
+    sin = tl.load(SIN + angle_offset, mask=mask, other=0.0).to(tl.float32)
     if BACKWARD:
         sin = -sin
-    _rotate_heads(
-        Q + b * stride_qb + t * stride_qt, QO + b * stride_qob + t * stride_qot,
-        n_q_heads, stride_qh, stride_qoh, cos, sin, cols, col_mask, half, BLOCK_HEADS,
-    )  # fmt: skip
-    _rotate_heads(
-        K + b * stride_kb + t * stride_kt, KO + b * stride_kob + t * stride_kot,
-        n_k_heads, stride_kh, stride_koh, cos, sin, cols, col_mask, half, BLOCK_HEADS,
-    )  # fmt: skip
+    # The Q and K loops are spelled out (not a shared @jit helper): the interpreter re-patches on
+    # every nested call, which made the tests several times slower.
+    q_ptr = Q + b * stride_qb + t * stride_qt + cols
+    qo_ptr = QO + b * stride_qob + t * stride_qot + cols
+    for _ in range(0, n_q_heads):
+        x1 = tl.load(q_ptr, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(q_ptr + half, mask=mask, other=0.0).to(tl.float32)
+        tl.store(qo_ptr, (x1 * cos - x2 * sin).to(QO.dtype.element_ty), mask=mask)
+        tl.store(qo_ptr + half, (x2 * cos + x1 * sin).to(QO.dtype.element_ty), mask=mask)
+        q_ptr += stride_qh
+        qo_ptr += stride_qoh
+    k_ptr = K + b * stride_kb + t * stride_kt + cols
+    ko_ptr = KO + b * stride_kob + t * stride_kot + cols
+    for _ in range(0, n_k_heads):
+        x1 = tl.load(k_ptr, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(k_ptr + half, mask=mask, other=0.0).to(tl.float32)
+        tl.store(ko_ptr, (x1 * cos - x2 * sin).to(KO.dtype.element_ty), mask=mask)
+        tl.store(ko_ptr + half, (x2 * cos + x1 * sin).to(KO.dtype.element_ty), mask=mask)
+        k_ptr += stride_kh
+        ko_ptr += stride_koh
 
 
 # ------------------------------------------------------------------------------------- launch helpers
@@ -114,15 +110,15 @@ def _launch(q, k, cos, sin, backward: bool) -> tuple[torch.Tensor, torch.Tensor]
             torch.empty(q.shape, dtype=q.dtype, device=q.device),
             torch.empty(k.shape, dtype=k.dtype, device=k.device),
         )
-    block_half, block_heads, warps = rope_block_config(D)
+    block_half, block_t, warps = rope_block_config(D)
     stride_cb = 0 if cos.shape[0] == 1 else cos.stride(0)
-    _rope_kernel[(B * T,)](
+    _rope_kernel[(B, triton.cdiv(T, block_t))](
         q, k, cos, sin, qo, ko,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         qo.stride(0), qo.stride(1), qo.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
         stride_cb, cos.stride(1),
         T, Hq, Hkv, D // 2,
-        BLOCK_HALF=block_half, BLOCK_HEADS=block_heads, BACKWARD=backward, num_warps=warps,
+        BLOCK_HALF=block_half, BLOCK_T=block_t, BACKWARD=backward, num_warps=warps,
     )  # fmt: skip
     return qo, ko
 
@@ -171,9 +167,9 @@ def _aot_configs() -> list[dict]:
     configs = []
     for dt in ("bf16", "fp16"):
         for block_half in BLOCK_HALF_CHOICES:
-            _, block_heads, warps = rope_block_config(2 * block_half)
+            _, block_t, warps = rope_block_config(2 * block_half)
             for backward in (False, True):
-                constexprs = {"BLOCK_HALF": block_half, "BLOCK_HEADS": block_heads, "BACKWARD": backward}
+                constexprs = {"BLOCK_HALF": block_half, "BLOCK_T": block_t, "BACKWARD": backward}
                 configs.append(
                     aot_config(
                         "rope", _rope_kernel, dt, constexprs, fp32_pointers=("COS", "SIN"), num_warps=warps

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.filterwarnings(
 )  # exp(+-200) -> inf is intended
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# (rows, columns): a power of two; an odd width over two column blocks (BLOCK=1024, masked tail); one row
-SHAPES = [((2, 8), 64), ((3,), 1500), ((1,), 37)]
+# (rows, columns): powers of two; an odd width over two 1024-wide tiles (masked tail); odd rows and columns
+# over three 16x64 tiles (masked in both dimensions); one row.
+SHAPES = [((2, 8), 64), ((3,), 1500), ((5, 7), 37), ((1,), 37)]
 
 
 def assert_close(actual, expected, dtype, what):

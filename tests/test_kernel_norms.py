@@ -22,8 +22,9 @@ from fastgpt.kernels.norms import (
 )
 
 TOL = {torch.float32: 1e-5, torch.float16: 2**-9, torch.bfloat16: 2**-6}
-# (leading shape, hidden): a power of two, an odd hidden size over several backward programs, one row
-SHAPES = [((2, 4), 64), ((3, 5), 100), ((1,), 48)]
+# (leading shape, hidden): a power of two; an odd hidden size, rows over two forward tiles and several
+# backward programs (128 columns -> 16 rows per tile; 45 rows); one row.
+SHAPES = [((2, 4), 64), ((3, 15), 100), ((1,), 48)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -142,7 +143,7 @@ def test_strided_rows_are_read_in_place():
 
 
 def test_block_config_bounds():
-    assert norm_block_config(100) == (128, 1, 1)
-    assert norm_block_config(4096)[0] == 4096
+    assert norm_block_config(100) == (128, 16, 8, 8)  # 16 rows of 128 per tile
+    assert norm_block_config(4096) == (4096, 1, 16, 16)
     with pytest.raises(ValueError, match="hidden size"):
         norm_block_config(MAX_HIDDEN + 1)

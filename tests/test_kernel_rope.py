@@ -13,9 +13,9 @@ from fastgpt.kernels.rope import rope_block_config, rope_reference, rope_triton
 
 TOL = {torch.float32: 1e-6, torch.float16: 2**-9, torch.bfloat16: 2**-6}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# (B, Hq, Hkv, T, D): powers of two; odd T/D/heads (D/2 = 12 in a 16-wide block); heads over two loop
-# steps of the kernel (D = 256 -> 8 heads per step, 10 query heads); one token.
-SHAPES = [(2, 4, 2, 8, 32), (3, 5, 1, 7, 24), (1, 10, 2, 3, 256), (1, 2, 2, 1, 64)]
+# (B, Hq, Hkv, T, D): powers of two; odd T/D/heads (D/2 = 12 in a 16-wide tile); two token tiles with a
+# masked tail (D = 256 -> 8 tokens per tile, T = 9); one token.
+SHAPES = [(2, 4, 2, 8, 32), (3, 5, 1, 7, 24), (1, 3, 1, 9, 256), (1, 2, 2, 1, 64)]
 
 
 def assert_close(actual, expected, dtype, what):
