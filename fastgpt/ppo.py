@@ -167,11 +167,10 @@ class PPOStage:
         self.reward_model = reward_model.eval().requires_grad_(False)
         if frozen_dtype is not None:
             self.reward_model.to(frozen_dtype)
-        fits = [p for p in prompts if len(chat_format.render_prompt(list(p))) <= cfg.max_prompt_len]
+        max_prompt_len = min(cfg.max_prompt_len, model.config.max_seq_len - cfg.max_new_tokens)
+        fits = [p for p in prompts if len(chat_format.render_prompt(list(p))) <= max_prompt_len]
         if len(fits) < len(prompts):
-            log(
-                f"ppo: skipped {len(prompts) - len(fits)} prompts longer than --max_prompt_len={cfg.max_prompt_len}"
-            )
+            log(f"ppo: skipped {len(prompts) - len(fits)} prompts longer than {max_prompt_len} tokens")
         key = lambda p: json.dumps(p, sort_keys=True)  # noqa: E731
         self.train_prompts = [p for p in fits if not in_heldout(key(p), cfg.heldout_fraction)]
         self.heldout_prompts = [p for p in fits if in_heldout(key(p), cfg.heldout_fraction)][
@@ -212,7 +211,13 @@ class PPOStage:
     @torch.no_grad()
     def score(self, prompts: list[Prompt], replies: list[str]) -> torch.Tensor:
         """Reward-model scores ``(n,)`` of replies, rendered in the reward model's own chat format."""
-        rendered = [render_response(self.reward_format, p, r) for p, r in zip(prompts, replies)]
+        context = self.reward_model.config.max_seq_len
+        rendered = []
+        for prompt, reply in zip(prompts, replies):
+            a, b = render_response(self.reward_format, prompt, reply)
+            # re-tokenised text can be longer than the sampled tokens: keep the end, where the score is read
+            b = b[-(context - 1) :]
+            rendered.append((a[-(context - len(b)) :], b))
         rows = collate_responses([a for a, _ in rendered], [b for _, b in rendered]).to(self.device)
         with self.autocast():
             return self.reward_model.score(rows.ids, rows.last).float().cpu()
