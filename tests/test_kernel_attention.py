@@ -160,6 +160,31 @@ def test_rows_without_visible_keys_are_zero():
     assert xs[0].grad[:, :, :16].abs().max() == 0
 
 
+@pytest.mark.slow
+def test_random_configurations():
+    """60 random mixes of lengths (incl. Tq > Tk), head dims, GQA groups, window, scale, causal and
+    document layouts (sorted runs and scattered ids), fp32."""
+    import random
+
+    rng = random.Random(1)
+    for _ in range(60):
+        Hkv, B = rng.choice([1, 2]), rng.choice([1, 2])
+        Hq = Hkv * rng.choice([1, 2, 3])
+        Tk = rng.randint(1, 70)
+        Tq = rng.randint(1, Tk) if rng.random() < 0.7 else rng.randint(1, 80)
+        doc = None
+        if Tq <= Tk and rng.random() < 0.5:
+            doc = torch.randint(0, rng.choice([1, 2, 4]), (B, Tk))
+            doc = doc.sort(dim=1).values if rng.random() < 0.5 else doc
+        kw = dict(
+            causal=rng.random() < 0.7,
+            window=rng.choice([None, None, 1, 3, 17, 40]),
+            scale=rng.choice([None, 0.2]),
+            doc_ids=doc,
+        )
+        _check(*_inputs(B, Hq, Hkv, Tq, Tk, rng.choice(SUPPORTED_HEAD_DIMS)), **kw)
+
+
 # ---------------------------------------------------------------------------------- skipping of tiles
 def _hidden_tiles_poisoned(q, k, v, first_visible_key):
     """NaN in every key/value tile that lies wholly before ``first_visible_key``: visiting such a tile
