@@ -241,7 +241,7 @@ def _key_tiles(
     (no elementwise mask), those in ``[start, full_start)`` and ``[full_end, end)`` are partly visible;
     everything outside is hidden and skipped."""
     off = T_K - T_Q  # query i sits at key position off + i
-    lo = off * 0
+    lo = off * 0  # runtime scalars (T_K may arrive as a constexpr when it is 1) that the branches narrow
     hi = T_K + 0
     if CAUSAL:  # keys <= last query's position
         hi = tl.minimum(hi, off + m0 + BLOCK_M)
@@ -470,7 +470,7 @@ def _query_tiles(
     """Mirror of :func:`_key_tiles` for a key tile ``[n0, n0 + BLOCK_N)``: ``BLOCK_M``-aligned query
     bounds ``start <= full_start <= full_end <= end``, fully visible in the middle range."""
     off = T_K - T_Q
-    lo = off * 0
+    lo = off * 0  # runtime scalars, as in _key_tiles
     hi = T_Q + 0
     if CAUSAL:  # queries at or after the first key
         lo = tl.maximum(lo, n0 - off)
