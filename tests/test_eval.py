@@ -19,7 +19,7 @@ from fastgpt.engine import Engine
 from fastgpt.eval.bpb import bits_per_byte, evaluate_bpb
 from fastgpt.eval.cli import main as eval_main
 from fastgpt.eval.cli import parse_tasks
-from fastgpt.eval.multiple_choice import MCError, MCItem, choice_logprobs, evaluate_mc, load_mc
+from fastgpt.eval.multiple_choice import MCError, MCItem, choice_logprobs, evaluate_mc, load_mc, score_items
 from fastgpt.eval.tasks import evaluate_task, pass_at_k
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.tasks import get_task
@@ -149,6 +149,32 @@ def test_mc_accuracy_follows_the_likelihoods(tokenizer):
     assert evaluate_mc(model, tokenizer, right)["acc"] == 1.0
     assert evaluate_mc(model, tokenizer, wrong)["acc"] == 0.0
     assert evaluate_mc(model, tokenizer, right)["chance"] == pytest.approx(1 / 3)
+
+
+def test_mc_scores_match_transformers_on_the_saved_model(tokenizer, tmp_path):
+    """The saved model dir read by transformers (as lm-evaluation-harness reads it), each choice scored
+    the harness's way: ``Question: ...\nAnswer:`` then `` choice``, BOS first."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tiny_gpt(tokenizer.vocab_size, seq_len=64).save_pretrained(tmp_path)
+    tokenizer.save(tmp_path)
+    _, items = load_mc("basics")
+    items = items[:3]
+    ours = score_items(tiny_gpt(tokenizer.vocab_size, seq_len=64), tokenizer, items)
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path)
+    for item, scores in zip(items, ours):
+        context = [
+            hf_tok.bos_token_id,
+            *hf_tok.encode(f"Question: {item.prompt}\nAnswer:", add_special_tokens=False),
+        ]
+        for choice, score in zip(item.choices, scores):
+            cont = hf_tok.encode(" " + choice, add_special_tokens=False)
+            with torch.no_grad():
+                logits = hf_model(torch.tensor([context + cont])).logits[0]
+            logp = F.log_softmax(logits.float(), -1)
+            ref = sum(logp[len(context) - 1 + i, t].item() for i, t in enumerate(cont))
+            assert score == pytest.approx(ref, abs=1e-3)
 
 
 def test_mc_builtin_sets_and_file_errors(tmp_path):

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MCItem", "evaluate_mc", "load_mc"]
+__all__ = ["MCItem", "choice_logprobs", "evaluate_mc", "load_mc", "score_items"]
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,10 @@ def choice_logprobs(
     return out
 
 
-def evaluate_mc(
+def score_items(
     model: Any, tokenizer: Any, items: list[MCItem], *, chat_format: Any = None
-) -> dict[str, Any]:
-    """``{"items", "acc", "acc_norm", "chance"}`` of ``items`` (see the module docstring)."""
+) -> list[list[float]]:
+    """``log p(choice | prompt)`` summed over the choice's tokens, per item and choice."""
     pairs, owners = [], []
     for i, item in enumerate(items):
         for j, pair in enumerate(_sequences(item, tokenizer, chat_format)):
@@ -146,6 +146,14 @@ def evaluate_mc(
     per_item: list[list[float]] = [[0.0] * len(item.choices) for item in items]
     for (i, j), s in zip(owners, scores):
         per_item[i][j] = s
+    return per_item
+
+
+def evaluate_mc(
+    model: Any, tokenizer: Any, items: list[MCItem], *, chat_format: Any = None
+) -> dict[str, Any]:
+    """``{"items", "acc", "acc_norm", "chance"}`` of ``items`` (see the module docstring)."""
+    per_item = score_items(model, tokenizer, items, chat_format=chat_format)
     correct = correct_norm = 0
     for item, logps in zip(items, per_item):
         norm = [lp / max(len(c.encode("utf-8")), 1) for lp, c in zip(logps, item.choices)]
