@@ -176,7 +176,7 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         authorize(request)
-        req: ChatRequest = parse_body(await request.body(), ChatRequest, limits)  # type: ignore[assignment]
+        req: ChatRequest = parse_body(await read_body(request, limits), ChatRequest, limits)  # type: ignore[assignment]
         check_model(req.model)
         if chat_format is None:
             raise APIError(
@@ -201,7 +201,7 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(request)
-        req: CompletionRequest = parse_body(await request.body(), CompletionRequest, limits)  # type: ignore[assignment]
+        req: CompletionRequest = parse_body(await read_body(request, limits), CompletionRequest, limits)  # type: ignore[assignment]
         check_model(req.model)
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         prompts = [tokenizer.encode(t, add_bos=True) for t in texts]  # documents start with BOS in training
@@ -217,6 +217,20 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
         return JSONResponse(await reply.collect())
 
     return app
+
+
+async def read_body(request: Request, limits: Limits) -> bytes:
+    """The request body, refusing (413) one over the limit without reading more of it than the limit."""
+    too_large = APIError(413, f"the request body exceeds the limit of {limits.max_request_bytes:,} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_request_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_request_bytes:
+            raise too_large
+    return bytes(body)
 
 
 def _chat_format_or_none(engine: Any) -> Any:
