@@ -218,37 +218,13 @@ class Scheduler:
         self.stats["requests"] += len(batch)
         self.stats["rows"] += len(owners)
         self.stats["largest_batch_rows"] = max(self.stats["largest_batch_rows"], len(owners))
-        produced = [0] * len(owners)
+        produced = [0] * len(owners)  # tokens sent per row
         done = [False] * len(owners)
         try:
             steps = decode_steps(self.engine, prompts, n=n, max_tokens=max_tokens, key=batch[0].key)
             try:
                 for new, reasons in steps:
-                    events = {id(job): Step([], []) for job in batch}
-                    for r, token in enumerate(new):
-                        job, jr = owners[r]
-                        if done[r]:
-                            continue
-                        if job.cancelled or job.cut[jr]:
-                            done[r] = True
-                            continue
-                        if token is None:  # the engine finished this row at an earlier step
-                            done[r] = True
-                            events[id(job)].finished.append((jr, reasons[r] or "length"))
-                            continue
-                        produced[r] += 1
-                        event = events[id(job)]
-                        event.tokens.append((jr, token))
-                        reason = reasons[r]
-                        if reason is None and produced[r] >= job.max_tokens:
-                            reason = "length"
-                        if reason is not None:
-                            done[r] = True
-                            event.finished.append((jr, reason))
-                    for job in batch:
-                        event = events[id(job)]
-                        if event.tokens or event.finished:
-                            job.emit(event)
+                    self._dispatch(batch, owners, new, reasons, produced, done)
                     if all(done):
                         break
             finally:
@@ -262,3 +238,32 @@ class Scheduler:
                 job.emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
         for job in batch:
             job.emit(Done())
+
+    @staticmethod
+    def _dispatch(batch, owners, new, reasons, produced: list[int], done: list[bool]) -> None:
+        """Send one decode step's tokens and finishes to their jobs (one :class:`Step` per job)."""
+        events = {id(job): Step([], []) for job in batch}
+        for r, token in enumerate(new):
+            job, jr = owners[r]
+            if done[r]:
+                continue
+            if job.cancelled or job.cut[jr]:  # the client left, or a stop string ended the row
+                done[r] = True
+                continue
+            event = events[id(job)]
+            if token is None:  # the engine finished this row at an earlier step
+                done[r] = True
+                event.finished.append((jr, reasons[r] or "length"))
+                continue
+            produced[r] += 1
+            event.tokens.append((jr, token))
+            reason = reasons[r]
+            if reason is None and produced[r] >= job.max_tokens:
+                reason = "length"  # the batch decodes to its longest request; this one asked for fewer
+            if reason is not None:
+                done[r] = True
+                event.finished.append((jr, reason))
+        for job in batch:
+            event = events[id(job)]
+            if event.tokens or event.finished:
+                job.emit(event)
