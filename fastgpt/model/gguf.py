@@ -45,6 +45,7 @@ def fetch_smollm2_gguf() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as f:
         f.write(data)
+    Path(f.name).chmod(0o644)
     Path(f.name).replace(target)
     return target
 

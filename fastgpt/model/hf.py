@@ -137,7 +137,8 @@ def config_to_hf(c: GPTConfig, dtype: torch.dtype) -> dict[str, Any]:
         }
         if c.window:
             hf["sliding_window"] = c.window
-    hf["torch_dtype"] = dtype_name
+    hf["dtype"] = dtype_name  # transformers >= 4.56
+    hf["torch_dtype"] = dtype_name  # older transformers
     hf["fastgpt"] = c.to_dict()
     return hf
 
