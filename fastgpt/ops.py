@@ -117,7 +117,10 @@ def attention(
     """
     backend = _attention_backend
     if backend == "auto":
-        backend = "triton" if use_triton(q) else "sdpa"
+        # the Triton kernel covers fp16/bf16 on GPU with head dims 32/64/96/128; anything else (fp32 on a
+        # GPU, an unusual head dim) goes to SDPA rather than failing
+        supported = q.shape[-1] in (32, 64, 96, 128) and (not q.is_cuda or q.dtype != torch.float32)
+        backend = "triton" if use_triton(q) and supported else "sdpa"
     kwargs = dict(causal=causal, doc_ids=doc_ids, window=window, scale=scale)
     if backend == "sdpa":
         return attention_reference(q, k, v, **kwargs)
