@@ -55,6 +55,15 @@ def pipeline(tmp_path):
     ]
     grpo += [{"step": 4, "heldout_accuracy": 0.4, "elapsed_s": 46.0}]
     write_run(root / "grpo", "grpo", grpo)
+    reward = [{"step": s, "loss": 0.7 - s / 20, "elapsed_s": s} for s in range(1, 6)]
+    reward += [{"step": 0, "heldout_pair_accuracy": 0.5, "heldout_margin": 0.0, "heldout_pairs": 30}]
+    reward += [
+        {"step": 5, "heldout_pair_accuracy": 0.9, "heldout_margin": 2.0, "heldout_pairs": 30, "elapsed_s": 6}
+    ]
+    write_run(root / "reward", "reward", reward)
+    dpo = [{"step": 0, "heldout_margin": 0.0, "heldout_reward_accuracy": 0.5}]
+    dpo += [{"step": 5, "heldout_margin": 1.25, "heldout_reward_accuracy": 0.8, "elapsed_s": 9.5}]
+    write_run(root / "dpo", "dpo", dpo)
     tensors = {
         "wte.weight": torch.zeros(300, 64),
         "blocks.0.attn.weight": torch.zeros(64, 192),
@@ -90,23 +99,26 @@ def test_report_of_a_pipeline(pipeline):
     text = (root / "report.md").read_text()
     runs, _, timings = discover([str(root)])
     assert timings["eval"] == 25
-    assert [r.stage for r in runs] == ["pretrain", "sft", "grpo"]  # pipeline order, not alphabetical
+    assert [r.stage for r in runs] == ["pretrain", "sft", "reward", "grpo", "dpo"]  # pipeline order
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert (
         "val_bpb 2.42" in rows["pretrain"] and "1m 02s" in rows["pretrain"] and "81.92k" in rows["pretrain"]
     )
     assert "val_loss 1.75" in rows["sft"]
     assert "heldout_accuracy 10.0% → 40.0%" in rows["grpo"]
+    assert "heldout_pair_accuracy 50.0% → 90.0%" in rows["reward"]
+    assert "heldout_margin 0 → 1.25" in rows["dpo"]
+    assert "| heldout_pairs |" not in text  # a count, not a metric
     assert f"| parameters | {n_params:,} |" in text
-    assert "**2m 08s**" in text  # training time: 61.5 + 20 + 46 seconds
+    assert "**2m 23s**" in text  # training time: 61.5 + 20 + 6 + 46 + 9.5 seconds
     assert "**4m 05s**" in text  # wall time: 30 + 90 + 40 + 60 + 25 seconds
     assert "1m 30s" in rows["pretrain"] and "0m 30s" in rows["tokenizer"]
     stages = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
-    assert stages[1:7] == ["tokenizer", "pretrain", "sft", "grpo", "eval", "**total**"]  # the order they ran
+    assert stages[1:9] == ["tokenizer", "pretrain", "sft", "grpo", "eval", "reward", "dpo", "**total**"]
     assert "made in a test" in text and "## Hardware" in text and "CPU:" in text
     assert "task:chain_sum_easy" in text and "37.5%" in text and "What is 2 + 3?" in text
     assert "1 unreadable line(s)" in text
-    for stage in ("pretrain", "sft", "grpo"):
+    for stage in ("pretrain", "sft", "grpo", "reward"):
         assert f"![{stage} curves](plots/{stage}.png)" in text
         image = matplotlib.image.imread(root / "plots" / f"{stage}.png")
         assert image.shape[0] > 100 and image.shape[1] > 100

@@ -42,9 +42,21 @@ BOOKKEEPING = {
     "grad_norm",
     "skipped",
     "heldout_n",
+    "heldout_pairs",
+    "heldout_prompts",
+    "rollouts_done",
 }
 # the metric that sums a stage up, in order of preference
-HEADLINE = ("val_bpb", "val_loss", "heldout_accuracy", "val_accuracy", "accuracy", "reward_margin", "margin")
+HEADLINE = (
+    "val_bpb",  # pretraining
+    "val_loss",  # SFT
+    "heldout_accuracy",  # GRPO (first -> last: before and after)
+    "heldout_pair_accuracy",  # reward model
+    "heldout_margin",  # DPO
+    "heldout_reward",  # PPO
+    "accuracy",
+    "margin",
+)
 LOWER_IS_BETTER = re.compile(r"(loss|bpb|kl|perplexity|len)")
 CONFIG_KEYS = (
     "preset",
@@ -255,7 +267,7 @@ def headline(run: Run) -> str:
         if not series:
             continue
         first, last = series[0][1], series[-1][1]
-        if key in ("heldout_accuracy", "accuracy", "margin", "reward_margin") and len(series) > 1:
+        if not key.startswith("val_") and len(series) > 1:  # what RL and preference stages move
             return f"{key} {fmt_value(key, first)} → {fmt_value(key, last)}"
         return f"{key} {fmt_value(key, last)}"
     return "—"
