@@ -11,7 +11,7 @@
 # tokens in the same time and gets a better model.
 #
 #   preset  model                    budgets (pretrain / SFT / GRPO)   expected wall time
-#   tiny    5.5M params, llama-style  540 s / 240 s / 300 s            ~30 min on 2 CPU cores (measured:
+#   tiny    5.5M params, llama-style  480 s / 180 s / 240 s            ~30 min on 2 CPU cores (measured:
 #                                                                     see docs/example-report/)
 #   gpt2    124M params, GPT-2        1200 s / 300 s / 600 s           ~40 min on 8xH100 (ESTIMATE: the
 #                                                                     budgets plus start-up, data
@@ -43,10 +43,10 @@ done
 case "$PRESET" in
   tiny)
     VOCAB=4096
-    PRETRAIN=(--preset=tiny --time_budget_s=540 --eval_every=100 --eval_tokens=65536)
-    SFT=(--time_budget_s=240 --eval_every=50)
+    PRETRAIN=(--preset=tiny --time_budget_s=480 --eval_every=25 --eval_tokens=32768)
+    SFT=(--time_budget_s=180 --eval_every=25)
     GRPO=(--task=chain_sum_easy --tools=true --group_size=8 --prompts_per_step=4 --max_new_tokens=64
-          --time_budget_s=300 --eval_every=10 --eval_problems=50)
+          --time_budget_s=240 --eval_every=5 --eval_problems=40)
     EVAL=(--tasks=bpb,chain_sum_easy,mc:shakespeare,mc:basics --problems=50 --pass_k=4 --samples=4
           --max_new_tokens=64 --bpb_tokens=65536)
     ;;
