@@ -293,3 +293,6 @@ def test_eval_command_end_to_end(tokenizer, data_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| bpb" in printed and "mc:quiz" in printed and "greedy_accuracy" in printed
     assert eval_main(["--model", str(tmp_path / "missing")]) == 2
+    for bad in ("no_such_task", "mc:no_such_set", "mc:"):
+        assert eval_main(["--model", str(model_dir), "--tasks", bad]) == 2
+    assert "no_such_task" in capsys.readouterr().err

@@ -102,6 +102,18 @@ def parse_tasks(spec: str) -> list[tuple[str, str]]:
     return out
 
 
+def check_tasks(tasks: list[tuple[str, str]]) -> None:
+    """Build every task and read every multiple-choice file once, so a typo fails in seconds."""
+    from fastgpt.eval.multiple_choice import load_mc
+    from fastgpt.tasks import get_task
+
+    for kind, name in tasks:
+        if kind == "mc":
+            load_mc(name)
+        elif kind == "task":
+            get_task(name)
+
+
 def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
     import torch
 
@@ -203,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastgpt eval: --model {args.model!r} is not a directory", file=sys.stderr)
         return 2
     try:
-        parse_tasks(args.tasks)
-    except ValueError as e:
+        check_tasks(parse_tasks(args.tasks))  # fail on a bad name or file before loading the model
+        report = run_eval(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ValueError, FileNotFoundError) as e:  # TaskError, MCError, DataError are ValueErrors
         print(f"fastgpt eval: {e}", file=sys.stderr)
         return 2
-    report = run_eval(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(table(report))
     if args.out:
         write_json_atomic(args.out, report)
