@@ -56,6 +56,27 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return _info
 
 
+def init_single_process_group(device: torch.device) -> None:
+    """A process group of one (rank 0 of 1) on a free loopback port, for DeepSpeed in a process that
+    was started without torchrun (``python -m fastgpt.pretrain --zero=1``)."""
+    import socket
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", str(port)),
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+    ):
+        os.environ.setdefault(key, value)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+
 def info() -> DistInfo:
     return _info if _info is not None else init_distributed()
 
@@ -88,13 +109,18 @@ def destroy() -> None:
     _info = None
 
 
+class DeepSpeedUnavailable(RuntimeError):
+    """DeepSpeed is needed (``--zero>=1`` or several processes) but cannot be imported."""
+
+
 def require_deepspeed():
     """Import DeepSpeed or fail with the install command."""
     try:
         import deepspeed
-    except ImportError as e:  # pragma: no cover - deepspeed is a core dependency
-        raise RuntimeError(
-            "--zero>=1 or multi-process training needs DeepSpeed: pip install deepspeed"
+    except ImportError as e:
+        raise DeepSpeedUnavailable(
+            f"--zero>=1 and multi-process training need DeepSpeed, which cannot be imported ({e}); "
+            "install it with: pip install deepspeed"
         ) from e
     return deepspeed
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,6 +115,16 @@ class PretrainStage:
         self.loader.load_state_dict(state)
 
 
+def _check_not_bare_shards(data: str) -> None:
+    """A dir of token shards that lost its manifest would otherwise be read as raw text sources."""
+    path = Path(data)
+    if path.is_dir() and not (path / "manifest.json").exists() and any(path.glob("*.bin")):
+        raise ValueError(
+            f"--data={data}: holds token shards (*.bin) but no manifest.json, so neither the tokenizer nor "
+            "the splits are known; re-create it with `fastgpt prepare` (or point --data at the raw text)"
+        )
+
+
 def build(cfg: PretrainConfig):
     """Data, tokenizer, model, trainer and stage for ``cfg`` (rank 0 prepares data first)."""
     from fastgpt.data import resolve_pretrain_data
@@ -121,6 +132,7 @@ def build(cfg: PretrainConfig):
     from fastgpt.tokenizer import Tokenizer
     from fastgpt.train.trainer import Trainer
 
+    _check_not_bare_shards(cfg.data)
     info = dist.init_distributed(cfg.device)
     tokenizer_arg = cfg.tokenizer or (cfg.init_from or None)
     if info.is_main:  # download / tokenizer training / sharding once, the other ranks then hit the cache
@@ -149,8 +161,8 @@ def build(cfg: PretrainConfig):
     return trainer, stage
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(PretrainConfig, sys.argv[1:] if argv is None else argv)
+def run(cfg: PretrainConfig) -> dict[str, float]:
+    """Train with ``cfg``, print a few samples; returns the last metrics (with the final eval)."""
     trainer, stage = build(cfg)
     n = trainer.model.num_params()
     trainer.print(
@@ -167,7 +179,29 @@ def main(argv: list[str] | None = None) -> int:
     samples = trainer.samples(stage)
     for prompt, text in zip(SAMPLE_PROMPTS, samples):
         trainer.print(f"\n--- sample ({prompt!r}) ---\n{text}")
-    dist.destroy()
+    return last
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgpt.pretrain [--key=value ...]``; bad settings, data or checkpoints end with one
+    ``error:`` line and exit status 2 (a run stopped by NaN/inf losses: 1)."""
+    from fastgpt.checkpoint import CheckpointError
+    from fastgpt.dist import DeepSpeedUnavailable
+    from fastgpt.model import ModelFormatError
+    from fastgpt.train.trainer import NonFiniteLossError
+
+    try:
+        cfg = parse_args(PretrainConfig, sys.argv[1:] if argv is None else argv)
+        cfg.validate()
+        run(cfg)
+    except (ValueError, FileNotFoundError, CheckpointError, ModelFormatError, DeepSpeedUnavailable) as e:
+        print(f"fastgpt pretrain: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"fastgpt pretrain: stopped: {e}", file=sys.stderr)
+        return 1
+    finally:
+        dist.destroy()
     return 0
 
 

@@ -7,6 +7,7 @@ test_deepspeed*.py, test_multinode*.py and test_pretrain*.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +33,18 @@ TINY_MODEL = [
     "--model.n_head=2",
     "--model.n_kv_head=1",
 ]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread. Two threads on oversubscribed cores
+    make each small op wait for a descheduled partner (steps measured 10-40x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_corpus(root: Path, *, n_docs: int = 300, vocab_size: int = 320, seed: int = 0) -> Path:

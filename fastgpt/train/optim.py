@@ -91,12 +91,13 @@ class CombinedOptimizer:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer | CombinedOptimizer:
     """AdamW over ``model.param_groups`` or, for ``optimizer=muon``, Muon on the ``matrix`` group and
-    AdamW on the rest. Every group records its ``base_lr`` for the schedule."""
+    AdamW on the rest. Every group records its ``base_lr`` for the schedule.
+
+    AdamW is the fused kernel (one pass over each tensor) on CPU and CUDA: on CPU it is >10x faster
+    than the multi-tensor ``foreach`` path, on GPU it saves launches."""
     groups = model.param_groups(cfg.weight_decay)
     device_type = next(model.parameters()).device.type
-    adam_kwargs = dict(betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-    if device_type == "cuda":
-        adam_kwargs["fused"] = True
+    adam_kwargs = dict(betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=device_type in ("cpu", "cuda"))
     if cfg.optimizer == "adamw":
         for g in groups:
             g["base_lr"] = cfg.lr
@@ -107,7 +108,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         g["base_lr"] = cfg.muon_lr
     for g in rest:
         g["base_lr"] = cfg.lr
-    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(rest, lr=cfg.lr, **adam_kwargs)]
+    opts: list[torch.optim.Optimizer] = []
+    if rest:
+        opts.append(torch.optim.AdamW(rest, lr=cfg.lr, **adam_kwargs))
     if matrix:
         opts.append(Muon(matrix, lr=cfg.muon_lr, momentum=cfg.muon_momentum))
     return CombinedOptimizer(opts)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,21 @@ from fastgpt.train.config import TrainConfig
 from fastgpt.train.metrics import MetricsLogger, peak_flops
 from fastgpt.train.optim import build_optimizer, lr_multiplier
 
-_STOP_AFTER_STEP = int(os.environ.get("FASTGPT_STOP_AFTER_STEP", "0"))
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX on x86, BF16 on Arm). Without it
+    oneDNN emulates bf16 and autocast only adds casts, so ``auto`` stays in fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:  # not Linux: no cheap, reliable probe; fp32 is the safe choice
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPUs that have it and on CPUs with native bf16 matmuls (AVX-512 BF16/AMX),
-    fp32 otherwise."""
+    """The autocast dtype for ``--dtype``; ``auto``: bf16 on GPUs that have it (else fp16) and on CPUs
+    with native bf16 matmuls, fp32 otherwise. Master weights and optimizer state stay fp32 either way."""
     if name == "fp32":
         return torch.float32
     if name == "bf16":
@@ -49,8 +57,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    capability = torch.backends.cpu.get_cpu_capability()
-    return torch.bfloat16 if capability in ("AVX512", "AVX512_BF16", "AMX") else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
 def _targets(batch: Any) -> torch.Tensor:
@@ -125,9 +132,20 @@ class Trainer:
         self.use_deepspeed = cfg.zero >= 1 or self.dist.world_size > 1
         if self.use_deepspeed:
             self._init_deepspeed()
+            if cfg.compile:
+                self.engine.compile()
             self.forward_model: torch.nn.Module = self.engine
         else:
             self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+
+        # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not
+        self.scaler = None
+        if self.autocast_dtype == torch.float16:
+            if self.use_deepspeed:
+                raise ValueError(
+                    "--dtype=fp16 is not supported with DeepSpeed here; use --dtype=bf16 (or fp32)"
+                )
+            self.scaler = torch.amp.GradScaler(self.device.type)
 
         self.step = 0
         self.tokens = 0
@@ -171,8 +189,8 @@ class Trainer:
             offload=cfg.offload,
             base_config=cfg.deepspeed_config or default_deepspeed_config(cfg.zero, cfg.offload),
         )
-        if not torch.distributed.is_initialized():  # single process with --zero>=1
-            ds.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+        if not torch.distributed.is_initialized():  # one process with --zero>=1, started without torchrun
+            dist.init_single_process_group(self.device)
         self.engine, self.optimizer, _, _ = ds.initialize(
             model=self.model, optimizer=self.optimizer, config=ds_config, dist_init_required=False
         )
@@ -197,61 +215,89 @@ class Trainer:
 
     def train_step(self, stage: Any, batches: list[Any]) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches ``batches`` (``grad_accum`` of them).
-        Returns the step's metrics (loss averaged over every target of every rank)."""
+        Returns the step's metrics (loss averaged over every target of every rank).
+
+        Normalisation: each micro-batch loss is a SUM over its targets; dividing by the number of targets
+        of the whole step on all ranks (``n_global``) makes the gradient that of the mean over every
+        target, however unevenly targets fall between micro-batches and ranks. The data-parallel
+        all-reduce averages over ranks, hence the extra factor ``world_size``."""
         if len(batches) != self.grad_accum and self.engine is not None:
             raise ValueError(
                 f"DeepSpeed expects {self.grad_accum} micro-batches per step, got {len(batches)}"
             )
         batches = [to_device(b, self.device) for b in batches]
         count = getattr(stage, "count_targets", None) or (lambda b: int((_targets(b) != -100).sum()))
-        n_local = sum(int(count(b)) for b in batches)
         local = torch.tensor(
-            [float(n_local), float(sum(_inputs(b).numel() for b in batches))], device=self.device
+            [float(sum(int(count(b)) for b in batches)), float(sum(_inputs(b).numel() for b in batches))],
+            dtype=torch.float64,
+            device=self.device,
         )
         n_global, tokens_global = dist.all_reduce_sum(local).tolist()
-        scale = self.dist.world_size / max(n_global, 1.0)  # ranks' gradients are averaged, not summed
+        scale = self.dist.world_size / max(n_global, 1.0)
         lr = self._set_lr()
 
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         extra: dict[str, float] = {}
-        for batch in batches:
+        for i, batch in enumerate(batches):
             with self.autocast():
                 out = stage.loss(self.forward_model, batch)
             loss, metrics = out if isinstance(out, tuple) else (out, {})
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + float(v) / len(batches)
-            loss_sum += loss.detach().float()
-            if self.engine is not None:
-                self.engine.backward(loss * scale * self.grad_accum)  # DeepSpeed divides by grad_accum
-            else:
-                (loss * scale).backward()
+            loss_sum += loss.detach().double()
+            if self.engine is None:
+                scaled = loss * scale
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                continue
+            self.engine.backward(loss * (scale * self.grad_accum))  # DeepSpeed divides by grad_accum
+            if i < len(batches) - 1:
+                self.engine.step()  # a micro-step: DeepSpeed counts it and updates only at the boundary
         step_loss = float(dist.all_reduce_sum(loss_sum)) / max(n_global, 1.0)
-
         finite = math.isfinite(step_loss)
+
         if self.engine is not None:
-            if not finite:
-                self.engine.zero_grad()  # the update is skipped; note Adam still counts the step
+            if not finite and self.cfg.zero == 0:
+                # ZeRO 1-3 skip a step whose gradient norm is NaN/inf themselves; stage 0 hands the
+                # gradients straight to the optimizer, so take them away (AdamW skips grad-less params).
+                for p in self.model.parameters():
+                    p.grad = None
             self.engine.step()
+            applied = self.engine.was_step_applied()
+            if finite and not applied:  # a finite loss whose gradient overflowed
+                finite = False
             grad_norm = self.engine.get_global_grad_norm()
             grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         else:
+            optimizers = getattr(self.optimizer, "optimizers", [self.optimizer])
+            if self.scaler is not None:
+                for opt in optimizers:
+                    self.scaler.unscale_(opt)
             params = [p for p in self.model.parameters() if p.grad is not None]
             max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-            finite = finite and math.isfinite(grad_norm)
-            if finite:
-                self.optimizer.step()
+            if (
+                self.scaler is not None
+            ):  # an overflowing fp16 gradient is the scaler's to skip, not a bad step
+                for opt in optimizers:
+                    self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                finite = finite and math.isfinite(grad_norm)
+                if finite:
+                    self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        extra = self._mean_over_ranks(extra)
 
         if finite:
             self.nonfinite_in_row = 0
         else:
             self.nonfinite_in_row += 1
             self.nonfinite_total += 1
+            self.print(f"step {self.step + 1}: non-finite loss or gradient ({step_loss}); update skipped")
             if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
                 raise NonFiniteLossError(
-                    f"step {self.step}: loss was NaN/inf for {self.nonfinite_in_row} steps in a row; stopping "
+                    f"step {self.step + 1}: loss was NaN/inf for {self.nonfinite_in_row} steps in a row; stopping "
                     "(lower --lr, check the data, or use --dtype=fp32)"
                 )
         self.step += 1
@@ -264,6 +310,15 @@ class Trainer:
             "skipped": int(not finite),
             **extra,
         }
+
+    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """A stage's extra metrics averaged over ranks (every rank reports the same keys)."""
+        if not metrics or not self.dist.distributed:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
+        values = dist.all_reduce_sum(values) / self.dist.world_size
+        return dict(zip(keys, values.tolist()))
 
     # ---------------------------------------------------------------------------------- the loop
     def done(self) -> bool:
@@ -340,9 +395,6 @@ class Trainer:
                 self._log_samples(stage, bar)
             if cfg.save_every > 0 and self.step % cfg.save_every == 0 and not at_end:
                 checkpoint.save_checkpoint(self, stage)
-            if self.step == _STOP_AFTER_STEP:  # fault injection for resume tests: "the machine went down"
-                self.print(f"FASTGPT_STOP_AFTER_STEP: stopping after step {self.step}")
-                return last
         if bar is not None:
             bar.close()
         last.update(self._log_eval(stage, None))
