@@ -19,6 +19,7 @@
 #
 # Extra settings per stage go through environment variables (appended last, so they win):
 #   TOKENIZER_ARGS  PRETRAIN_ARGS  SFT_ARGS  GRPO_ARGS  EVAL_ARGS     e.g. PRETRAIN_ARGS="--zero=2"
+# and REPORT_NOTE adds a line to the report (what else the machine was doing, for instance).
 # Multi-GPU / multi-node: the variables of launch/_torchrun.sh (NPROC_PER_NODE, NNODES, ...).
 #
 # Outputs in --out (default out/speedrun): tokenizer/, pretrain/, sft/, grpo/ (each a run dir with
@@ -45,7 +46,7 @@ case "$PRESET" in
     VOCAB=4096
     PRETRAIN=(--preset=tiny --time_budget_s=480 --eval_every=25 --eval_tokens=32768)
     SFT=(--time_budget_s=180 --eval_every=25)
-    GRPO=(--task=chain_sum_easy --tools=true --group_size=8 --prompts_per_step=4 --max_new_tokens=64
+    GRPO=(--task=chain_sum_easy --tools=true --group_size=8 --prompts_per_step=4 --max_new_tokens=64 --lr=5e-5
           --time_budget_s=240 --eval_every=5 --eval_problems=40)
     EVAL=(--tasks=bpb,chain_sum_easy,mc:shakespeare,mc:basics --problems=50 --pass_k=4 --samples=4
           --max_new_tokens=64 --bpb_tokens=65536)
@@ -93,6 +94,6 @@ stage sft train fastgpt.sft "${SFT[@]}" --model="$OUT/pretrain/model" --out_dir=
 stage grpo train fastgpt.grpo "${GRPO[@]}" --model="$OUT/sft/model" --out_dir="$OUT/grpo" --progress=false ${GRPO_ARGS:-}
 stage eval fastgpt eval --model "$OUT/grpo/model" "${EVAL[@]}" --tools --data shakespeare --out "$OUT/eval.json" ${EVAL_ARGS:-}
 stage report fastgpt report --runs "$OUT" --title "fastgpt speedrun ($PRESET preset)" \
-  --note "bash launch/speedrun.sh --preset=$PRESET on $(hostname): $(nproc) cores, $(python -c 'import torch; print(torch.cuda.device_count())') GPUs"
+  --note "bash launch/speedrun.sh --preset=$PRESET on $(hostname): $(nproc) cores, $(python -c 'import torch; print(torch.cuda.device_count())') GPUs. ${REPORT_NOTE:-}"
 
 echo "speedrun finished in $(( $(date +%s) - START ))s: $OUT/report.md"
