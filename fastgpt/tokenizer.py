@@ -2,10 +2,12 @@
 
 Why it is built this way:
 
-- **One engine.** Every vocabulary (trained here, GPT-2 ``encoder.json``/``vocab.bpe``, tiktoken
-  ``.tiktoken`` rank files, Hugging Face ``tokenizer.json``) becomes a Hugging Face ``tokenizers``
-  object. Training and batch encoding then run in Rust (batches in parallel threads), and any
-  tokenizer saves as a ``tokenizer.json`` that transformers loads unchanged.
+- **One definition, two engines.** Every vocabulary (trained here, GPT-2 ``encoder.json``/``vocab.bpe``,
+  tiktoken ``.tiktoken`` rank files, Hugging Face ``tokenizer.json``) becomes a Hugging Face
+  ``tokenizers`` object, so any tokenizer saves as a ``tokenizer.json`` that transformers loads
+  unchanged. Byte-level BPEs are defined by tiktoken-style ranks (trained vocabularies too), which
+  tiktoken encodes 5-10x faster than HF tokenizers (docs/data.md); tiktoken is used where it provably
+  gives the same ids (``Tokenizer.engine``), HF tokenizers elsewhere. Training runs HF's Rust trainer.
 - **Byte level, GPT-4 pre-tokenization.** Text is split with the cl100k regex (letters, 1-3 digit
   numbers, punctuation runs, whitespace), then BPE runs on the UTF-8 bytes of each piece, so every
   string is encodable and ``decode(encode(s)) == s``.
