@@ -167,6 +167,9 @@ def test_eval_batches_are_a_fixed_ordered_slice(data):
     assert torch.equal(torch.cat(parts), rows[:12])
     with pytest.raises(DataError, match="the 'val' split \\(300 tokens\\) holds no full window"):
         next(ShardLoader(data, batch_size=3, seq_len=T).eval_batches(max_tokens=10))
+    empty_val = make_data_dir(data.parent / "no_val", {"train": [np.arange(100)], "val": []})
+    with pytest.raises(DataError, match="the 'val' split \\(0 tokens\\) holds no full window"):
+        next(ShardLoader(empty_val, batch_size=3, seq_len=T).eval_batches(max_tokens=1000))
 
 
 def test_feistel_is_a_bijection():

@@ -250,7 +250,7 @@ class ShardLoader:
         if self._val_stream is None:
             self._val_stream = self._open_split("val") if self.split != "val" else self._stream
         stream, T = self._val_stream, self.seq_len
-        n_rows = (min(max_tokens, stream.size - 1)) // T
+        n_rows = max(0, min(max_tokens, stream.size - 1) // T)
         n_rows -= n_rows % self.world_size
         if n_rows == 0:
             raise DataError(
