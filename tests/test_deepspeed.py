@@ -6,12 +6,23 @@ The multi-process tests launch ``python -m fastgpt.pretrain`` under torchrun (sl
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
-from train_support import make_corpus, one_thread, pretrain_args, run_pretrain, step_losses
+from train_support import (
+    REPO,
+    free_port,
+    make_corpus,
+    one_thread,
+    pretrain_args,
+    run_pretrain,
+    step_losses,
+    subprocess_env,
+)
 
 import fastgpt
 from fastgpt.checkpoint import main as export_main
@@ -91,3 +102,25 @@ def test_resume_on_another_world_size_is_refused_with_directions(corpus, tmp_pat
     )
     assert proc.returncode != 0
     assert "sharded for 2 ranks, this run has 1" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+@pytest.mark.parametrize("zero", [0, 2, 3])
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path, zero):
+    out = tmp_path / "result.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        str(REPO / "tests" / "train_support.py"),
+        "nan_skip",
+        str(out),
+        str(zero),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result == {"skipped": [0, 1, 0], "unchanged": True, "moved_after": True, "finite": True}

@@ -145,3 +145,69 @@ def run_pretrain(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+# ------------------------------------------------------------------------------------------------
+# torchrun entry point: ``python tests/train_support.py nan_skip OUT.json ZERO`` (see test_deepspeed.py)
+def _gathered_params(trainer) -> list[torch.Tensor]:
+    params = list(trainer.model.parameters())
+    ctx = contextlib.nullcontext()
+    if trainer.engine is not None and trainer.cfg.zero == 3:
+        import deepspeed
+
+        ctx = deepspeed.zero.GatheredParameters(params)
+    with ctx:
+        return [p.detach().clone() for p in params]
+
+
+def _nan_skip_main(out_json: str, zero: int) -> None:
+    """Step 2's loss is NaN on rank 1 only: every rank must skip that update (weights unchanged) and
+    train on at step 3."""
+    from fastgpt import dist
+    from fastgpt.model import GPT, GPTConfig
+    from fastgpt.train.config import TrainConfig
+    from fastgpt.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = GPT(
+        GPTConfig.from_preset(
+            "tiny", vocab_size=64, n_layer=2, n_embd=32, n_head=2, n_kv_head=1, max_seq_len=16
+        )
+    )
+    out_dir = Path(out_json).parent / "run"
+    cfg = TrainConfig(
+        out_dir=str(out_dir), max_steps=10, zero=zero, dtype="fp32", progress=False, batch_size=2, seq_len=8
+    )
+    trainer = Trainer(cfg, model)
+    rank = trainer.dist.rank
+
+    class Stage:
+        step = 0
+
+        def next_batch(self):
+            g = torch.Generator().manual_seed(100 * self.step + rank)
+            x = torch.randint(0, 64, (2, 8), generator=g)
+            return x, x
+
+        def loss(self, m, batch):
+            loss = m(batch[0], batch[1], loss_reduction="sum")
+            return loss * float("nan") if (self.step == 2 and rank == 1) else loss
+
+    stage, snapshots, skipped = Stage(), [], []
+    for step in (1, 2, 3):
+        stage.step = step
+        skipped.append(trainer.train_step(stage, [stage.next_batch()])["skipped"])
+        snapshots.append(_gathered_params(trainer))
+    if rank == 0:
+        same = all(torch.equal(a, b) for a, b in zip(snapshots[0], snapshots[1]))
+        moved = not all(torch.equal(a, b) for a, b in zip(snapshots[1], snapshots[2]))
+        finite = all(bool(torch.isfinite(p).all()) for p in snapshots[2])
+        Path(out_json).write_text(
+            json.dumps({"skipped": skipped, "unchanged": same, "moved_after": moved, "finite": finite})
+        )
+    dist.destroy()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "nan_skip":
+        _nan_skip_main(sys.argv[2], int(sys.argv[3]))

@@ -259,9 +259,13 @@ class Trainer:
         if self.engine is not None:
             if not finite and self.cfg.zero == 0:
                 # ZeRO 1-3 skip a step whose gradient norm is NaN/inf themselves; stage 0 hands the
-                # gradients straight to the optimizer, so take them away (AdamW skips grad-less params).
+                # gradients straight to the optimizer: zero them and the learning rate, so the weights
+                # stay put (AdamW's moments only decay, as after a zero gradient).
                 for p in self.model.parameters():
-                    p.grad = None
+                    if p.grad is not None:
+                        p.grad.zero_()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = 0.0
             self.engine.step()
             applied = self.engine.was_step_applied()
             if finite and not applied:  # a finite loss whose gradient overflowed
