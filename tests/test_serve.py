@@ -245,13 +245,26 @@ def _wait_for(condition, timeout=30.0):
         time.sleep(0.02)
 
 
-def test_client_that_disconnects_frees_the_engine(server):
-    url, app = server
+def test_client_that_disconnects_stops_its_generation(engine):
+    gated = GatedEngine(engine.model, engine.tokenizer)
+    gated.gate = threading.Event()
+    app = create_app(gated, ServeConfig(model_name=NAME, limits=LIMITS, max_batch_rows=4))
+    scheduler = app.state.scheduler
     body = {"model": NAME, "messages": USER, "max_tokens": 64, "temperature": 0, "stream": True}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
-        next(r.iter_lines())  # the first chunk, then hang up
-    _wait_for(lambda: not app.state.scheduler.busy and app.state.scheduler.queued == 0)
-    assert httpx.get(url + "/health").json()["status"] == "ok"
+    with serve_in_thread(app) as url:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+            next(r.iter_lines())  # the first chunk, then hang up
+        # abandoned while queued (dropped unseen) or while the worker holds it at the gate
+        _wait_for(lambda: scheduler.queued == 0 and all(job.cancelled for job in scheduler.running))
+        gated.gate.set()  # the engine starts decoding only now
+        _wait_for(lambda: not scheduler.busy)
+        assert scheduler.stats["tokens"] == 0
+        again = httpx.post(
+            url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5}, timeout=60
+        )
+        assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] >= 1
+        _wait_for(lambda: not scheduler.busy)  # the worker counts a step after sending it
+        assert scheduler.stats["tokens"] == again.json()["usage"]["completion_tokens"]
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -124,7 +124,15 @@ class Scheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.busy = False
-        self.stats = {"batches": 0, "requests": 0, "rows": 0, "largest_batch_rows": 0, "rejected": 0}
+        self.running: list[GenerationJob] = []  # the batch being decoded
+        self.stats = {
+            "batches": 0,
+            "requests": 0,
+            "rows": 0,
+            "largest_batch_rows": 0,
+            "tokens": 0,  # tokens sent to clients
+            "rejected": 0,
+        }
 
     # ---------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -169,12 +177,12 @@ class Scheduler:
                 if self._stopping:
                     return
                 batch = self._take_batch()
-                self.busy = bool(batch)
+                self.busy, self.running = bool(batch), batch
             if batch:
                 try:
                     self._run_batch(batch)
                 finally:
-                    self.busy = False
+                    self.busy, self.running = False, []
 
     def _room(self, job: GenerationJob) -> int:
         """Tokens ``job`` is owed: its max_tokens, capped by the room its longest prompt leaves."""
@@ -224,7 +232,7 @@ class Scheduler:
             steps = decode_steps(self.engine, prompts, n=n, max_tokens=max_tokens, key=batch[0].key)
             try:
                 for new, reasons in steps:
-                    self._dispatch(batch, owners, new, reasons, produced, done)
+                    self.stats["tokens"] += self._dispatch(batch, owners, new, reasons, produced, done)
                     if all(done):
                         break
             finally:
@@ -240,9 +248,11 @@ class Scheduler:
             job.emit(Done())
 
     @staticmethod
-    def _dispatch(batch, owners, new, reasons, produced: list[int], done: list[bool]) -> None:
-        """Send one decode step's tokens and finishes to their jobs (one :class:`Step` per job)."""
+    def _dispatch(batch, owners, new, reasons, produced: list[int], done: list[bool]) -> int:
+        """Send one decode step's tokens and finishes to their jobs (one :class:`Step` per job);
+        returns how many tokens were sent."""
         events = {id(job): Step([], []) for job in batch}
+        sent = 0
         for r, token in enumerate(new):
             job, jr = owners[r]
             if done[r]:
@@ -256,6 +266,7 @@ class Scheduler:
                 event.finished.append((jr, reasons[r] or "length"))
                 continue
             produced[r] += 1
+            sent += 1
             event.tokens.append((jr, token))
             reason = reasons[r]
             if reason is None and produced[r] >= job.max_tokens:
@@ -267,3 +278,4 @@ class Scheduler:
             event = events[id(job)]
             if event.tokens or event.finished:
                 job.emit(event)
+        return sent
