@@ -296,6 +296,11 @@ def hardware() -> list[str]:
         lines.append(f"memory: {mem_kb / 2**20:.0f} GiB")
     except (OSError, AttributeError):
         pass
+    if hasattr(os, "getloadavg"):  # other work on the machine slows every stage; say how busy it was
+        lines.append(
+            "load average when the report was written (1/5/15 min): "
+            + " / ".join(f"{x:.1f}" for x in os.getloadavg())
+        )
     try:
         import torch
 
