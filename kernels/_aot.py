@@ -4,9 +4,11 @@ argument type by hand.
 Convention in fastgpt's kernels: UPPER-CASE arguments are pointers, lower-case ones are ``i32`` sizes and
 strides unless listed as fp32 scalars; constexprs are whatever the config fixes.
 
-Pointers are declared 16-byte aligned (``tt.divisibility``), as the Triton launcher specialises them
-for tensors fresh from PyTorch's allocators: the AOT build then compiles the same vectorised loads and
-stores that run on the GPU, not a slower unaligned variant.
+The configs carry the specialisation Triton's launcher picks for typical shapes, so the build check
+compiles the code that really runs: pointers 16-byte aligned (tensors from PyTorch's allocator) and
+integer sizes/strides divisible by 16 (hidden, head and vocabulary sizes of real models), except the
+arguments a kernel lists as ``unaligned`` (row counts, sequence lengths, head counts, ignore_index...).
+The unspecialised variants only differ in vectorisation width.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def aot_config(
     fp32_pointers: tuple[str, ...] = (),
     i64_pointers: tuple[str, ...] = (),
     fp32_scalars: tuple[str, ...] = (),
+    unaligned: tuple[str, ...] = (),
     num_warps: int = 4,
 ) -> dict:
     """One ``AOT_CONFIGS`` entry: ``fn``'s pointers in ``dtype`` (``"bf16"``/``"fp16"``) except those named
@@ -38,6 +41,8 @@ def aot_config(
             attrs[(index,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"
+            if arg not in unaligned:
+                attrs[(index,)] = [["tt.divisibility", 16]]
     return {
         "name": name,
         "fn": fn,

@@ -218,7 +218,7 @@ def _aot_configs() -> list[dict]:
                 ("gelu_tanh_fwd", _gelu_tanh_fwd_kernel),
                 ("gelu_tanh_bwd", _gelu_tanh_bwd_kernel),
             ):
-                configs.append(aot_config(name, fn, dt, tile, num_warps=warps))
+                configs.append(aot_config(name, fn, dt, tile, unaligned=("n_rows",), num_warps=warps))
     return configs
 
 

@@ -113,13 +113,17 @@ def linear_cross_entropy_chunked(
     z_loss: float = 0.0,
     softcap: float | None = None,
     reduction: str = "mean",
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Same result as the reference, computed over chunks of rows with activation checkpointing so the
     full ``(N, V)`` logits tensor never exists at once (forward or backward). The CPU/torch path of the
-    fused op; the Triton path replaces it on GPU."""
+    fused op; the Triton path replaces it on GPU. ``chunk_size`` (rows) defaults to chunk logits about
+    the size of the hidden states, and at least 256 rows so each chunk is one efficient CPU GEMM."""
     from torch.utils.checkpoint import checkpoint
 
+    if chunk_size is None:
+        vocab = weight.shape[0]
+        chunk_size = max(256, linear_cross_entropy_chunk_rows(hidden.shape[0], hidden.shape[1], vocab))
     valid = targets != ignore_index
     parts = []
     for start in range(0, hidden.shape[0], chunk_size):
@@ -522,7 +526,8 @@ def _aot_configs() -> list[dict]:
                         aot_config(
                             "cross_entropy", _cross_entropy_kernel, dt, constexprs,
                             fp32_pointers=("LOSS", "LSE", "GRAD_SCALE"), i64_pointers=("TARGETS",),
-                            fp32_scalars=("z_loss", "softcap"), num_warps=warps,
+                            fp32_scalars=("z_loss", "softcap"), unaligned=("ignore_index", "stride_scale"),
+                            num_warps=warps,
                         )
                     )  # fmt: skip
     return configs

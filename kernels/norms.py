@@ -2,8 +2,7 @@
 
 Statistics are always computed in fp32, whatever the input dtype, and the result is cast back.
 
-Kernel design (tiles of whole rows; one tile per program in the forward, one *group of rows* per program
-in the backward):
+Kernel design (tiles of whole rows in the forward; one *group of rows* per program in the backward):
 
 - Forward: a ``(BLOCK_M, BLOCK_H)`` tile of rows is loaded once into registers (``BLOCK_H`` = next power
   of two >= H, masked tail; ``BLOCK_M`` > 1 packs several short rows into one program), reduced per row
@@ -12,7 +11,8 @@ in the backward):
 - The fused ``add_rms_norm`` variant adds the residual stream in the same pass and writes the new
   residual, saving one full read+write of the activations per sub-layer.
 - Backward: ``dx`` needs only its own row, but ``dweight``/``dbias`` are sums over *all* rows. Each of
-  ``P`` programs (about the number of SMs) walks a contiguous group of rows, accumulates its partial
+  ``P`` programs (about twice the number of SMs) walks a contiguous group of rows one row at a time
+  (a 2D tile here kept more values live and spilled at 8192 columns), accumulates its partial
   ``dweight``/``dbias`` in fp32 registers and writes one ``(P, H)`` partial row; a final torch ``sum(0)``
   over ``P`` rows finishes the reduction. No atomics, so the result is deterministic.
 - ``weight=None`` (and ``bias=None``) run the same kernels with ones (zeros); their gradients are then
@@ -79,7 +79,7 @@ TILE_ELEMENTS = 2048  # rows shorter than this are packed BLOCK_M to a tile
 
 class NormConfig(NamedTuple):
     block_h: int  # columns per tile (the whole row, padded to a power of two)
-    block_m: int  # rows per tile
+    block_m: int  # rows per forward tile (the backward walks one row at a time)
     forward_warps: int
     backward_warps: int
 
@@ -97,21 +97,19 @@ def norm_block_config(n_cols: int) -> NormConfig:
         raise ValueError(f"norms: hidden size must be in 1..{MAX_HIDDEN}, got {n_cols}")
     block_h = max(triton.next_power_of_2(n_cols), MIN_BLOCK_H)
     block_m = max(1, TILE_ELEMENTS // block_h)
-    tile = block_m * block_h
-    forward_warps = min(tile // 256, 32)
-    backward_warps = min(tile // 256, 16) if tile <= 8192 else 32
+    forward_warps = min(block_m * block_h // 256, 32)
+    backward_warps = min(max(block_h // 256, 1), 16) if block_h <= 8192 else 32
     return NormConfig(block_h, block_m, forward_warps, backward_warps)
 
 
-def _reduction_programs(n_rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
+def _reduction_programs(n_rows: int, device: torch.device) -> tuple[int, int]:
     """``(programs, rows_per_program)`` for the backward's partial weight-gradient sums: about two
-    programs per SM on a GPU (a handful under the interpreter, enough to exercise the reduction); each
-    program's group is a whole number of tiles."""
+    programs per SM on a GPU (a handful under the interpreter, enough to exercise the reduction)."""
     if device.type == "cuda":
         target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         target = 4
-    rows_per_program = triton.cdiv(triton.cdiv(n_rows, min(n_rows, target)), block_m) * block_m
+    rows_per_program = triton.cdiv(n_rows, min(n_rows, target))
     return triton.cdiv(n_rows, rows_per_program), rows_per_program
 
 
@@ -142,34 +140,50 @@ def _rms_norm_fwd_kernel(
 
 @triton.jit
 def _rms_norm_bwd_kernel(
-    DY, X, W, RSTD, DRES, DX, DW_PARTIAL,
-    stride_dy, stride_x, stride_dres, stride_dx,
-    n_rows, n_cols, rows_per_program,
-    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, HAS_DRESIDUAL: tl.constexpr,
-):  # fmt: skip
+    DY,
+    X,
+    W,
+    RSTD,
+    DRES,
+    DX,
+    DW_PARTIAL,
+    stride_dy,
+    stride_x,
+    stride_dres,
+    stride_dx,
+    n_rows,
+    n_cols,
+    rows_per_program,
+    BLOCK_H: tl.constexpr,
+    HAS_DRESIDUAL: tl.constexpr,
+):
     """dx = rstd * (w*dy - xhat * mean(xhat * w*dy)) [+ dresidual]; partial dw = sum_rows dy * xhat."""
     pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_H)[None, :]
-    col_mask = cols < n_cols
-    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < n_cols
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_H], dtype=tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    for start in range(row_start, row_end, BLOCK_M):
-        row_ids = start + tl.arange(0, BLOCK_M)
-        rows = row_ids.to(tl.int64)[:, None]
-        mask = (rows < row_end) & col_mask
-        dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.load(RSTD + row_ids, mask=row_ids < row_end, other=0.0)[:, None]
+    first = row_start.to(tl.int64)
+    dy_ptr, x_ptr, dx_ptr = DY + first * stride_dy, X + first * stride_x, DX + first * stride_dx
+    dres_ptr = DRES + first * stride_dres
+    for row in range(row_start, row_end):
+        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + row)
         xhat = x * rstd
         wdy = w * dy
-        dx = (wdy - xhat * (tl.sum(xhat * wdy, axis=1)[:, None] / n_cols)) * rstd
+        dx = (wdy - xhat * (tl.sum(xhat * wdy, axis=0) / n_cols)) * rstd
         if HAS_DRESIDUAL:
-            dx += tl.load(DRES + rows * stride_dres + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + rows * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            dx += tl.load(dres_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            dres_ptr += stride_dres
+        tl.store(dx_ptr + cols, dx.to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
-    tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw, axis=0)[None, :], mask=col_mask)
+        dy_ptr += stride_dy
+        x_ptr += stride_x
+        dx_ptr += stride_dx
+    tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=mask)
 
 
 @triton.jit
@@ -195,38 +209,51 @@ def _layer_norm_fwd_kernel(
 
 @triton.jit
 def _layer_norm_bwd_kernel(
-    DY, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL,
-    stride_dy, stride_x, stride_dx,
-    n_rows, n_cols, rows_per_program,
-    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
+    DY,
+    X,
+    W,
+    MEAN,
+    RSTD,
+    DX,
+    DW_PARTIAL,
+    DB_PARTIAL,
+    stride_dy,
+    stride_x,
+    stride_dx,
+    n_rows,
+    n_cols,
+    rows_per_program,
+    BLOCK_H: tl.constexpr,
+):
     """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat * w*dy)); partial dw, db over the group."""
     pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_H)[None, :]
-    col_mask = cols < n_cols
-    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-    dw = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
-    db = tl.zeros([BLOCK_M, BLOCK_H], dtype=tl.float32)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < n_cols
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK_H], dtype=tl.float32)
+    db = tl.zeros([BLOCK_H], dtype=tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    for start in range(row_start, row_end, BLOCK_M):
-        row_ids = start + tl.arange(0, BLOCK_M)
-        rows = row_ids.to(tl.int64)[:, None]
-        mask = (rows < row_end) & col_mask
-        dy = tl.load(DY + rows * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + row_ids, mask=row_ids < row_end, other=0.0)[:, None]
-        rstd = tl.load(RSTD + row_ids, mask=row_ids < row_end, other=0.0)[:, None]
+    first = row_start.to(tl.int64)
+    dy_ptr, x_ptr, dx_ptr = DY + first * stride_dy, X + first * stride_x, DX + first * stride_dx
+    for row in range(row_start, row_end):
+        dy = tl.load(dy_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + row)
+        rstd = tl.load(RSTD + row)
         xhat = tl.where(mask, (x - mean) * rstd, 0.0)
         wdy = w * dy
-        c_xhat = tl.sum(xhat * wdy, axis=1)[:, None] / n_cols
-        c_mean = tl.sum(wdy, axis=1)[:, None] / n_cols
+        c_xhat = tl.sum(xhat * wdy, axis=0) / n_cols
+        c_mean = tl.sum(wdy, axis=0) / n_cols
         dx = (wdy - c_mean - xhat * c_xhat) * rstd
-        tl.store(DX + rows * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + cols, dx.to(DX.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
-    tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw, axis=0)[None, :], mask=col_mask)
-    tl.store(DB_PARTIAL + pid * n_cols + cols, tl.sum(db, axis=0)[None, :], mask=col_mask)
+        dy_ptr += stride_dy
+        x_ptr += stride_x
+        dx_ptr += stride_dx
+    tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=mask)
+    tl.store(DB_PARTIAL + pid * n_cols + cols, db, mask=mask)
 
 
 # ------------------------------------------------------------------------------------- launch helpers
@@ -264,7 +291,7 @@ def _rms_backward(dy2, x2, w, rstd, dres2):
     """-> ``(dx (M, H) in x2's dtype, dw fp32 (H,))``."""
     n_rows, n_cols = x2.shape
     cfg = norm_block_config(n_cols)
-    programs, rows_per_program = _reduction_programs(n_rows, cfg.block_m, x2.device)
+    programs, rows_per_program = _reduction_programs(n_rows, x2.device)
     dx = torch.empty_like(x2)
     dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
     has_dres = dres2 is not None
@@ -272,7 +299,7 @@ def _rms_backward(dy2, x2, w, rstd, dres2):
         dy2, x2, w, rstd, dres2 if has_dres else dy2, dx, dw_partial,
         dy2.stride(0), x2.stride(0), dres2.stride(0) if has_dres else 0, dx.stride(0),
         n_rows, n_cols, rows_per_program,
-        BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, HAS_DRESIDUAL=has_dres, num_warps=cfg.backward_warps,
+        BLOCK_H=cfg.block_h, HAS_DRESIDUAL=has_dres, num_warps=cfg.backward_warps,
     )  # fmt: skip
     return dx, dw_partial.sum(0)
 
@@ -351,7 +378,7 @@ class _LayerNorm(torch.autograd.Function):
         dy2 = _as_rows(dy)
         n_rows, n_cols = x2.shape
         cfg = norm_block_config(n_cols)
-        programs, rows_per_program = _reduction_programs(n_rows, cfg.block_m, x2.device)
+        programs, rows_per_program = _reduction_programs(n_rows, x2.device)
         dx = torch.empty_like(x2)
         dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
         db_partial = torch.empty_like(dw_partial)
@@ -359,7 +386,7 @@ class _LayerNorm(torch.autograd.Function):
             dy2, x2, w, mean, rstd, dx, dw_partial, db_partial,
             dy2.stride(0), x2.stride(0), dx.stride(0),
             n_rows, n_cols, rows_per_program,
-            BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, num_warps=cfg.backward_warps,
+            BLOCK_H=cfg.block_h, num_warps=cfg.backward_warps,
         )  # fmt: skip
         has_w, has_b = ctx.has_params
         dw = dw_partial.sum(0).to(ctx.param_dtypes[0]) if has_w and ctx.needs_input_grad[1] else None
@@ -403,16 +430,20 @@ def _aot_configs() -> list[dict]:
         for block_h in BLOCK_H_CHOICES:
             cfg = norm_block_config(block_h)
             tile = {"BLOCK_M": cfg.block_m, "BLOCK_H": cfg.block_h}
-            fwd = dict(fp32_pointers=stats, fp32_scalars=("eps",), num_warps=cfg.forward_warps)
-            bwd = dict(fp32_pointers=stats, num_warps=cfg.backward_warps)
+            unaligned = ("n_rows", "rows_per_program")
+            fwd = dict(
+                fp32_pointers=stats, fp32_scalars=("eps",), unaligned=unaligned, num_warps=cfg.forward_warps
+            )
+            bwd = dict(fp32_pointers=stats, unaligned=unaligned, num_warps=cfg.backward_warps)
+            row = {"BLOCK_H": cfg.block_h}
             for flag in (False, True):
                 configs += [
                     aot_config("rms_norm_fwd", _rms_norm_fwd_kernel, dt, {**tile, "HAS_RESIDUAL": flag}, **fwd),
-                    aot_config("rms_norm_bwd", _rms_norm_bwd_kernel, dt, {**tile, "HAS_DRESIDUAL": flag}, **bwd),
+                    aot_config("rms_norm_bwd", _rms_norm_bwd_kernel, dt, {**row, "HAS_DRESIDUAL": flag}, **bwd),
                 ]  # fmt: skip
             configs += [
                 aot_config("layer_norm_fwd", _layer_norm_fwd_kernel, dt, tile, **fwd),
-                aot_config("layer_norm_bwd", _layer_norm_bwd_kernel, dt, tile, **bwd),
+                aot_config("layer_norm_bwd", _layer_norm_bwd_kernel, dt, row, **bwd),
             ]
     return configs
 

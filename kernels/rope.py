@@ -172,8 +172,14 @@ def _aot_configs() -> list[dict]:
                 constexprs = {"BLOCK_HALF": block_half, "BLOCK_T": block_t, "BACKWARD": backward}
                 configs.append(
                     aot_config(
-                        "rope", _rope_kernel, dt, constexprs, fp32_pointers=("COS", "SIN"), num_warps=warps
-                    )
+                        "rope",
+                        _rope_kernel,
+                        dt,
+                        constexprs,
+                        fp32_pointers=("COS", "SIN"),
+                        unaligned=("seq_len", "n_q_heads", "n_k_heads"),
+                        num_warps=warps,
+                    )  # fmt: skip
                 )
     return configs
 

@@ -143,7 +143,7 @@ def test_strided_rows_are_read_in_place():
 
 
 def test_block_config_bounds():
-    assert norm_block_config(100) == (128, 16, 8, 8)  # 16 rows of 128 per tile
+    assert norm_block_config(100) == (128, 16, 8, 1)  # forward: 16 rows of 128 per tile
     assert norm_block_config(4096) == (4096, 1, 16, 16)
     with pytest.raises(ValueError, match="hidden size"):
         norm_block_config(MAX_HIDDEN + 1)
