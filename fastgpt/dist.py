@@ -150,6 +150,8 @@ def deepspeed_config(
         cfg["zero_optimization"].setdefault("offload_optimizer", {"device": "cpu", "pin_memory": True})
         if zero == 3:
             cfg["zero_optimization"].setdefault("offload_param", {"device": "cpu", "pin_memory": True})
+        # the loop's optimizer is torch's AdamW (fused, vectorised on CPU too), not DeepSpeedCPUAdam
+        cfg.setdefault("zero_force_ds_cpu_optimizer", False)
     cfg["train_micro_batch_size_per_gpu"] = micro_batch_size
     cfg["gradient_accumulation_steps"] = grad_accum
     cfg["train_batch_size"] = micro_batch_size * grad_accum * world_size

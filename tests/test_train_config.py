@@ -106,6 +106,7 @@ def test_unknown_model_field_is_an_error():
         (["--zero=4"], "--zero"),
         (["--max_steps=0", "--time_budget_s=0"], "max_steps or --time_budget_s"),
         (["--batch_size=0"], "--batch_size"),
+        (["--offload=true"], "--offload=true .* needs --zero=1, 2 or 3"),
     ],
 )
 def test_validate_rejects_bad_settings(args, needle):

@@ -92,6 +92,8 @@ class TrainConfig:
         for name in ("batch_size", "seq_len", "grad_accum"):
             if getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
+        if self.offload and self.zero == 0:
+            raise ValueError("--offload=true moves ZeRO-partitioned state to CPU: it needs --zero=1, 2 or 3")
         if self.optimizer == "muon" and self.zero >= 1:
             raise ValueError("--optimizer=muon needs whole matrices; it does not combine with --zero>=1")
 
