@@ -73,14 +73,15 @@ mkdir -p "$OUT"
 TIMINGS="$OUT/timings.jsonl"
 START=$(date +%s)
 
-# stage NAME COMMAND...: run it, print its wall time, append {"stage", "wall_s"} to timings.jsonl
+# stage NAME COMMAND...: run it, print its wall time, append {"stage", "wall_s", "load_5min"} to timings.jsonl
 stage() {
   local name="$1"; shift
   local t0; t0=$(date +%s)
   echo "=== [$name] $*"
   "$@"
   local wall=$(( $(date +%s) - t0 ))
-  printf '{"stage": "%s", "wall_s": %d}\n' "$name" "$wall" >> "$TIMINGS"
+  # the 5-minute load average at the end of the stage: other work on the machine slows a stage down
+  printf '{"stage": "%s", "wall_s": %d, "load_5min": %s}\n' "$name" "$wall" "$(cut -d' ' -f2 /proc/loadavg 2>/dev/null || echo null)" >> "$TIMINGS"
   echo "=== [$name] done in ${wall}s (total $(( $(date +%s) - START ))s)"
 }
 # a training module under torchrun (all local GPUs) or plain python (CPU), as launch/*.sh do

@@ -88,7 +88,7 @@ def pipeline(tmp_path):
     (root / "eval.json").write_text(json.dumps(evaluation))
     walls = [("tokenizer", 30), ("pretrain", 90), ("sft", 40), ("grpo", 60), ("eval", 25)]
     (root / "timings.jsonl").write_text(
-        "".join(json.dumps({"stage": s, "wall_s": w}) + "\n" for s, w in walls)
+        "".join(json.dumps({"stage": s, "wall_s": w, "load_5min": 2.5}) + "\n" for s, w in walls)
     )
     return root, sum(t.numel() for t in tensors.values())
 
@@ -98,7 +98,7 @@ def test_report_of_a_pipeline(pipeline):
     assert main(["--runs", str(root), "--note", "made in a test"]) == 0
     text = (root / "report.md").read_text()
     runs, _, timings = discover([str(root)])
-    assert timings["eval"] == 25
+    assert timings["eval"] == {"wall_s": 25, "load_5min": 2.5}
     assert [r.stage for r in runs] == ["pretrain", "sft", "reward", "grpo", "dpo"]  # pipeline order
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert (
@@ -112,7 +112,7 @@ def test_report_of_a_pipeline(pipeline):
     assert f"| parameters | {n_params:,} |" in text
     assert "**2m 23s**" in text  # training time: 61.5 + 20 + 6 + 46 + 9.5 seconds
     assert "**4m 05s**" in text  # wall time: 30 + 90 + 40 + 60 + 25 seconds
-    assert "1m 30s" in rows["pretrain"] and "0m 30s" in rows["tokenizer"]
+    assert "1m 30s" in rows["pretrain"] and "0m 30s" in rows["tokenizer"] and "| 2.5 |" in rows["sft"]
     stages = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
     assert stages[1:9] == ["tokenizer", "pretrain", "sft", "grpo", "eval", "reward", "dpo", "**total**"]
     assert "made in a test" in text and "## Hardware" in text and "CPU:" in text

@@ -197,18 +197,19 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.jsonl").is_file() or (path / "config.json").is_file()
 
 
-def read_timings(folder: Path) -> dict[str, float]:
-    """``timings.jsonl`` of a pipeline dir (``{"stage", "wall_s"}`` per line, as launch/speedrun.sh
-    writes): the wall-clock time of every stage, data preparation and start-up included."""
+def read_timings(folder: Path) -> dict[str, dict[str, float]]:
+    """``timings.jsonl`` of a pipeline dir (``{"stage", "wall_s", "load_5min"?}`` per line, as
+    launch/speedrun.sh writes): the wall-clock time of every stage, data preparation and start-up
+    included, and how busy the machine was."""
     records, _ = read_metrics(folder / "timings.jsonl")
     return {
-        str(r["stage"]): float(r["wall_s"])
+        str(r["stage"]): {k: float(v) for k, v in r.items() if k != "stage" and isinstance(v, (int, float))}
         for r in records
         if "stage" in r and isinstance(r.get("wall_s"), (int, float))
     }
 
 
-def discover(paths: list[str]) -> tuple[list[Run], list[dict[str, Any]], dict[str, float]]:
+def discover(paths: list[str]) -> tuple[list[Run], list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Runs named directly, or the run dirs inside a pipeline dir; plus pipeline-level eval files and
     stage wall times."""
     runs, evals, timings = [], [], {}
@@ -361,7 +362,7 @@ def render_report(
     title: str,
     note: str | None,
     command: str,
-    timings: dict[str, float] | None = None,
+    timings: dict[str, dict[str, float]] | None = None,
 ) -> str:
     """The Markdown text; plots are written under ``out.parent / "plots"``."""
     from fastgpt.eval.cli import table as eval_table
@@ -373,7 +374,15 @@ def render_report(
 
     md += ["", "## Pipeline", ""]
     timings = timings or {}
-    rows = [["stage", "run", "steps", "tokens", "training time", "wall time", "headline"]]
+    with_load = any("load_5min" in t for t in timings.values())
+
+    def wall(stage: str) -> list[str]:
+        t = timings.get(stage, {})
+        cells = [fmt_duration(t.get("wall_s"))]
+        return cells + ([f"{t['load_5min']:.1f}" if "load_5min" in t else "—"] if with_load else [])
+
+    head = ["stage", "run", "steps", "tokens", "training time", "wall time"]
+    rows = [head + (["machine load"] if with_load else []) + ["headline"]]
     total = 0.0
     by_stage = {run.stage: run for run in runs}
     # pipeline order: the order stages ran in (timings.jsonl), then runs it does not mention
@@ -381,29 +390,30 @@ def render_report(
     for name in order:
         run = by_stage.get(name)
         if run is None:  # a stage without a run dir: tokenizer, eval, ...
-            rows.append([name, "", "", "", "", fmt_duration(timings[name]), ""])
+            rows.append([name, "", "", "", "", *wall(name), ""])
             continue
         elapsed = run.last("elapsed_s")
         total += elapsed or 0.0
-        rows.append(
-            [
-                run.stage,
-                f"`{os.path.relpath(run.path, out.parent)}`",
-                fmt_value("step", run.last("step")),
-                fmt_count(run.last("tokens")),
-                fmt_duration(elapsed),
-                fmt_duration(timings.get(run.stage)),
-                headline(run),
-            ]
-        )
-    wall_total = fmt_duration(sum(timings.values())) if timings else "—"
-    rows.append(["**total**", "", "", "", f"**{fmt_duration(total)}**", f"**{wall_total}**", ""])
+        rel = os.path.relpath(run.path, out.parent)
+        steps, tokens = fmt_value("step", run.last("step")), fmt_count(run.last("tokens"))
+        rows.append([run.stage, f"`{rel}`", steps, tokens, fmt_duration(elapsed), *wall(name), headline(run)])
+    wall_total = fmt_duration(sum(t.get("wall_s", 0.0) for t in timings.values())) if timings else "—"
+    rows.append(
+        ["**total**", "", "", "", f"**{fmt_duration(total)}**", f"**{wall_total}**"]
+        + [""] * (len(rows[0]) - 6)
+    )
     md.append(md_table(rows))
     md += [
         "",
         "Training time is each stage's own clock (`elapsed_s` in its metrics.jsonl: the training steps and "
         "evaluations); wall time (from `timings.jsonl`, when the pipeline wrote one) also counts start-up, "
-        "data download and preparation, and saving.",
+        "data download and preparation, and saving."
+        + (
+            " Machine load is the 5-minute load average when the stage ended: above the number of cores, "
+            "other work was competing for the CPU and every stage ran slower."
+            if with_load
+            else ""
+        ),
     ]
 
     md += ["", "## Hardware", ""]
