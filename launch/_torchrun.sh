@@ -1,23 +1,30 @@
-# Shared by the launch scripts: runs `python -m $MODULE "$@"` under torchrun.
+# Shared by the launch scripts (sourced, not run): starts `python -m $MODULE "$@"` under torchrun, one
+# process per GPU (or NPROC_PER_NODE processes), on one node or several.
 #
 # Environment (all optional):
-#   NPROC_PER_NODE  processes on this node (default: number of GPUs, or 1 without GPUs)
+#   NPROC_PER_NODE  processes on this node (default: the number of GPUs, or 1 without GPUs)
 #   NNODES          number of nodes (default 1)
 #   NODE_RANK       this node's index, 0..NNODES-1 (default 0)
-#   MASTER_ADDR     address of node 0 (default 127.0.0.1)
-#   MASTER_PORT     a free TCP port on node 0 (default 29500)
-# Single node, single process: python runs directly (no torchrun), so a laptop needs nothing else.
+#   MASTER_ADDR     address of node 0, reachable from every node (multi-node only)
+#   MASTER_PORT     a free TCP port on node 0 (multi-node only; default 29500)
+#   OMP_NUM_THREADS CPU threads per process (default: this node's cores / NPROC_PER_NODE)
+#
+# One node: torchrun --standalone (it finds a free port itself, so two runs on one machine do not clash).
+# Several nodes: every node runs the same command with its own NODE_RANK; node 0 hosts the rendezvous.
 set -euo pipefail
 if [ -z "${NPROC_PER_NODE:-}" ]; then
   NPROC_PER_NODE=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))" 2>/dev/null || echo 1)
 fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-29500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(python -c "import os; print(max(1, (os.cpu_count() or 1) // $NPROC_PER_NODE))")}
-if [ "$NNODES" = 1 ] && [ "$NPROC_PER_NODE" = 1 ]; then
-  exec python -m "$MODULE" "$@"
+
+if [ "$NNODES" = 1 ]; then
+  exec torchrun --standalone --nnodes=1 --nproc_per_node="$NPROC_PER_NODE" -m "$MODULE" "$@"
+fi
+if [ -z "${MASTER_ADDR:-}" ]; then
+  echo "launch: NNODES=$NNODES needs MASTER_ADDR (the address of node 0)" >&2
+  exit 2
 fi
 exec torchrun --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$NPROC_PER_NODE" \
-  --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" -m "$MODULE" "$@"
+  --master_addr="$MASTER_ADDR" --master_port="${MASTER_PORT:-29500}" -m "$MODULE" "$@"
