@@ -491,10 +491,9 @@ def linear_cross_entropy_triton(
     and bias gradients are accumulated in fp32 across chunks.
     """
     _check_args(hidden, targets, reduction, softcap, "linear_cross_entropy")
-    if weight.dim() != 2 or (weight.shape[1] != hidden.shape[1] and weight.numel() > 0):
-        raise ValueError(
-            f"linear_cross_entropy: weight must be (V, {hidden.shape[1]}), got {tuple(weight.shape)}"
-        )
+    weight_shape = tuple(getattr(weight, "ds_shape", weight.shape))  # ZeRO-3: the full, not the local, shape
+    if len(weight_shape) != 2 or weight_shape[1] != hidden.shape[1]:
+        raise ValueError(f"linear_cross_entropy: weight must be (V, {hidden.shape[1]}), got {weight_shape}")
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):
         hidden = hidden.to(torch.get_autocast_dtype(device_type))
@@ -505,8 +504,7 @@ def linear_cross_entropy_triton(
         grad_on and weight.requires_grad,
         grad_on and bias is not None and bias.requires_grad,
     )
-    vocab = getattr(weight, "ds_shape", weight.shape)[0]
-    rows = chunk_rows or linear_cross_entropy_chunk_rows(hidden.shape[0], hidden.shape[1], vocab)
+    rows = chunk_rows or linear_cross_entropy_chunk_rows(hidden.shape[0], hidden.shape[1], weight_shape[0])
     with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(
             hidden, weight, targets.contiguous(), bias, ignore_index, z_loss, softcap, reduction, rows, need
