@@ -51,6 +51,9 @@ SAMPLE_PROMPTS = [
 ]
 
 
+DEFAULT_TIME_BUDGET_S = 180.0  # a few minutes on a CPU
+
+
 @dataclass
 class SFTConfig(TrainConfig):
     """SFT keys on top of the loop's. ``--model=DIR`` is accepted as ``--init_from=DIR`` (the model to
@@ -63,7 +66,7 @@ class SFTConfig(TrainConfig):
     strict: bool = False  # a malformed conversation line is an error instead of a counted skip
     assistant_name: str = "fastgpt"  # what the identity set answers to "who are you"
     assistant_maker: str = "the fastgpt developers"
-    time_budget_s: float = 180.0
+    time_budget_s: float = 0.0  # with neither this nor --max_steps: DEFAULT_TIME_BUDGET_S
     batch_size: int = 8
     seq_len: int = 256  # capped at the model's max_seq_len
     lr: float = 1e-3
@@ -210,6 +213,8 @@ def build(cfg: SFTConfig):
     from fastgpt.train.trainer import Trainer
 
     info = dist.init_distributed(cfg.device)
+    if cfg.max_steps <= 0 and cfg.time_budget_s <= 0:  # --max_steps alone is not cut short by a budget
+        cfg.time_budget_s = DEFAULT_TIME_BUDGET_S
     cfg.init_from = cfg.init_from or str(default_model_dir())
     tokenizer = Tokenizer.load(cfg.tokenizer or cfg.init_from)
     chat_format = ChatFormat.for_model(cfg.init_from if not cfg.tokenizer else tokenizer)
