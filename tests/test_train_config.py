@@ -107,6 +107,9 @@ def test_unknown_model_field_is_an_error():
         (["--max_steps=0", "--time_budget_s=0"], "max_steps or --time_budget_s"),
         (["--batch_size=0"], "--batch_size"),
         (["--offload=true"], "--offload=true .* needs --zero=1, 2 or 3"),
+        (["--warmup_steps=-1"], "--warmup_steps: expected a number >= 0"),
+        (["--lr=1e-3", "--min_lr=1e-2"], "min_lr <= lr"),
+        (["--keep_last=0"], "--keep_last"),
     ],
 )
 def test_validate_rejects_bad_settings(args, needle):
@@ -117,10 +120,11 @@ def test_validate_rejects_bad_settings(args, needle):
         cfg.validate()
 
 
-def test_help_lists_every_key():
+def test_help_lists_every_key(capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(TrainConfig, ["--help"])
-    text = str(e.value)
+    assert e.value.code == 0
+    text = capsys.readouterr().out
     for key in ISSUE_KEYS:
         assert f"--{key}=" in text, key
     assert "--model.<field>" in text

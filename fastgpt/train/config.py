@@ -89,9 +89,29 @@ class TrainConfig:
             raise bad("zero", "0, 1, 2 or 3")
         if self.max_steps <= 0 and self.time_budget_s <= 0:
             raise ValueError("set --max_steps or --time_budget_s (both are 0)")
-        for name in ("batch_size", "seq_len", "grad_accum"):
+        for name in ("batch_size", "seq_len", "grad_accum", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
+        for name in (
+            "max_steps",
+            "time_budget_s",
+            "warmup_steps",
+            "eval_every",
+            "sample_every",
+            "save_every",
+            "grad_clip",
+            "weight_decay",
+            "total_batch_tokens",
+            "eval_tokens",
+        ):
+            if getattr(self, name) < 0:
+                raise bad(name, "a number >= 0")
+        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+            raise ValueError(
+                f"--lr / --min_lr: expected 0 <= min_lr <= lr and lr > 0, got {self.lr} / {self.min_lr}"
+            )
+        if self.resume not in ("auto", "never") and not self.resume:
+            raise bad("resume", "auto, never or a checkpoint dir")
         if self.offload and self.zero == 0:
             raise ValueError("--offload=true moves ZeRO-partitioned state to CPU: it needs --zero=1, 2 or 3")
         if self.optimizer == "muon" and self.zero >= 1:
@@ -163,7 +183,8 @@ def parse_args(cls: type[C], argv: list[str] | None) -> C:
     model: dict[str, Any] = {}
     for arg in argv or []:
         if arg in ("-h", "--help"):
-            raise SystemExit(_help(cls))
+            print(_help(cls))
+            raise SystemExit(0)
         if not arg.startswith("--"):
             raise ValueError(f"unexpected argument {arg!r}: options are --key=value")
         key, sep, raw = arg[2:].partition("=")
