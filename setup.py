@@ -32,7 +32,8 @@ extras = {
     ],
     "gpu": ["flash-attn"],
     "serve": ["fastapi", "uvicorn", "jinja2"],
-    "rl": ["reasoning-gym"],
+    # pinned: the generated problems (and so the train/held-out split) depend on the generator version
+    "rl": ["reasoning-gym==0.1.25"],
     "data": ["pyarrow", "datasets", "pyyaml"],
     "report": ["matplotlib"],
 }

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,7 @@ class GRPOConfig(TrainConfig):
     # --- task and reward ---------------------------------------------------------------------------
     task: str = "chain_sum_easy"  # built-in task name or a .jsonl of {"prompt", "answer"}
     task_seed: int = 0  # generator seed of reasoning-gym tasks
+    task_options: str = ""  # JSON generator options, e.g. '{"max_digits": 1}' (reasoning-gym tasks)
     heldout_fraction: float = 0.1
     reward: str = ""  # optional user correctness function "module:function" (completion, problem) -> float
     format_weight: float = 0.0
@@ -350,6 +352,14 @@ def build_task(cfg: GRPOConfig) -> Task:
     options: dict[str, Any] = {"heldout_fraction": cfg.heldout_fraction}
     if not cfg.task.endswith(".jsonl") and cfg.task != "game24":
         options["seed"] = cfg.task_seed
+    if cfg.task_options:
+        try:
+            extra = json.loads(cfg.task_options)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--task_options={cfg.task_options!r}: not a JSON object ({e.msg})") from None
+        if not isinstance(extra, dict):
+            raise ValueError(f"--task_options={cfg.task_options!r}: expected a JSON object")
+        options.update(extra)
     return get_task(cfg.task, **options)
 
 

@@ -143,3 +143,31 @@ def test_two_rank_zero2_matches_single_rank_first_step(tmp_path):
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-4, abs=1e-6)
     assert one["grad_norm"] == pytest.approx(two["grad_norm"], rel=1e-4)  # the same gradient
     assert json.loads((double / "config.json").read_text())["world_size"] == 2
+
+
+def test_reward_reads_the_assistants_words_not_the_tools_output(tmp_path):
+    from fastgpt.conversation import ChatFormat
+    from fastgpt.engine import Completion
+    from fastgpt.rl.rollout import assistant_text
+
+    fmt = ChatFormat.for_model(tiny_model_dir(tmp_path / "m"))
+    enc = fmt.tokenizer.encode
+    call = [fmt.tool_call_start_id, *enc("10 - 7"), fmt.tool_call_end_id]
+    output = fmt.tool_output_ids("3")  # inserted by the engine, not sampled
+    end = next(iter(fmt.stop_ids - {fmt.bos_id}))
+
+    def completion(said: str) -> Completion:
+        tokens = [*call, *output, *enc(said), end]
+        sampled = [1] * len(call) + [0] * len(output) + [1] * (len(tokens) - len(call) - len(output))
+        text = fmt.tokenizer.decode(tokens[:-1])
+        return Completion(tokens=tokens, text=text, finish_reason="stop", sampled=sampled)
+
+    task = get_task(str(_toy_task(tmp_path)))
+    problem = next(p for p in task.split("train") if p.answer == "3")
+    answered = completion("So it is 3.\n#### 3")
+    assert assistant_text(fmt, answered) == "So it is 3.\n#### 3"
+    silent = completion("no idea")
+    assert task.is_correct(silent.text, problem)  # the full text ends with the tool's 3 ...
+    assert assistant_text(fmt, silent) == "no idea"  # ... which the assistant never said
+    assert task.is_correct(assistant_text(fmt, answered), problem)
+    assert not task.is_correct(assistant_text(fmt, silent), problem)

@@ -17,7 +17,18 @@ import torch
 from fastgpt.rl.sequences import ResponseBatch, collate_responses
 from fastgpt.tasks.base import Problem
 
-__all__ = ["Rollout", "greedy_accuracy", "rollout_seed", "sample_rollout"]
+__all__ = ["Rollout", "assistant_text", "greedy_accuracy", "rollout_seed", "sample_rollout"]
+
+
+def assistant_text(chat_format: Any, completion: Any) -> str:
+    """What the assistant itself said in a completion: with tool calls, the assistant messages' text
+    without the tool outputs the engine inserted (so a calculator's result is not mistaken for the
+    model's answer); otherwise the completion text."""
+    if 0 not in completion.sampled:
+        return completion.text
+    tokens = completion.tokens[:-1] if completion.finish_reason == "stop" else completion.tokens
+    messages = chat_format.parse_reply(tokens)
+    return "\n".join(m["content"] for m in messages if m["role"] == "assistant" and m["content"])
 
 
 def rollout_seed(seed: int, step: int, index: int) -> int:
@@ -78,11 +89,12 @@ def sample_rollout(
             tools=tools,
         )[0]
         for completion in group:
-            reward = reward_fn(completion.text, problem, len(completion.tokens))
+            text = assistant_text(fmt, completion)
+            reward = reward_fn(text, problem, len(completion.tokens))
             prompts.append(prompt)
             responses.append(completion.tokens)
             trained.append(completion.sampled or [1] * len(completion.tokens))
-            texts.append(completion.text)
+            texts.append(text)
             reasons.append(completion.finish_reason)
             rewards.append(float(reward.total))
             correct.append(float(reward.correct))
@@ -119,5 +131,5 @@ def greedy_accuracy(
         out = engine.generate(
             prompts, max_tokens=max_new_tokens, temperature=0, stop_ids=fmt.stop_ids, tools=tools
         )
-        texts.extend(group[0].text for group in out)
+        texts.extend(assistant_text(fmt, group[0]) for group in out)
     return (task.accuracy(texts, problems) if problems else 0.0), texts

@@ -100,13 +100,23 @@ class Task(ABC):
         return bool(self.verify(self.extract(completion), problem))
 
     def split(self, name: str, n: int | None = None) -> list[Problem]:
-        """The first ``n`` problems of a split (all of them for a finite task when ``n`` is None)."""
+        """The first ``n`` distinct problems of a split (all of them for a finite task when ``n`` is
+        None). An endless task must have at least ``n`` distinct problems in that split, or this never
+        returns: keep ``n`` well below the size of the generator's problem space."""
         if name not in SPLITS:
             raise TaskError(f"unknown split {name!r}; expected one of {SPLITS}")
         if n is None and not self.finite:
             raise TaskError(f"task {self.name!r} is endless: pass how many {name} problems to take")
         want_heldout = name == "heldout"
-        stream = (p for p in self.candidates() if in_heldout(p.key, self.heldout_fraction) == want_heldout)
+        seen: set[str] = set()
+
+        def distinct(problems: Iterator[Problem]) -> Iterator[Problem]:
+            for p in problems:
+                if p.key not in seen:  # generators repeat small problems; a split lists each once
+                    seen.add(p.key)
+                    yield p
+
+        stream = (p for p in distinct(self.candidates()) if in_heldout(p.key, self.heldout_fraction) == want_heldout)
         return list(itertools.islice(stream, n))
 
     def train_stream(self, seed: int = 0) -> Iterator[Problem]:

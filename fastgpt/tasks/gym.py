@@ -94,7 +94,7 @@ class ReasoningGymTask(Task):
             answer=answer,
             key=question,
             solution=solution,
-            metadata={"source": f"reasoning_gym/{self.dataset_name}"},
+            metadata={"source": f"reasoning_gym/{self.dataset_name}", "expression": meta.get("expression")},
         )
 
     def verify(self, answer: str | None, problem: Problem) -> bool:
