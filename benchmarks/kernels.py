@@ -17,6 +17,7 @@ leaves the resident set; plus the CPU time of one more run (a side note: the chu
 its forward in the backward). GPU numbers are then reported as unmeasured.
 
     python benchmarks/kernels.py [--out benchmarks/results] [--quick]
+    TRITON_INTERPRET=1 python benchmarks/kernels.py --smoke   # every provider once, tiny, on CPU
 """
 
 from __future__ import annotations
@@ -112,11 +113,18 @@ def _backward(out) -> None:
 
 
 # -------------------------------------------------------------------------------------------- ops
-def build_ops(quick: bool) -> list[Op]:
+SIZES = {  # full: training-sized on an 80 GB GPU; quick: a fast GPU run; smoke: plumbing check on CPU
+    "full": dict(norm=(16384, 4096), rope=(4, 4096, 32, 8, 128), act=(16384, 14336), ce=(8192, 128256, 4096), attn=(4, 32, 4096, 128)),
+    "quick": dict(norm=(4096, 4096), rope=(2, 2048, 32, 8, 128), act=(4096, 14336), ce=(2048, 128256, 4096), attn=(2, 16, 2048, 128)),
+    "smoke": dict(norm=(6, 64), rope=(1, 5, 2, 1, 32), act=(6, 40), ce=(6, 300, 16), attn=(1, 2, 40, 32)),
+}  # fmt: skip
+
+
+def build_ops(size: str) -> list[Op]:
     from fastgpt.kernels import activations, cross_entropy, norms, rope
 
     ops: list[Op] = []
-    M, H = (4096, 4096) if quick else (16384, 4096)
+    M, H = SIZES[size]["norm"]
 
     def norm_bytes(n_reads_fwd, n_reads_bwd):
         return lambda mode, s=2: (
@@ -156,7 +164,7 @@ def build_ops(quick: bool) -> list[Op]:
         "torch.compile": _simple(_compiled(lambda x, r, w: norms.add_rms_norm_reference(x, r, w, 1e-6)), "x", "r", "w"),
     }, norm_bytes(4, 4)))  # fmt: skip
 
-    B, T, Hq, Hkv, D = (2, 2048, 32, 8, 128) if quick else (4, 4096, 32, 8, 128)
+    B, T, Hq, Hkv, D = SIZES[size]["rope"]
 
     def rope_inputs(device, dtype):
         theta = torch.arange(T, device=device, dtype=torch.float32)[:, None] * torch.rand(
@@ -179,7 +187,7 @@ def build_ops(quick: bool) -> list[Op]:
         **({"liger": _simple(liger_rope, "q", "k", const=("cos", "sin"))} if _liger("liger_rope") else {}),
     }, lambda mode: ("bytes", 2 * rope_elems * {"fwd": 2, "fwd+bwd": 4}[mode])))  # fmt: skip
 
-    N, I = (4096, 14336) if quick else (16384, 14336)
+    N, I = SIZES[size]["act"]
 
     def glu(device, dtype):
         return {
@@ -200,7 +208,7 @@ def build_ops(quick: bool) -> list[Op]:
         "torch.compile": _simple(_compiled(activations.gelu_tanh_reference), "g"),
     }, lambda mode: ("bytes", 2 * N * I * {"fwd": 2, "fwd+bwd": 5}[mode])))  # fmt: skip
 
-    R, V, C = (2048, 128256, 4096) if quick else (8192, 128256, 4096)
+    R, V, C = SIZES[size]["ce"]
 
     def ce_inputs(device, dtype):
         return {
@@ -236,15 +244,15 @@ def build_ops(quick: bool) -> list[Op]:
         **({"liger": _simple(lambda h, w, t: _liger("liger_fused_linear_cross_entropy")(h, w, t), "h", "w", const=("t",))} if _liger("liger_fused_linear_cross_entropy") else {}),
     }, lambda mode: ("flops", 2 * R * C * V * {"fwd": 1, "fwd+bwd": 3}[mode])))  # fmt: skip
 
-    ops.append(attention_op(quick))
+    ops.append(attention_op(size))
     return ops
 
 
-def attention_op(quick: bool) -> Op:
+def attention_op(size: str) -> Op:
     from fastgpt.kernels import attention
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    B, Hh, T, D = (2, 16, 2048, 128) if quick else (4, 32, 4096, 128)
+    B, Hh, T, D = SIZES[size]["attn"]
 
     def make(device, dtype):
         return {n: torch.randn(B, Hh, T, D, device=device, dtype=dtype) for n in "qkv"}
@@ -334,7 +342,7 @@ def _rate(row: Row, work: tuple[str, float], note: str = "") -> Row:
 def run_gpu(args) -> list[Row]:
     device, dtype = torch.device("cuda"), torch.bfloat16
     rows = []
-    for op in build_ops(args.quick):
+    for op in build_ops("quick" if args.quick else "full"):
         if args.ops and op.name not in args.ops:
             continue
         for name, provider in op.providers.items():
@@ -345,6 +353,28 @@ def run_gpu(args) -> list[Row]:
             )
             torch.cuda.empty_cache()
     return rows
+
+
+def run_smoke() -> int:
+    """Every provider's forward+backward once at tiny fp32 shapes on CPU: the plumbing of the GPU run
+    (Triton providers need TRITON_INTERPRET=1; compiled, SDPA-backend and GPU-only providers are skipped
+    with a note). Times nothing."""
+    failures = 0
+    for op in build_ops("smoke"):
+        base = op.make(torch.device("cpu"), torch.float32)
+        for name, provider in op.providers.items():
+            if "compile" in name or name.startswith(("sdpa-", "flash-attn", "liger")):
+                print(f"{op.name:22s} {name:24s} skipped (GPU only)")
+                continue
+            try:
+                leaves, forward = provider(base)
+                _backward(forward())
+                assert all(t.grad is not None for t in leaves), "no gradient reached an input"
+                print(f"{op.name:22s} {name:24s} ok")
+            except Exception as e:  # noqa: BLE001 - report every provider
+                failures += 1
+                print(f"{op.name:22s} {name:24s} FAILED {type(e).__name__}: {e}")
+    return 1 if failures else 0
 
 
 # ------------------------------------------------------------------------------------------ CPU run
@@ -418,6 +448,9 @@ def write_reports(rows: list[Row], out_dir: str, stem: str) -> None:
     _plot(rows, os.path.join(out_dir, f"{stem}.png"))
 
 
+BASELINES = ("torch", "torch naive", "sdpa-flash")  # what "1.0x" means in the plot, per op
+
+
 def _plot(rows: list[Row], path: str) -> None:
     import matplotlib
 
@@ -427,8 +460,8 @@ def _plot(rows: list[Row], path: str) -> None:
     cpu = rows[0].device == "cpu"
     metric = "peak_mem_mb" if cpu else "ms"
     mode = "fwd+bwd"
-    ops = sorted({r.op + ("\n" + r.shape if cpu else "") for r in rows if r.mode == mode})
-    providers = sorted({r.provider for r in rows if r.mode == mode})
+    ops = list(dict.fromkeys(r.op + ("\n" + r.shape if cpu else "") for r in rows if r.mode == mode))
+    providers = list(dict.fromkeys(r.provider for r in rows if r.mode == mode))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(ops) * max(1, len(providers)) / 3), 4.5))
     width = 0.8 / max(1, len(providers))
     for i, provider in enumerate(providers):
@@ -436,14 +469,19 @@ def _plot(rows: list[Row], path: str) -> None:
         for label in ops:
             match = [r for r in rows if r.mode == mode and r.provider == provider
                      and r.op + ("\n" + r.shape if cpu else "") == label]  # fmt: skip
-            baseline = [r for r in rows if r.mode == mode and r.provider.startswith("torch")
-                        and r.op + ("\n" + r.shape if cpu else "") == label and getattr(r, metric)]  # fmt: skip
+            baseline = sorted(
+                (r for r in rows if r.mode == mode and r.provider in BASELINES and getattr(r, metric)
+                 and r.op + ("\n" + r.shape if cpu else "") == label),
+                key=lambda r: BASELINES.index(r.provider),
+            )  # fmt: skip
             value = getattr(match[0], metric) if match and getattr(match[0], metric) else None
             ref = getattr(baseline[0], metric) if baseline else None
             values.append(value if cpu else (ref / value if value and ref else math.nan))
         ax.bar([j + i * width for j in range(len(ops))], values, width, label=provider)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(ops))], ops, fontsize=8)
-    ax.set_ylabel("peak memory above inputs (MB)" if cpu else "speed-up vs torch eager (fwd+bwd)")
+    ax.set_ylabel(
+        "peak memory above inputs (MB)" if cpu else "speed-up vs torch eager / SDPA-flash (fwd+bwd)"
+    )
     ax.set_title("fused linear cross-entropy, CPU" if cpu else f"fastgpt kernels, {rows[0].device}, bf16")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -454,13 +492,16 @@ def _plot(rows: list[Row], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results", help="directory for CSV, markdown and PNG")
-    parser.add_argument("--quick", action="store_true", help="smaller GPU shapes (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="smaller GPU shapes")
+    parser.add_argument("--smoke", action="store_true", help="run every provider once at tiny CPU shapes")
     parser.add_argument("--ops", nargs="*", help="only these ops (GPU run)")
     parser.add_argument("--_rss-worker", nargs=2, metavar=("METHOD", "VOCAB"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._rss_worker:
         _rss_worker(args._rss_worker[0], int(args._rss_worker[1]))
         return 0
+    if args.smoke:
+        return run_smoke()
     if torch.cuda.is_available():
         rows = run_gpu(args)
         write_reports(rows, args.out, "kernels")
