@@ -32,6 +32,7 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -185,7 +186,7 @@ def run(modules: list[str], archs: list[int], match: str | None, jobs: int) -> l
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        subprocess.run(["rm", "-rf", cache], check=False)
+        shutil.rmtree(cache, ignore_errors=True)
     return rows
 
 
