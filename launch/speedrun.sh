@@ -48,8 +48,9 @@ case "$PRESET" in
     SFT=(--time_budget_s=180 --eval_every=25)
     GRPO=(--task=chain_sum_easy --tools=true --group_size=8 --prompts_per_step=4 --max_new_tokens=64 --lr=5e-5
           --time_budget_s=240 --eval_every=5 --eval_problems=40)
-    EVAL=(--tasks=bpb,chain_sum_easy,mc:shakespeare,mc:basics --problems=50 --pass_k=4 --samples=4
-          --max_new_tokens=64 --bpb_tokens=65536)
+    # bpb on the same validation slice as pretraining's val_bpb (32,768 tokens), so the two compare
+    EVAL=(--tasks=bpb,chain_sum_easy,mc:shakespeare,mc:basics --problems=40 --pass_k=4 --samples=4
+          --max_new_tokens=64 --bpb_tokens=32768)
     ;;
   gpt2)
     VOCAB=8192
@@ -59,7 +60,7 @@ case "$PRESET" in
     GRPO=(--task=chain_sum_easy --tools=true --group_size=16 --prompts_per_step=32 --max_new_tokens=128
           --time_budget_s=600 --eval_every=20 --eval_problems=200 --dtype=bf16)
     EVAL=(--tasks=bpb,chain_sum_easy,gsm_symbolic,mc:shakespeare,mc:basics --problems=200 --pass_k=8
-          --samples=8 --max_new_tokens=256 --bpb_tokens=1048576)
+          --samples=8 --max_new_tokens=256 --bpb_tokens=1048576 --batch_size=64)
     ;;
   *) echo "speedrun.sh: unknown --preset=$PRESET (expected tiny or gpt2)" >&2; exit 2 ;;
 esac
