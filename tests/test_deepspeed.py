@@ -127,3 +127,17 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path, zero):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result == {"skipped": [0, 1, 0], "unchanged": True, "moved_after": True, "finite": True}
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_muon_two_ranks_match_one_process(corpus, tmp_path):
+    """Muon needs whole matrices, so it runs data-parallel (ZeRO stage 0): same losses as one process."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    run_pretrain(pretrain_args(corpus, single, max_steps=STEPS, batch_size=8, optimizer="muon"))
+    run_pretrain(
+        pretrain_args(corpus, multi, max_steps=STEPS, batch_size=2, grad_accum=2, optimizer="muon"), nproc=2
+    )
+    ref, got = step_losses(single), step_losses(multi)
+    for step in range(1, STEPS + 1):
+        assert abs(ref[step] - got[step]) <= 1e-5, f"muon step {step}: {got[step]} vs {ref[step]}"

@@ -64,7 +64,7 @@ def test_muon_step_is_orthogonalised_nesterov_momentum():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(48, 32))
     lr, beta = 0.02, 0.95
-    opt = Muon([w], lr=lr, momentum=beta)
+    opt = Muon([{"params": [w], "lr": lr, "momentum": beta, "use_muon": True}])
     buf = torch.zeros_like(w)
     for _ in range(3):
         before = w.detach().clone()
@@ -82,29 +82,49 @@ def test_muon_step_is_orthogonalised_nesterov_momentum():
 
 
 def test_muon_rejects_non_matrices():
-    p = torch.nn.Parameter(torch.randn(8))
-    p.grad = torch.randn(8)
     with pytest.raises(ValueError, match="2-D"):
-        Muon([p]).step()
+        Muon([{"params": [torch.nn.Parameter(torch.randn(8))], "use_muon": True}])
+
+
+def _untied_model() -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig.from_preset(
+        "tiny", n_layer=2, n_embd=64, n_head=2, n_kv_head=1, vocab_size=300, tie_embeddings=False
+    )
+    return GPT(cfg)
 
 
 def test_muon_gets_hidden_matrices_and_adamw_the_rest():
-    model = GPT(
-        GPTConfig.from_preset(
-            "tiny", n_layer=2, n_embd=64, n_head=2, n_kv_head=1, vocab_size=300, tie_embeddings=False
-        )
-    )
+    model = _untied_model()
     opt = build_optimizer(model, TrainConfig(optimizer="muon", max_steps=1, lr=1e-3, muon_lr=0.02))
+    assert isinstance(opt, Muon)
     names = {id(p): n for n, p in model.named_parameters()}
-    muon = [o for o in opt.optimizers if isinstance(o, Muon)][0]
-    adamw = [o for o in opt.optimizers if isinstance(o, torch.optim.AdamW)][0]
-    muon_names = {names[id(p)] for g in muon.param_groups for p in g["params"]}
-    adamw_names = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
-    assert muon_names == {n for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("blocks.")}
-    assert adamw_names == set(names.values()) - muon_names
-    assert {"wte.weight", "lm_head.weight"} <= adamw_names
-    assert all(g["base_lr"] == 0.02 for g in muon.param_groups)
-    assert all(g["base_lr"] == 1e-3 for g in adamw.param_groups)
+    on_muon = {names[id(p)] for g in opt.param_groups if g["use_muon"] for p in g["params"]}
+    on_adamw = {names[id(p)] for g in opt.param_groups if not g["use_muon"] for p in g["params"]}
+    assert on_muon == {n for n, p in model.named_parameters() if p.ndim == 2 and n.startswith("blocks.")}
+    assert on_adamw == set(names.values()) - on_muon
+    assert {"wte.weight", "lm_head.weight", "final_norm.weight"} <= on_adamw
+    assert {g["base_lr"] for g in opt.param_groups if g["use_muon"]} == {0.02}
+    assert {g["base_lr"] for g in opt.param_groups if not g["use_muon"]} == {1e-3}
+
+
+def test_muons_adamw_groups_step_exactly_like_torch_adamw():
+    """Groups that Muon leaves to AdamW (embeddings, head, norms) get torch.optim.AdamW's updates: here
+    every group is an AdamW group, over three steps."""
+    ours, ref = _untied_model(), _untied_model()
+    groups = ours.param_groups(0.1)
+    for g in groups:
+        g.update(use_muon=False, lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    opt = Muon(groups, fused=True)
+    reference = torch.optim.AdamW(ref.param_groups(0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    x = torch.randint(0, 300, (2, 16))
+    for _ in range(3):
+        for model, o in ((ours, opt), (ref, reference)):
+            o.zero_grad()
+            model(x, x).backward()
+            o.step()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("name", ["adamw", "muon"])

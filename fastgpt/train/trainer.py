@@ -127,7 +127,7 @@ class Trainer:
         self.grad_accum = cfg.grad_accum
 
         self.model = model.to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg, ns_dtype=self.autocast_dtype)
         self.engine = None
         self.use_deepspeed = cfg.zero >= 1 or self.dist.world_size > 1
         if self.use_deepspeed:
@@ -273,18 +273,15 @@ class Trainer:
             grad_norm = self.engine.get_global_grad_norm()
             grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         else:
-            optimizers = getattr(self.optimizer, "optimizers", [self.optimizer])
             if self.scaler is not None:
-                for opt in optimizers:
-                    self.scaler.unscale_(opt)
+                self.scaler.unscale_(self.optimizer)
             params = [p for p in self.model.parameters() if p.grad is not None]
             max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
             if (
                 self.scaler is not None
             ):  # an overflowing fp16 gradient is the scaler's to skip, not a bad step
-                for opt in optimizers:
-                    self.scaler.step(opt)
+                self.scaler.step(self.optimizer)
                 self.scaler.update()
             else:
                 finite = finite and math.isfinite(grad_norm)
