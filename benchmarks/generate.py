@@ -11,7 +11,9 @@ stop early, and are timed the same way in the same process, alternating repeats:
 - decode tok/s = ``(new_tokens - 1) * batch / (time(new_tokens) - time(1))``, i.e. the steady-state
   rate of decode steps after the prefill.
 
-Medians over ``--repeats``; one CSV row per (implementation, batch size) on stdout, or into ``--csv``.
+Medians over ``--repeats`` (the two implementations interleaved); ``--clock=cpu`` times CPU seconds of
+the process instead of wall seconds, for machines shared with other jobs. One CSV row per
+(implementation, batch size) on stdout, or into ``--csv``.
 """
 
 from __future__ import annotations
@@ -26,13 +28,10 @@ import time
 import torch
 
 
-def _time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _clock(name: str):
+    """``wall``: elapsed time; ``cpu``: CPU time of this process (all its threads), which a machine
+    shared with other jobs inflates far less than wall time."""
+    return time.perf_counter if name == "wall" else time.process_time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
 
@@ -101,10 +101,17 @@ def main(argv: list[str] | None = None) -> int:
         b = run_theirs(8)[:, args.prompt_len :].tolist()
         agree = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb)) / (8 * batch)
         run_ours(2), run_theirs(2)  # warm up
-        timings = {"fastgpt": {}, "transformers": {}}
-        for n in (1, args.new_tokens):
+        clock = _clock(args.clock)
+        samples = {(name, n): [] for name in ("fastgpt", "transformers") for n in (1, args.new_tokens)}
+        for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
             for name, fn in (("fastgpt", run_ours), ("transformers", run_theirs)):
-                timings[name][n] = _time(lambda fn=fn, n=n: fn(n), args.repeats)
+                for n in (1, args.new_tokens):
+                    start = clock()
+                    fn(n)
+                    samples[(name, n)].append(clock() - start)
+        timings = {"fastgpt": {}, "transformers": {}}
+        for (name, n), values in samples.items():
+            timings[name][n] = statistics.median(values)
         for name, t in timings.items():
             decode = (args.new_tokens - 1) * batch / max(t[args.new_tokens] - t[1], 1e-9)
             rows.append(
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     "dtype": args.dtype,
                     "prompt_len": args.prompt_len,
                     "new_tokens": args.new_tokens,
+                    "clock": args.clock,
                     "ttft_ms": round(t[1] * 1e3, 1),
                     "decode_tok_s": round(decode, 1),
                     "greedy_agreement": round(agree, 3),
