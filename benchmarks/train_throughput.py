@@ -16,14 +16,16 @@ How it is measured, so the numbers mean something:
   or the run stops.
 - fastgpt's step is the training loop's own (:meth:`fastgpt.train.trainer.Trainer.train_step`: the
   summed-loss normalisation, clipping, AdamW, LR schedule). The transformers step is the usual one:
-  ``model(ids).logits`` -> ``F.cross_entropy`` (mean), backward, ``clip_grad_norm_``, ``torch.optim.AdamW``.
+  ``model(ids).logits`` -> ``F.cross_entropy`` (mean), backward, ``clip_grad_norm_``, ``torch.optim.AdamW``
+  (fused, as fastgpt's: the comparison is about the model, not the optimizer kernel).
   Both use the same autocast dtype; ``--compile`` applies to fastgpt, ``--hf_compile`` to transformers.
 - Steps alternate between the two models so that load changes on a shared machine hit both alike;
   after ``--warmup`` steps each (compilation happens there), the median of ``--steps`` timed steps is
   reported.
 - MFU = model FLOPs/token (``GPT.flops_per_token``: 6N + attention) x tokens/s / peak. The peak is the
-  datasheet bf16 dense number on A100/H100/H200, and on a CPU the matmul rate measured here at start-up
-  in the chosen dtype (fastest of 20 runs) — an achievable peak, not a datasheet one.
+  datasheet bf16 dense number on A100/H100/H200, and on a CPU the matmul rate measured at start-up in
+  the chosen dtype (``fastgpt.train.metrics.peak_flops``, fastest of 10 runs) — an achievable peak, not a
+  datasheet one.
 
 One CSV row per (config, implementation) goes to stdout, or to ``--csv``.
 """
@@ -165,7 +167,13 @@ def bench_config(name: str, args, device: torch.device, peak: float) -> list[Row
         hf_step = None
         if reference is not None:
             hf_forward = torch.compile(reference) if args.hf_compile else reference
-            hf_opt = torch.optim.AdamW(reference.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+            hf_opt = torch.optim.AdamW(
+                reference.parameters(),
+                lr=3e-4,
+                betas=(0.9, 0.95),
+                weight_decay=0.1,
+                fused=device.type in ("cpu", "cuda"),
+            )
 
             def hf_step() -> float:
                 with torch.autocast(
@@ -237,24 +245,6 @@ def bench_config(name: str, args, device: torch.device, peak: float) -> list[Row
     return rows
 
 
-def achievable_peak(device: torch.device, dtype: torch.dtype) -> float:
-    """The datasheet dense peak on a known GPU (``fastgpt.train.metrics``); on a CPU the fastest of 20
-    timed 1024^3 matmuls in ``dtype`` (the best case is the achievable peak; a median would count other
-    processes' load on a shared machine as the CPU's limit)."""
-    from fastgpt.train.metrics import peak_flops
-
-    if device.type == "cuda":
-        return peak_flops(device, dtype)
-    dtype = dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32
-    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-    best = float("inf")
-    for _ in range(20):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 1024**3 / best
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["cpu-bench"])
@@ -271,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
 
+    from fastgpt.train.metrics import peak_flops
     from fastgpt.train.trainer import resolve_dtype
 
     if args.threads:
@@ -280,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "auto" and torch.cuda.is_available()
         else ("cpu" if args.device == "auto" else args.device)
     )
-    peak = achievable_peak(device, resolve_dtype(args.dtype, device))
+    peak = peak_flops(device, resolve_dtype(args.dtype, device))
     print(
         f"# device {device}, {torch.get_num_threads()} threads, peak {peak / 1e12:.3f} TFLOP/s "
         f"({'datasheet' if device.type == 'cuda' else 'measured matmul'})",

@@ -120,6 +120,15 @@ def test_validate_rejects_bad_settings(args, needle):
         cfg.validate()
 
 
+def test_auto_optimizer_is_muon_unless_zero_shards_the_matrices():
+    for zero, expected in ((0, "muon"), (2, "adamw")):
+        cfg = TrainConfig(optimizer="auto", zero=zero, max_steps=1)
+        cfg.validate()
+        assert cfg.optimizer == expected
+    with pytest.raises(ValueError, match="use --optimizer=adamw"):
+        TrainConfig(optimizer="muon", zero=1, max_steps=1).validate()
+
+
 def test_help_lists_every_key(capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(TrainConfig, ["--help"])

@@ -157,10 +157,14 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path):
 
 
 def test_time_budget_stops_the_run(corpus, tmp_path):
+    """Also the pretraining default optimizer: ``auto`` = Muon without ZeRO."""
     out = tmp_path / "budget"
     budget = 2.0
-    assert pretrain_main(pretrain_args(corpus, out, max_steps=0, time_budget_s=budget, schedule="wsd")) == 0
+    args = pretrain_args(corpus, out, max_steps=0, time_budget_s=budget, schedule="wsd", optimizer="auto")
+    assert pretrain_main(args) == 0
+    assert json.loads((out / "config.json").read_text())["optimizer"] == "muon"
     steps = [r for r in read_metrics(out) if "loss" in r]
     assert len(steps) >= 4
     assert steps[-1]["elapsed_s"] >= budget > steps[-2]["elapsed_s"]  # stopped at the first step past it
     assert steps[-1]["lr"] < steps[1]["lr"]  # the wsd schedule follows the clock: decayed by the end
+    assert steps[-1]["loss"] < steps[0]["loss"]

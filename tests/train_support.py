@@ -76,6 +76,7 @@ def pretrain_args(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
         lr=3e-3,
         min_lr=3e-4,
         dtype="fp32",
+        optimizer="adamw",
         eval_every=0,
         eval_tokens=256,
         sample_every=0,

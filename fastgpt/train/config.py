@@ -38,7 +38,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size*grad_accum*ranks)
     total_batch_tokens: int = 0  # if > 0, derives grad_accum = total / (batch_size*seq_len*ranks)
     # --- optimisation ------------------------------------------------------------------------------
-    optimizer: str = "adamw"  # adamw | muon (Muon for hidden matrices, AdamW for the rest)
+    optimizer: str = (
+        "adamw"  # adamw | muon (hidden matrices; AdamW for the rest) | auto (muon, adamw with ZeRO)
+    )
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup_steps: int = 50
@@ -81,8 +83,10 @@ class TrainConfig:
             raise bad("preset", f"one of {', '.join(PRESETS)}")
         if self.schedule not in ("cosine", "wsd", "constant"):
             raise bad("schedule", "cosine, wsd or constant")
-        if self.optimizer not in ("adamw", "muon"):
-            raise bad("optimizer", "adamw or muon")
+        if self.optimizer not in ("adamw", "muon", "auto"):
+            raise bad("optimizer", "adamw, muon or auto")
+        if self.optimizer == "auto":  # resolved here, so config.json records what ran
+            self.optimizer = "muon" if self.zero == 0 else "adamw"
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise bad("dtype", "auto, fp32, bf16 or fp16")
         if self.zero not in (0, 1, 2, 3):
@@ -115,7 +119,9 @@ class TrainConfig:
         if self.offload and self.zero == 0:
             raise ValueError("--offload=true moves ZeRO-partitioned state to CPU: it needs --zero=1, 2 or 3")
         if self.optimizer == "muon" and self.zero >= 1:
-            raise ValueError("--optimizer=muon needs whole matrices; it does not combine with --zero>=1")
+            raise ValueError(
+                "--optimizer=muon needs whole matrices, which ZeRO shards; use --optimizer=adamw (or auto) with --zero>=1"
+            )
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         """The architecture: the preset with ``--model.*`` overrides (and the tokenizer's vocab)."""
