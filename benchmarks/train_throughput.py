@@ -1,8 +1,8 @@
 """Training throughput: tokens/s and MFU of one full training step (forward + backward + clip + optimizer)
 of fastgpt, next to transformers on the same weights, in the same process.
 
-    python benchmarks/train_throughput.py                                   # the CPU bench config
-    python benchmarks/train_throughput.py --configs cpu-bench tiny --dtype bf16 --compile true
+    python benchmarks/train_throughput.py --dtype bf16 --compile true      # the CPU bench config
+    python benchmarks/train_throughput.py --configs cpu-bench tiny --hf_dtypes bf16
     python benchmarks/train_throughput.py --configs gpt2 llama-1b --batch 8 --seq 1024   # on a GPU
 
 ``cpu-bench`` is vocab 8192, d_model 384, 6 layers, 6 heads, seq 256, batch 8 (llama family); any other
@@ -11,21 +11,23 @@ name is a fastgpt preset (``--seq``/``--batch`` apply to presets; default seq = 
 How it is measured, so the numbers mean something:
 
 - One fastgpt model is initialised, saved in the Hugging Face layout and loaded by transformers
-  (``LlamaForCausalLM`` / ``GPT2LMHeadModel``): both sides train identical weights. Their fp32 losses
-  on the same batch must agree to 1e-4 and their first autocast losses to bf16 noise (2e-2 relative),
-  or the run stops.
+  (``LlamaForCausalLM`` / ``GPT2LMHeadModel``): every implementation trains identical weights. Their
+  fp32 losses on the same batch must agree to 1e-4, and their first training-step losses (each in its
+  own precision) to bf16 noise (2e-2 relative), or the run stops.
 - fastgpt's step is the training loop's own (:meth:`fastgpt.train.trainer.Trainer.train_step`: the
-  summed-loss normalisation, clipping, AdamW, LR schedule). The transformers step is the usual one:
-  ``model(ids).logits`` -> ``F.cross_entropy`` (mean), backward, ``clip_grad_norm_``, ``torch.optim.AdamW``
-  (fused, as fastgpt's: the comparison is about the model, not the optimizer kernel).
-  Both use the same autocast dtype; ``--compile`` applies to fastgpt, ``--hf_compile`` to transformers.
-- Steps alternate between the two models so that load changes on a shared machine hit both alike;
+  summed-loss normalisation, clipping, AdamW, LR schedule) with ``--dtype`` autocast and ``--compile``.
+  The transformers step is the usual one: ``model(ids).logits`` -> ``F.cross_entropy`` (mean), backward,
+  ``clip_grad_norm_``, ``torch.optim.AdamW`` (fused, as fastgpt's: the comparison is about the model,
+  not the optimizer kernel), once per ``--hf_dtypes`` entry: ``fp32`` is transformers as it comes,
+  ``bf16`` the same under bf16 autocast (same precision as fastgpt's bf16 runs); ``--hf_compile``
+  compiles it.
+- Steps alternate between the implementations so that load changes on a shared machine hit all alike;
   after ``--warmup`` steps each (compilation happens there), the median of ``--steps`` timed steps is
-  reported.
+  reported. ``fastgpt_speedup`` = fastgpt's tokens/s over the row's.
 - MFU = model FLOPs/token (``GPT.flops_per_token``: 6N + attention) x tokens/s / peak. The peak is the
   datasheet bf16 dense number on A100/H100/H200, and on a CPU the matmul rate measured at start-up in
-  the chosen dtype (``fastgpt.train.metrics.peak_flops``, fastest of 10 runs) — an achievable peak, not a
-  datasheet one.
+  fastgpt's dtype (``fastgpt.train.metrics.peak_flops``, fastest of 10 runs) — an achievable peak, not a
+  datasheet one (so fp32 rows are measured against the bf16 peak when fastgpt runs bf16).
 
 One CSV row per (config, implementation) goes to stdout, or to ``--csv``.
 """
@@ -61,7 +63,7 @@ class Row:
     tokens_per_sec: float
     mfu: float
     loss_first: float
-    speedup_vs_hf: float = float("nan")
+    fastgpt_speedup: float = float("nan")  # fastgpt's tokens/s over this row's
 
 
 def _bool(v: str) -> bool:
@@ -116,6 +118,33 @@ def hf_loss(model, inputs, targets):
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def _dtype(name: str) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def hf_stepper(reference, inputs, targets, device: torch.device, dtype: torch.dtype, compile_: bool):
+    """transformers' usual training step: autocast (unless fp32) forward, mean CE, backward, clip, AdamW."""
+    forward = torch.compile(reference) if compile_ else reference
+    opt = torch.optim.AdamW(
+        reference.parameters(),
+        lr=3e-4,
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+        fused=device.type in ("cpu", "cuda"),
+    )
+
+    def step() -> float:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = hf_loss(forward, inputs, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
 def bench_config(name: str, args, device: torch.device, peak: float) -> list[Row]:
     from fastgpt.model import GPT
     from fastgpt.train.config import TrainConfig
@@ -126,20 +155,20 @@ def bench_config(name: str, args, device: torch.device, peak: float) -> list[Row
     gcfg.max_seq_len = max(gcfg.max_seq_len, seq)
     torch.manual_seed(0)
     model = GPT(gcfg).to(device)
-    reference = hf_model(model, device) if args.reference else None
     g = torch.Generator().manual_seed(1)
     inputs = torch.randint(0, gcfg.vocab_size, (batch, seq), generator=g).to(device)
     targets = torch.randint(0, gcfg.vocab_size, (batch, seq), generator=g).to(device)
+    references = {
+        f"transformers-{d}": hf_model(model, device) for d in (args.hf_dtypes if args.reference else [])
+    }
 
     # identical weights and loss definition, checked in fp32 before any step
     with torch.no_grad():
         ours = float(model(inputs, targets))
-        if reference is not None:
-            theirs = float(hf_loss(reference, inputs, targets))
+        for impl, ref in references.items():
+            theirs = float(hf_loss(ref, inputs, targets))
             if abs(ours - theirs) > 1e-4:
-                raise SystemExit(
-                    f"{name}: fp32 losses differ: fastgpt {ours:.6f} vs transformers {theirs:.6f}"
-                )
+                raise SystemExit(f"{name}: fp32 losses differ: fastgpt {ours:.6f} vs {impl} {theirs:.6f}")
 
     with tempfile.TemporaryDirectory() as out_dir:
         tcfg = TrainConfig(
@@ -162,32 +191,11 @@ def bench_config(name: str, args, device: torch.device, peak: float) -> list[Row
         )
         trainer = Trainer(tcfg, model)
         stage = RandomTokens(inputs, targets)
-        autocast_dtype = trainer.autocast_dtype
-
-        hf_step = None
-        if reference is not None:
-            hf_forward = torch.compile(reference) if args.hf_compile else reference
-            hf_opt = torch.optim.AdamW(
-                reference.parameters(),
-                lr=3e-4,
-                betas=(0.9, 0.95),
-                weight_decay=0.1,
-                fused=device.type in ("cpu", "cuda"),
-            )
-
-            def hf_step() -> float:
-                with torch.autocast(
-                    device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32
-                ):
-                    loss = hf_loss(hf_forward, inputs, targets)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
-                hf_opt.step()
-                hf_opt.zero_grad(set_to_none=True)
-                return loss.item()
-
-        def our_step() -> float:
-            return trainer.train_step(stage, [stage.next_batch()])["loss"]
+        steppers = {"fastgpt": lambda: trainer.train_step(stage, [stage.next_batch()])["loss"]}
+        dtypes = {"fastgpt": trainer.autocast_dtype}
+        for impl, ref in references.items():
+            dtypes[impl] = _dtype(impl.split("-")[1])
+            steppers[impl] = hf_stepper(ref, inputs, targets, device, dtypes[impl], args.hf_compile)
 
         def timed(fn) -> tuple[float, float]:
             if device.type == "cuda":
@@ -198,38 +206,34 @@ def bench_config(name: str, args, device: torch.device, peak: float) -> list[Row
                 torch.cuda.synchronize()
             return time.perf_counter() - t0, loss
 
-        times: dict[str, list[float]] = {"fastgpt": [], "transformers": []}
+        times: dict[str, list[float]] = {impl: [] for impl in steppers}
         first: dict[str, float] = {}
         for i in range(args.warmup + args.steps):
-            for impl, fn in (("fastgpt", our_step), ("transformers", hf_step)):
-                if fn is None:
-                    continue
+            for impl, fn in steppers.items():  # alternate: load changes hit every implementation alike
                 dt, loss = timed(fn)
                 first.setdefault(impl, loss)
                 if not math.isfinite(loss):
                     raise SystemExit(f"{name}/{impl}: non-finite loss at step {i}")
                 if i >= args.warmup:
                     times[impl].append(dt)
-        if "transformers" in first and abs(first["fastgpt"] - first["transformers"]) > 2e-2 * abs(
-            first["fastgpt"]
-        ):
-            raise SystemExit(
-                f"{name}: first-step losses differ beyond bf16 noise: {first['fastgpt']:.5f} vs "
-                f"{first['transformers']:.5f}"
-            )
+        for impl in references:  # first step: same weights, same batch; differences are precision only
+            if abs(first["fastgpt"] - first[impl]) > 2e-2 * abs(first[impl]):
+                raise SystemExit(
+                    f"{name}: first-step losses differ beyond bf16 noise: fastgpt {first['fastgpt']:.5f} vs "
+                    f"{impl} {first[impl]:.5f}"
+                )
 
     flops = model.flops_per_token(seq)
+    ours_tok_s = batch * seq / statistics.median(times["fastgpt"])
     rows = []
     for impl, ts in times.items():
-        if not ts:
-            continue
         step_s = statistics.median(ts)
         tok_s = batch * seq / step_s
         rows.append(
             Row(
                 name,
                 impl,
-                str(autocast_dtype).replace("torch.", ""),
+                str(dtypes[impl]).replace("torch.", ""),
                 args.compile if impl == "fastgpt" else args.hf_compile,
                 batch,
                 seq,
@@ -238,10 +242,9 @@ def bench_config(name: str, args, device: torch.device, peak: float) -> list[Row
                 round(tok_s, 1),
                 round(flops * tok_s / peak, 4) if peak == peak else float("nan"),
                 round(first[impl], 5),
+                round(ours_tok_s / tok_s, 3),
             )
         )
-    if len(rows) == 2:
-        rows[0].speedup_vs_hf = round(rows[0].tokens_per_sec / rows[1].tokens_per_sec, 3)
     return rows
 
 
@@ -253,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto", help="auto | fp32 | bf16 | fp16 (autocast; weights stay fp32)")
     p.add_argument("--compile", type=_bool, default=False, help="torch.compile fastgpt's model")
     p.add_argument("--hf_compile", type=_bool, default=False, help="torch.compile the transformers model")
+    p.add_argument(
+        "--hf_dtypes",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=["fp32", "bf16", "fp16"],
+        help="transformers runs: fp32 (its default) and/or autocast dtypes",
+    )
     p.add_argument("--reference", type=_bool, default=True, help="run transformers next to fastgpt")
     p.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")

@@ -24,7 +24,7 @@ GPU_PEAK_FLOPS = {
 }
 
 
-def measure_cpu_matmul_flops(dtype: torch.dtype, n: int = 512, repeats: int = 10) -> float:
+def measure_cpu_matmul_flops(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
     """This CPU's achievable matmul rate in ``dtype`` (FLOP/s): the denominator for MFU on a CPU, which
     has no datasheet peak for PyTorch. The fastest of a few runs, because on a shared machine the slower
     ones measure the other processes, not the CPU."""
