@@ -247,3 +247,12 @@ def test_raising_reward_scores_zero_and_logs_once_per_kind():
     assert scores == [0.0, 0.0, 0.0, 1.0, 0.0]
     assert safe.errors == {"ValueError": 2, "KeyError": 1, "NaN": 1}
     assert len(logged) == 3 and "ValueError" in logged[0] and "KeyError" in logged[1]
+
+
+def test_exhausted_generator_is_an_error_not_a_hang():
+    # 2 one-digit terms: 200 distinct problems, about 20 of them held out
+    task = get_task("chain_sum", min_terms=2, max_terms=2, min_digits=1, max_digits=1)
+    heldout = task.split("heldout", 10)
+    assert len({p.key for p in heldout}) == 10
+    with pytest.raises(TaskError, match="distinct heldout problems"):
+        task.split("heldout", 50)

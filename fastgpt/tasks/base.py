@@ -17,7 +17,6 @@ sample and a larger ``n`` extends it.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,7 @@ from fastgpt.tasks.extract import extract_answer
 __all__ = ["SPLITS", "Problem", "Task", "TaskError", "in_heldout", "user_prompt"]
 
 SPLITS = ("train", "heldout")
+STALE_LIMIT = 20_000  # repeated problems in a row after which an endless generator counts as exhausted
 
 Message = dict[str, Any]
 
@@ -101,23 +101,32 @@ class Task(ABC):
 
     def split(self, name: str, n: int | None = None) -> list[Problem]:
         """The first ``n`` distinct problems of a split (all of them for a finite task when ``n`` is
-        None). An endless task must have at least ``n`` distinct problems in that split, or this never
-        returns: keep ``n`` well below the size of the generator's problem space."""
+        None). An endless generator that stops producing new problems before ``n`` is an error."""
         if name not in SPLITS:
             raise TaskError(f"unknown split {name!r}; expected one of {SPLITS}")
         if n is None and not self.finite:
             raise TaskError(f"task {self.name!r} is endless: pass how many {name} problems to take")
         want_heldout = name == "heldout"
+        out: list[Problem] = []
         seen: set[str] = set()
-
-        def distinct(problems: Iterator[Problem]) -> Iterator[Problem]:
-            for p in problems:
-                if p.key not in seen:  # generators repeat small problems; a split lists each once
-                    seen.add(p.key)
-                    yield p
-
-        stream = (p for p in distinct(self.candidates()) if in_heldout(p.key, self.heldout_fraction) == want_heldout)
-        return list(itertools.islice(stream, n))
+        stale = 0  # candidates in a row that brought nothing new: an exhausted generator
+        for p in self.candidates():
+            if p.key in seen:  # generators repeat small problems; a split lists each once
+                stale += 1
+                if stale > STALE_LIMIT:
+                    raise TaskError(
+                        f"task {self.name!r} has only {len(out)} distinct {name} problems "
+                        f"({len(seen)} in all), fewer than the {n} asked for: ask for fewer, raise "
+                        "heldout_fraction, or widen the generator's options"
+                    )
+                continue
+            seen.add(p.key)
+            stale = 0
+            if in_heldout(p.key, self.heldout_fraction) == want_heldout:
+                out.append(p)
+                if n is not None and len(out) == n:
+                    break
+        return out
 
     def train_stream(self, seed: int = 0) -> Iterator[Problem]:
         """Training problems forever: an endless task in its own order, a finite one reshuffled every
