@@ -43,7 +43,7 @@ class PretrainConfig(TrainConfig):
     lr: float = 3e-3  # AdamW part: embeddings, head, norms
     min_lr: float = 1e-4
     warmup_steps: int = 30
-    eval_every: int = 100
+    eval_every: int = 50
     eval_tokens: int = 65536
     attention_docs: bool = True  # mask attention at document (BOS) boundaries inside a window
 
