@@ -168,3 +168,14 @@ def test_time_budget_stops_the_run(corpus, tmp_path):
     assert steps[-1]["elapsed_s"] >= budget > steps[-2]["elapsed_s"]  # stopped at the first step past it
     assert steps[-1]["lr"] < steps[1]["lr"]  # the wsd schedule follows the clock: decayed by the end
     assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_fp16_trains_with_a_loss_scaler(corpus, tmp_path):
+    out = tmp_path / "fp16"
+    assert pretrain_main(pretrain_args(corpus, out, max_steps=3, dtype="fp16")) == 0
+    fp32 = tmp_path / "fp32"
+    assert pretrain_main(pretrain_args(corpus, fp32, max_steps=3)) == 0
+    half, full = step_losses(out), step_losses(fp32)
+    assert sorted(half) == [1, 2, 3]
+    for step in (1, 2, 3):  # the same training up to fp16 rounding
+        assert half[step] == pytest.approx(full[step], rel=1e-2)

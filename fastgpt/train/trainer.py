@@ -93,7 +93,7 @@ def default_deepspeed_config(zero: int, offload: bool) -> Path | None:
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """``max_nonfinite_steps`` steps in a row had a NaN/inf loss or gradient: training cannot go on."""
 
 
 class Trainer:
@@ -126,18 +126,7 @@ class Trainer:
             cfg.grad_accum = cfg.total_batch_tokens // per_step
         self.grad_accum = cfg.grad_accum
 
-        self.model = model.to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg, ns_dtype=self.autocast_dtype)
-        self.engine = None
         self.use_deepspeed = cfg.zero >= 1 or self.dist.world_size > 1
-        if self.use_deepspeed:
-            self._init_deepspeed()
-            if cfg.compile:
-                self.engine.compile()
-            self.forward_model: torch.nn.Module = self.engine
-        else:
-            self.forward_model = torch.compile(self.model) if cfg.compile else self.model
-
         # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not
         self.scaler = None
         if self.autocast_dtype == torch.float16:
@@ -146,6 +135,17 @@ class Trainer:
                     "--dtype=fp16 is not supported with DeepSpeed here; use --dtype=bf16 (or fp32)"
                 )
             self.scaler = torch.amp.GradScaler(self.device.type)
+
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg, ns_dtype=self.autocast_dtype)
+        self.engine = None
+        if self.use_deepspeed:
+            self._init_deepspeed()
+            if cfg.compile:
+                self.engine.compile()
+            self.forward_model: torch.nn.Module = self.engine
+        else:
+            self.forward_model = torch.compile(self.model) if cfg.compile else self.model
 
         self.step = 0
         self.tokens = 0
