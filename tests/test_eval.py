@@ -285,6 +285,7 @@ def test_eval_command_end_to_end(tokenizer, data_dir, tmp_path, capsys):
         "--chat",
         "yes",
     ]
+    argv += ["--task_options", '{"match": "numeric"}']  # GRPO's --task_options reach the task
     assert eval_main(argv) == 0
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"bpb", "mc:quiz", "task:sums"}
@@ -295,4 +296,8 @@ def test_eval_command_end_to_end(tokenizer, data_dir, tmp_path, capsys):
     assert eval_main(["--model", str(tmp_path / "missing")]) == 2
     for bad in ("no_such_task", "mc:no_such_set", "mc:"):
         assert eval_main(["--model", str(model_dir), "--tasks", bad]) == 2
+    for options in ("{oops", "[1]", '{"no_such_option": 1}'):  # checked before the model loads
+        assert (
+            eval_main(["--model", str(model_dir), "--tasks", str(problems), "--task_options", options]) == 2
+        )
     assert "no_such_task" in capsys.readouterr().err

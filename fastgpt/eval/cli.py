@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bpb_tokens", type=int, default=262_144, help="validation tokens to score")
     g = p.add_argument_group("tasks")
     g.add_argument("--problems", type=int, default=100, help="held-out problems per task")
+    g.add_argument(
+        "--task_options",
+        default="",
+        help="JSON options for every task's generator, as GRPO's --task_options (e.g. '{\"max_digits\": 1}')",
+    )
     g.add_argument("--max_new_tokens", type=int, default=256)
     g.add_argument("--batch_size", type=int, default=16, help="prompts generated together")
     g.add_argument("--pass_k", type=int, default=0, help="also report pass@k (0: greedy only)")
@@ -102,7 +107,20 @@ def parse_tasks(spec: str) -> list[tuple[str, str]]:
     return out
 
 
-def check_tasks(tasks: list[tuple[str, str]]) -> None:
+def task_options(text: str) -> dict[str, Any]:
+    """``--task_options`` as a dict (the same JSON GRPO takes, so eval sees GRPO's problems)."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--task_options is not valid JSON: {e.msg}") from None
+    if not isinstance(options, dict):
+        raise ValueError("--task_options must be a JSON object, e.g. '{\"max_digits\": 1}'")
+    return options
+
+
+def check_tasks(tasks: list[tuple[str, str]], options: dict[str, Any]) -> None:
     """Build every task and read every multiple-choice file once, so a typo fails in seconds."""
     from fastgpt.eval.multiple_choice import load_mc
     from fastgpt.tasks import get_task
@@ -111,7 +129,10 @@ def check_tasks(tasks: list[tuple[str, str]]) -> None:
         if kind == "mc":
             load_mc(name)
         elif kind == "task":
-            get_task(name)
+            try:
+                get_task(name, **options)
+            except TypeError as e:  # an option this task does not take
+                raise ValueError(f"--task_options for task {name!r}: {e}") from None
 
 
 def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
@@ -153,7 +174,7 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
             from fastgpt.eval.tasks import evaluate_task
             from fastgpt.tasks import get_task
 
-            task = get_task(name)
+            task = get_task(name, **task_options(args.task_options))
             log(f"eval: task {task.name!r} ({args.problems} held-out problems) ...")
             result = evaluate_task(
                 engine,
@@ -215,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastgpt eval: --model {args.model!r} is not a directory", file=sys.stderr)
         return 2
     try:
-        check_tasks(parse_tasks(args.tasks))  # fail on a bad name or file before loading the model
+        check_tasks(parse_tasks(args.tasks), task_options(args.task_options))  # fail before loading the model
         report = run_eval(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError) as e:  # TaskError, MCError, DataError are ValueErrors
         print(f"fastgpt eval: {e}", file=sys.stderr)
