@@ -83,18 +83,26 @@ def test_metaspace_tokenizer_keeps_its_spaces():
     ),
 )
 def test_stop_strings_cut_at_the_first_occurrence(tokenizer, text, stops):
+    """Generation stops at the first token after which the text holds a stop string, and the reply is
+    the text before that string's earliest occurrence (reference: str.find on each decoded prefix)."""
+    ids = tokenizer.encode(text)
+    expected, stopped = text, False
+    for n in range(1, len(ids) + 1):
+        prefix = tokenizer.decode(ids[:n])
+        hits = [prefix.find(s) for s in stops if s in prefix]
+        if hits:
+            expected, stopped = prefix[: min(hits)], True
+            break
     dec = ReplyDecoder(tokenizer, None, stops)
     shown = ""
-    for i in tokenizer.encode(text):
+    for i in ids:
         shown += dec.feed(i)
         if dec.stopped:
             break
     if not dec.stopped:
         shown += dec.finish()
-    hits = [text.find(s) for s in stops if s in text]
-    expected = text[: min(hits)] if hits else text
     assert shown == expected == dec.content
-    assert dec.stopped == bool(hits)
+    assert dec.stopped == stopped
 
 
 def test_special_tokens_are_not_shown(tokenizer):
@@ -106,3 +114,22 @@ def test_special_tokens_are_not_shown(tokenizer):
         *tokenizer.encode(" there"),
     ]
     assert "".join(dec.feed(i) for i in ids) + dec.finish() == "hi there"
+
+
+def test_inline_calculator_rendering_and_stray_tool_tokens(tokenizer):
+    from fastgpt.conversation import SpecialTokenFormat
+
+    fmt = SpecialTokenFormat(tokenizer)
+    call = [fmt.tool_call_start_id, *tokenizer.encode("12*7"), fmt.tool_call_end_id]
+    output = fmt.tool_output_ids("84")
+    reply = [*tokenizer.encode("Let me see."), *call, *output, *tokenizer.encode(" So 84.")]
+    dec = ReplyDecoder(tokenizer, fmt, tool_mode="inline")
+    assert "".join(dec.feed(t) for t in reply) + dec.finish() == "Let me see.[calculator: 12*7 = 84] So 84."
+    # tool tokens out of order are stray special tokens: not shown
+    stray = [fmt.tool_call_end_id, *tokenizer.encode("ab"), fmt.tool_output_end_id, fmt.tool_output_start_id]
+    dec = ReplyDecoder(tokenizer, fmt, tool_mode="inline")
+    assert "".join(dec.feed(t) for t in stray) + dec.finish() == "ab"
+    # the client runs the tool: the call is captured, not shown
+    dec = ReplyDecoder(tokenizer, fmt, tool_mode="client")
+    assert "".join(dec.feed(t) for t in [*tokenizer.encode("Hm."), *call]) + dec.finish() == "Hm."
+    assert dec.tool_calls == ["12*7"]

@@ -72,7 +72,10 @@ class ReplyDecoder:
         self.tool_calls: list[str] = []  # expressions of client-side calculator calls
         self._call: list[int] | None = None  # tokens of a client-side call being written
         self._ignored = set(getattr(tokenizer, "special_tokens", {}).values())
-        self._markers: dict[int, str] = {}
+        # inline calculator protocol: token -> (state it is valid in, text shown, next state); the same
+        # token anywhere else (a model that writes a stray call end, say) is an ignored special token
+        self._markers: dict[int, tuple[str | None, str, str | None]] = {}
+        self._tool_state: str | None = None
         fmt = chat_format
         if fmt is not None:
             self._ignored |= set(fmt.stop_ids)
@@ -80,10 +83,10 @@ class ReplyDecoder:
                 self._call_start, self._call_end = fmt.tool_call_start_id, fmt.tool_call_end_id
                 if tool_mode == "inline":
                     self._markers = {
-                        fmt.tool_call_start_id: "[calculator: ",
-                        fmt.tool_call_end_id: " = ",
-                        fmt.tool_output_start_id: "",
-                        fmt.tool_output_end_id: "]",
+                        fmt.tool_call_start_id: (None, "[calculator: ", "call"),
+                        fmt.tool_call_end_id: ("call", " = ", "await_output"),
+                        fmt.tool_output_start_id: ("await_output", "", "output"),
+                        fmt.tool_output_end_id: ("output", "]", None),
                     }
         self._client_tools = fmt is not None and fmt.supports_tools and tool_mode == "client"
 
@@ -102,8 +105,9 @@ class ReplyDecoder:
             else:
                 self._call.append(token)
             return ""
-        if token in self._markers:
-            return self._show(self._text.flush() + self._markers[token])
+        if token in self._markers and self._markers[token][0] == self._tool_state:
+            _, text, self._tool_state = self._markers[token]
+            return self._show(self._text.flush() + text)
         if token in self._ignored:
             return self._show(self._text.flush())
         return self._show(self._text.add(token))
