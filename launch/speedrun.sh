@@ -11,8 +11,9 @@
 # tokens in the same time and gets a better model.
 #
 #   preset  model                    budgets (pretrain / SFT / GRPO)   expected wall time
-#   tiny    5.5M params, llama-style  480 s / 180 s / 240 s            ~30 min on 2 CPU cores (measured:
-#                                                                     see docs/example-report/)
+#   tiny    5.5M params, llama-style  480 s / 180 s / 240 s            <= 30 min on 2 CPU cores (measured:
+#                                                                     20 min on a shared 2-core VM,
+#                                                                     docs/example-report/)
 #   gpt2    ~92M params, GPT-2 shape  1200 s / 300 s / 600 s           ~40 min on 8xH100 (ESTIMATE: the
 #                                                                     budgets plus start-up, data
 #                                                                     preparation and eval; not measured)
