@@ -3,13 +3,21 @@ seeded sampling repeats; a dir that is not a model is one clear error."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from train_support import one_thread
 
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.sample import main, sample
 from fastgpt.tokenizer import Tokenizer
 
 TEXT = ["the king and the queen of the castle", "a sword, a crown and a heart", "night and day"] * 20
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def _model_dir(tmp_path):

@@ -8,10 +8,17 @@ import math
 
 import pytest
 import torch
+from train_support import one_thread
 
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.train.config import TrainConfig
 from fastgpt.train.optim import Muon, build_optimizer, lr_multiplier, newton_schulz_orthogonalize
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def _cfg(**kw) -> TrainConfig:

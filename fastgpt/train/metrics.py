@@ -49,6 +49,22 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return measure_cpu_matmul_flops(dtype if dtype in (torch.bfloat16, torch.float32) else torch.float32)
 
 
+def wandb_mode() -> str:
+    """``$WANDB_MODE`` if set; else ``online`` when an API key is configured (``$WANDB_API_KEY`` or a
+    ``wandb login`` entry in ~/.netrc), ``offline`` otherwise: enabling wandb never needs an account."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        import netrc
+
+        has_login = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        has_login = False
+    return "online" if has_login else "offline"
+
+
 class MetricsLogger:
     """Appends one JSON line per call to ``out_dir/metrics.jsonl`` (main process only) and mirrors
     to wandb when enabled. wandb is never required: offline when no API key is set, and
@@ -72,10 +88,12 @@ class MetricsLogger:
             except ImportError:
                 print("wandb is not installed; logging to metrics.jsonl only")
             else:
-                mode = os.environ.get("WANDB_MODE") or (
-                    "online" if os.environ.get("WANDB_API_KEY") else "offline"
-                )
+                mode = wandb_mode()
                 self.wandb_run = wb.init(project=project, config=run_config, dir=str(out_dir), mode=mode)
+                print(
+                    f"wandb: {mode} run in {out_dir}/wandb"
+                    + (" (sync later: wandb sync)" if mode == "offline" else "")
+                )
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
