@@ -6,16 +6,21 @@ problems with the calculator -- well enough to solve some held-out problems, not
     python -m fastgpt.grpo --model=out/rl-demo/sft/model --task=chain_sum --tools=true ...
 
 (docs/rl.md has the exact commands and the measured result.) Why this set-up: a 135M model needs
-minutes per GRPO step on two shared CPU cores, while a ~1M-parameter model takes seconds; and a tiny
-model cannot learn multi-digit arithmetic in minutes, but it can learn to *use the calculator*: copy
-the expression from the question into a calculator call, then copy the result after ``####``. Both
-are copying skills that carry over to unseen problems, which is what held-out accuracy measures.
+minutes per GRPO step on two shared CPU cores, while a ~1M-parameter model takes about a second. A
+tiny model cannot learn arithmetic in minutes, but it can learn to *use the calculator*: copy the
+expression from the question into a calculator call, then copy the result after ``####``.
+
+The SFT conversations show two correct behaviours on the training problems: half answer through the
+calculator, half answer directly (``--direct_fraction``). After brief SFT the model does both; its
+direct answers to *held-out* problems are mostly wrong (it has not learned arithmetic), its calculator
+answers mostly right. That is the situation RL is for: the model can already solve some problems, and
+the reward tells it which of its own behaviours pays off. GRPO should move it to the calculator, and
+held-out accuracy should rise.
 
 What is written:
 
-- ``sft.jsonl``: one conversation per *training* problem of the task (the held-out split is never
-  used): the question, an assistant calculator call on the problem's expression, the tool's result,
-  and the final ``#### answer``;
+- ``sft.jsonl``: one conversation per distinct *training* problem of the task (the held-out split is
+  never used), answered through the calculator or directly;
 - ``init/``: a fresh tiny llama-family model with a BPE tokenizer trained on those conversations' text
   (fastgpt's chat special tokens included).
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import warnings
 from pathlib import Path
 
@@ -36,8 +42,11 @@ __all__ = ["main", "sft_conversation"]
 DEFAULT_OPTIONS = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
 
 
-def sft_conversation(problem) -> list[dict]:
-    """The worked calculator conversation of a problem with a known expression."""
+def sft_conversation(problem, *, use_calculator: bool = True) -> list[dict]:
+    """A correct worked conversation of a problem: through a calculator call on its expression, or a
+    direct answer."""
+    if not use_calculator:
+        return [*problem.messages, {"role": "assistant", "content": f"#### {problem.answer}"}]
     expression = problem.metadata.get("expression")
     if not expression:
         raise ValueError(f"problem {problem.key!r} has no expression to hand to the calculator")
@@ -56,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task_options", default=json.dumps(DEFAULT_OPTIONS))
     parser.add_argument("--task_seed", type=int, default=0)
     parser.add_argument(
-        "--n_train", type=int, default=4000, help="training problems written as SFT conversations"
+        "--n_train", type=int, default=2500, help="distinct training problems written as SFT conversations"
+    )
+    parser.add_argument(
+        "--direct_fraction",
+        type=float,
+        default=0.5,
+        help="share of SFT conversations that answer directly, without the calculator",
     )
     parser.add_argument("--vocab_size", type=int, default=512)
     parser.add_argument("--n_layer", type=int, default=4)
@@ -73,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     task = get_task(args.task, seed=args.task_seed, **json.loads(args.task_options))
     problems = task.split("train", args.n_train)
-    conversations = [sft_conversation(p) for p in problems]
+    rng = random.Random(args.seed)
+    conversations = [
+        sft_conversation(p, use_calculator=rng.random() >= args.direct_fraction) for p in problems
+    ]
     tmp = out / ".sft.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for messages in conversations:
