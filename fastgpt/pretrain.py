@@ -182,6 +182,7 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     samples = trainer.samples(stage)
     for prompt, text in zip(SAMPLE_PROMPTS, samples):
         trainer.print(f"\n--- sample ({prompt!r}) ---\n{text}")
+    trainer.close()
     return last
 
 

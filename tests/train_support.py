@@ -206,6 +206,7 @@ def _nan_skip_main(out_json: str, zero: int) -> None:
         Path(out_json).write_text(
             json.dumps({"skipped": skipped, "unchanged": same, "moved_after": moved, "finite": finite})
         )
+    trainer.close()
     dist.destroy()
 
 

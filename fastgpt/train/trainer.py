@@ -431,6 +431,13 @@ class Trainer:
         else:
             print(prefix + text, flush=True)
 
+    def close(self) -> None:
+        """Release DeepSpeed's engine (ZeRO-3 hooks, optimizer buffers) before the process group goes:
+        left to interpreter exit, its teardown sometimes aborted the process (seen with ZeRO-3 on CPU)."""
+        if self.engine is not None:
+            self.engine.destroy()
+            self.engine = None
+
     # -------------------------------------------------------------------------------- model output
     def save_model(self, path: str | Path | None = None) -> Path:
         """Write the model in the one model format (HF layout + tokenizer files). Collective under ZeRO-3."""
