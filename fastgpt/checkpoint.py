@@ -208,7 +208,11 @@ def save_checkpoint(trainer: Any, stage: Any) -> Path:
     dist.barrier()
     torch.save(_rng_state(), tmp / f"rng_rank{info.rank}.pt")
     if trainer.engine is not None:
-        trainer.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
+        # the marker DeepSpeed's ds_to_universal wants before it converts a checkpoint to another world size
+        universal = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.4}}
+        trainer.engine.save_checkpoint(
+            str(tmp / "deepspeed"), tag="state", save_latest=False, client_state=universal
+        )
     elif info.is_main:
         state = {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict()}
         if getattr(trainer, "scaler", None) is not None:
@@ -266,12 +270,24 @@ def _check_compatible(trainer: Any, path: Path, meta: dict[str, Any]) -> None:
             f"{_describe(zero, trainer.dist.world_size)}; resume with the same settings, or `fastgpt export` "
             "it and start a new run from the model with --init_from (see docs/pretraining.md)"
         )
-    if zero is not None and meta.get("world_size") != trainer.dist.world_size:
+    if (
+        zero is not None
+        and meta.get("world_size") != trainer.dist.world_size
+        and not _loads_universal(trainer)
+    ):
         raise CheckpointError(
             f"{path}: DeepSpeed state sharded for {meta.get('world_size')} ranks, this run has "
             f"{trainer.dist.world_size}; convert it to a universal checkpoint first (docs/pretraining.md, "
             "'Resuming on a different world size')"
         )
+
+
+def _loads_universal(trainer: Any) -> bool:
+    """The DeepSpeed config asks for universal checkpoints (``"checkpoint": {"load_universal": true}``)."""
+    return trainer.engine is not None and bool(trainer.engine.load_universal_checkpoint())
+
+
+UNIVERSAL_TAG = "universal"  # ds_to_universal's output folder inside deepspeed/
 
 
 def _describe(zero: int | None, world_size: int | None) -> str:
@@ -294,6 +310,13 @@ def load_checkpoint(trainer: Any, stage: Any, path: Path) -> None:
             raise CheckpointError(f"{path}: corrupt checkpoint: state.pt is missing") from None
         except Exception as e:  # truncated or foreign file
             raise CheckpointError(f"{path}/state.pt: cannot be read ({type(e).__name__}: {e})") from None
+    elif _loads_universal(trainer):
+        if not (path / "deepspeed" / UNIVERSAL_TAG).is_dir():
+            raise CheckpointError(
+                f"{path}: the DeepSpeed config loads universal checkpoints but deepspeed/{UNIVERSAL_TAG} is missing; "
+                f"convert first: python -m deepspeed.checkpoint.ds_to_universal --input_folder {path}/deepspeed/state "
+                f"--output_folder {path}/deepspeed/{UNIVERSAL_TAG}"
+            )
     elif not (path / "deepspeed" / "state").is_dir():
         raise CheckpointError(f"{path}: corrupt checkpoint: deepspeed/state is missing")
     rng_file = path / f"rng_rank{trainer.dist.rank}.pt"
@@ -306,7 +329,8 @@ def load_checkpoint(trainer: Any, stage: Any, path: Path) -> None:
             trainer.scaler.load_state_dict(state["scaler"])
     else:
         try:
-            load_path, _ = trainer.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
+            tag = UNIVERSAL_TAG if _loads_universal(trainer) else "state"
+            load_path, _ = trainer.engine.load_checkpoint(str(path / "deepspeed"), tag=tag)
         except Exception as e:
             raise CheckpointError(
                 f"{path}/deepspeed: DeepSpeed could not load it ({type(e).__name__}: {e})"

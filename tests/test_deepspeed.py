@@ -94,17 +94,37 @@ def test_zero2_two_ranks_resume_bit_for_bit(corpus, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_resume_on_another_world_size_is_refused_with_directions(corpus, tmp_path):
-    out = tmp_path / "run"
-    run_pretrain(pretrain_args(corpus, out, max_steps=2, batch_size=4, zero=2), nproc=2)
-    proc = run_pretrain(
-        pretrain_args(corpus, out, max_steps=3, batch_size=8, zero=2),
-        nproc=1,
-        torchrun_args=["--standalone"],
-        check=False,
-    )
-    assert proc.returncode != 0
-    assert "sharded for 2 ranks, this run has 1" in proc.stderr
+def test_resume_on_another_world_size_through_a_universal_checkpoint(corpus, tmp_path):
+    """ZeRO-2 on 2 ranks, resumed on 1 rank: refused as it is; after DeepSpeed's ds_to_universal and with
+    ``"checkpoint": {"load_universal": true}``, the same losses as the uninterrupted 2-rank run."""
+    full = tmp_path / "full"
+    args = dict(max_steps=6, save_every=3, keep_last=5, zero=2)
+    run_pretrain(pretrain_args(corpus, full, batch_size=4, **args), nproc=2)
+    ckpt = tmp_path / "one" / "checkpoints" / "step_0000003"
+    shutil.copytree(full / "checkpoints" / "step_0000003", ckpt)
+    one_rank = pretrain_args(corpus, tmp_path / "one", batch_size=8, **args)  # same global batch
+    proc = run_pretrain(one_rank, check=False)
+    assert proc.returncode == 2 and "sharded for 2 ranks, this run has 1" in proc.stderr
+
+    convert = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(ckpt / "deepspeed" / "state"),
+        "--output_folder",
+        str(ckpt / "deepspeed" / "universal"),
+    ]
+    subprocess.run(convert, check=True, capture_output=True, env=subprocess_env(), timeout=600)
+    config = json.loads((REPO / "launch" / "deepspeed" / "zero2.json").read_text())
+    config["checkpoint"] = {"load_universal": True}
+    (tmp_path / "universal.json").write_text(json.dumps(config))
+    proc = run_pretrain(one_rank + [f"--deepspeed_config={tmp_path / 'universal.json'}"])
+    assert "resumed from" in proc.stdout
+    ref, got = step_losses(full), step_losses(tmp_path / "one")
+    assert sorted(got) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert abs(ref[step] - got[step]) <= 1e-5, f"step {step}: {got[step]} vs {ref[step]}"
 
 
 @pytest.mark.slow
