@@ -171,3 +171,20 @@ def test_reward_reads_the_assistants_words_not_the_tools_output(tmp_path):
     assert assistant_text(fmt, silent) == "no idea"  # ... which the assistant never said
     assert task.is_correct(assistant_text(fmt, answered), problem)
     assert not task.is_correct(assistant_text(fmt, silent), problem)
+
+
+def test_demo_sft_conversations_match_what_the_engine_inserts():
+    """The demonstration's SFT tool outputs must be exactly what the engine's calculator returns during
+    GRPO rollouts, or SFT would teach a different protocol than RL rewards."""
+    from fastgpt.conversation import tool_call_expression
+    from fastgpt.rl.demo import DEFAULT_OPTIONS, sft_conversation
+    from fastgpt.tools import calculate
+
+    task = get_task("chain_sum", **DEFAULT_OPTIONS)
+    for problem in task.split("train", 50):
+        messages = sft_conversation(problem)
+        expression = tool_call_expression(messages[-3]["tool_calls"][0])
+        assert calculate(expression) == messages[-2]["content"] == problem.answer
+        assert task.is_correct(messages[-1]["content"], problem)
+        direct = sft_conversation(problem, use_calculator=False)
+        assert direct[-1]["role"] == "assistant" and task.is_correct(direct[-1]["content"], problem)
