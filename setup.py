@@ -29,6 +29,7 @@ extras = {
         "httpx",
         "openai",
         "playwright",  # drives Debian's chromium for the web-chat test (never `playwright install`)
+        "reasoning-gym==0.1.25",  # the RL tasks' generators (kept equal to the [rl] pin)
     ],
     "gpu": ["flash-attn"],
     "serve": ["fastapi", "uvicorn", "jinja2"],
