@@ -176,6 +176,19 @@ def test_loss_matches_manual_cross_entropy_with_ignore_index():
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_positions_past_max_seq_len_are_a_clear_error(family):
+    model = GPT(GPTConfig(family=family, vocab_size=50, n_layer=1, n_embd=32, n_head=2, max_seq_len=8)).eval()
+    model(torch.randint(0, 50, (1, 8)))  # exactly max_seq_len is fine
+    with pytest.raises(ValueError, match="sequence length 9 is beyond the model's max_seq_len=8"):
+        model(torch.randint(0, 50, (1, 9)))
+    with pytest.raises(ValueError, match="position 8 is beyond the model's max_seq_len=8"):
+        model(torch.randint(0, 50, (1, 2)), position_ids=torch.tensor([[7, 8]]))
+    # packed documents restart positions, so a 9-token row of two documents fits
+    doc_ids = torch.tensor([[0] * 5 + [1] * 4])
+    assert model(torch.randint(0, 50, (1, 9)), doc_ids=doc_ids).shape == (1, 9, 50)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_packed_documents_equal_separate_runs(family):
     """A row holding two documents gives each document the loss it has alone."""
     model = GPT(

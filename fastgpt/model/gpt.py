@@ -206,6 +206,18 @@ class GPT(nn.Module):
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
     # ------------------------------------------------------------------------------------------ forward
+    def _check_positions(self, position_ids: torch.Tensor) -> None:
+        """A position past the RoPE/learned-position table is an error, not an index fault. Reading
+        the max syncs with the device and would break a ``torch.compile`` graph, so a compiled forward
+        skips the check (the eager path of the same code has it)."""
+        if torch.compiler.is_compiling() or position_ids.numel() == 0:
+            return
+        max_pos = int(position_ids.max())
+        if max_pos >= self.config.max_seq_len:
+            raise ValueError(
+                f"position {max_pos} is beyond the model's max_seq_len={self.config.max_seq_len}"
+            )
+
     def hidden_states(
         self,
         idx: torch.Tensor,
@@ -218,16 +230,18 @@ class GPT(nn.Module):
         B, T = idx.shape
         if kv_cache is not None:
             position_ids, doc_ids = kv_cache.prepare(idx, position_ids, doc_ids)
-        elif position_ids is None:
-            if doc_ids is not None:
+            self._check_positions(position_ids)
+        elif position_ids is None and doc_ids is None:
+            # the common training case: the bound is known without reading the tensor (no device sync)
+            if T > self.config.max_seq_len:
+                raise ValueError(
+                    f"sequence length {T} is beyond the model's max_seq_len={self.config.max_seq_len}"
+                )
+            position_ids = torch.arange(T, device=idx.device)[None]  # (1, T)
+        else:
+            if position_ids is None:
                 position_ids = positions_from_doc_ids(doc_ids)
-            else:
-                position_ids = torch.arange(T, device=idx.device)[None]  # (1, T)
-        max_pos = int(position_ids.max()) if position_ids.numel() else 0
-        if max_pos >= self.config.max_seq_len:
-            raise ValueError(
-                f"position {max_pos} is beyond the model's max_seq_len={self.config.max_seq_len}"
-            )
+            self._check_positions(position_ids)
         x = self.wte(idx)  # (B, T, C)
         rope = None
         if self.wpe is not None:
