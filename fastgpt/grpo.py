@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     log_baseline(trainer, stage)
     trainer.fit(stage)
     export_final(trainer, chat_format)
+    trainer.close()
+    dist.destroy()
     return 0
 
 

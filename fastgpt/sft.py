@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer.print(f"model written to {model_dir} (chat: fastgpt chat --model {model_dir})")
     for line in trainer.samples(stage):
         trainer.print(line)
+    trainer.close()
     dist.destroy()
     return 0
 
