@@ -37,8 +37,10 @@ def sample(
     from fastgpt.tokenizer import Tokenizer
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: not a model dir (no config.json)")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = from_pretrained(model_dir, device=device)
     tokenizer = Tokenizer.load(model_dir)
@@ -60,21 +62,21 @@ def sample(
     return [[c.text for c in completions] for completions in results]
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and shows every option's default."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="fastgpt sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog="fastgpt sample", description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--model", required=True, help="model dir (config.json + weights + tokenizer files)")
-    p.add_argument(
-        "--prompt", action="append", default=None, help="a prompt (repeat for several; default: '')"
-    )
+    p.add_argument("--prompt", action="append", help="a prompt (repeat for several; None: one empty prompt)")
     p.add_argument("-n", "--num_samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--max_tokens", type=int, default=128)
+    p.add_argument("--max_tokens", type=int, default=128, help="most new tokens per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=50, help="0 disables")
-    p.add_argument("--top_p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling, in (0, 1]; None: off")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (None: cuda when available)")
     args = p.parse_args(argv)
     prompts = args.prompt or [""]
     try:

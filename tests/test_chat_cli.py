@@ -88,3 +88,30 @@ def test_one_shot_prompt_on_a_real_model_dir(tok, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert printed.endswith("\n") and len(printed) > 1
+
+
+def test_unusable_model_dir_dtype_or_prompt_is_one_error_line(tok, tmp_path, capsys):
+    """A run dir instead of its model dir, a dtype name torch does not have, a device this machine
+    lacks, a prompt longer than the context: exit 2 with one line naming the problem, no traceback."""
+    from fastgpt.chat.cli import main
+    from fastgpt.model import GPT, GPTConfig
+
+    model_dir = tmp_path / "run" / "model"
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
+    )
+    GPT(config).save_pretrained(model_dir)
+    tok.save(model_dir)
+    (tmp_path / "run" / "config.json").write_text('{"preset": "tiny"}')  # what a training run writes
+    cases = [
+        (["--model", str(tmp_path / "run"), "--prompt", "Hi"], f"its model is {model_dir}"),
+        (["--model", str(model_dir), "--prompt", "Hi", "--dtype", "double"], "dtype 'double'"),
+        (["--model", str(model_dir), "--prompt", "Hello there " * 40], "context"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--model", str(model_dir), "--prompt", "Hi", "--device", "cuda"], "CUDA"))
+    for argv, expected in cases:
+        assert main([*argv, "--max_tokens", "4"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastgpt chat: error: ") and expected in err and err.count("\n") == 1, err
+    assert main(["--model", str(model_dir), "--prompt", "Hi", "--dtype", "bf16", "--max_tokens", "4"]) == 0

@@ -161,6 +161,35 @@ def test_bad_model_dirs_give_clear_errors(tmp_path):
         GPTConfig(n_head=4, n_kv_head=3, n_embd=32)
 
 
+def test_a_run_dir_given_as_model_dir_names_its_model_dir(tmp_path):
+    """A run's out_dir has its own config.json (the run config) and the model under model/: the
+    error says where the model is instead of 'model_type None is not supported'."""
+    hf_llama(tmp_path / "run" / "model")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"preset": "tiny", "max_steps": 20}))
+    with pytest.raises(ModelFormatError, match=r"run's config.*its model is .*run/model"):
+        from_pretrained(tmp_path / "run")
+    (tmp_path / "run" / "config.json").unlink()
+    with pytest.raises(ModelFormatError, match=r"no config.json.*its model is .*run/model"):
+        from_pretrained(tmp_path / "run")
+
+
+def test_dtype_names_and_unusable_devices(tmp_path):
+    from fastgpt.model.hf import parse_dtype
+
+    hf_llama(tmp_path)
+    for name, dtype in [("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16), ("fp16", torch.float16),
+                        ("float32", torch.float32), ("torch.float16", torch.float16)]:  # fmt: skip
+        assert parse_dtype(name) == dtype
+        assert next(from_pretrained(tmp_path, dtype=name).parameters()).dtype == dtype
+    with pytest.raises(ValueError, match="dtype 'float64': expected one of float32, fp32, bfloat16"):
+        from_pretrained(tmp_path, dtype="float64")
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        from_pretrained(tmp_path, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda': CUDA is not available"):
+            from_pretrained(tmp_path, device="cuda")
+
+
 def test_loss_matches_manual_cross_entropy_with_ignore_index():
     model = GPT(GPTConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, max_seq_len=16))
     x = torch.randint(0, 50, (2, 16))

@@ -324,6 +324,27 @@ def test_bad_chat_request_is_a_4xx_with_an_openai_error(server, name, body, stat
         assert error["code"] == "context_length_exceeded"
 
 
+def test_null_options_and_the_developer_role_are_accepted(server):
+    """Clients send ``"n": null`` / ``"stream": null`` (nullable in OpenAI's schema) and the newer
+    ``developer`` role for the system message: each reply equals the plain request's (greedy)."""
+    url = server[0] + "/v1/chat/completions"
+    system = [{"role": "system", "content": "Be brief."}, *USER]
+    developer = [{"role": "developer", "content": "Be brief."}, *USER]
+
+    def reply(body):
+        r = httpx.post(url, json={**_chat(temperature=0), **body}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]
+
+    assert reply({"n": None, "stream": None}) == reply({})
+    assert reply({"messages": developer}) == reply({"messages": system})
+    completions = server[0] + "/v1/completions"
+    body = {"model": NAME, "prompt": "Who", "max_tokens": 4, "temperature": 0}
+    plain = httpx.post(completions, json=body, timeout=60).json()["choices"][0]["text"]
+    nulls = httpx.post(completions, json={**body, "n": None, "echo": None, "stream": None}, timeout=60)
+    assert nulls.status_code == 200 and nulls.json()["choices"][0]["text"] == plain
+
+
 def test_openai_client_raises_on_bad_input(client):
     with pytest.raises(openai.BadRequestError, match="n=9"):
         client.chat.completions.create(model=NAME, messages=USER, n=9)
@@ -502,3 +523,20 @@ def test_fastgpt_serve_command(engine, tokenizer, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
+
+
+def test_fastgpt_serve_refuses_an_unusable_model_dir_in_one_line(engine, tokenizer, tmp_path, capsys):
+    """A run dir given for its model dir, or a dtype name torch lacks: exit 2 before binding a port."""
+    from fastgpt.serve.server import main
+
+    model_dir = tmp_path / "run" / "model"
+    engine.model.save_pretrained(model_dir)
+    tokenizer.save(model_dir)
+    (tmp_path / "run" / "config.json").write_text('{"preset": "tiny"}')  # what a training run writes
+    for argv, expected in [
+        (["--model", str(tmp_path / "run")], f"its model is {model_dir}"),
+        (["--model", str(model_dir), "--dtype", "half-precision"], "dtype 'half-precision'"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastgpt serve: error: ") and expected in err and err.count("\n") == 1, err

@@ -20,20 +20,24 @@ __all__ = ["StreamPrinter", "main", "read_message"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastgpt chat", description="Chat with a model in the terminal.")
+    p = argparse.ArgumentParser(
+        prog="fastgpt chat",
+        description="Chat with a model in the terminal.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument(
         "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
     )
     p.add_argument("--prompt", help="send this one message, print the reply and exit")
     p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top_k", type=int, default=50)
-    p.add_argument("--top_p", type=float, default=None)
-    p.add_argument("--max_tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=50, help="sample from the k most likely tokens")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling (None: off)")
+    p.add_argument("--max_tokens", type=int, default=256, help="most tokens in one reply")
+    p.add_argument("--seed", type=int, default=None, help="fixed seed: the same replies again")
     p.add_argument("--no_tools", action="store_true", help="do not run calculator calls")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (None: float32)")
     return p
 
 
@@ -98,15 +102,12 @@ class StreamPrinter:
 
 
 def _load(args: argparse.Namespace):
-    import torch
-
     from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = from_pretrained(args.model, dtype=dtype, device=args.device)
+    model = from_pretrained(args.model, dtype=args.dtype, device=args.device)
     tokenizer = Tokenizer.load(args.model)
     return Engine(model, tokenizer, chat_format=ChatFormat.for_model(args.model))
 
@@ -169,7 +170,11 @@ def chat_loop(engine, settings: dict, system: str | None, lines: Iterable[str], 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    engine = _load(args)
+    try:
+        engine = _load(args)
+    except ValueError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
+        print(f"fastgpt chat: error: {e}", file=sys.stderr)
+        return 2
     settings = dict(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -180,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.prompt is not None:
         messages = [{"role": "system", "content": args.system}] if args.system else []
-        _reply(engine, [*messages, {"role": "user", "content": args.prompt}], settings, sys.stdout)
+        try:
+            _reply(engine, [*messages, {"role": "user", "content": args.prompt}], settings, sys.stdout)
+        except ValueError as e:  # e.g. a prompt longer than the model's context
+            print(f"fastgpt chat: error: {e}", file=sys.stderr)
+            return 2
         return 0
     chat_loop(engine, settings, args.system, sys.stdin, sys.stdout)
     return 0

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chat", choices=("auto", "yes", "no"), default="auto", help="prompt through the chat format"
     )
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     g = p.add_argument_group("bits per byte")
     g.add_argument("--data", default=None, help="corpus name, prepared data dir or text files")
     g.add_argument("--bpb_tokens", type=int, default=262_144, help="validation tokens to score")
@@ -145,9 +145,7 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
     tasks = parse_tasks(args.tasks)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = from_pretrained(
-        args.model, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device
-    )
+    model = from_pretrained(args.model, dtype=args.dtype, device=device)
     tokenizer = Tokenizer.load(args.model)
     chat = args.chat == "yes" or (args.chat == "auto" and has_chat_template(args.model))
     chat_format = ChatFormat.for_model(args.model) if chat else None

@@ -264,28 +264,80 @@ def load_hf_weights(model: GPT, tensors: dict[str, torch.Tensor], source: str) -
 
 
 # -------------------------------------------------------------------------------------- load / save
+# Names people type for --dtype: torch's own and the short ones the training configs use.
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"`` / ``"bfloat16"`` / ``torch.bfloat16`` -> ``torch.bfloat16``; None stays None. A name
+    outside :data:`DTYPE_NAMES` is a ``ValueError`` listing them (not torch's AttributeError)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPE_NAMES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPE_NAMES)}") from None
+
+
+def check_device(device: torch.device | str | None) -> torch.device:
+    """The device to load onto (None: CPU), refused with one line when this machine cannot use it,
+    instead of torch's deep ``AssertionError: Torch not compiled with CUDA enabled``."""
+    try:
+        dev = torch.device(device or "cpu")
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: {e} (expected cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def _run_dir_hint(path: Path) -> str:
+    """A training run's out_dir holds its own config.json (the run's) and the model in ``model/``:
+    the likeliest wrong path a user gives, so say where the model is."""
+    if (path / "model" / "config.json").is_file():
+        return f"; this looks like a run dir: its model is {path / 'model'}"
+    return ""
+
+
 def from_pretrained(
-    path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
 ) -> GPT:
     """Load a fastgpt or Hugging Face (gpt2 / llama / mistral) model directory; returns ``GPT`` in eval
-    mode, in ``dtype`` (default float32) on ``device`` (default CPU)."""
+    mode, in ``dtype`` (default float32; names such as ``"bf16"`` are accepted) on ``device`` (default
+    CPU)."""
     path = Path(path)
     if path.is_file():
         path = path.parent
+    dtype, device = parse_dtype(dtype), check_device(device)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise ModelFormatError(f"{path}: not a model directory (no config.json)")
+        raise ModelFormatError(f"{path}: not a model directory (no config.json){_run_dir_hint(path)}")
     try:
         hf = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise ModelFormatError(f"{cfg_file}: invalid JSON ({e})") from e
+    if "fastgpt" not in hf and "model_type" not in hf and _run_dir_hint(path):
+        raise ModelFormatError(f"{cfg_file}: a training run's config, not a model's{_run_dir_hint(path)}")
     config = config_from_hf(hf, str(cfg_file))
     with torch.device("meta"):
         model = GPT(config)
     model = model.to_empty(device="cpu")
     model.init_rope_tables()  # non-persistent buffers are not in the checkpoint
     load_hf_weights(model, _read_weights(path), str(path))
-    model = model.to(device=device or "cpu", dtype=dtype or torch.float32)
+    model = model.to(device=device, dtype=dtype or torch.float32)
     model.init_rope_tables()  # keep the rotary tables in fp32 whatever the weights' dtype
     return model.eval()
 

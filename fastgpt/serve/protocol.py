@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 __all__ = [
     "APIError",
@@ -100,6 +100,12 @@ class _Sampling(_Strict):
     logit_bias: dict[str, float] | None = None
     logprobs: bool | int | None = None
 
+    @field_validator("n", "stream", mode="before")
+    @classmethod
+    def _null_means_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # OpenAI documents these as nullable and some clients send ``"n": null``, ``"stream": null``
+        return cls.model_fields[info.field_name].default if value is None else value
+
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4:
@@ -121,6 +127,11 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
     suffix: str | None = None
+
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _null_echo_is_false(cls, value: Any) -> Any:
+        return False if value is None else value
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -275,6 +275,8 @@ def _render_prompt(chat_format: Any, messages: list[Any]) -> list[int]:
     for i, m in enumerate(messages):
         if isinstance(m, dict) and "content" in m:
             m = {**m, "content": _text_content(m["content"], f"messages[{i}]")}
+        if isinstance(m, dict) and m.get("role") == "developer":
+            m = {**m, "role": "system"}  # OpenAI's newer name for the system message
         normalized.append(m)
     try:
         return chat_format.render_prompt(normalized)
@@ -505,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer KEY' on /v1 routes (default: $FASTGPT_API_KEY, else none)",
     )
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as saved)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     g = p.add_argument_group("limits")
     g.add_argument("--max_prompt_tokens", type=int, default=lim.max_prompt_tokens)
     g.add_argument(
@@ -536,7 +538,7 @@ def load_engine(model_dir: str, device: str | None = None, dtype: str | None = N
     from fastgpt.tokenizer import Tokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = from_pretrained(model_dir, dtype=getattr(torch, dtype) if dtype else None, device=device)
+    model = from_pretrained(model_dir, dtype=dtype, device=device)
     tokenizer = Tokenizer.load(model_dir)
     try:
         chat_format = ChatFormat.for_model(model_dir)
@@ -572,7 +574,11 @@ def main(argv: list[str] | None = None) -> int:
         log.warning(
             "binding to %s without an API key: anyone who can reach this port can use the model", args.host
         )
-    engine = load_engine(args.model, args.device, args.dtype)
+    try:
+        engine = load_engine(args.model, args.device, args.dtype)
+    except ValueError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
+        print(f"fastgpt serve: error: {e}", file=sys.stderr)
+        return 2
     app = create_app(engine, config)
     print(
         f"fastgpt serve: model {config.model_name!r} at http://{args.host}:{args.port}/ (API at /v1)",
