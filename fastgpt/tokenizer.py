@@ -783,6 +783,8 @@ class Tokenizer:
         """Write the tokenizer into dir ``path`` (created if needed; other files there are kept, so a
         model dir can hold it). Each file is written atomically."""
         folder = Path(path)
+        if folder.exists() and not folder.is_dir():
+            raise TokenizerError(f"{folder}: exists and is not a directory (a tokenizer is saved as a dir)")
         folder.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in self._hf_config.items() if k not in ("added_tokens_decoder", "auto_map")}
         config.update(

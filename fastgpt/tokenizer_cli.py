@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from fastgpt.tokenizer import NAMED_VOCABS, Tokenizer, TokenizerError
 
@@ -116,11 +117,13 @@ def main_train_tokenizer(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
+        if Path(args.out).exists() and not Path(args.out).is_dir():  # known before a long training run
+            raise TokenizerError(f"--out {args.out}: exists and is not a directory (a tokenizer is a dir)")
         tok = Tokenizer.train(texts(), vocab_size=args.vocab_size, show_progress=sys.stderr.isatty())
+        tok.save(args.out)
     except (DataError, TokenizerError) as e:
         print(f"fastgpt train-tokenizer: error: {e}", file=sys.stderr)
         return 1
-    tok.save(args.out)
     print(
         f"{args.out}: {tok.vocab_size:,} tokens trained on {seen['chars']:,} characters in "
         f"{time.perf_counter() - start:.1f}s (hash {tok.hash[:12]})"

@@ -178,3 +178,22 @@ def test_cli(tmp_path, corpus, capsys):
     assert read_manifest(tmp_path / "out")["tokenizer"]["vocab_size"] == 300
     assert main(["--source", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")]) == 1
     assert "missing.txt: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--val-fraction", "1.5"], "val_fraction must be in [0, 1), got 1.5"),
+        (["--chunk-mb", "0"], "chunk_mb must be positive"),
+        (["--out-is-a-file"], "exists and is not a directory"),
+    ],
+)
+def test_cli_refuses_bad_settings_in_one_line_before_training(tmp_path, corpus, capsys, flags, expected):
+    path, _ = corpus
+    out = tmp_path / "out"
+    if flags == ["--out-is-a-file"]:
+        out.write_text("not a dir")
+        flags = []
+    assert main(["--source", str(path), "--out", str(out), "--no-progress", *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastgpt prepare: error: ") and expected in err and err.count("\n") == 1, err

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from fastgpt.cli import main as fastgpt
-from fastgpt.tokenizer import Tokenizer
+from fastgpt.tokenizer import Tokenizer, TokenizerError
 
 TEXT = "How many r's in strawberry? 12345 naïve 日本 🙂"
 
@@ -51,3 +51,18 @@ def test_tokenize_colours_each_token(tok_dir, capsys):
 def test_tokenize_reports_bad_vocab(tmp_path, capsys):
     assert fastgpt(["tokenize", "x", "--vocab", str(tmp_path / "nope")]) == 1
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_train_tokenizer_refuses_a_file_as_out_before_training(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text to train on " * 50)
+    before = corpus.read_bytes()
+    assert (
+        fastgpt(["train-tokenizer", "--source", str(corpus), "--vocab-size", "300", "--out", str(corpus)])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {corpus}: exists and is not a directory" in err, err
+    assert corpus.read_bytes() == before
+    with pytest.raises(TokenizerError, match="exists and is not a directory"):
+        Tokenizer.train(["some text"] * 10, vocab_size=280).save(corpus)

@@ -204,6 +204,17 @@ def _run_pool(jobs, tok, out: Path, val_fraction: float, dtype: str, workers: in
     return reused
 
 
+def check_settings(out_dir: str | os.PathLike, val_fraction: float, chunk_mb: float) -> None:
+    """Refuse unusable settings with a :class:`DataError` before any text is read (the CLI calls it
+    before training a tokenizer, which can take long)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if chunk_mb <= 0:
+        raise DataError(f"chunk_mb must be positive, got {chunk_mb}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise DataError(f"{out_dir}: exists and is not a directory (the output is a dir of shards)")
+
+
 def prepare(
     sources: str | os.PathLike | Sequence[str | os.PathLike],
     tokenizer: Any,
@@ -222,10 +233,7 @@ def prepare(
     from fastgpt.tokenizer import Tokenizer
 
     t0 = time.perf_counter()
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if chunk_mb <= 0:
-        raise ValueError(f"chunk_mb must be positive, got {chunk_mb}")
+    check_settings(out_dir, val_fraction, chunk_mb)
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
     shard_dtype = np.dtype(dtype) if dtype else dtype_for_vocab(tok.vocab_size)
     if shard_dtype not in (np.dtype("uint16"), np.dtype("uint32")):
@@ -360,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         options = ReadOptions(args.text_field, args.txt_mode)
+        check_settings(args.out, args.val_fraction, args.chunk_mb)
         if args.tokenizer:
             tokenizer = Tokenizer.load(args.tokenizer)
         else:
