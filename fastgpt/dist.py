@@ -37,6 +37,7 @@ _info: DistInfo | None = None
 def init_distributed(device: str = "auto") -> DistInfo:
     """Read the torchrun environment, pick this process's device and join the process group once."""
     global _info
+    _check_device(device)
     if _info is not None:
         return _info
     rank = int(os.environ.get("RANK", 0))
@@ -54,6 +55,21 @@ def init_distributed(device: str = "auto") -> DistInfo:
         dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
     _info = DistInfo(rank, local_rank, world_size, dev)
     return _info
+
+
+def _check_device(device: str) -> None:
+    """One line naming ``--device`` when this machine cannot use it (torch's own errors are an
+    AssertionError deep in ``torch.cuda`` or a RuntimeError listing every backend it knows)."""
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device={device}: expected auto, cpu, cuda or cuda:N") from None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device={device}: training runs on auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={device}: CUDA is not available on this machine (use auto or cpu)")
 
 
 def init_single_process_group(device: torch.device) -> None:

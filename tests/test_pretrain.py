@@ -53,3 +53,12 @@ def test_bad_value_and_impossible_batch(corpus, tmp_path, capsys):
     assert "--zero: expected 0, 1, 2 or 3" in _error(capsys, pretrain_args(corpus, tmp_path, zero=5))
     err = _error(capsys, pretrain_args(corpus, tmp_path, total_batch_tokens=100))
     assert "--total_batch_tokens=100 is not a multiple" in err
+
+
+@pytest.mark.parametrize("device", ["gpu", "mps", "cuda"])
+def test_a_device_this_machine_cannot_use(corpus, tmp_path, capsys, device):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert f"--device={device}: " in _error(capsys, pretrain_args(corpus, tmp_path, device=device))
