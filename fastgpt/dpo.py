@@ -222,7 +222,7 @@ class DPOStage:
         self.order.load_state_dict(state)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     from fastgpt.train.config import parse_args
     from fastgpt.train.trainer import Trainer
 
@@ -242,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     trainer.close()
     dist.destroy()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgpt.dpo [--key=value ...]``: a bad key, value, model dir or data file ends with
+    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
+    from fastgpt.stage_cli import run_stage
+
+    return run_stage("dpo", lambda: _main(argv))
 
 
 if __name__ == "__main__":

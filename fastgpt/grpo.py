@@ -363,7 +363,7 @@ def build_task(cfg: GRPOConfig) -> Task:
     return get_task(cfg.task, **options)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     from fastgpt.train.config import parse_args
     from fastgpt.train.trainer import Trainer
 
@@ -395,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     trainer.close()
     dist.destroy()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgpt.grpo [--key=value ...]``: a bad key, value, model dir or data file ends with
+    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
+    from fastgpt.stage_cli import run_stage
+
+    return run_stage("grpo", lambda: _main(argv))
 
 
 if __name__ == "__main__":

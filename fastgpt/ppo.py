@@ -383,7 +383,7 @@ class PPOStage:
         self._schedule = []
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     from fastgpt.conversation import ChatFormat
     from fastgpt.train.config import parse_args
     from fastgpt.train.trainer import Trainer
@@ -429,6 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     trainer.close()
     dist.destroy()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgpt.ppo [--key=value ...]``: a bad key, value, model dir or data file ends with
+    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
+    from fastgpt.stage_cli import run_stage
+
+    return run_stage("ppo", lambda: _main(argv))
 
 
 if __name__ == "__main__":

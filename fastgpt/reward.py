@@ -153,7 +153,7 @@ class RewardStage:
         self.order.load_state_dict(state)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     from fastgpt.train.config import parse_args
     from fastgpt.train.trainer import Trainer
 
@@ -175,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     trainer.close()
     dist.destroy()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgpt.reward [--key=value ...]``: a bad key, value, model dir or data file ends with
+    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
+    from fastgpt.stage_cli import run_stage
+
+    return run_stage("reward", lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def _model_alias(argv: list[str]) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     from fastgpt.chat.template import export_chat_template
 
     cfg = parse_args(SFTConfig, _model_alias(sys.argv[1:] if argv is None else argv))
@@ -284,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     trainer.close()
     dist.destroy()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastgpt.sft [--key=value ...]``: a bad key, value, model dir or data file ends with
+    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
+    from fastgpt.stage_cli import run_stage
+
+    return run_stage("sft", lambda: _main(argv))
 
 
 if __name__ == "__main__":

@@ -602,9 +602,12 @@ class Tokenizer:
         if len(tiktoken_files) == 1:
             return cls.load(tiktoken_files[0], pattern=pattern)
         found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        # a training run's out_dir keeps its model (and tokenizer) in model/: say so
+        hint = f"; this looks like a run dir: its model is {folder / 'model'}"
         raise TokenizerError(
             f"{folder}: no tokenizer here (expected tokenizer.json, encoder.json + vocab.bpe, or one "
             f"*.tiktoken file; found {found})"
+            + (hint if (folder / "model" / "tokenizer.json").is_file() else "")
         )
 
     @classmethod

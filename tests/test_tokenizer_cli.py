@@ -66,3 +66,11 @@ def test_train_tokenizer_refuses_a_file_as_out_before_training(tmp_path, capsys)
     assert corpus.read_bytes() == before
     with pytest.raises(TokenizerError, match="exists and is not a directory"):
         Tokenizer.train(["some text"] * 10, vocab_size=280).save(corpus)
+
+
+def test_a_run_dir_for_the_vocab_names_its_model_dir(tok_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    Tokenizer.load(tok_dir).save(run / "model")
+    (run / "config.json").write_text('{"stage": "pretrain"}')
+    assert fastgpt(["tokenize", "x", "--vocab", str(run)]) == 1
+    assert f"its model is {run / 'model'}" in capsys.readouterr().err

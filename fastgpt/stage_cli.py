@@ -1,0 +1,33 @@
+"""The error policy shared by the training stages' commands (sft, grpo, reward, ppo, dpo).
+
+A user's mistake (an unknown ``--key``, a value of the wrong type, a model dir or data file that does
+not exist or cannot be read, a device this machine lacks) reaches the command as a ``ValueError``
+subclass (``TaskError``, ``TokenizerError``, ``ModelFormatError``, ``DataError``, ...), a
+``FileNotFoundError`` or a ``CheckpointError``, each with a message that names the key or file. The
+command prints that message as one ``error:`` line and exits 2 instead of showing a traceback, the
+same contract as ``fastgpt pretrain``; a run stopped by non-finite losses exits 1. The process group
+is released either way.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def run_stage(name: str, body: Callable[[], int | None]) -> int:
+    """Run a stage's ``body`` and turn user errors into one line on stderr and an exit status."""
+    from fastgpt import dist
+    from fastgpt.checkpoint import CheckpointError
+    from fastgpt.train.trainer import NonFiniteLossError
+
+    try:
+        return int(body() or 0)
+    except (ValueError, FileNotFoundError, CheckpointError, dist.DeepSpeedUnavailable) as e:
+        print(f"fastgpt {name}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"fastgpt {name}: stopped: {e}", file=sys.stderr)
+        return 1
+    finally:
+        dist.destroy()

@@ -1,0 +1,55 @@
+"""The SFT and RL commands (``python -m fastgpt.sft|grpo|reward|ppo|dpo``) answer a user's mistake with
+one ``error:`` line naming the key or path and exit status 2, as ``fastgpt pretrain`` does, never a
+traceback."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.tokenizer import Tokenizer
+
+STAGES = ["sft", "grpo", "reward", "ppo", "dpo"]
+
+
+def _error(capsys, stage: str, argv: list[str]) -> str:
+    assert importlib.import_module(f"fastgpt.{stage}").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastgpt {stage}: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_mistyped_key_is_one_line(stage, capsys, tmp_path):
+    err = _error(capsys, stage, ["--max_step=3", f"--out_dir={tmp_path}"])
+    assert "unknown option --max_step" in err and "--max_steps" in err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished run's out_dir: its own config.json and the model under model/."""
+    run = tmp_path_factory.mktemp("run")
+    tok = Tokenizer.train(["What is 2 + 3? It is 5. " * 40], vocab_size=300)
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
+    )
+    GPT(config).save_pretrained(run / "model")
+    tok.save(run / "model")
+    (run / "config.json").write_text('{"stage": "pretrain"}')
+    return run
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo", "dpo"])
+def test_a_run_dir_for_the_model_names_its_model_dir(stage, run_dir, capsys, tmp_path):
+    err = _error(capsys, stage, [f"--model={run_dir}", "--max_steps=1", f"--out_dir={tmp_path}"])
+    assert str(run_dir / "model") in err
+
+
+def test_a_missing_data_file_is_named(run_dir, capsys, tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    err = _error(
+        capsys, "dpo", [f"--model={run_dir / 'model'}", f"--data={missing}", f"--out_dir={tmp_path}"]
+    )
+    assert str(missing) in err
