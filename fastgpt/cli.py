@@ -6,6 +6,7 @@ file only routes, so adding a stage never touches another stage's code.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -27,6 +28,18 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("fastgpt.eval.cli", "evaluate a model (bpb, task accuracy, multiple choice)"),
     "report": ("fastgpt.eval.report", "write a report card from run dirs"),
 }
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` for every subcommand: each option's default after its description (unless the
+    description already states it, or there is nothing to show), description text kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        unset = default is None or default is False or default == "" or default is argparse.SUPPRESS
+        if not action.option_strings or unset or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)".strip()
 
 
 def _usage() -> str:

@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fastgpt.cli import HelpFormatter
+
 __all__ = ["main", "sample"]
 
 
@@ -62,21 +64,19 @@ def sample(
     return [[c.text for c in completions] for completions in results]
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the module docstring's layout and shows every option's default."""
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fastgpt sample", description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(prog="fastgpt sample", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="model dir (config.json + weights + tokenizer files)")
-    p.add_argument("--prompt", action="append", help="a prompt (repeat for several; None: one empty prompt)")
+    p.add_argument(
+        "--prompt", action="append", help="a prompt (repeat for several; default: one empty prompt)"
+    )
     p.add_argument("-n", "--num_samples", type=int, default=1, help="samples per prompt")
     p.add_argument("--max_tokens", type=int, default=128, help="most new tokens per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=50, help="0 disables")
-    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling, in (0, 1]; None: off")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling, in (0, 1]; default: off")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same samples")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (None: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     args = p.parse_args(argv)
     prompts = args.prompt or [""]
     try:

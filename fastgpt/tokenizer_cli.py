@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastgpt.cli import HelpFormatter
 from fastgpt.tokenizer import NAMED_VOCABS, Tokenizer, TokenizerError
 
 __all__ = ["main", "main_tokenize", "main_train_tokenizer", "render_tokens"]
@@ -53,6 +54,7 @@ def main_tokenize(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fastgpt tokenize",
         description="Show how a tokenizer splits text: coloured tokens, then the ids.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("text", nargs="*", help="text to tokenize (default: read stdin)")
     parser.add_argument(
@@ -60,7 +62,8 @@ def main_tokenize(argv: list[str] | None = None) -> int:
         default="gpt2",
         help=f"tokenizer dir/file, model dir, or a named vocabulary ({', '.join(NAMED_VOCABS)}); default gpt2",
     )
-    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                        help="colour each token's background (auto: on a terminal, unless NO_COLOR is set)")  # fmt: skip
     parser.add_argument("--ids-only", action="store_true", help="print only the ids")
     args = parser.parse_args(argv)
     text = " ".join(args.text) if args.text and args.text != ["-"] else sys.stdin.read()
@@ -88,7 +91,9 @@ def main_tokenize(argv: list[str] | None = None) -> int:
 
 def main_train_tokenizer(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="fastgpt train-tokenizer", description="Train a byte-level BPE tokenizer and save it as a dir."
+        prog="fastgpt train-tokenizer",
+        description="Train a byte-level BPE tokenizer and save it as a dir.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--source",
@@ -96,10 +101,13 @@ def main_train_tokenizer(argv: list[str] | None = None) -> int:
         required=True,
         help="file, dir, glob, built-in corpus or hf:NAME; repeatable",
     )
-    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument(
+        "--vocab-size", type=int, default=4096, help="tokens in the vocabulary, specials included"
+    )
     parser.add_argument("--out", required=True, help="output dir (fastgpt / transformers tokenizer dir)")
-    parser.add_argument("--text-field", default="text")
-    parser.add_argument("--txt-mode", choices=("file", "blocks"), default="file")
+    parser.add_argument("--text-field", default="text", help="JSONL field / parquet column with the text")
+    parser.add_argument("--txt-mode", choices=("file", "blocks"), default="file",
+                        help=".txt documents: one per file, or one per blank-line-separated block")  # fmt: skip
     parser.add_argument("--max-chars", type=float, default=2e9, help="train on at most this much text")
     args = parser.parse_args(argv)
 

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
+from fastgpt.cli import HelpFormatter
+
 __all__ = ["StreamPrinter", "main", "read_message"]
 
 
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastgpt chat",
         description="Chat with a model in the terminal.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
@@ -32,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=50, help="sample from the k most likely tokens")
-    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling (None: off)")
+    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling, in (0, 1]; default: off")
     p.add_argument("--max_tokens", type=int, default=256, help="most tokens in one reply")
-    p.add_argument("--seed", type=int, default=None, help="fixed seed: the same replies again")
+    p.add_argument("--seed", type=int, default=None, help="a fixed seed gives the same replies again")
     p.add_argument("--no_tools", action="store_true", help="do not run calculator calls")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (None: float32)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     return p
 
 

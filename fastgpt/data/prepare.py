@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fastgpt.cli import HelpFormatter
 from fastgpt.data.errors import DataError
 from fastgpt.data.manifest import FORMAT, MANIFEST, VERSION, read_manifest, write_json_atomic
 from fastgpt.data.shards import ShardError, dtype_for_vocab, read_header, write_shard
@@ -343,25 +344,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fastgpt prepare",
         description="Tokenize text sources into binary token shards (train/val) with a manifest.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--source", action="append", required=True, metavar="SRC",
                         help="file, dir, glob, built-in corpus name or hf:NAME[:CONFIG][@SPLIT]; repeatable")  # fmt: skip
     parser.add_argument("--tokenizer", help="tokenizer dir/file or named vocab (gpt2, cl100k, ...); "
                         "default: train one on the sources")  # fmt: skip
-    parser.add_argument(
-        "--vocab-size", type=int, default=4096, help="when training a tokenizer (default 4096)"
-    )
+    parser.add_argument("--vocab-size", type=int, default=4096, help="when training a tokenizer")
     parser.add_argument("--out", required=True, help="output dir")
-    parser.add_argument("--val-fraction", type=float, default=0.01, help="held-out share of tokens (0.01)")
+    parser.add_argument("--val-fraction", type=float, default=0.01, help="held-out share of tokens")
     parser.add_argument(
         "--workers", type=int, default=None, help="tokenizer processes (default: cores, max 8)"
     )
-    parser.add_argument("--chunk-mb", type=float, default=16.0, help="MB of text per shard/work unit (16)")
+    parser.add_argument("--chunk-mb", type=float, default=16.0, help="MB of text per shard/work unit")
     parser.add_argument("--text-field", default="text", help="JSONL field / parquet column with the text")
     parser.add_argument("--txt-mode", choices=("file", "blocks"), default="file",
                         help=".txt documents: one per file, or one per blank-line-separated block")  # fmt: skip
     parser.add_argument("--dtype", choices=("uint16", "uint32"), default=None, help="default: by vocab size")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     from fastgpt.tokenizer import Tokenizer, TokenizerError

@@ -27,11 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastgpt.cli import HelpFormatter
+
 __all__ = ["main", "run_eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastgpt eval", description="Evaluate a model dir.")
+    p = argparse.ArgumentParser(
+        prog="fastgpt eval", description="Evaluate a model dir.", formatter_class=HelpFormatter
+    )
     p.add_argument(
         "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
     )
@@ -52,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="JSON options for every task's generator, as GRPO's --task_options (e.g. '{\"max_digits\": 1}')",
     )
-    g.add_argument("--max_new_tokens", type=int, default=256)
+    g.add_argument("--max_new_tokens", type=int, default=256, help="longest answer generated")
     g.add_argument("--batch_size", type=int, default=16, help="prompts generated together")
     g.add_argument("--pass_k", type=int, default=0, help="also report pass@k (0: greedy only)")
     g.add_argument("--samples", type=int, default=None, help="samples per problem for pass@k (default k)")
     g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature for pass@k")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the pass@k samples")
     g.add_argument(
         "--tools", action="store_true", help="run the calculator calls chat models make (as GRPO --tools)"
     )

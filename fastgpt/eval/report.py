@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastgpt.cli import HelpFormatter
+
 __all__ = ["Run", "load_run", "main", "render_report"]
 
 STAGE_ORDER = ("tokenizer", "pretrain", "sft", "reward", "grpo", "ppo", "dpo", "eval")
@@ -486,10 +488,12 @@ def render_report(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastgpt report", description="Write a report card from run dirs.")
+    p = argparse.ArgumentParser(
+        prog="fastgpt report", description="Write a report card from run dirs.", formatter_class=HelpFormatter
+    )
     p.add_argument("--runs", nargs="+", required=True, help="run dirs, or pipeline dirs holding run dirs")
     p.add_argument("--out", default=None, help="report file (default: report.md in the first --runs dir)")
-    p.add_argument("--title", default="fastgpt report card")
+    p.add_argument("--title", default="fastgpt report card", help="the heading of the report")
     p.add_argument("--note", default=None, help="a line shown under the title (e.g. which machine ran it)")
     return p
 

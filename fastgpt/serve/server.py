@@ -36,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fastgpt.cli import HelpFormatter
 from fastgpt.serve.decode import ReplyDecoder
 from fastgpt.serve.protocol import (
     APIError,
@@ -487,7 +488,9 @@ def _sse(obj: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     d, lim = ServeConfig(), Limits()
     p = argparse.ArgumentParser(
-        prog="fastgpt serve", description="OpenAI-compatible server and web chat for a model dir."
+        prog="fastgpt serve",
+        description="OpenAI-compatible server and web chat for a model dir.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
@@ -495,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument(
         "--served_model_name", default=None, help="the name clients pass as 'model' (default: from the dir)"
     )
@@ -509,17 +512,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     g = p.add_argument_group("limits")
-    g.add_argument("--max_prompt_tokens", type=int, default=lim.max_prompt_tokens)
+    g.add_argument(
+        "--max_prompt_tokens", type=int, default=lim.max_prompt_tokens, help="also capped at the context - 1"
+    )
     g.add_argument(
         "--max_tokens", type=int, default=lim.max_tokens, help="largest max_tokens a request may ask for"
     )
-    g.add_argument("--default_max_tokens", type=int, default=lim.default_max_tokens)
+    g.add_argument(
+        "--default_max_tokens", type=int, default=lim.default_max_tokens, help="when a request gives none"
+    )
     g.add_argument("--max_n", type=int, default=lim.max_n, help="most choices per request")
-    g.add_argument("--max_request_bytes", type=int, default=lim.max_request_bytes)
+    g.add_argument(
+        "--max_request_bytes", type=int, default=lim.max_request_bytes, help="larger bodies get 413"
+    )
     g.add_argument("--max_batch_rows", type=int, default=d.max_batch_rows, help="rows decoded together")
     g.add_argument("--max_queue", type=int, default=d.max_queue, help="waiting requests before answering 429")
     p.add_argument("--no_tools", action="store_true", help="never run calculator calls in the server")
-    p.add_argument("--log_level", default="info")
+    p.add_argument("--log_level", default="info", help="debug | info | warning | error")
     return p
 
 

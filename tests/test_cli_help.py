@@ -1,0 +1,53 @@
+"""``fastgpt <command> --help``: every option of the argparse-based commands has a description, and
+each option with a value default shows it (``fastgpt.cli.HelpFormatter``)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fastgpt.cli import main as fastgpt
+
+COMMANDS = ["tokenize", "train-tokenizer", "prepare", "sample", "chat", "serve", "eval", "report", "export"]
+
+
+def _help(capsys, command: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        fastgpt([command, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def _option_help(text: str) -> dict[str, str]:
+    """``--flag`` -> its description, joined over wrapped lines (argparse's layout)."""
+    options: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"  (-\w, )?(--[\w-]+)(?: [A-Z_{][^ ]*)?(?:, --[\w-]+ [A-Z_]+)?(?:  +(.*))?$", line)
+        if m:
+            current = m.group(2)
+            options[current] = (m.group(3) or "").strip()
+        elif current and line.startswith(" " * 20):
+            options[current] = (options[current] + " " + line.strip()).strip()
+        else:
+            current = None
+    return options
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_is_described(command, capsys):
+    options = _option_help(_help(capsys, command))
+    assert "--help" in options and len(options) > 2
+    undescribed = [flag for flag, text in options.items() if not text]
+    assert not undescribed, f"fastgpt {command} --help: no description for {undescribed}"
+
+
+def test_defaults_are_shown(capsys):
+    from fastgpt.serve.server import build_parser
+
+    options = _option_help(_help(capsys, "serve"))
+    for action in build_parser()._actions:
+        if action.option_strings and isinstance(action.default, int) and not isinstance(action.default, bool):
+            flag = action.option_strings[0]
+            assert f"(default: {action.default})" in options[flag], (flag, options[flag])
