@@ -420,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="where to write the model dir")
     args = p.parse_args(argv)
     ckpt = Path(args.ckpt)
+    for bad, problem in (
+        (not ckpt.is_dir(), f"--ckpt {ckpt}: no such directory"),
+        (Path(args.out).exists() and not Path(args.out).is_dir(), f"--out {args.out}: not a directory"),
+    ):
+        if bad:
+            print(f"fastgpt export: error: {problem}", file=sys.stderr)
+            return 2
     if not _STEP_DIR.match(ckpt.name):  # a run dir: its newest complete checkpoint
         newest = latest_checkpoint(ckpt)
         if newest is None:

@@ -132,6 +132,12 @@ def test_export_consolidates_a_checkpoint_into_a_model_dir(full_run, tmp_path, c
     torch.testing.assert_close(model(ids), ref(ids), rtol=0, atol=0)
     assert export_main(["--ckpt", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+    assert export_main(["--ckpt", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert f"--ckpt {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert export_main(["--ckpt", str(full_run), "--out", str(tmp_path / "a_file")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {tmp_path / 'a_file'}: not a directory" in err, err
 
 
 @pytest.mark.slow
