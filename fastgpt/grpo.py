@@ -393,7 +393,6 @@ def _main(argv: list[str] | None = None) -> int:
     trainer.fit(stage)
     export_final(trainer, chat_format)
     trainer.close()
-    dist.destroy()
     return 0
 
 
