@@ -345,6 +345,20 @@ def test_null_options_and_the_developer_role_are_accepted(server):
     assert nulls.status_code == 200 and nulls.json()["choices"][0]["text"] == plain
 
 
+def test_token_id_prompts_continue_as_their_text_does(client, tokenizer, server):
+    """OpenAI's token-array prompts (what lm-eval's local-completions sends): the ids of a text, BOS
+    included, continue exactly as the text does; ids outside the vocabulary are a 400."""
+    ids = tokenizer.encode("Who are", add_bos=True)
+    text = client.completions.create(model=NAME, prompt="Who are", max_tokens=6, temperature=0)
+    one = client.completions.create(model=NAME, prompt=ids, max_tokens=6, temperature=0)
+    two = client.completions.create(model=NAME, prompt=[ids, ids[:2]], max_tokens=6, temperature=0)
+    assert one.choices[0].text == text.choices[0].text == two.choices[0].text
+    assert one.usage.prompt_tokens == len(ids) and len(two.choices) == 2
+    for bad in ([tokenizer.vocab_size], [[]]):
+        r = httpx.post(server[0] + "/v1/completions", json={"model": NAME, "prompt": bad}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+
+
 def test_openai_client_raises_on_bad_input(client):
     with pytest.raises(openai.BadRequestError, match="n=9"):
         client.chat.completions.create(model=NAME, messages=USER, n=9)

@@ -124,7 +124,8 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # text (BOS prepended, as pretraining documents start) or, as OpenAI allows, token ids used as given
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     suffix: str | None = None
 
@@ -132,6 +133,14 @@ class CompletionRequest(_Sampling):
     @classmethod
     def _null_echo_is_false(cls, value: Any) -> Any:
         return False if value is None else value
+
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: a string, or a list of token ids (``[1, 2]`` is one prompt)."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and all(isinstance(x, int) for x in self.prompt):
+            return [self.prompt]  # type: ignore[list-item]
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -191,9 +200,11 @@ def _refuse_unsupported(req: _Sampling, limits: Limits) -> None:
             raise APIError(400, "echo is not supported by this server", param="echo")
         if req.suffix:
             raise APIError(400, "suffix is not supported by this server", param="suffix")
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        prompts = req.prompts()
         if not prompts:
             raise APIError(400, "'prompt' must not be an empty list", param="prompt")
+        if any(isinstance(p, list) and not p for p in prompts):
+            raise APIError(400, "a token-id prompt must not be empty", param="prompt")
         if len(prompts) * req.n > limits.max_n:
             raise APIError(
                 400,

@@ -204,8 +204,7 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
         authorize(request)
         req: CompletionRequest = parse_body(await read_body(request, limits), CompletionRequest, limits)  # type: ignore[assignment]
         check_model(req.model)
-        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        prompts = [tokenizer.encode(t, add_bos=True) for t in texts]  # documents start with BOS in training
+        prompts = [_prompt_ids(tokenizer, p) for p in req.prompts()]
         for p in prompts:
             check_prompt(len(p), "prompt")
         job = _job(prompts, req, limits, {tokenizer.bos_id}, False)
@@ -232,6 +231,21 @@ async def read_body(request: Request, limits: Limits) -> bytes:
         if len(body) > limits.max_request_bytes:
             raise too_large
     return bytes(body)
+
+
+def _prompt_ids(tokenizer: Any, prompt: str | list[int]) -> list[int]:
+    """Text is encoded with BOS in front (documents start with BOS in training); token ids are used as
+    given, once checked against the vocabulary."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt, add_bos=True)
+    bad = [t for t in prompt if not 0 <= t < tokenizer.vocab_size]
+    if bad:
+        raise APIError(
+            400,
+            f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})",
+            param="prompt",
+        )
+    return list(prompt)
 
 
 def _chat_format_or_none(engine: Any) -> Any:
