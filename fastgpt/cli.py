@@ -7,6 +7,7 @@ file only routes, so adding a stage never touches another stage's code.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -51,12 +52,22 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # nothing asked: the usage, as an error (scripts that forget the command notice)
+        print(_usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from fastgpt import __version__
+
+        print(f"fastgpt {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(f"fastgpt: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, SUBCOMMANDS, n=2, cutoff=0.5)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        print(f"fastgpt: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, _ = SUBCOMMANDS[name]
     try:

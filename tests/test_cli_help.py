@@ -51,3 +51,14 @@ def test_defaults_are_shown(capsys):
         if action.option_strings and isinstance(action.default, int) and not isinstance(action.default, bool):
             flag = action.option_strings[0]
             assert f"(default: {action.default})" in options[flag], (flag, options[flag])
+
+
+def test_the_router_version_typos_and_no_command(capsys):
+    import fastgpt as package
+
+    assert fastgpt(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fastgpt {package.__version__}"
+    assert fastgpt(["pretrian"]) == 2
+    assert "unknown command 'pretrian' (did you mean pretrain" in capsys.readouterr().err
+    assert fastgpt([]) == 2  # a script that forgot the command must notice
+    assert "usage: fastgpt <command>" in capsys.readouterr().err
