@@ -251,6 +251,23 @@ def test_task_accuracy_greedy_and_pass_at_k(tokenizer, tmp_path):
     assert result["examples"][0]["completion"].startswith(" #### ")
 
 
+def test_a_small_jsonl_task_scores_every_line_with_heldout_fraction_1(tokenizer, tmp_path):
+    """Two questions: by hash neither is held out by default, and the error says how to score them all."""
+    path = tmp_path / "two.jsonl"
+    path.write_text(
+        '{"prompt": "What is 2 plus 3?", "answer": 5}\n{"prompt": "What is 4 plus 3?", "answer": 7}\n'
+    )
+    engine = Engine(tiny_gpt(tokenizer.vocab_size, seq_len=256), tokenizer)
+    default = get_task(str(path))
+    assert default.split("heldout") == []  # the hash of both keys falls outside the default 10 %
+    with pytest.raises(ValueError, match="""--task_options '{"heldout_fraction": 1}'"""):
+        evaluate_task(engine, default, chat=True, problems=5, max_new_tokens=2)
+    result = evaluate_task(
+        engine, get_task(str(path), heldout_fraction=1), chat=True, problems=5, max_new_tokens=2
+    )
+    assert result["problems"] == 2
+
+
 # ------------------------------------------------------------------------------------------ the command
 def test_parse_tasks():
     assert parse_tasks("bpb, chain_sum ,mc:basics,mc:x.jsonl") == [

@@ -177,7 +177,7 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
             from fastgpt.tasks import get_task
 
             task = get_task(name, **task_options(args.task_options))
-            log(f"eval: task {task.name!r} ({args.problems} held-out problems) ...")
+            log(f"eval: task {task.name!r} (up to {args.problems} held-out problems) ...")
             result = evaluate_task(
                 engine,
                 task,

@@ -64,7 +64,11 @@ def evaluate_task(
     """
     heldout = task.split("heldout", problems)
     if not heldout:
-        raise ValueError(f"task {task.name!r} has no held-out problems")
+        raise ValueError(
+            f"task {task.name!r} has no held-out problems: a share of heldout_fraction="
+            f"{task.heldout_fraction} of its problems (chosen by hash) is held out; to score every problem "
+            """of a .jsonl file, pass --task_options '{"heldout_fraction": 1}'"""
+        )
     stop_ids = set(engine.chat_format.stop_ids) if chat else {engine.tokenizer.bos_id}
     prompts = _prompts(engine, heldout, chat)
     common = dict(max_tokens=max_new_tokens, stop_ids=stop_ids, tools=tools)
