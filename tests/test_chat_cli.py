@@ -115,3 +115,26 @@ def test_unusable_model_dir_dtype_or_prompt_is_one_error_line(tok, tmp_path, cap
         err = capsys.readouterr().err
         assert err.startswith("fastgpt chat: error: ") and expected in err and err.count("\n") == 1, err
     assert main(["--model", str(model_dir), "--prompt", "Hi", "--dtype", "bf16", "--max_tokens", "4"]) == 0
+
+
+def test_default_device_is_cuda_when_there_is_one(monkeypatch, tmp_path):
+    """As serve, eval and sample: a GPU machine chats on the GPU unless --device says otherwise."""
+    import fastgpt.model
+    from fastgpt.chat.cli import _load, build_parser
+
+    asked = []
+
+    def record(path, *, dtype=None, device=None):
+        asked.append(device)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(fastgpt.model, "from_pretrained", record)
+    for available, argv, expected in [
+        (True, [], "cuda"),
+        (False, [], "cpu"),
+        (True, ["--device", "cpu"], "cpu"),
+    ]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
+        with pytest.raises(ValueError, match="stop here"):
+            _load(build_parser().parse_args(["--model", str(tmp_path), *argv]))
+        assert asked.pop() == expected

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_tokens", type=int, default=256, help="most tokens in one reply")
     p.add_argument("--seed", type=int, default=None, help="a fixed seed gives the same replies again")
     p.add_argument("--no_tools", action="store_true", help="do not run calculator calls")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     return p
 
@@ -104,12 +104,15 @@ class StreamPrinter:
 
 
 def _load(args: argparse.Namespace):
+    import torch
+
     from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 
-    model = from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")  # as serve, eval, sample
+    model = from_pretrained(args.model, dtype=args.dtype, device=device)
     tokenizer = Tokenizer.load(args.model)
     return Engine(model, tokenizer, chat_format=ChatFormat.for_model(args.model))
 
