@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib
 import sys
+import warnings
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("fastgpt.tokenizer_cli", "show how a tokenizer splits text (coloured tokens and ids)"),
@@ -43,6 +44,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
+def _warnings_as_one_line(command: str) -> None:
+    """A command's user sees ``fastgpt prepare: warning: ...``, not the file, line number and source
+    line of the ``warnings.warn`` call (Python's default, meant for developers)."""
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"fastgpt {command}: warning: {message}\n"
+
+    warnings.formatwarning = one_line
+
+
 def _usage() -> str:
     lines = ["usage: fastgpt <command> [options]", "", "commands:"]
     lines += [f"  {name:<16} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
@@ -70,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastgpt: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, _ = SUBCOMMANDS[name]
+    _warnings_as_one_line(name)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from fastgpt.cli import main as fastgpt
+from fastgpt.tokenizer import Tokenizer
 
 COMMANDS = ["tokenize", "train-tokenizer", "prepare", "sample", "chat", "serve", "eval", "report", "export"]
 
@@ -62,3 +63,31 @@ def test_the_router_version_typos_and_no_command(capsys):
     assert "unknown command 'pretrian' (did you mean pretrain" in capsys.readouterr().err
     assert fastgpt([]) == 2  # a script that forgot the command must notice
     assert "usage: fastgpt <command>" in capsys.readouterr().err
+
+
+def test_warnings_are_one_line_for_a_command_user(tmp_path):
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("a tiny corpus " * 20)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastgpt.cli",
+            "train-tokenizer",
+            "--source",
+            str(corpus),
+            "--out",
+            str(tmp_path / "t"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"fastgpt train-tokenizer: warning: the training corpus ({len(corpus.read_text()):,} characters) "
+        f"supports only {Tokenizer.load(tmp_path / 't').vocab_size} tokens, fewer than vocab_size=4096"
+    ]
