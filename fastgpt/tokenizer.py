@@ -602,12 +602,16 @@ class Tokenizer:
         if len(tiktoken_files) == 1:
             return cls.load(tiktoken_files[0], pattern=pattern)
         found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
-        # a training run's out_dir keeps its model (and tokenizer) in model/: say so
-        hint = f"; this looks like a run dir: its model is {folder / 'model'}"
+        # a training run's out_dir keeps its model (and tokenizer) in model/, a prepared data dir its
+        # tokenizer in tokenizer/: say so
+        hint = ""
+        if (folder / "model" / "tokenizer.json").is_file():
+            hint = f"; this looks like a run dir: its model is {folder / 'model'}"
+        elif (folder / "tokenizer" / "tokenizer.json").is_file():
+            hint = f"; this looks like a prepared data dir: its tokenizer is {folder / 'tokenizer'}"
         raise TokenizerError(
             f"{folder}: no tokenizer here (expected tokenizer.json, encoder.json + vocab.bpe, or one "
-            f"*.tiktoken file; found {found})"
-            + (hint if (folder / "model" / "tokenizer.json").is_file() else "")
+            f"*.tiktoken file; found {found}){hint}"
         )
 
     @classmethod

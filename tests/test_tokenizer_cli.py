@@ -74,3 +74,8 @@ def test_a_run_dir_for_the_vocab_names_its_model_dir(tok_dir, tmp_path, capsys):
     (run / "config.json").write_text('{"stage": "pretrain"}')
     assert fastgpt(["tokenize", "x", "--vocab", str(run)]) == 1
     assert f"its model is {run / 'model'}" in capsys.readouterr().err
+    data = tmp_path / "data"  # a prepared data dir keeps its tokenizer in tokenizer/
+    Tokenizer.load(tok_dir).save(data / "tokenizer")
+    (data / "manifest.json").write_text("{}")
+    assert fastgpt(["tokenize", "x", "--vocab", str(data)]) == 1
+    assert f"its tokenizer is {data / 'tokenizer'}" in capsys.readouterr().err
