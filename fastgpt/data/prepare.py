@@ -372,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.tokenizer:
             tokenizer = Tokenizer.load(args.tokenizer)
         else:
+            sources = expand_sources(args.source)  # a missing or unsupported source fails before training
             print(f"training a {args.vocab_size}-token BPE tokenizer on the sources ...", file=sys.stderr)
-            tokenizer = Tokenizer.train(iter_documents(expand_sources(args.source), options), args.vocab_size)
+            tokenizer = Tokenizer.train(iter_documents(sources, options), args.vocab_size)
         result = prepare(
             args.source,
             tokenizer,
