@@ -97,6 +97,7 @@ def test_report_of_a_pipeline(pipeline):
     root, n_params = pipeline
     assert main(["--runs", str(root), "--note", "made in a test"]) == 0
     text = (root / "report.md").read_text()
+    assert f"by `fastgpt report --runs {root} --note 'made in a test'`" in text  # runnable as printed
     runs, _, timings = discover([str(root)])
     assert timings["eval"] == {"wall_s": 25, "load_5min": 2.5}
     assert [r.stage for r in runs] == ["pretrain", "sft", "reward", "grpo", "dpo"]  # pipeline order

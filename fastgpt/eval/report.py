@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -508,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out) if args.out else Path(args.runs[0]) / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "fastgpt report " + " ".join(argv)
+    command = "fastgpt report " + shlex.join(argv)  # quoted: the line can be run again as printed
     text = render_report(
         runs, evals, out.resolve(), title=args.title, note=args.note, command=command, timings=timings
     )
