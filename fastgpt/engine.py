@@ -70,10 +70,26 @@ class Engine:
     """Generation for a :class:`fastgpt.GPT` (see the module docstring). The model is used as is
     (device and dtype); call under no particular mode, the engine switches to inference mode itself."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, chat_format: Any = None):
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, *, chat_format: Any = None, compile: bool = False
+    ):
+        """``compile=True`` decodes through a ``torch.compile``d single-token step over a static-shape
+        cache (:mod:`fastgpt.decode_step`): faster steps, same greedy tokens, but each new (batch size,
+        cache length bucket, dtype) first compiles for seconds (``compile_seconds`` adds them up) and an
+        in-place weight change (training) triggers a recompile, so it is off by default."""
         self.model = model
         self.tokenizer = tokenizer
         self._chat_format = chat_format
+        self._compiled_step = None
+        if compile:
+            from fastgpt.decode_step import CompiledDecodeStep
+
+            self._compiled_step = CompiledDecodeStep(model)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Wall seconds spent compiling decode steps so far (0 without ``compile=True``)."""
+        return self._compiled_step.compile_seconds if self._compiled_step is not None else 0.0
 
     @property
     def chat_format(self):
@@ -214,7 +230,14 @@ class Engine:
             ar = torch.arange(longest, device=device)[None, :]  # (1, T)
             doc_ids = (ar >= pad_t).to(torch.int32)  # (B, T): 0 on padding, 1 on the prompt
             position_ids = (ar - pad_t).clamp(min=0)  # each prompt counts from its own first token
-        cache = KVCache(model.config, B, longest + max_tokens, dtype=dtype, device=device)
+        cache_len = longest + max_tokens
+        step = self._compiled_step
+        if step is not None:  # a few fixed lengths, so the compiled step sees a few shapes only
+            from fastgpt.decode_step import static_cache_len
+
+            cache_len = static_cache_len(cache_len, self.context_len)
+            step.drop_stale_graphs()
+        cache = KVCache(model.config, B, cache_len, dtype=dtype, device=device)
         logits = model(idx, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache, logits_to_keep=1)[
             :, -1
         ]
@@ -253,7 +276,10 @@ class Engine:
                 break
             x = torch.tensor(feed, device=device).unsqueeze(1)  # (R, 1)
             # the cache continues each row's positions and document; finished rows are fed a dummy
-            logits = model(x, kv_cache=cache, logits_to_keep=1)[:, -1]  # (R, V)
+            if step is not None:
+                logits = step(x, cache)  # (R, V)
+            else:
+                logits = model(x, kv_cache=cache, logits_to_keep=1)[:, -1]  # (R, V)
         for row in rows:
             row.finish_reason = row.finish_reason or "length"
 

@@ -80,6 +80,16 @@ class KVCache:
         doc = None if self.doc_ids is None else self.doc_ids[:, :end]
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end], doc
 
+    def static_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(k, v, doc_ids)`` at their full length ``max_len``, for a decode step whose shapes never
+        change (:mod:`fastgpt.decode_step`), which writes into them in place. A cache that was given no
+        doc ids gets them now: every token so far is document 0."""
+        if self.k is None:
+            raise ValueError("KVCache is empty: prefill before a static decode step")
+        if self.doc_ids is None:
+            self.doc_ids = torch.zeros(self.batch_size, self.max_len, dtype=torch.int32, device=self.k.device)
+        return self.k, self.v, self.doc_ids
+
     def advance(self, n: int) -> None:
         self.pos += n
 

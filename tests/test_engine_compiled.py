@@ -1,0 +1,129 @@
+"""``Engine(..., compile=True)``: the torch.compile'd static-cache decode step must give the eager
+engine's and the full-recompute greedy tokens, token for token (fp32), compile once per shape, and never
+decode with stale weights after an in-place weight change.
+
+Each compile of the 2-layer test model costs 2-10 s on CPU (less with inductor's on-disk cache warm);
+the default tests compile at most two graphs each, about 60 s in all on 2 cores when cold."""
+
+import pytest
+import torch
+
+from fastgpt.decode_step import MIN_STATIC_CACHE_LEN, static_cache_len
+from fastgpt.engine import Engine
+from fastgpt.model import GPT, GPTConfig
+
+
+def tiny_model(family: str = "llama", seq_len: int = 192, **overrides) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset(
+        "tiny",
+        family=family,
+        vocab_size=300,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=2 if family == "llama" else 4,
+        n_embd=64,
+        max_seq_len=seq_len,
+        init_std=0.3,  # larger than the training init, so greedy decoding does not repeat one token
+        **overrides,
+    )
+    return GPT(config).eval()
+
+
+def full_recompute_greedy(model: GPT, prompt: list[int], steps: int) -> list[int]:
+    """Reference: re-run the whole sequence for every new token, no cache."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt) :]
+
+
+def prompts_of(lengths: list[int], seed: int = 1) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 300, (n,), generator=gen).tolist() for n in lengths]
+
+
+def greedy(engine: Engine, prompts: list[list[int]], max_tokens: int, n: int = 1) -> list[list[int]]:
+    out = engine.generate(prompts, max_tokens=max_tokens, temperature=0, stop_ids=set(), n=n)
+    return [c.tokens for cs in out for c in cs]
+
+
+def check_compiled_matches(model: GPT, prompts: list[list[int]], max_tokens: int) -> Engine:
+    compiled = Engine(model, None, compile=True)
+    got = greedy(compiled, prompts, max_tokens)
+    assert got == greedy(Engine(model, None), prompts, max_tokens)
+    for prompt, tokens in zip(prompts, got):
+        steps = min(max_tokens, model.config.max_seq_len - max(map(len, prompts)))
+        assert tokens == full_recompute_greedy(model, prompt, steps)
+    return compiled
+
+
+def test_compiled_greedy_equals_eager_and_full_recompute_batched():
+    """Three prompts of different lengths (left padding, per-row positions and padding documents in the
+    mask); then two greedy rows sharing one prefill (the repeated cache)."""
+    model = tiny_model()
+    compiled = check_compiled_matches(model, prompts_of([7, 19, 1]), max_tokens=16)
+    prompt = prompts_of([11], seed=2)
+    rows = greedy(compiled, prompt, 10, n=2)
+    assert rows == [full_recompute_greedy(model, prompt[0], 10)] * 2
+
+
+def test_compiled_prompt_near_the_context_end():
+    """The cache is the whole context (96, not a power of two) and fills up exactly."""
+    model = tiny_model(seq_len=96)
+    compiled = check_compiled_matches(model, prompts_of([90, 84]), max_tokens=20)  # capped at 6
+    assert static_cache_len(90 + 6, 96) == 96
+    assert compiled.compile_seconds > 0
+
+
+def test_compiled_step_compiles_once_per_shape():
+    """Requests whose cache fits the same length bucket reuse the graph: no compile time added."""
+    model = tiny_model()
+    engine = Engine(model, None, compile=True)
+    first = greedy(engine, prompts_of([5]), 8)
+    after_first = engine.compile_seconds
+    assert after_first > 0 and len(engine._compiled_step._graphs) == 1
+    for length, new in [(20, 3), (40, 20)]:  # caches of 23 and 60 slots: both the 64 bucket
+        prompt = prompts_of([length], seed=length)
+        assert greedy(engine, prompt, new)[0] == full_recompute_greedy(model, prompt[0], new)
+    assert engine.compile_seconds == after_first and len(engine._compiled_step._graphs) == 1
+    assert greedy(engine, prompts_of([5]), 8) == first
+
+
+def test_compiled_engine_follows_in_place_weight_changes():
+    """Frozen weights are copies: after an optimizer-style in-place update the engine must recompile
+    rather than decode with the old weights."""
+    model = tiny_model()
+    engine = Engine(model, None, compile=True)
+    prompt = prompts_of([9])
+    before = greedy(engine, prompt, 12)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.7)
+    after = greedy(engine, prompt, 12)
+    assert after[0] == full_recompute_greedy(model, prompt[0], 12)
+    assert after != before  # the change is big enough to change the greedy tokens
+
+
+@pytest.mark.parametrize(
+    "family, overrides",
+    [
+        ("gpt2", {}),
+        ("llama", {"window": 8}),
+        pytest.param("llama", {"tie_embeddings": False}, marks=pytest.mark.slow),
+    ],
+)
+def test_compiled_greedy_other_model_variants(family, overrides):
+    """Learned positions and LayerNorm/GELU (gpt2), a sliding window shorter than the prompt, an
+    untied output head."""
+    model = tiny_model(family, **overrides)
+    check_compiled_matches(model, prompts_of([13, 4]), max_tokens=12)
+
+
+def test_static_cache_len_buckets():
+    assert static_cache_len(1, 4096) == MIN_STATIC_CACHE_LEN
+    assert static_cache_len(65, 4096) == 128
+    assert static_cache_len(128, 4096) == 128
+    assert static_cache_len(300, 256) == 300  # never shorter than needed (the engine caps before)
+    assert static_cache_len(130, 192) == 192
