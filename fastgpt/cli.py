@@ -32,6 +32,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Optional packages (setup.py extras) that a subcommand's module imports, and the extra that brings each.
+EXTRA_OF_PACKAGE: dict[str, str] = {
+    "fastapi": "serve",
+    "starlette": "serve",
+    "pydantic": "serve",
+    "uvicorn": "serve",
+    "matplotlib": "report",
+}
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` for every subcommand: each option's default after its description (unless the
     description already states it, or there is nothing to show), description text kept as written."""
@@ -85,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("fastgpt"):
+        package = (e.name or "").split(".")[0]
+        if package == "fastgpt":
             print(
                 f"fastgpt {name}: not available in this version ({module_name} is missing)", file=sys.stderr
             )
+            return 2
+        if package in EXTRA_OF_PACKAGE:
+            extra = EXTRA_OF_PACKAGE[package]
+            print(f"fastgpt {name}: needs {package!r}: pip install 'fastgpt[{extra}]'", file=sys.stderr)
             return 2
         raise
     entry = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main

@@ -4,6 +4,7 @@ each option with a value default shows it (``fastgpt.cli.HelpFormatter``)."""
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -91,3 +92,11 @@ def test_warnings_are_one_line_for_a_command_user(tmp_path):
         f"fastgpt train-tokenizer: warning: the training corpus ({len(corpus.read_text()):,} characters) "
         f"supports only {Tokenizer.load(tmp_path / 't').vocab_size} tokens, fewer than vocab_size=4096"
     ]
+
+
+def test_a_missing_optional_package_names_the_extra(monkeypatch, capsys):
+    """``pip install -e .`` has no fastapi: ``fastgpt serve`` says which extra brings it."""
+    monkeypatch.delitem(sys.modules, "fastgpt.serve.server", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    assert fastgpt(["serve", "--model", "anything"]) == 2
+    assert capsys.readouterr().err.strip() == "fastgpt serve: needs 'fastapi': pip install 'fastgpt[serve]'"

@@ -5,6 +5,7 @@ a real PNG, eval tables are included, and a truncated metrics line is skipped an
 from __future__ import annotations
 
 import json
+import sys
 
 import matplotlib.image
 import pytest
@@ -141,3 +142,13 @@ def test_report_errors_and_explicit_runs(pipeline, tmp_path, capsys):
 @pytest.mark.parametrize("seconds,text", [(0, "0m 00s"), (59.6, "1m 00s"), (3725, "1h 02m 05s"), (None, "—")])
 def test_durations(seconds, text):
     assert fmt_duration(seconds) == text
+
+
+def test_without_matplotlib_the_report_is_text_only(pipeline, tmp_path, monkeypatch):
+    root, _ = pipeline
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an install without the [report] extra
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    out = tmp_path / "text_only.md"
+    assert main(["--runs", str(root), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "![" not in text and "pip install 'fastgpt[report]'" in text and "| pretrain |" in text

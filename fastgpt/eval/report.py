@@ -317,8 +317,17 @@ def hardware() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- plots
+def _matplotlib_missing() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
 def plot_run(run: Run, out_png: Path) -> bool:
-    """One PNG with a panel per group of logged metrics; False when the run logged nothing to plot."""
+    """One PNG with a panel per group of logged metrics; False when the run logged nothing to plot or
+    matplotlib is not installed (the report is then text only)."""
     panels = []
     for title, pattern in PLOT_GROUPS:
         keys = [k for k in run.metric_keys if pattern.search(k) and len(run.series(k)) >= 1]
@@ -326,8 +335,10 @@ def plot_run(run: Run, out_png: Path) -> bool:
             panels.append((title, keys))
     if not panels:
         return False
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -485,6 +496,8 @@ def render_report(
         png = out.parent / "plots" / f"{run.path.name}.png"
         if plot_run(run, png):
             md += [f"![{run.stage} curves]({os.path.relpath(png, out.parent)})", ""]
+        elif run.metric_keys and _matplotlib_missing():
+            md += ["(no plots: pip install 'fastgpt[report]' for matplotlib)", ""]
     return "\n".join(md).rstrip() + "\n"
 
 
