@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastgpt import dist
@@ -128,6 +129,14 @@ def _check_not_bare_shards(data: str) -> None:
         )
 
 
+def document_vocab_size(tokenizer: Any) -> int:
+    """1 + the highest id a pretraining document can hold: a text token or BOS. The chat tokens that
+    loading a Hugging Face model's vocabulary appends above its highest id never occur in documents,
+    so ``--init_from`` such a model (whose embedding lacks them) is fine."""
+    text_ids = np.flatnonzero(tokenizer.token_byte_lengths())
+    return int(max(text_ids.max(initial=0), tokenizer.bos_id if tokenizer.bos_id is not None else 0)) + 1
+
+
 def build(cfg: PretrainConfig):
     """Data, tokenizer, model, trainer and stage for ``cfg`` (rank 0 prepares data first)."""
     from fastgpt.data import resolve_pretrain_data
@@ -148,10 +157,11 @@ def build(cfg: PretrainConfig):
     else:
         torch.manual_seed(cfg.seed)
         model = GPT(cfg.model_config(vocab_size=tokenizer.vocab_size))
-    if model.config.vocab_size < tokenizer.vocab_size:
+    needed = document_vocab_size(tokenizer)
+    if model.config.vocab_size < needed:
         raise ValueError(
-            f"the model's vocab_size ({model.config.vocab_size}) is smaller than the tokenizer's "
-            f"({tokenizer.vocab_size}, {tokenizer_dir})"
+            f"the model's vocab_size ({model.config.vocab_size}) is smaller than the {needed} ids the "
+            f"tokenizer can put in a document ({tokenizer_dir})"
         )
     trainer = Trainer(
         cfg,

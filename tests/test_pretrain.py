@@ -62,3 +62,37 @@ def test_a_device_this_machine_cannot_use(corpus, tmp_path, capsys, device):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     assert f"--device={device}: " in _error(capsys, pretrain_args(corpus, tmp_path, device=device))
+
+
+def test_continued_pretraining_of_a_hugging_face_model(corpus, tmp_path, capsys, monkeypatch):
+    """``--init_from`` a transformers model dir: loading its vocabulary appends fastgpt's chat tokens
+    above its highest id, which its embedding lacks; documents never hold them, so the run trains."""
+    import transformers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from fastgpt.tokenizer import Tokenizer
+
+    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))  # the text is prepared into the cache
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    hf_tok = HFTokenizer(models.BPE())
+    hf_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf_tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    hf_tok.train([str(corpus.parent / "corpus.txt")], trainer)
+    hf_tok.save(str(hf_dir / "tokenizer.json"))
+    config = transformers.LlamaConfig(
+        vocab_size=hf_tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(config).save_pretrained(hf_dir)
+    assert Tokenizer.load(hf_dir).vocab_size > config.vocab_size  # the appended chat tokens
+
+    args = pretrain_args(corpus.parent / "corpus.txt", tmp_path / "out", init_from=str(hf_dir), max_steps=2)
+    args = [a for a in args if not a.startswith("--model.")]  # the architecture is the HF model's
+    with one_thread():
+        assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
