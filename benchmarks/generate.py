@@ -11,9 +11,13 @@ stop early, and are timed the same way in the same process, alternating repeats:
 - decode tok/s = ``(new_tokens - 1) * batch / (time(new_tokens) - time(1))``, i.e. the steady-state
   rate of decode steps after the prefill.
 
-Medians over ``--repeats`` (the two implementations interleaved); ``--clock=cpu`` times CPU seconds of
+``--compile`` picks fastgpt's engine eager (``fastgpt``), with ``Engine(compile=True)``
+(``fastgpt-compiled``) or both. A compiled engine compiles its decode step on its first call, before
+any timing; that wall time is reported apart as ``compile_s`` and is not in the rates.
+
+Medians over ``--repeats`` (the implementations interleaved); ``--clock=cpu`` times CPU seconds of
 the process instead of wall seconds, for machines shared with other jobs. One CSV row per
-(implementation, batch size) on stdout, or into ``--csv``.
+(implementation, batch size) on stdout, or into ``--csv``; the ratios to transformers on stderr.
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    p.add_argument(
+        "--compile",
+        choices=["off", "on", "both"],
+        default="both",
+        help="fastgpt's engine eager (off), with Engine(compile=True) (on), or both side by side",
+    )
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
 
@@ -71,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         ours = from_pretrained(tmp, dtype=dtype).eval()
         theirs = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).eval()
     n_params = sum(p.numel() for p in ours.parameters())
-    engine = Engine(ours, tokenizer=None, chat_format=None)
+    engines = {}  # implementation name -> Engine
+    if args.compile in ("off", "both"):
+        engines["fastgpt"] = Engine(ours, tokenizer=None, chat_format=None)
+    if args.compile in ("on", "both"):
+        engines["fastgpt-compiled"] = Engine(ours, tokenizer=None, chat_format=None, compile=True)
     vocab = config.vocab_size
 
     rows = []
@@ -80,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         prompts = torch.randint(0, vocab, (batch, args.prompt_len), generator=gen)
         attention_mask = torch.ones_like(prompts)
 
-        def run_ours(n: int, prompts=prompts):
-            return engine.generate(prompts.tolist(), max_tokens=n, temperature=0, stop_ids=set())
+        def ours_fn(engine, prompt_ids: list[list[int]]):
+            def run(new_tokens: int):
+                return engine.generate(prompt_ids, max_tokens=new_tokens, temperature=0, stop_ids=set())
+
+            return run
 
         def run_theirs(n: int, prompts=prompts, attention_mask=attention_mask):
             with torch.inference_mode():
@@ -96,20 +113,29 @@ def main(argv: list[str] | None = None) -> int:
                     eos_token_id=None,
                 )
 
-        # same weights -> same greedy tokens (a few late flips are possible from float summation order)
-        a = [c[0].tokens for c in run_ours(8)]
-        b = run_theirs(8)[:, args.prompt_len :].tolist()
-        agree = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb)) / (8 * batch)
-        run_ours(2), run_theirs(2)  # warm up
+        runners = {name: ours_fn(engine, prompts.tolist()) for name, engine in engines.items()}
+        runners["transformers"] = run_theirs
+        # same weights -> same greedy tokens (a few late flips are possible from float summation order);
+        # the first call of a compiled engine compiles its decode step (wall time kept apart)
+        reference = run_theirs(args.new_tokens)[:, args.prompt_len :].tolist()
+        agree, compile_s = {"transformers": 1.0}, {}
+        for name, engine in engines.items():
+            before = engine.compile_seconds
+            tokens = [c[0].tokens for c in runners[name](args.new_tokens)]
+            compile_s[name] = engine.compile_seconds - before
+            same = sum(x == y for ra, rb in zip(tokens, reference) for x, y in zip(ra, rb))
+            agree[name] = same / (args.new_tokens * batch)
+        for fn in runners.values():
+            fn(2)  # warm up
         clock = _clock(args.clock)
-        samples = {(name, n): [] for name in ("fastgpt", "transformers") for n in (1, args.new_tokens)}
-        for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
-            for name, fn in (("fastgpt", run_ours), ("transformers", run_theirs)):
+        samples = {(name, n): [] for name in runners for n in (1, args.new_tokens)}
+        for _ in range(args.repeats):  # interleaved, so drifting machine load hits all alike
+            for name, fn in runners.items():
                 for n in (1, args.new_tokens):
                     start = clock()
                     fn(n)
                     samples[(name, n)].append(clock() - start)
-        timings = {"fastgpt": {}, "transformers": {}}
+        timings = {name: {} for name in runners}
         for (name, n), values in samples.items():
             timings[name][n] = statistics.median(values)
         for name, t in timings.items():
@@ -125,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     "clock": args.clock,
                     "ttft_ms": round(t[1] * 1e3, 1),
                     "decode_tok_s": round(decode, 1),
-                    "greedy_agreement": round(agree, 3),
+                    "compile_s": round(compile_s.get(name, 0.0), 1),
+                    "greedy_agreement": round(agree[name], 3),
                 }
             )
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout
@@ -134,12 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     writer.writerows(rows)
     by = {(r["impl"], r["batch"]): r for r in rows}
     for batch in args.batch_sizes:
-        f, t = by[("fastgpt", batch)], by[("transformers", batch)]
-        print(
-            f"# batch {batch}: decode {f['decode_tok_s'] / t['decode_tok_s']:.2f}x transformers, "
-            f"TTFT {t['ttft_ms'] / f['ttft_ms']:.2f}x faster",
-            file=sys.stderr,
-        )
+        t = by[("transformers", batch)]
+        for name in engines:
+            f = by[(name, batch)]
+            print(
+                f"# batch {batch}: {name} decode {f['decode_tok_s'] / t['decode_tok_s']:.2f}x transformers, "
+                f"TTFT {t['ttft_ms'] / f['ttft_ms']:.2f}x faster",
+                file=sys.stderr,
+            )
     return 0
 
 
