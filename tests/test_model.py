@@ -316,3 +316,16 @@ def test_presets_build_and_export_at_package_top():
     with torch.device("meta"):
         smol = GPT(GPTConfig.from_preset("smollm2-135m"))
     assert abs(smol.num_params() - 134.5e6) < 1e6
+
+
+def test_convert_gguf_command_errors_are_one_line(tmp_path, capsys):
+    from fastgpt.model.gguf import main
+
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    for path, expected in [(tmp_path / "missing.gguf", "no such GGUF file"), (not_gguf, "GGUF magic")]:
+        assert main(["--gguf", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastgpt convert-gguf: error: ") and expected in err and err.count("\n") == 1, (
+            err
+        )

