@@ -66,6 +66,13 @@ class PretrainStage:
             seed=cfg.seed,
         )
         check_tokenizer(self.loader.manifest, tokenizer)
+        # a dir prepared with --val-fraction 0 (or too small a one) trains without validation, and says so
+        val_tokens = int(self.loader.manifest["splits"]["val"]["tokens"])
+        self.has_val = (val_tokens - 1) // cfg.seq_len >= world_size
+        self.no_val_reason = (
+            f"no validation: the val split of {data_dir} has {val_tokens:,} tokens, less than one window "
+            f"of seq_len={cfg.seq_len} per rank (re-run fastgpt prepare with a larger --val-fraction)"
+        )
         self.token_bytes = torch.from_numpy(tokenizer.token_byte_lengths()).long()  # (V,)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +88,10 @@ class PretrainStage:
         )
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Validation loss (nats/token) and bits per byte over a fixed slice of the val split."""
+        """Validation loss (nats/token) and bits per byte over a fixed slice of the val split (nothing
+        when the data has no usable val split)."""
+        if not self.has_val:
+            return {}
         device = next(p for p in model.parameters()).device
         token_bytes = self.token_bytes.to(device)
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats over all, nats over bytes>0, bytes
@@ -183,6 +193,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
         f"{trainer.dist.world_size} rank(s) on {trainer.device}, {trainer.autocast_dtype}, "
         f"global batch {cfg.batch_size * trainer.grad_accum * trainer.dist.world_size} x {cfg.seq_len} tokens"
     )
+    if not stage.has_val:
+        trainer.print(stage.no_val_reason)
     last = trainer.fit(stage)
     trainer.print(
         f"done: step {trainer.step}, {trainer.tokens:,} tokens in {trainer.elapsed:.0f}s; "

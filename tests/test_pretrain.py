@@ -3,6 +3,7 @@ file or value and what was expected (exit status 2), never a traceback."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -96,3 +97,18 @@ def test_continued_pretraining_of_a_hugging_face_model(corpus, tmp_path, capsys,
     with one_thread():
         assert main(args) == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_data_without_a_val_split_trains_without_validation(corpus, tmp_path, capsys):
+    """``fastgpt prepare --val-fraction 0`` is allowed; pretraining on it must not fail at the first eval."""
+    from fastgpt.data.prepare import prepare
+    from fastgpt.tokenizer import Tokenizer
+
+    no_val = tmp_path / "no_val"
+    prepare([str(corpus.parent / "corpus.txt")], Tokenizer.load(corpus / "tokenizer"), no_val,
+            val_fraction=0.0, workers=1, txt_mode="blocks", progress=False)  # fmt: skip
+    with one_thread():
+        assert main(pretrain_args(no_val, tmp_path / "out", max_steps=2, eval_every=1)) == 0
+    assert "no validation: the val split" in capsys.readouterr().out
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and not any("val_loss" in m for m in metrics)
