@@ -361,6 +361,20 @@ class ChatFormat:
     def supports_tools(self) -> bool:
         return self.tool_call_start_id is not None
 
+    def check_fits(self, vocab_size: int, where: str) -> None:
+        """Raise :class:`ConversationError` when this format uses token ids the model has no embedding
+        for: fastgpt's chat tokens are appended above a loaded vocabulary's highest id, so a base model
+        that never learned them (GPT-2, a pretrained-only import) cannot chat in this format."""
+        probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        tool_ids = {self.tool_call_start_id, self.tool_call_end_id, self.tool_output_start_id}
+        used = max([*self.render(probe)[0], *self.stop_ids, *(t for t in tool_ids if t is not None)])
+        if used >= vocab_size:
+            raise ConversationError(
+                f"{where}: the chat format uses token id {used} but the model has {vocab_size} token "
+                "embeddings (a base model without chat tokens): finetune it with fastgpt sft, use a model "
+                "dir with its own chat template, or continue text with fastgpt sample"
+            )
+
     def render(self, messages: list[Message], *, max_len: int | None = None) -> tuple[list[int], list[int]]:
         """``(ids, loss_mask)`` of a training conversation, truncated to ``max_len`` by the class rule."""
         r = self.render_truncated(messages, max_len)

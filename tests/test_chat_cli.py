@@ -138,3 +138,18 @@ def test_default_device_is_cuda_when_there_is_one(monkeypatch, tmp_path):
         with pytest.raises(ValueError, match="stop here"):
             _load(build_parser().parse_args(["--model", str(tmp_path), *argv]))
         assert asked.pop() == expected
+
+
+def test_a_base_model_without_chat_tokens_is_refused_in_one_line(tok, tmp_path, capsys):
+    """Its embedding ends at <|bos|>: rendering a chat would index past it (an IndexError before)."""
+    from fastgpt.chat.cli import main
+    from fastgpt.model import GPT, GPTConfig
+
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.bos_id + 1, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
+    )
+    GPT(config).save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    assert main(["--model", str(tmp_path), "--prompt", "Hi", "--max_tokens", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"model has {tok.bos_id + 1} token embeddings" in err, err

@@ -151,3 +151,21 @@ def test_unsupported_or_missing_files(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ConversationError, match="unsupported conversation file"):
         read_conversations(tmp_path / "x.txt")
+
+
+def test_check_fits_names_a_chat_token_beyond_the_embedding():
+    """fastgpt's ten chat tokens sit above <|bos|>; a model whose embedding stops at <|bos|> (a base
+    model that never learned them) cannot chat in this format."""
+    from fastgpt.conversation import ChatFormat
+    from fastgpt.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["some text to learn merges from, 12 * 7 = 84. " * 30], vocab_size=300)
+    fmt = ChatFormat.for_model(tok)
+    highest = max(
+        tok.token_id(t) for t in ("<|assistant_end|>", "<|tool_call_start|>", "<|tool_output_start|>")
+    )
+    fmt.check_fits(tok.vocab_size, "full")
+    with pytest.raises(
+        ConversationError, match=rf"base: the chat format uses token id {highest} but the model has"
+    ):
+        fmt.check_fits(tok.bos_id + 1, "base")

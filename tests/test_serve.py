@@ -554,3 +554,25 @@ def test_fastgpt_serve_refuses_an_unusable_model_dir_in_one_line(engine, tokeniz
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("fastgpt serve: error: ") and expected in err and err.count("\n") == 1, err
+
+
+def test_a_base_model_serves_completions_and_refuses_chat(tokenizer):
+    """An embedding that ends at <|bos|> has no chat tokens: chat is a 400 naming /v1/completions (was
+    a 500 from an IndexError), text completion works."""
+    config = GPTConfig.from_preset(
+        "tiny",
+        vocab_size=tokenizer.bos_id + 1,
+        n_layer=1,
+        n_head=2,
+        n_kv_head=2,
+        n_embd=32,
+        max_seq_len=CONTEXT,
+    )
+    engine = Engine(GPT(config).eval(), tokenizer)
+    with serve_in_thread(create_app(engine, ServeConfig(model_name=NAME, limits=LIMITS))) as url:
+        chat = httpx.post(url + "/v1/chat/completions", json=_chat(), timeout=60)
+        assert chat.status_code == 400 and "/v1/completions" in chat.json()["error"]["message"]
+        text = httpx.post(
+            url + "/v1/completions", json={"model": NAME, "prompt": "Who", "max_tokens": 3}, timeout=60
+        )
+        assert text.status_code == 200 and text.json()["usage"]["completion_tokens"] >= 1

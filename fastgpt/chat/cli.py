@@ -114,7 +114,9 @@ def _load(args: argparse.Namespace):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")  # as serve, eval, sample
     model = from_pretrained(args.model, dtype=args.dtype, device=device)
     tokenizer = Tokenizer.load(args.model)
-    return Engine(model, tokenizer, chat_format=ChatFormat.for_model(args.model))
+    chat_format = ChatFormat.for_model(args.model)
+    chat_format.check_fits(model.config.vocab_size, args.model)
+    return Engine(model, tokenizer, chat_format=chat_format)
 
 
 def _reply(engine, messages: list[dict], settings: dict, out: TextIO) -> list[dict]:

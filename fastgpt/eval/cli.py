@@ -153,6 +153,8 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
     tokenizer = Tokenizer.load(args.model)
     chat = args.chat == "yes" or (args.chat == "auto" and has_chat_template(args.model))
     chat_format = ChatFormat.for_model(args.model) if chat else None
+    if chat_format is not None:
+        chat_format.check_fits(model.config.vocab_size, args.model)
     engine = Engine(model, tokenizer, chat_format=chat_format)
     results: dict[str, Any] = {}
     start = time.perf_counter()

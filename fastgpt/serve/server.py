@@ -250,7 +250,10 @@ def _prompt_ids(tokenizer: Any, prompt: str | list[int]) -> list[int]:
 
 def _chat_format_or_none(engine: Any) -> Any:
     try:
-        return engine.chat_format
+        chat_format = engine.chat_format
+        # a base model whose embedding lacks the chat tokens (GPT-2, a pretrained-only import)
+        chat_format.check_fits(engine.model.config.vocab_size, "this model")
+        return chat_format
     except Exception as e:  # a tokenizer without chat tokens or template: completions only
         log.warning("no chat format for this model (%s): /v1/chat/completions is disabled", e)
         return None
