@@ -37,11 +37,22 @@ import torch.nn.functional as F
 from fastgpt import ops
 from fastgpt.model.kv_cache import KVCache
 
-__all__ = ["CompiledDecodeStep", "decode_step", "static_cache_len"]
+__all__ = ["COMPILE_MODES", "CompiledDecodeStep", "decode_step", "static_cache_len"]
 
 log = logging.getLogger(__name__)
 
 MIN_STATIC_CACHE_LEN = 64
+
+# Inductor settings per compile mode, measured on the tiny preset at batch 1 on one CPU core
+# (docs/inference.md): ``freezing`` makes the weights constants that inductor may pre-pack;
+# ``cpp_wrapper`` launches the kernels from C++ instead of a Python function (per-step overhead);
+# ``max_autotune_gemm`` benchmarks matmul implementations at compile time, including inductor's own
+# C++ GEMM templates over pre-packed weights, which on CPU stream a matrix-vector product much faster
+# than the MKL call (about 2x the step speed again, for 2-4x the compile time).
+COMPILE_MODES: dict[str, dict[str, bool]] = {
+    "default": {"freezing": True, "cpp_wrapper": True},
+    "max-autotune": {"freezing": True, "cpp_wrapper": True, "max_autotune_gemm": True},
+}
 
 
 def static_cache_len(needed: int, context_len: int) -> int:
@@ -123,9 +134,11 @@ class CompiledDecodeStep:
     from them (hand-written Triton kernels are for the eager paths). ``compile_seconds`` accumulates the
     wall time of the calls that compiled."""
 
-    def __init__(self, model: torch.nn.Module, *, freezing: bool = True, cpp_wrapper: bool = True):
+    def __init__(self, model: torch.nn.Module, mode: str = "default"):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
         self.model = model
-        self.freezing, self.cpp_wrapper = freezing, cpp_wrapper
+        self.mode = mode
         self.compile_seconds = 0.0
         self._graphs: dict[tuple, object] = {}
         self._version = _weights_version(model)
@@ -162,13 +175,12 @@ class CompiledDecodeStep:
         return logits
 
     def _compile(self, key: tuple, args: tuple) -> torch.Tensor:
-        """Compile the graph for ``key`` by running it once. Inductor reads ``freezing`` and
-        ``cpp_wrapper`` from its global config (``torch.compile(options=...)`` does not reach
-        freezing), so both are patched around this call only. The C++ wrapper replaces the Python
-        function that launches the kernels, which is most of what is left of the per-step overhead."""
+        """Compile the graph for ``key`` by running it once, with the mode's inductor settings patched
+        around this call only (inductor reads ``freezing`` from its global config;
+        ``torch.compile(options=...)`` does not reach it)."""
         start = time.perf_counter()
         graph = torch.compile(_fresh_copy(decode_step), fullgraph=True, dynamic=False)
-        with torch._inductor.config.patch(freezing=self.freezing, cpp_wrapper=self.cpp_wrapper):
+        with torch._inductor.config.patch(COMPILE_MODES[self.mode]):
             logits = graph(*args)
         self._graphs[key] = graph
         self.compile_seconds += time.perf_counter() - start

@@ -71,20 +71,27 @@ class Engine:
     (device and dtype); call under no particular mode, the engine switches to inference mode itself."""
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer: Any, *, chat_format: Any = None, compile: bool = False
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        chat_format: Any = None,
+        compile: bool | str = False,
     ):
-        """``compile=True`` decodes through a ``torch.compile``d single-token step over a static-shape
-        cache (:mod:`fastgpt.decode_step`): faster steps, same greedy tokens, but each new (batch size,
-        cache length bucket, dtype) first compiles for seconds (``compile_seconds`` adds them up) and an
-        in-place weight change (training) triggers a recompile, so it is off by default."""
+        """``compile`` (a :class:`fastgpt.GPT` only): ``True`` or ``"default"`` decodes through a
+        ``torch.compile``d single-token step over a static-shape cache (:mod:`fastgpt.decode_step`),
+        ``"max-autotune"`` also autotunes its matmuls (fastest steps, longest compile). Same greedy
+        tokens as eager; but each new (batch size, cache length bucket, dtype) first compiles for
+        seconds to a minute (``compile_seconds`` adds them up) and an in-place weight change (training)
+        triggers a recompile, so it is off by default."""
         self.model = model
         self.tokenizer = tokenizer
         self._chat_format = chat_format
         self._compiled_step = None
-        if compile:
+        if compile is not False and compile is not None:
             from fastgpt.decode_step import CompiledDecodeStep
 
-            self._compiled_step = CompiledDecodeStep(model)
+            self._compiled_step = CompiledDecodeStep(model, "default" if compile is True else compile)
 
     @property
     def compile_seconds(self) -> float:

@@ -3,8 +3,8 @@ engine's and the full-recompute greedy tokens, token for token (fp32), compile o
 decode with stale weights after an in-place weight change.
 
 Each compile of the 2-layer test model costs about 5-12 s on 2 shared CPU cores (C++ kernels and wrapper),
-so the default tests compile five graphs in all (about 50 s); the other model variants are marked slow
-(about 35 s)."""
+max-autotune about 20-30 s; the default tests compile five graphs in all (about 40 s); max-autotune and
+the other model variants are marked slow (about 70 s)."""
 
 import pytest
 import torch
@@ -50,8 +50,10 @@ def greedy(engine: Engine, prompts: list[list[int]], max_tokens: int, n: int = 1
     return [c.tokens for cs in out for c in cs]
 
 
-def check_compiled_matches(model: GPT, prompts: list[list[int]], max_tokens: int) -> Engine:
-    compiled = Engine(model, None, compile=True)
+def check_compiled_matches(
+    model: GPT, prompts: list[list[int]], max_tokens: int, mode: str | bool = True
+) -> Engine:
+    compiled = Engine(model, None, compile=mode)
     got = greedy(compiled, prompts, max_tokens)
     assert got == greedy(Engine(model, None), prompts, max_tokens)
     for prompt, tokens in zip(prompts, got):
@@ -60,12 +62,13 @@ def check_compiled_matches(model: GPT, prompts: list[list[int]], max_tokens: int
     return compiled
 
 
-def test_compiled_greedy_equals_eager_and_full_recompute_batched():
+@pytest.mark.parametrize("mode", ["default", pytest.param("max-autotune", marks=pytest.mark.slow)])
+def test_compiled_greedy_equals_eager_and_full_recompute_batched(mode):
     """Two prompts of different lengths (left padding, per-row positions and padding documents in the
     mask); then two greedy rows sharing one prefill (the repeated cache; same batch and cache length,
-    so the same graph)."""
+    so the same graph). Both compile modes (max-autotune swaps the matmul implementations)."""
     model = tiny_model()
-    compiled = check_compiled_matches(model, prompts_of([7, 19]), max_tokens=16)
+    compiled = check_compiled_matches(model, prompts_of([7, 19]), max_tokens=16, mode=mode)
     prompt = prompts_of([11], seed=2)
     rows = greedy(compiled, prompt, 10, n=2)
     assert rows == [full_recompute_greedy(model, prompt[0], 10)] * 2
@@ -118,6 +121,11 @@ def test_compiled_greedy_other_model_variants(family, overrides):
     untied output head."""
     model = tiny_model(family, **overrides)
     check_compiled_matches(model, prompts_of([13, 4]), max_tokens=12)
+
+
+def test_unknown_compile_mode_is_an_error():
+    with pytest.raises(ValueError, match="max-autotune"):
+        Engine(tiny_model(), None, compile="fastest")
 
 
 def test_static_cache_len_buckets():
