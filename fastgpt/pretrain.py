@@ -47,6 +47,8 @@ class PretrainConfig(TrainConfig):
     eval_every: int = 50
     eval_tokens: int = 65536
     attention_docs: bool = True  # mask attention at document (BOS) boundaries inside a window
+    text_field: str = "text"  # raw --data: the JSONL field / parquet column holding the text
+    txt_mode: str = "file"  # raw --data .txt files: one document per file, or per blank-line-separated block
 
 
 class PretrainStage:
@@ -71,7 +73,7 @@ class PretrainStage:
         self.has_val = (val_tokens - 1) // cfg.seq_len >= world_size
         self.no_val_reason = (
             f"no validation: the val split of {data_dir} has {val_tokens:,} tokens, less than one window "
-            f"of seq_len={cfg.seq_len} per rank (re-run fastgpt prepare with a larger --val-fraction)"
+            f"of seq_len={cfg.seq_len} per rank (more text, or fastgpt prepare with a larger --val-fraction)"
         )
         self.token_bytes = torch.from_numpy(tokenizer.token_byte_lengths()).long()  # (V,)
 
@@ -155,12 +157,17 @@ def build(cfg: PretrainConfig):
     from fastgpt.train.trainer import Trainer
 
     _check_not_bare_shards(cfg.data)
+    if cfg.txt_mode not in ("file", "blocks"):
+        raise ValueError(f"--txt_mode: expected file or blocks, got {cfg.txt_mode!r}")
+    reading = {"text_field": cfg.text_field, "txt_mode": cfg.txt_mode}
     info = dist.init_distributed(cfg.device)
     tokenizer_arg = cfg.tokenizer or (cfg.init_from or None)
     if info.is_main:  # download / tokenizer training / sharding once, the other ranks then hit the cache
-        resolve_pretrain_data(cfg.data, tokenizer_arg, cfg.vocab_size, progress=cfg.progress)
+        resolve_pretrain_data(cfg.data, tokenizer_arg, cfg.vocab_size, progress=cfg.progress, **reading)
     dist.barrier()
-    data_dir, tokenizer_dir = resolve_pretrain_data(cfg.data, tokenizer_arg, cfg.vocab_size, progress=False)
+    data_dir, tokenizer_dir = resolve_pretrain_data(
+        cfg.data, tokenizer_arg, cfg.vocab_size, progress=False, **reading
+    )
     tokenizer = Tokenizer.load(tokenizer_dir)
     if cfg.init_from:
         model = from_pretrained(cfg.init_from).train()

@@ -112,3 +112,17 @@ def test_data_without_a_val_split_trains_without_validation(corpus, tmp_path, ca
     assert "no validation: the val split" in capsys.readouterr().out
     metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert metrics and not any("val_loss" in m for m in metrics)
+
+
+def test_raw_jsonl_data_with_its_own_text_field(tmp_path, capsys, monkeypatch):
+    """The error for a JSONL without a 'text' field says 'set text_field': pretraining takes it."""
+    monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"body": f"the king speaks to the queen {i} times."}) + "\n" for i in range(400))
+    )
+    args = pretrain_args(rows, tmp_path / "out", max_steps=1, vocab_size=300)
+    assert "no 'text' field (fields: body); set text_field" in _error(capsys, args)
+    with one_thread():
+        assert main([*args, "--text_field=body"]) == 0
+    assert "--txt_mode: expected file or blocks" in _error(capsys, [*args, "--txt_mode=lines"])
