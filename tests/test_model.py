@@ -153,6 +153,11 @@ def test_bad_model_dirs_give_clear_errors(tmp_path):
     with pytest.raises(ModelFormatError, match="dtype torch.int32, expected a float"):
         from_pretrained(tmp_path)
 
+    truncated = (tmp_path / "model.safetensors").read_bytes()[:100]  # a copy cut short
+    (tmp_path / "model.safetensors").write_bytes(truncated)
+    with pytest.raises(ModelFormatError, match="model.safetensors: not a readable safetensors file"):
+        from_pretrained(tmp_path)
+
     with pytest.raises(ModelFormatError, match="no config.json"):
         from_pretrained(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown model preset 'gpt7'"):

@@ -206,7 +206,14 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as load_safetensors
+
+    def load_file(file: Path) -> dict[str, torch.Tensor]:
+        try:
+            return load_safetensors(file)
+        except SafetensorError as e:  # truncated by an interrupted copy, or not safetensors at all
+            raise ModelFormatError(f"{file}: not a readable safetensors file ({e})") from None
 
     index = path / "model.safetensors.index.json"
     if (path / "model.safetensors").exists():
