@@ -221,13 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     from fastgpt.checkpoint import CheckpointError
     from fastgpt.dist import DeepSpeedUnavailable
     from fastgpt.model import ModelFormatError
+    from fastgpt.stage_cli import PATH_ERRORS
     from fastgpt.train.trainer import NonFiniteLossError
 
     try:
         cfg = parse_args(PretrainConfig, sys.argv[1:] if argv is None else argv)
         cfg.validate()
         run(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError, ModelFormatError, DeepSpeedUnavailable) as e:
+    except (ValueError, CheckpointError, ModelFormatError, DeepSpeedUnavailable, *PATH_ERRORS) as e:
         print(f"fastgpt pretrain: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

@@ -2,9 +2,9 @@
 
 A user's mistake (an unknown ``--key``, a value of the wrong type, a model dir or data file that does
 not exist or cannot be read, a device this machine lacks) reaches the command as a ``ValueError``
-subclass (``TaskError``, ``TokenizerError``, ``ModelFormatError``, ``DataError``, ...), a
-``FileNotFoundError`` or a ``CheckpointError``, each with a message that names the key or file. The
-command prints that message as one ``error:`` line and exits 2 instead of showing a traceback, the
+subclass (``TaskError``, ``TokenizerError``, ``ModelFormatError``, ``DataError``, ...), a path
+error (:data:`PATH_ERRORS`) or a ``CheckpointError``, each with a message that names the key or file.
+The command prints that message as one ``error:`` line and exits 2 instead of showing a traceback, the
 same contract as ``fastgpt pretrain``; a run stopped by non-finite losses exits 1. The process group
 is released either way.
 """
@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+
+# A path the user gave that cannot be used as given (an --out_dir that is a file, a dir without write
+# permission, ...): the message names the path.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def run_stage(name: str, body: Callable[[], int | None]) -> int:
@@ -23,7 +27,7 @@ def run_stage(name: str, body: Callable[[], int | None]) -> int:
 
     try:
         return int(body() or 0)
-    except (ValueError, FileNotFoundError, CheckpointError, dist.DeepSpeedUnavailable) as e:
+    except (ValueError, CheckpointError, dist.DeepSpeedUnavailable, *PATH_ERRORS) as e:
         print(f"fastgpt {name}: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

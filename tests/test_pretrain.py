@@ -126,3 +126,8 @@ def test_raw_jsonl_data_with_its_own_text_field(tmp_path, capsys, monkeypatch):
     with one_thread():
         assert main([*args, "--text_field=body"]) == 0
     assert "--txt_mode: expected file or blocks" in _error(capsys, [*args, "--txt_mode=lines"])
+
+
+def test_an_out_dir_that_is_a_file(corpus, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert str(tmp_path / "a_file") in _error(capsys, pretrain_args(corpus, tmp_path / "a_file"))

@@ -53,3 +53,10 @@ def test_a_missing_data_file_is_named(run_dir, capsys, tmp_path):
         capsys, "dpo", [f"--model={run_dir / 'model'}", f"--data={missing}", f"--out_dir={tmp_path}"]
     )
     assert str(missing) in err
+
+
+def test_an_out_dir_that_is_a_file_is_one_line(run_dir, capsys, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    argv = [f"--model={run_dir / 'model'}", f"--out_dir={a_file}", "--max_steps=1", "--data=identity"]
+    assert str(a_file) in _error(capsys, "sft", argv)
