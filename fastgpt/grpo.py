@@ -324,7 +324,9 @@ class GRPOStage:
         counts = dist.all_reduce_sum(
             torch.tensor([acc * len(mine), float(len(mine))], dtype=torch.float64)
         ).tolist()
-        return {"heldout_accuracy": counts[0] / max(counts[1], 1.0), "heldout_n": counts[1]}
+        if counts[1] == 0:  # no held-out problems at all: an accuracy of 0 would be a false number
+            return {}
+        return {"heldout_accuracy": counts[0] / counts[1], "heldout_n": counts[1]}
 
     def samples(self, model: torch.nn.Module | None = None) -> list[dict[str, str]]:
         """A greedy answer to the first held-out problem, for the log."""
@@ -389,6 +391,11 @@ def _main(argv: list[str] | None = None) -> int:
         f"grpo: task {task!r}, {cfg.prompts_per_step} prompts x {cfg.group_size} samples per rollout, "
         f"{stage.grad_accum} micro-batch(es) of {stage.micro_rows} rows per rank, {len(stage.heldout)} held-out problems"
     )
+    if not stage.heldout:
+        log(
+            f"grpo: task {task.name!r} has no held-out problems, so heldout_accuracy is not measured "
+            """(a small .jsonl: raise its share with --task_options '{"heldout_fraction": 0.3}')"""
+        )
     log_baseline(trainer, stage)
     trainer.fit(stage)
     export_final(trainer, chat_format)

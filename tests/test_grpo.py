@@ -196,3 +196,17 @@ def test_demo_sft_conversations_match_what_the_engine_inserts():
         assert task.is_correct(messages[-1]["content"], problem)
         direct = sft_conversation(problem, use_calculator=False)
         assert direct[-1]["role"] == "assistant" and task.is_correct(direct[-1]["content"], problem)
+
+
+def test_a_task_without_held_out_problems_logs_no_accuracy(tmp_path, capsys):
+    """Two problems, neither held out by hash: heldout_accuracy would be a false 0 over no problems."""
+    task = tmp_path / "two.jsonl"
+    task.write_text(
+        '{"prompt": "What is 2 plus 3?", "answer": 5}\n{"prompt": "What is 4 plus 3?", "answer": 7}\n'
+    )
+    assert get_task(str(task)).split("heldout") == []
+    out = tmp_path / "grpo"
+    args = _grpo_args(tiny_model_dir(tmp_path / "start"), task, out, "--max_steps=1", "--eval_every=1")
+    assert main([*args, "--group_size=2", "--prompts_per_step=2"]) == 0
+    assert "has no held-out problems, so heldout_accuracy is not measured" in capsys.readouterr().out
+    assert not any("heldout_accuracy" in m for m in _read_metrics(out))
