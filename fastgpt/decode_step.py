@@ -86,13 +86,13 @@ def decode_step(
     tokens: torch.Tensor,
     positions: torch.Tensor,
     slot: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: list[torch.Tensor],
+    v: list[torch.Tensor],
     doc_ids: torch.Tensor,
 ) -> torch.Tensor:
     """Feed ``tokens`` ``(B, 1)`` at cache slot ``slot`` ``(1,)``; returns fp32 logits ``(B, V)``.
 
-    ``positions`` ``(B,)`` (each row's position id), ``k``/``v`` ``(L, B, Hkv, S, hd)`` and
+    ``positions`` ``(B,)`` (each row's position id), ``k``/``v`` (per layer ``(B, Hkv, S, hd)``) and
     ``doc_ids`` ``(B, S)`` are the cache's tensors and are updated in place. Plain torch, so it runs
     eagerly as well (the tests compare both)."""
     window = model.config.window
@@ -160,7 +160,7 @@ class CompiledDecodeStep:
         k, v, doc_ids = cache.static_tensors()
         slot = torch.tensor([cache.pos], device=tokens.device)
         args = (self.model, tokens, cache.next_pos, slot, k, v, doc_ids)
-        key = (tuple(tokens.shape), tuple(k.shape), k.dtype, tokens.device)
+        key = (tuple(tokens.shape), tuple(k[0].shape), k[0].dtype, tokens.device)
         with ops.use_backend("torch", attention="sdpa"):
             graph = self._graphs.get(key)
             if graph is not None:
