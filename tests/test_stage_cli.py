@@ -60,3 +60,18 @@ def test_an_out_dir_that_is_a_file_is_one_line(run_dir, capsys, tmp_path):
     a_file.write_text("")
     argv = [f"--model={run_dir / 'model'}", f"--out_dir={a_file}", "--max_steps=1", "--data=identity"]
     assert str(a_file) in _error(capsys, "sft", argv)
+
+
+@pytest.mark.parametrize("stage", ["grpo", "dpo", "reward"])
+def test_a_base_model_without_chat_tokens_is_one_line(stage, tmp_path, capsys):
+    """Its embedding ends at <|bos|>: the RL stages would index past it (an IndexError before)."""
+    tok = Tokenizer.train(["What is 2 + 3? It is 5. " * 40], vocab_size=300)
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.bos_id + 1, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
+    )
+    GPT(config).save_pretrained(tmp_path / "base")
+    tok.save(tmp_path / "base")
+    err = _error(
+        capsys, stage, [f"--model={tmp_path / 'base'}", "--max_steps=1", f"--out_dir={tmp_path / 'out'}"]
+    )
+    assert f"model has {tok.bos_id + 1} token embeddings" in err

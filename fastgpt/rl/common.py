@@ -43,7 +43,9 @@ def load_start(model_dir: str, *, stage: str) -> tuple[Any, Any, Any]:
         raise SystemExit(f"fastgpt {stage}: --model={model_dir}: not a model directory (no config.json)")
     model = from_pretrained(model_dir).train()
     tokenizer = Tokenizer.load(model_dir)
-    return model, tokenizer, ChatFormat.for_model(model_dir)
+    chat_format = ChatFormat.for_model(model_dir)
+    chat_format.check_fits(model.config.vocab_size, model_dir)  # a base model without the chat tokens
+    return model, tokenizer, chat_format
 
 
 def frozen_copy(model: torch.nn.Module, *, dtype: torch.dtype | None = None) -> torch.nn.Module:
