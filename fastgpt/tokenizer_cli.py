@@ -35,6 +35,10 @@ def _visible(text: str) -> str:
     return text.replace("\n", "↵\n").replace("\t", "→\t").replace("\r", "␍")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def render_tokens(tok: Tokenizer, ids: list[int], color: bool) -> str:
     """The tokens of ``ids`` one after another, coloured (``color``) or bracketed."""
     parts = []
@@ -82,7 +86,7 @@ def main_tokenize(argv: list[str] | None = None) -> int:
     n_bytes = len(text.encode("utf-8"))
     print(render_tokens(tok, ids, color))
     print(
-        f"\n{len(ids)} tokens, {len(text)} characters, {n_bytes} bytes "
+        f"\n{_count(len(ids), 'token')}, {_count(len(text), 'character')}, {_count(n_bytes, 'byte')} "
         f"({n_bytes / max(len(ids), 1):.2f} bytes/token) with {tok.name or args.vocab} (vocab {tok.vocab_size:,})"
     )
     print(ids)

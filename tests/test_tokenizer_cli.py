@@ -79,3 +79,8 @@ def test_a_run_dir_for_the_vocab_names_its_model_dir(tok_dir, tmp_path, capsys):
     (data / "manifest.json").write_text("{}")
     assert fastgpt(["tokenize", "x", "--vocab", str(data)]) == 1
     assert f"its tokenizer is {data / 'tokenizer'}" in capsys.readouterr().err
+
+
+def test_tokenize_counts_read_naturally(tok_dir, capsys):
+    assert fastgpt(["tokenize", "s", "--vocab", str(tok_dir), "--color", "never"]) == 0
+    assert "\n1 token, 1 character, 1 byte (" in capsys.readouterr().out
