@@ -50,15 +50,20 @@ __all__ = ["DPOConfig", "DPOStage", "main", "pair_logprobs"]
 
 @dataclass
 class DPOConfig(TrainConfig):
+    """DPO on preference pairs against a frozen reference (the starting ``--model=DIR``; docs/rl.md)."""
+
+    help_hidden = ("preset", "vocab_size", "tokenizer")
+    model_flag = True
+
     out_dir: str = "out/dpo"
     data: str = "gsm_symbolic_pairs"  # pair files and built-ins, comma-separated (fastgpt.tasks.preferences)
-    num_derived: int = 2000
-    heldout_fraction: float = 0.1
-    max_len: int = 512
-    beta: float = 0.1
+    num_derived: int = 2000  # pairs drawn from each <task>_pairs source
+    heldout_fraction: float = 0.1  # share of prompts held out (by hash) for held-out margins
+    max_len: int = 512  # tokens per prompt + reply (longer pairs are skipped and counted)
+    beta: float = 0.1  # DPO temperature: strength of the implicit KL to the reference
     loss_type: str = "sigmoid"  # sigmoid | ipo
-    label_smoothing: float = 0.0
-    precompute_ref: bool = True
+    label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped labels (sigmoid loss)
+    precompute_ref: bool = True  # score the reference once before training (no second model kept)
     batch_size: int = 4  # pairs per rank per micro-batch
     lr: float = 5e-7
     min_lr: float = 5e-7

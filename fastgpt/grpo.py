@@ -51,34 +51,40 @@ __all__ = ["GRPOConfig", "GRPOStage", "main"]
 
 @dataclass
 class GRPOConfig(TrainConfig):
+    """GRPO on a verifiable task (docs/rl.md): G samples per prompt, group-normalised advantages, a
+    clipped policy loss with a k3 KL to the frozen starting model. ``--model=DIR`` is the policy to train."""
+
+    help_hidden = ("preset", "vocab_size", "tokenizer", "data")
+    model_flag = True
+
     out_dir: str = "out/grpo"
     # --- task and reward ---------------------------------------------------------------------------
     task: str = "chain_sum_easy"  # built-in task name or a .jsonl of {"prompt", "answer"}
     task_seed: int = 0  # generator seed of reasoning-gym tasks
     task_options: str = ""  # JSON generator options, e.g. '{"max_digits": 1}' (reasoning-gym tasks)
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = 0.1  # share of the task's problems held out (by hash) for heldout_accuracy
     reward: str = ""  # optional user correctness function "module:function" (completion, problem) -> float
-    format_weight: float = 0.0
+    format_weight: float = 0.0  # weight of the format reward (reasoning, then the answer in format_style)
     format_style: str = "hash"  # hash | tags
     length_weight: float = 0.0  # DAPO soft overlong penalty weight
-    overlong_buffer: int = 32
+    overlong_buffer: int = 32  # tokens before max_new_tokens where the overlong penalty ramps up
     # --- rollouts ----------------------------------------------------------------------------------
-    group_size: int = 8
+    group_size: int = 8  # samples per prompt (G); advantages are normalised within a group
     prompts_per_step: int = 8  # problems per rollout, all ranks together
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = 128  # completion budget per sample
+    temperature: float = 1.0  # rollout sampling temperature
+    top_p: float = 1.0  # rollout nucleus sampling
     tools: bool = False  # let the engine run calculator calls during rollouts
     # --- objective ---------------------------------------------------------------------------------
     beta: float = 0.0  # KL coefficient; 0 keeps no reference model
-    clip_low: float = 0.2
+    clip_low: float = 0.2  # policy-ratio clip epsilon (1 - clip_low .. 1 + clip_high)
     clip_high: float = 0.0  # 0 -> clip_low (symmetric); DAPO uses 0.28
     normalize_std: bool = True  # false: Dr. GRPO
     aggregation: str = "token"  # token | sequence | fixed
-    updates_per_batch: int = 1
-    drop_zero_var: bool = False
+    updates_per_batch: int = 1  # optimizer steps on each rollout batch (> 1: off-policy, the clip matters)
+    drop_zero_var: bool = False  # drop groups whose rewards are all equal (no signal; counted either way)
     # --- evaluation --------------------------------------------------------------------------------
-    eval_problems: int = 100
+    eval_problems: int = 100  # held-out problems answered greedily at each evaluation
     eval_every: int = 10
     # --- optimisation defaults for finetuning ------------------------------------------------------
     lr: float = 1e-5

@@ -57,25 +57,31 @@ Prompt = tuple[dict[str, Any], ...]
 
 @dataclass
 class PPOConfig(TrainConfig):
+    """PPO (RLHF): the policy ``--model=DIR`` with a value head, a frozen reference and a reward model
+    from ``fastgpt.reward`` (docs/rl.md)."""
+
+    help_hidden = ("preset", "vocab_size", "tokenizer", "data")
+    model_flag = True
+
     out_dir: str = "out/ppo"
     reward_model: str = ""  # a dir written by fastgpt.reward (model + score_head.safetensors)
     prompts: str = "dpo_en_demo"  # preference data (its prompts), a task name, or a .jsonl of prompts
-    heldout_fraction: float = 0.1
-    eval_prompts: int = 16
+    heldout_fraction: float = 0.1  # share of the prompts held out for evaluation
+    eval_prompts: int = 16  # held-out prompts scored by the reward model at each evaluation
     max_prompt_len: int = 256  # longer prompts are skipped (counted)
     # --- rollouts ----------------------------------------------------------------------------------
     prompts_per_step: int = 16  # prompts per rollout, all ranks together (one completion each)
-    max_new_tokens: int = 64
-    temperature: float = 1.0
+    max_new_tokens: int = 64  # completion budget per rollout
+    temperature: float = 1.0  # rollout sampling temperature
     # --- objective ---------------------------------------------------------------------------------
-    kl_coef: float = 0.05
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip: float = 0.2
-    vf_clip: float = 0.2
-    vf_coef: float = 0.1
-    whiten_advantages: bool = True
-    ppo_epochs: int = 4
+    kl_coef: float = 0.05  # per-token KL penalty to the reference, in the reward
+    gamma: float = 1.0  # GAE discount
+    lam: float = 0.95  # GAE lambda
+    clip: float = 0.2  # policy-ratio clip epsilon
+    vf_clip: float = 0.2  # value-prediction clip around the rollout's values
+    vf_coef: float = 0.1  # weight of the value loss
+    whiten_advantages: bool = True  # normalise advantages over the rollout
+    ppo_epochs: int = 4  # passes over each rollout
     num_minibatches: int = 1  # optimizer steps per pass over a rollout
     critic: str = "shared"  # shared (value head on the policy) | separate (critic from the reward model)
     frozen_dtype: str = "fp32"  # fp32 | bf16: reference and reward model

@@ -49,10 +49,16 @@ __all__ = ["RewardModelConfig", "RewardStage", "load_rendered_pairs", "main"]
 
 @dataclass
 class RewardModelConfig(TrainConfig):
+    """A reward model: a scalar head on ``--model=DIR``, trained on preference pairs with the
+    Bradley-Terry loss (docs/rl.md)."""
+
+    help_hidden = ("preset", "vocab_size", "tokenizer")
+    model_flag = True
+
     out_dir: str = "out/reward"
     data: str = "gsm_symbolic_pairs"  # pair files and built-ins, comma-separated
     num_derived: int = 2000  # pairs drawn from each <task>_pairs source
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = 0.1  # share of prompts held out (by hash) for held-out pair accuracy
     max_len: int = 512  # pairs whose prompt + longer reply exceed this are skipped (counted)
     batch_size: int = 8  # pairs per rank per micro-batch
     lr: float = 1e-5

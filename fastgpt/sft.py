@@ -59,13 +59,16 @@ class SFTConfig(TrainConfig):
     """SFT keys on top of the loop's. ``--model=DIR`` is accepted as ``--init_from=DIR`` (the model to
     finetune; empty: the latest pretraining output). Defaults finish in a few minutes on a CPU."""
 
+    help_hidden = ("preset", "vocab_size")  # the model comes from --model
+    model_flag = True
+
     out_dir: str = "out/sft"
     data: str = DEFAULT_MIXTURE  # built-in set names and/or .jsonl/.json files, or a mixture file
     pack: bool = True  # several conversations per row (attention kept apart by document ids)
     val_fraction: float = 0.05  # held-out conversations per set, for val_loss
     strict: bool = False  # a malformed conversation line is an error instead of a counted skip
     assistant_name: str = "fastgpt"  # what the identity set answers to "who are you"
-    assistant_maker: str = "the fastgpt developers"
+    assistant_maker: str = "the fastgpt developers"  # who the identity set says made the assistant
     time_budget_s: float = 0.0  # with neither this nor --max_steps: DEFAULT_TIME_BUDGET_S
     batch_size: int = 8
     seq_len: int = 256  # capped at the model's max_seq_len

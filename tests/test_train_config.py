@@ -137,3 +137,45 @@ def test_help_lists_every_key(capsys):
     for key in ISSUE_KEYS:
         assert f"--{key}=" in text, key
     assert "--model.<field>" in text
+
+
+STAGES = [
+    ("fastgpt.pretrain", "PretrainConfig"),
+    ("fastgpt.sft", "SFTConfig"),
+    ("fastgpt.grpo", "GRPOConfig"),
+    ("fastgpt.reward", "RewardModelConfig"),
+    ("fastgpt.dpo", "DPOConfig"),
+    ("fastgpt.ppo", "PPOConfig"),
+]
+
+
+@pytest.mark.parametrize("module,name", STAGES)
+def test_every_stage_help_describes_each_key_it_shows(module, name, capsys):
+    import dataclasses
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(SystemExit):
+        parse_args(cls, ["--help"])
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: python -m {module} [--key=value ...]")
+    rows = {}
+    key = None
+    for (
+        line
+    ) in text.splitlines():  # "  --key=default   description" (a long key: description on the next line)
+        if line.startswith("  --"):
+            key, _, rest = line.strip().partition(" ")
+            rows[key] = rest.strip()
+        elif key and line.startswith("   ") and not rows[key]:
+            rows[key] = line.strip()
+    shown = {k.split("=")[0].split(" ")[0] for k in rows}
+    for f in dataclasses.fields(cls):
+        if f.name in cls.help_hidden:
+            assert f"--{f.name}=" not in text, f"{name}: --{f.name} does nothing for this stage"
+        elif f.name == "init_from" and cls.model_flag:
+            assert "--model" in shown and "--model=DIR (or --init_from=DIR" in text
+        elif f.name != "model":
+            assert f"--{f.name}" in shown, f"{name}: --{f.name} missing from --help"
+    undescribed = [k for k, desc in rows.items() if not desc]
+    assert not undescribed, f"{name}: keys without a description: {undescribed}"

@@ -9,70 +9,76 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
+import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from fastgpt.model.config import PRESETS, GPTConfig
 
 
 @dataclass
 class TrainConfig:
+    help_hidden: ClassVar[tuple[str, ...]] = ()  # keys a stage ignores (left out of its --help)
+    model_flag: ClassVar[bool] = False  # the stage takes --model=DIR for --init_from=DIR
+
     # --- what to train -----------------------------------------------------------------------------
     preset: str = "tiny"  # model preset (fastgpt.model.PRESETS); ignored when init_from is set
     init_from: str = ""  # start from a model dir (fastgpt or HF format) instead of a fresh preset
     model: dict[str, Any] = field(default_factory=dict)  # --model.<field>=value architecture overrides
-    out_dir: str = "out/pretrain"
+    out_dir: str = "out/pretrain"  # run dir: config.json, metrics.jsonl, checkpoints/, model/
     data: str = "shakespeare"  # built-in corpus name, prepared shard dir, or raw files/globs
     tokenizer: str = ""  # "" trains one on the data (vocab_size tokens); else a path or vocab name
-    vocab_size: int = 4096
+    vocab_size: int = 4096  # size of the tokenizer trained when --tokenizer is empty
     # --- how long ----------------------------------------------------------------------------------
     max_steps: int = 0  # 0: run until time_budget_s (one of the two must be set)
     time_budget_s: float = 0.0  # wall-clock budget for the training steps (schedule follows it)
     # --- batch -------------------------------------------------------------------------------------
     batch_size: int = 16  # sequences per rank per micro-batch
-    seq_len: int = 256
+    seq_len: int = 256  # tokens per sequence (capped at the model's max_seq_len)
     grad_accum: int = 1  # micro-batches per optimizer step (global batch = batch_size*grad_accum*ranks)
     total_batch_tokens: int = 0  # if > 0, derives grad_accum = total / (batch_size*seq_len*ranks)
     # --- optimisation ------------------------------------------------------------------------------
     optimizer: str = (
         "adamw"  # adamw | muon (hidden matrices; AdamW for the rest) | auto (muon, adamw with ZeRO)
     )
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 50
+    lr: float = 3e-3  # peak learning rate (AdamW; Muon has muon_lr)
+    min_lr: float = 3e-4  # learning rate at the end of the schedule
+    warmup_steps: int = 50  # linear warmup from 0 to lr
     schedule: str = "cosine"  # cosine | wsd | constant
     wsd_decay_frac: float = 0.2  # wsd: share of the run spent decaying to min_lr
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    muon_lr: float = 0.02
-    muon_momentum: float = 0.95
+    weight_decay: float = 0.1  # AdamW decay on matrices (never on norms, biases, embeddings)
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.95  # AdamW second-moment decay
+    muon_lr: float = 0.02  # Muon learning rate for the hidden matrices
+    muon_momentum: float = 0.95  # Muon Nesterov momentum
     grad_clip: float = 1.0  # 0 disables
     max_nonfinite_steps: int = 5  # stop after this many NaN/inf losses in a row
     # --- numerics and systems ----------------------------------------------------------------------
     dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; master weights stay fp32)
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (slow first steps, faster after)
     device: str = "auto"  # auto | cpu | cuda
     zero: int = 0  # DeepSpeed ZeRO stage 0..3 (multi-process runs always go through DeepSpeed)
     offload: bool = False  # ZeRO CPU offload of optimizer state (and parameters for zero=3)
     deepspeed_config: str = ""  # optional base DeepSpeed JSON (launch/deepspeed/*.json)
     # --- evaluation, sampling, checkpoints, logging ------------------------------------------------
     eval_every: int = 100  # 0 disables
-    eval_tokens: int = 65536
+    eval_tokens: int = 65536  # validation tokens per evaluation (a fixed held-out slice)
     sample_every: int = 0  # 0 disables periodic samples (a final sample is always printed)
-    sample_tokens: int = 128
+    sample_tokens: int = 128  # tokens per printed sample
     save_every: int = 0  # 0: save only at the end
-    keep_last: int = 2
+    keep_last: int = 2  # complete checkpoints kept in out_dir/checkpoints
     resume: str = "auto"  # auto (latest complete checkpoint in out_dir) | never | <checkpoint dir>
-    seed: int = 1337
-    log_every: int = 10
-    wandb: bool = False
-    wandb_project: str = "fastgpt"
-    progress: bool = True
+    seed: int = 1337  # model init, data order and sampling
+    log_every: int = 10  # steps between metrics.jsonl lines / console updates
+    wandb: bool = False  # log to Weights & Biases (offline unless a key is set; WANDB_MODE wins)
+    wandb_project: str = "fastgpt"  # W&B project name
+    progress: bool = True  # console progress bar (rank 0 only)
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -212,12 +218,57 @@ def parse_args(cls: type[C], argv: list[str] | None) -> C:
     return cfg
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """``{field: its trailing # comment}`` read from the source of ``cls`` and its dataclass bases, so
+    ``--help`` describes each key with the same words the code does (a subclass's comment wins)."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # no source (e.g. a frozen app): keys are shown without comments
+            continue
+        last = None
+        for line in source.splitlines():
+            m = re.match(r"^    (\w+)\s*:[^#]*?(?:#\s*(.*))?$", line)
+            if m and not line.lstrip().startswith("#"):
+                last = m.group(1)
+                if m.group(2):
+                    comments[last] = m.group(2).strip()
+            elif last and line.startswith("        ") and "#" in line:  # a wrapped default's comment
+                comments.setdefault(last, line.split("#", 1)[1].strip())
+    return comments
+
+
 def _help(cls: type) -> str:
-    lines = [f"options ({cls.__name__}), as --key=value:"]
+    module = cls.__module__
+    if module == "__main__":  # run as `python -m fastgpt.<stage>`: the spec keeps the real name
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else module
+    stage = module.rsplit(".", 1)[-1]
+    lines = [f"usage: python -m {module} [--key=value ...]   (or: fastgpt {stage} ...)"]
+    if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):  # not the dataclass stand-in
+        lines += ["", inspect.cleandoc(cls.__doc__)]
+    lines += ["", "Options (booleans as true/false, *_every=0 disables that action):"]
+    comments = _field_comments(cls)
+    hidden = set(getattr(cls, "help_hidden", ()))
     for f in dataclasses.fields(cls):
+        if f.name in hidden:
+            continue
         if f.name == "model":
-            lines.append("  --model.<field>=value     architecture override (see fastgpt.GPTConfig)")
+            lines.append(_help_row("--model.<field>=value", "architecture override (see fastgpt.GPTConfig)"))
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  --{f.name}={default}")
+        if isinstance(default, bool):
+            default = str(default).lower()
+        key = f"--{f.name}={default}"
+        comment = comments.get(f.name, "")
+        if f.name == "init_from" and getattr(cls, "model_flag", False):
+            key, comment = f"--model=DIR (or --init_from=DIR, default {default or 'none'})", comment
+        lines.append(_help_row(key, comment))
     return "\n".join(lines)
+
+
+def _help_row(key: str, comment: str) -> str:
+    return f"  {key:<34} {comment}".rstrip() if len(key) <= 34 else f"  {key}\n  {'':<34} {comment}".rstrip()
