@@ -48,7 +48,7 @@ MIN_STATIC_CACHE_LEN = 64
 # ``cpp_wrapper`` launches the kernels from C++ instead of a Python function (per-step overhead);
 # ``max_autotune_gemm`` benchmarks matmul implementations at compile time, including inductor's own
 # C++ GEMM templates over pre-packed weights, which on CPU stream a matrix-vector product much faster
-# than the MKL call (about 2x the step speed again, for 2-4x the compile time).
+# than the MKL call (about 2x the step speed again, for 1.5-3x the compile time).
 COMPILE_MODES: dict[str, dict[str, bool]] = {
     "default": {"freezing": True, "cpp_wrapper": True},
     "max-autotune": {"freezing": True, "cpp_wrapper": True, "max_autotune_gemm": True},

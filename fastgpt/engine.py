@@ -19,6 +19,8 @@ token's worth of compute instead of the whole sequence.
   tokens (temperature 1, no top-k/top-p: the policy's probability, as RL needs it).
 - A prompt that leaves no room in the model's context is an error; otherwise ``max_tokens`` is capped
   at the room left (``finish_reason="length"`` when it is reached).
+- ``compile=True`` (opt-in): decode steps run a ``torch.compile``d single-token forward over a
+  static-shape cache (:mod:`fastgpt.decode_step`); the prefill and everything above stay the same.
 """
 
 from __future__ import annotations
