@@ -72,6 +72,14 @@ def test_compiled_greedy_equals_eager_and_full_recompute_batched(mode):
     prompt = prompts_of([11], seed=2)
     rows = greedy(compiled, prompt, 10, n=2)
     assert rows == [full_recompute_greedy(model, prompt[0], 10)] * 2
+    # sampling reads the same logits: same seed, same samples and log-probabilities as eager
+    kwargs = dict(max_tokens=10, temperature=1.0, n=2, seed=5, stop_ids=set(), logprobs=True)
+    got = compiled.generate(prompt, **kwargs)[0]
+    want = Engine(model, None).generate(prompt, **kwargs)[0]
+    assert [c.tokens for c in got] == [c.tokens for c in want]
+    torch.testing.assert_close(
+        torch.tensor([c.logprobs for c in got]), torch.tensor([c.logprobs for c in want]), atol=1e-4, rtol=0
+    )
 
 
 def test_compiled_prompt_near_the_context_end():
