@@ -132,7 +132,8 @@ class CompiledDecodeStep:
     graph with frozen weights is never reused after the weights change. The kernel-backend seam is
     pinned to the torch references while tracing and running, so inductor generates its own fused code
     from them (hand-written Triton kernels are for the eager paths). ``compile_seconds`` accumulates the
-    wall time of the calls that compiled."""
+    wall time of the calls that compiled. Call it under ``torch.inference_mode()`` (the engine does):
+    inductor freezes weights only in graphs compiled without autograd."""
 
     def __init__(self, model: torch.nn.Module, mode: str = "default"):
         if mode not in COMPILE_MODES:
@@ -160,13 +161,19 @@ class CompiledDecodeStep:
         k, v, doc_ids = cache.static_tensors()
         slot = torch.tensor([cache.pos], device=tokens.device)
         args = (self.model, tokens, cache.next_pos, slot, k, v, doc_ids)
-        key = (tuple(tokens.shape), tuple(k[0].shape), k[0].dtype, tokens.device)
+        key = (
+            tuple(tokens.shape),
+            tuple(k[0].shape),
+            k[0].dtype,
+            tokens.device,
+            torch.is_inference_mode_enabled(),  # freezing applies to inference graphs only
+        )
         with ops.use_backend("torch", attention="sdpa"):
             graph = self._graphs.get(key)
             if graph is not None:
                 # Each graph is the only entry of its own function, and what its guards would check
-                # (shapes, dtype, device, the model, its weights) is this dict's key and the version
-                # check above, so dynamo's per-call guard evaluation (~0.1 ms) is skipped.
+                # (shapes, dtype, device, grad mode, the model, its weights) is this dict's key and
+                # drop_stale_graphs, so dynamo's per-call guard evaluation (~0.1 ms) is skipped.
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     logits = graph(*args)
             else:
