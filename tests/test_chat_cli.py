@@ -90,6 +90,26 @@ def test_one_shot_prompt_on_a_real_model_dir(tok, tmp_path, capsys):
     assert printed.endswith("\n") and len(printed) > 1
 
 
+@pytest.mark.slow
+def test_one_shot_compiled_reply_equals_eager(tok, tmp_path, capsys):
+    """``--compile default`` decodes through the compiled step: the greedy reply is the eager one."""
+    from fastgpt.chat.cli import main
+    from fastgpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
+    )
+    GPT(config).save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    replies = []
+    for mode in ("off", "default"):
+        args = ["--model", str(tmp_path), "--prompt", "Hello", "--max_tokens", "12", "--temperature", "0"]
+        assert main([*args, "--compile", mode]) == 0
+        replies.append(capsys.readouterr().out)
+    assert replies[0] == replies[1] and len(replies[0]) > 1
+
+
 def test_unusable_model_dir_dtype_or_prompt_is_one_error_line(tok, tmp_path, capsys):
     """A run dir instead of its model dir, a dtype name torch does not have, a device this machine
     lacks, a prompt longer than the context: exit 2 with one line naming the problem, no traceback."""
