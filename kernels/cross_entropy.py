@@ -103,6 +103,94 @@ def linear_cross_entropy_reference(
     )
 
 
+def _chunk_loss_and_grad(
+    logits: torch.Tensor,  # (n, V)
+    targets: torch.Tensor,  # (n,)
+    scale: torch.Tensor,  # fp32, one element: the gradient scale of every counted row
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Torch twin of ``_cross_entropy_kernel`` for one chunk: fp32 loss per row ``(n,)`` (0 where ignored)
+    and, if asked, ``d loss / d logits`` ``(n, V)`` already multiplied by ``scale``, in ``logits.dtype``.
+    Written as plain elementwise torch so that ``torch.compile`` fuses it into a few passes per chunk."""
+    z = logits.float()
+    if softcap is not None:
+        capped = torch.tanh(z / softcap)
+        z = softcap * capped
+    valid = targets != ignore_index
+    safe_targets = torch.where(valid, targets, 0)
+    lse = torch.logsumexp(z, dim=-1)  # (n,)
+    loss = lse - z.gather(-1, safe_targets[:, None]).squeeze(-1)
+    if z_loss:
+        loss = loss + z_loss * lse * lse
+    loss = torch.where(valid, loss, 0.0)
+    if not compute_grad:
+        return loss, None
+    row_scale = torch.where(valid, scale, 0.0)  # (n,)
+    dlse = row_scale * (1.0 + 2.0 * z_loss * lse) if z_loss else row_scale
+    grad = torch.exp(z - lse[:, None]) * dlse[:, None]  # (n, V)
+    cols = torch.arange(z.shape[-1], device=z.device)
+    grad = torch.where(cols[None] == safe_targets[:, None], grad - row_scale[:, None], grad)
+    if softcap is not None:
+        grad = grad * (1.0 - capped * capped)
+    return loss, grad.to(logits.dtype)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """The torch path of the fused op for ``mean``/``sum``: like ``_LinearCrossEntropy`` (Triton), each
+    chunk's logit gradient is produced in the forward and turned into the hidden/weight/bias gradients
+    at once, so the backward only scales them and no chunk GEMM is recomputed (activation checkpointing
+    recomputed the ``(n, V)`` logits of every chunk: a quarter of the output layer's GEMM FLOPs)."""
+
+    @staticmethod
+    def forward(
+        ctx, hidden, weight, targets, bias, ignore_index, z_loss, softcap, reduction, chunk_rows, need
+    ):
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        compute_grad = any(need)
+        scale = _scale_for(targets, ignore_index, reduction)
+        losses, grad_hidden = [], []
+        grad_weight = grad_bias = None
+        with _gathered(weight):
+            w = weight.to(hidden.dtype)
+            b = None if bias is None else bias.to(hidden.dtype)
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = hidden[start : start + chunk_rows]  # (n, C)
+                logits = h @ w.t() if b is None else torch.addmm(b, h, w.t())  # (n, V)
+                loss, grad = _chunk_loss_and_grad(
+                    logits, targets[start : start + chunk_rows], scale, ignore_index, z_loss, softcap,
+                    compute_grad,
+                )  # fmt: skip
+                losses.append(loss)
+                if grad is None:
+                    continue
+                if need[0]:
+                    grad_hidden.append(grad @ w)  # (n, C)
+                if need[1]:  # summed over chunks in fp32
+                    part = (grad.t() @ h).float()  # (V, C)
+                    grad_weight = part if grad_weight is None else grad_weight + part
+                if need[2]:
+                    part = grad.sum(0, dtype=torch.float32)
+                    grad_bias = part if grad_bias is None else grad_bias + part
+        ctx.save_for_backward(torch.cat(grad_hidden) if grad_hidden else None, grad_weight, grad_bias)
+        loss_rows = torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
+        return _reduce_rows(loss_rows, targets, ignore_index, reduction)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * grad_output).to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = (grad_bias * grad_output).to(bias_dtype)
+        return grad_hidden, grad_weight, None, grad_bias, None, None, None, None, None, None
+
+
 def linear_cross_entropy_chunked(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -115,15 +203,36 @@ def linear_cross_entropy_chunked(
     reduction: str = "mean",
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Same result as the reference, computed over chunks of rows with activation checkpointing so the
-    full ``(N, V)`` logits tensor never exists at once (forward or backward). The CPU/torch path of the
-    fused op; the Triton path replaces it on GPU. ``chunk_size`` (rows) defaults to chunk logits about
-    the size of the hidden states, and at least 256 rows so each chunk is one efficient CPU GEMM."""
+    """Same result as the reference, computed over chunks of rows so the full ``(N, V)`` logits tensor
+    never exists at once (forward or backward). The CPU/torch path of the fused op; the Triton path
+    replaces it on GPU. ``chunk_size`` (rows) defaults to chunk logits about the size of the hidden
+    states, and at least 256 rows so each chunk is one efficient CPU GEMM.
+
+    ``mean``/``sum``: the gradients are computed chunk by chunk in the forward (``_ChunkedLinearCrossEntropy``)
+    and the backward only scales them. ``none``: the per-row gradient scales are known only in the
+    backward, so each chunk is activation-checkpointed (its logits are recomputed in the backward).
+    Under autocast the GEMMs run in the autocast dtype, as ``F.linear`` would; gradients come back in
+    each input's own dtype, the weight/bias gradients summed over chunks in fp32."""
     from torch.utils.checkpoint import checkpoint
 
+    _check_args(hidden, targets, reduction, softcap, "linear_cross_entropy")
     if chunk_size is None:
         vocab = weight.shape[0]
         chunk_size = max(256, linear_cross_entropy_chunk_rows(hidden.shape[0], hidden.shape[1], vocab))
+    if reduction != "none":
+        device_type = hidden.device.type
+        if torch.is_autocast_enabled(device_type):
+            hidden = hidden.to(torch.get_autocast_dtype(device_type))
+        grad_on = torch.is_grad_enabled()
+        need = (
+            grad_on and hidden.requires_grad,
+            grad_on and weight.requires_grad,
+            grad_on and bias is not None and bias.requires_grad,
+        )
+        with torch.autocast(device_type, enabled=False):
+            return _ChunkedLinearCrossEntropy.apply(
+                hidden, weight, targets, bias, ignore_index, z_loss, softcap, reduction, chunk_size, need
+            )
     valid = targets != ignore_index
     parts = []
     for start in range(0, hidden.shape[0], chunk_size):
