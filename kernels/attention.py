@@ -11,6 +11,8 @@ Implementations, all with the same signature and semantics:
 
 - ``attention_reference``: ``F.scaled_dot_product_attention`` with a boolean mask (the torch path).
 - ``attention_naive``: materialised fp32 softmax; the obviously-correct baseline of the tests.
+- ``attention_math``: materialised, with the two GEMMs in the inputs' dtype and the softmax in fp32;
+  what ``ops.attention`` uses for short bf16 training sequences on CPU under ``torch.compile``.
 - ``attention_triton``: flash attention (FA2 scheme). The forward walks key tiles with an online
   softmax in fp32 and never holds a ``Tq x Tk`` matrix; it saves only the output and the per-row
   log-sum-exp. The backward recomputes the probabilities from that log-sum-exp: one small kernel for
@@ -89,6 +91,30 @@ def attention_naive(q, k, v, *, causal=True, doc_ids=None, window=None, scale=No
         s = s.masked_fill(~mask, float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no visible key give zeros
     return (p @ vf).to(q.dtype)
+
+
+def attention_math(q, k, v, *, causal=True, doc_ids=None, window=None, scale=None) -> torch.Tensor:
+    """Materialised attention with the two GEMMs in the inputs' dtype (fp32 accumulation) and the
+    masked softmax in fp32, probabilities rounded to that dtype for the second GEMM (as the fused
+    kernels do). Why it exists: on a CPU with native bf16 and short sequences, compiled by inductor
+    (which fuses scale, mask and softmax, forward and backward, into one pass each), its batched GEMMs
+    beat the CPU flash kernel's small tiles, although it does not skip the masked half (measured in
+    docs/pretraining.md). Memory is ``B x Hq x Tq x Tk`` fp32 scores, so it is for short sequences only."""
+    B, Hq, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    if Hq % Hkv != 0:
+        raise ValueError(f"attention: query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if Hq != Hkv:
+        k, v = k.repeat_interleave(Hq // Hkv, dim=1), v.repeat_interleave(Hq // Hkv, dim=1)
+    s = (q @ k.transpose(-1, -2)).float() * scale  # (B, Hq, Tq, Tk)
+    mask = attention_mask(Tq, Tk, causal=causal, doc_ids=doc_ids, window=window, device=q.device)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    if doc_ids is not None or window is not None:
+        p = p.nan_to_num(0.0)  # a query with no visible key (padding) gives zeros, as SDPA does
+    return p.to(v.dtype) @ v  # (B, Hq, Tq, D)
 
 
 # ============================================================================================ tile sizes
