@@ -168,12 +168,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                     continue
                 if need[0]:
                     grad_hidden.append(grad @ w)  # (n, C)
-                if need[1]:  # summed over chunks in fp32
-                    part = (grad.t() @ h).float()  # (V, C)
-                    grad_weight = part if grad_weight is None else grad_weight + part
+                if need[1]:  # (V, C), summed over chunks in fp32, in place (one V x C buffer)
+                    if grad_weight is None:
+                        grad_weight = torch.zeros(w.shape, dtype=torch.float32, device=hidden.device)
+                    _mm_accumulate_fp32(grad_weight, grad.t(), h)
                 if need[2]:
-                    part = grad.sum(0, dtype=torch.float32)
-                    grad_bias = part if grad_bias is None else grad_bias + part
+                    if grad_bias is None:
+                        grad_bias = torch.zeros(w.shape[0], dtype=torch.float32, device=hidden.device)
+                    grad_bias += grad.sum(0, dtype=torch.float32)
         ctx.save_for_backward(torch.cat(grad_hidden) if grad_hidden else None, grad_weight, grad_bias)
         loss_rows = torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
         return _reduce_rows(loss_rows, targets, ignore_index, reduction)
