@@ -43,6 +43,10 @@ ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "flash_attn", "naive", "math")
 # training). Measured fwd+bwd per layer, 1 thread, batch x seq = 2048 tokens, 6 heads of 64: at 256 keys
 # 41 ms vs 46 ms for SDPA's flash kernel, at 512 57 vs 72, at 1024 116 vs 90 (flash skips masked tiles).
 MATH_ATTENTION_MAX_KEYS = 512
+# ... and the most score elements (B x Hq x Tq x Tk) per layer: the materialised path keeps them for the
+# backward (2-6 bytes each), SDPA's flash kernel does not. 2^24 (~50-100 MB per layer) covers the CPU
+# bench config (3.1M) and the tiny preset's main job (4.2M) with room to spare.
+MATH_ATTENTION_MAX_SCORES = 2**24
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -108,7 +112,8 @@ def _triton(module: str, name: str):
 # --------------------------------------------------------------------------------------------- attention
 def use_math_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether ``auto`` runs the materialised attention: a bf16 CPU training step (q needs a gradient)
-    being compiled, with at most ``MATH_ATTENTION_MAX_KEYS`` keys. Inductor then fuses the masked softmax
+    being compiled, with at most ``MATH_ATTENTION_MAX_KEYS`` keys and ``MATH_ATTENTION_MAX_SCORES``
+    score elements. Inductor then fuses the masked softmax
     and its backward around two batched bf16 GEMMs, which beats the CPU flash kernel at short lengths.
     Eager (unfused softmax), fp32 (flash is faster there), inference (no gradient: the compiled decode
     step keeps SDPA) and long sequences (quadratic scores, and flash skips the masked half) stay on SDPA."""
@@ -117,6 +122,7 @@ def use_math_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
         and q.dtype == torch.bfloat16
         and q.requires_grad
         and k.shape[-2] <= MATH_ATTENTION_MAX_KEYS
+        and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= MATH_ATTENTION_MAX_SCORES
         and torch.compiler.is_compiling()
     )
 

@@ -76,9 +76,11 @@ def graph_of(fn, *args):
         (1024, torch.bfloat16, True, False),  # long: flash skips the masked half
         (256, torch.float32, True, False),  # fp32: flash is faster
         (256, torch.bfloat16, False, False),  # inference (the compiled decode step)
+        (512, torch.bfloat16, True, False),  # 2 x 4 x 512 x 512 scores: over the cap set below
     ],
 )
-def test_auto_picks_math_only_for_short_compiled_bf16_training(seq, dtype, grad, expect_math):
+def test_auto_picks_math_only_for_short_compiled_bf16_training(seq, dtype, grad, expect_math, monkeypatch):
+    monkeypatch.setattr(ops, "MATH_ATTENTION_MAX_SCORES", 2 * 4 * 256 * 256)
     q, k, v = [x.requires_grad_(grad) for x in make_inputs(4, dtype, t=seq)]
     with ops.use_backend("auto", attention="auto"):
         code = graph_of(lambda q, k, v: ops.attention(q, k, v, causal=True), q, k, v)
