@@ -115,26 +115,30 @@ def _chunk_loss_and_grad(
     """Torch twin of ``_cross_entropy_kernel`` for one chunk: fp32 loss per row ``(n,)`` (0 where ignored)
     and, if asked, ``d loss / d logits`` ``(n, V)`` already multiplied by ``scale``, in ``logits.dtype``.
     Written as plain elementwise torch so that ``torch.compile`` fuses it into a few passes per chunk."""
-    z = logits.float()
     if softcap is not None:
-        capped = torch.tanh(z / softcap)
+        capped = torch.tanh(logits.float() / softcap)
         z = softcap * capped
+        logp = torch.log_softmax(z, dim=-1)
+    else:
+        z = logits
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # (n, V) fp32, one pass
     valid = targets != ignore_index
     safe_targets = torch.where(valid, targets, 0)
-    lse = torch.logsumexp(z, dim=-1)  # (n,)
-    loss = lse - z.gather(-1, safe_targets[:, None]).squeeze(-1)
+    loss = -logp.gather(-1, safe_targets[:, None]).squeeze(-1)  # (n,)
     if z_loss:
+        lse = z.gather(-1, safe_targets[:, None]).squeeze(-1).float() + loss  # z_t - log p_t
         loss = loss + z_loss * lse * lse
     loss = torch.where(valid, loss, 0.0)
     if not compute_grad:
         return loss, None
     row_scale = torch.where(valid, scale, 0.0)  # (n,)
     dlse = row_scale * (1.0 + 2.0 * z_loss * lse) if z_loss else row_scale
-    grad = torch.exp(z - lse[:, None]) * dlse[:, None]  # (n, V)
-    cols = torch.arange(z.shape[-1], device=z.device)
-    grad = torch.where(cols[None] == safe_targets[:, None], grad - row_scale[:, None], grad)
+    # softmax * dlse - onehot * scale, built in the log-probabilities' buffer (few passes when eager)
+    grad = logp.exp_().mul_(dlse[:, None])  # (n, V)
+    rows = torch.arange(grad.shape[0], device=grad.device)
+    grad.index_put_((rows, safe_targets), -row_scale, accumulate=True)
     if softcap is not None:
-        grad = grad * (1.0 - capped * capped)
+        grad.mul_(1.0 - capped * capped)
     return loss, grad.to(logits.dtype)
 
 
