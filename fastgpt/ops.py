@@ -97,7 +97,27 @@ def use_backend(name: str, attention: str | None = None) -> Iterator[None]:
 
 def use_triton(x: torch.Tensor) -> bool:
     """Whether an op on tensor ``x`` runs the Triton kernel under the current backend."""
-    return _backend == "triton" or (_backend == "auto" and x.is_cuda)
+    if _backend == "triton":
+        _check_triton_can_run(x)
+        return True
+    return _backend == "auto" and x.is_cuda
+
+
+def _check_triton_can_run(x: torch.Tensor) -> None:
+    """A forced Triton kernel on a CPU tensor without the interpreter is refused in one line, instead of
+    failing deep inside Triton's launcher."""
+    if not x.is_cuda and not _triton_interpreter_on():
+        raise RuntimeError(
+            f"the Triton kernels on a {x.device.type} tensor need the Triton interpreter: start Python with "
+            "TRITON_INTERPRET=1 (slow; for tests), or use FASTGPT_KERNELS=auto|torch "
+            "(and FASTGPT_ATTENTION=auto|sdpa) off the GPU"
+        )
+
+
+def _triton_interpreter_on() -> bool:
+    """Triton reads ``TRITON_INTERPRET`` when a kernel module is first imported; a true value then runs
+    the kernels on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _triton(module: str, name: str):
@@ -160,6 +180,7 @@ def attention(
         return attention_math(q, k, v, **kwargs)
     if backend == "flash_attn":
         return _triton("attention", "attention_flash_attn")(q, k, v, **kwargs)
+    _check_triton_can_run(q)
     return _triton("attention", "attention_triton")(q, k, v, **kwargs)
 
 
