@@ -2,11 +2,16 @@
 
 ``TRITON_INTERPRET=1`` must be set before triton is first imported: it makes the Triton kernels run on
 CPU tensors (see docs/kernels.md). Tests stay on few threads so two pytest workers do not fight.
+
+``FASTGPT_TEST_DEVICE=cuda`` (GPU machines; ``benchmarks/gpu_suite.sh``) runs the device-agnostic tests,
+the kernel tests above all, natively: no interpreter, and tensors made without a device land on the GPU.
 """
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+TEST_DEVICE = os.environ.get("FASTGPT_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -14,6 +19,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+if TEST_DEVICE != "cpu":
+    if not torch.cuda.is_available():
+        raise pytest.UsageError(f"FASTGPT_TEST_DEVICE={TEST_DEVICE}: CUDA is not available here")
+    torch.set_default_device(TEST_DEVICE)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -33,3 +33,37 @@ def test_a_typo_on_one_process_is_one_line_and_exit_2(script, tmp_path):
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"fastgpt {script}: error: unknown option --max_step (did you mean --max_steps")
+
+
+def test_gpu_suite_script_parses_and_its_test_mode_refuses_a_machine_without_cuda(tmp_path):
+    """benchmarks/gpu_suite.sh only runs on a lent GPU; here: it is valid bash, and the test mode it
+    uses (FASTGPT_TEST_DEVICE=cuda) stops at once with one line where CUDA is missing instead of
+    running the kernel tests on CPU tensors without the interpreter."""
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_suite.sh")], check=True)
+    if torch_cuda_available():
+        pytest.skip("this machine has CUDA: the refusal cannot be shown")
+    env = {**os.environ, "FASTGPT_TEST_DEVICE": "cuda"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "test_ops_dispatch.py"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode != 0
+    assert "FASTGPT_TEST_DEVICE=cuda: CUDA is not available here" in proc.stdout + proc.stderr
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

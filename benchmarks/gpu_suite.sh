@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Everything fastgpt checks on a GPU, as one short script for a lent machine (at most 10 minutes on one
+# H100/H200). It installs nothing from the network: the machine's own torch/triton/transformers are used
+# and fastgpt is installed from this tree without dependencies.
+#
+#   bash benchmarks/gpu_suite.sh [OUT_DIR]      # default: benchmarks/results/gpu (or $OUT when set)
+#
+# Steps, each with its own time limit so one slow step cannot eat the others:
+#   1. the machine: nvidia-smi, torch/triton versions
+#   2. the kernel tests natively on the GPU (FASTGPT_TEST_DEVICE=cuda: no interpreter, bf16 tl.dot real)
+#   3. benchmarks/kernels.py --quick: every kernel vs torch eager / compile / SDPA / flash-attn / Liger
+#   4. benchmarks/train_throughput.py: tokens/s and MFU of a training step, gpt2 and llama-1b presets
+# Logs and tables go to OUT_DIR (kernels.csv/.md/.png, train.csv, *.log).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-benchmarks/results/gpu}}"
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+status=0
+step() {  # step NAME SECONDS CMD...: run with a limit, log to $out/NAME.log, remember failures
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+step machine 60 bash -c "nvidia-smi; $py -c 'import torch, triton; print(\"torch\", torch.__version__, \"triton\", triton.__version__, torch.cuda.get_device_name())'"
+# fastgpt itself, without touching the machine's packages (no index: nothing can be fetched there)
+$py -m pip install -q --no-deps --no-build-isolation --no-index -e . || status=1
+
+step kernel_tests 180 env FASTGPT_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider \
+  tests/test_kernel_norms.py tests/test_kernel_rope.py tests/test_kernel_activations.py \
+  tests/test_kernel_attention.py tests/test_kernel_cross_entropy.py tests/test_ops_attention_math.py
+step kernels_bench 180 $py benchmarks/kernels.py --quick --out "$out"
+step train_throughput 180 $py benchmarks/train_throughput.py --configs gpt2 llama-1b --batch 8 --seq 1024 \
+  --dtype bf16 --compile true --reference false --device cuda --csv "$out/train.csv"
+echo "gpu suite: $([ $status -eq 0 ] && echo all steps passed || echo SOME STEPS FAILED) (logs in $out)"
+exit $status
