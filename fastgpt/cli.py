@@ -7,10 +7,12 @@ file only routes, so adding a stage never touches another stage's code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import sys
 import warnings
+from collections.abc import Iterator
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("fastgpt.tokenizer_cli", "show how a tokenizer splits text (coloured tokens and ids)"),
@@ -54,14 +56,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
-def _warnings_as_one_line(command: str) -> None:
+@contextlib.contextmanager
+def _warnings_as_one_line(command: str) -> Iterator[None]:
     """A command's user sees ``fastgpt prepare: warning: ...``, not the file, line number and source
-    line of the ``warnings.warn`` call (Python's default, meant for developers)."""
+    line of the ``warnings.warn`` call (Python's default, meant for developers). Restored afterwards, so
+    a command run from Python (a notebook, a test) does not label later warnings as its own."""
 
     def one_line(message, category, filename, lineno, line=None) -> str:
         return f"fastgpt {command}: warning: {message}\n"
 
+    saved = warnings.formatwarning
     warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
 
 
 def _usage() -> str:
@@ -90,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         print(f"fastgpt: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
+    with _warnings_as_one_line(name):
+        return _run(name, rest)
+
+
+def _run(name: str, rest: list[str]) -> int:
     module_name, _ = SUBCOMMANDS[name]
-    _warnings_as_one_line(name)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

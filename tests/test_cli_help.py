@@ -94,6 +94,19 @@ def test_warnings_are_one_line_for_a_command_user(tmp_path):
     ]
 
 
+def test_one_line_warnings_end_with_the_command(tmp_path, capsys):
+    """Run from Python, a command's warning label must not stick to later, unrelated warnings."""
+    import warnings
+
+    before = warnings.formatwarning
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("a tiny corpus " * 20)
+    with pytest.warns(UserWarning, match="supports only"):
+        assert fastgpt(["train-tokenizer", "--source", str(corpus), "--out", str(tmp_path / "t")]) == 0
+    assert warnings.formatwarning is before
+    assert "fastgpt" not in warnings.formatwarning("later", UserWarning, "x.py", 1, "")
+
+
 def test_a_missing_optional_package_names_the_extra(monkeypatch, capsys):
     """``pip install -e .`` has no fastapi: ``fastgpt serve`` says which extra brings it."""
     monkeypatch.delitem(sys.modules, "fastgpt.serve.server", raising=False)
