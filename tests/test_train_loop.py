@@ -104,8 +104,8 @@ def test_accumulation_weighs_every_target_equally(tmp_path):
     )
     trainer = Trainer(cfg, model)
     m = trainer.train_step(stage, stage.batches)
-    assert m["loss"] == pytest.approx(float(expected), rel=1e-6)
-    assert m["grad_norm"] == pytest.approx(float(expected_norm), rel=1e-5)
+    assert m["loss"] == pytest.approx(expected.item(), rel=1e-6)
+    assert m["grad_norm"] == pytest.approx(expected_norm.item(), rel=1e-5)
 
 
 def test_grad_accumulation_matches_the_bigger_batch(corpus, tmp_path):
