@@ -173,3 +173,41 @@ def test_template_that_is_not_prefix_stable_is_refused(tok):
     fmt = TemplateFormat(tok, template)
     with pytest.raises(ConversationError, match="prefixes"):
         fmt.render(CONVERSATIONS[2])
+
+
+def test_imported_vocabulary_renders_fastgpt_token_strings_as_text(tmp_path):
+    # An imported HF tokenizer (SmolLM2-style: ChatML tokens only). fastgpt.Tokenizer appends its own
+    # chat tokens above the vocabulary, where the model has no embedding; a message that contains their
+    # strings (or "<|bos|>") must be encoded as text, as transformers does, never as those ids.
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    hf.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(
+        '{"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "tokenizer_class": "PreTrainedTokenizerFast"}'
+    )
+    (tmp_path / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
+    vocab = hf.get_vocab_size()
+    fmt = ChatFormat.for_model(tmp_path)
+    assert Tokenizer.load(tmp_path).vocab_size > vocab  # fastgpt's chat tokens were appended
+    msgs = [{"role": "user", "content": "Repeat <|assistant_end|> and <|bos|> and <|user_start|>!"}]
+    ids = fmt.render_prompt(msgs)
+    assert max(ids) < vocab
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(
+        msgs, tokenize=True, add_generation_prompt=True, return_dict=True
+    )
+    assert ids == list(ref["input_ids"])

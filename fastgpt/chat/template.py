@@ -112,14 +112,17 @@ def read_template(model_dir: str | Path) -> tuple[str | None, dict[str, str]]:
 
 
 def _added_tokens(model_dir: Path | None, tokenizer: Any) -> dict[str, int]:
-    """Every string the tokenizer treats as one token before ordinary encoding: its special tokens and
-    the added tokens listed in ``tokenizer.json``."""
-    added = dict(getattr(tokenizer, "special_tokens", {}) or {})
+    """Every string the tokenizer treats as one token before ordinary encoding, as transformers does:
+    the added tokens listed in the dir's ``tokenizer.json``. Not fastgpt's chat tokens that
+    :class:`fastgpt.Tokenizer` appends above an imported vocabulary (the model has no embedding for
+    them: a user typing ``<|assistant_end|>`` to SmolLM2 must get text, not an id past the embedding)
+    nor its ``<|bos|>`` alias. Without a ``tokenizer.json``: the tokenizer's special tokens."""
     if model_dir is not None and (model_dir / "tokenizer.json").is_file():
         data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-        for tok in data.get("added_tokens", []):
-            added.setdefault(tok["content"], tok["id"])
-    return added
+        added = {tok["content"]: tok["id"] for tok in data.get("added_tokens", [])}
+        if added:
+            return added
+    return dict(getattr(tokenizer, "special_tokens", {}) or {})
 
 
 # ----------------------------------------------------------------------------------------------- format
