@@ -66,6 +66,26 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert stats.invalid_utf8 == 2 and stats.files_with_invalid_utf8 == [str(path)]
 
 
+def test_empty_files_in_a_dir_or_glob_are_skipped(tmp_path):
+    """A user's folder with an empty or whitespace-only file among good ones: those files are skipped,
+    listed and warned about; the run does not fail. A folder / glob with no text at all still fails."""
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "blank.txt").write_text(" \r\n\n ")
+    with pytest.warns(UserWarning, match=r"empty.txt: contains no text .*; skipped"):
+        docs, stats = _docs(tmp_path)
+    assert docs == ["alpha"] and stats.files == 3 and stats.documents == 1
+    assert stats.empty_files == [str(tmp_path / "empty.txt"), str(tmp_path / "sub" / "blank.txt")]
+    with pytest.warns(UserWarning):
+        assert _docs(str(tmp_path / "**" / "*.txt"))[0] == ["alpha"]
+    (tmp_path / "a.txt").write_text("")
+    with pytest.raises(DataError, match=r"none of its 3 file\(s\) contains text"), pytest.warns(UserWarning):
+        _docs(tmp_path)
+    with pytest.raises(DataError, match="empty.txt: contains no text"):  # named on its own: an error
+        _docs(tmp_path / "empty.txt")
+
+
 @pytest.mark.parametrize(
     "name, content, message",
     [

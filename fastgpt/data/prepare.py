@@ -333,8 +333,9 @@ def _manifest(out, tok, sources, records, stats, options, val_fraction, chunk_mb
         "stats": {
             "bytes": sum(r["bytes"] for r in records.values()),
             "chunks": len(records),
-            **{k: v for k, v in asdict(stats).items() if k != "files_with_invalid_utf8"},
+            **{k: v for k, v in asdict(stats).items() if k not in ("files_with_invalid_utf8", "empty_files")},
             "files_with_invalid_utf8": stats.files_with_invalid_utf8[:20],
+            "empty_files": len(stats.empty_files),
         },
     }
 

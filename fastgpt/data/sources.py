@@ -14,7 +14,9 @@ Bad input fails with a :class:`DataError` naming the file (and line) and what wa
 files, globs matching nothing, sources with no text at all, JSON lines that are not objects or lack the
 text field. Bytes that are not valid UTF-8 are decoded with U+FFFD replacements, counted in
 :class:`ReadStats` and reported with a warning, never dropped silently. Empty records inside an
-otherwise good file are skipped and counted.
+otherwise good file are skipped and counted. A file found through a directory or a glob that holds no
+text (an empty ``.txt``) is skipped, listed in ``ReadStats.empty_files`` and reported with a warning;
+only a file named on its own, or a directory / glob none of whose files holds text, is an error.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class ReadStats:
     files: int = 0
     documents: int = 0
     empty_documents: int = 0  # whitespace-only records skipped
+    empty_files: list[str] = field(default_factory=list)  # files of a dir/glob without text, skipped
     invalid_utf8: int = 0  # invalid UTF-8 sequences replaced by U+FFFD
     files_with_invalid_utf8: list[str] = field(default_factory=list)
 
@@ -63,6 +66,7 @@ class ReadStats:
 class Source:
     kind: str  # "builtin" | "txt" | "jsonl" | "parquet" | "hf"
     spec: str  # corpus name, file path or HF dataset spec
+    origin: str = ""  # the directory or glob this file was found through ("" = named on its own)
 
     def describe(self) -> dict[str, str]:
         return {"kind": self.kind, "spec": self.spec}
@@ -102,13 +106,13 @@ def expand_sources(
             files = sorted(p for p in path.rglob("*") if p.is_file() and _kind_of(p))
             if not files:
                 raise DataError(f"{path}: no {', '.join(SUPPORTED)} files in this directory")
-            out += [Source(_kind_of(p), str(p)) for p in files]
+            out += [Source(_kind_of(p), str(p), spec) for p in files]
         elif glob.has_magic(spec):
             files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
             files = [p for p in files if p.is_file() and _kind_of(p)]
             if not files:
                 raise DataError(f"{spec}: the pattern matches no {', '.join(SUPPORTED)} files")
-            out += [Source(_kind_of(p), str(p)) for p in files]
+            out += [Source(_kind_of(p), str(p), spec) for p in files]
         elif spec in BUILTIN_CORPORA:
             out.append(Source("builtin", spec))
         else:
@@ -232,13 +236,20 @@ def _read_hf(spec: str, options: ReadOptions, stats: ReadStats) -> Iterator[str]
 def iter_documents(
     sources: Sequence[Source], options: ReadOptions | None = None, stats: ReadStats | None = None
 ) -> Iterator[str]:
-    """Every document of every source, in order. A source that yields no text is an error."""
+    """Every document of every source, in order. A source that yields no text is an error, except a
+    file found through a directory or glob: it is skipped with a warning (``stats.empty_files``) unless
+    none of that directory's / glob's files holds text."""
     from fastgpt.data.corpora import corpus_documents
 
     options = options or ReadOptions()
     stats = stats if stats is not None else ReadStats()
     readers = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet}
+    origin_docs: dict[str, int] = {}  # documents per directory / glob
+    origin_files: dict[str, int] = {}
     for source in sources:
+        if source.origin:
+            origin_docs.setdefault(source.origin, 0)
+            origin_files[source.origin] = origin_files.get(source.origin, 0) + 1
         before = stats.documents
         if source.kind == "builtin":
             docs = iter(corpus_documents(source.spec))
@@ -250,5 +261,16 @@ def iter_documents(
         for doc in docs:
             stats.documents += 1
             yield doc
-        if stats.documents == before:
+        if source.origin:
+            origin_docs[source.origin] += stats.documents - before
+        if stats.documents > before:
+            continue
+        if not source.origin:
             raise DataError(f"{source.spec}: contains no text (empty or whitespace only)")
+        stats.empty_files.append(source.spec)
+        warnings.warn(f"{source.spec}: contains no text (empty or whitespace only); skipped", stacklevel=2)
+    for origin, n in origin_docs.items():
+        if n == 0:
+            raise DataError(
+                f"{origin}: none of its {origin_files[origin]} file(s) contains text (empty or whitespace only)"
+            )
