@@ -267,6 +267,25 @@ def test_client_that_disconnects_stops_its_generation(engine):
         assert scheduler.stats["tokens"] == again.json()["usage"]["completion_tokens"]
 
 
+def test_non_streaming_client_that_times_out_stops_its_generation(engine):
+    # a client's read timeout (or a closed app) on a non-streamed request: the server must not decode the
+    # whole reply for nobody while later requests wait behind it
+    gated = GatedEngine(engine.model, engine.tokenizer)
+    gated.gate = threading.Event()
+    app = create_app(gated, ServeConfig(model_name=NAME, limits=LIMITS, max_batch_rows=4))
+    scheduler = app.state.scheduler
+    body = {"model": NAME, "messages": USER, "max_tokens": 64, "temperature": 0}
+    with serve_in_thread(app) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+        _wait_for(lambda: scheduler.queued == 0 and all(job.cancelled for job in scheduler.running))
+        gated.gate.set()
+        _wait_for(lambda: not scheduler.busy)
+        assert scheduler.stats["tokens"] == 0
+        again = httpx.post(url + "/v1/chat/completions", json={**body, "max_tokens": 5}, timeout=60)
+        assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] >= 1
+
+
 # ------------------------------------------------------------------------------------------ bad input
 def _chat(**over):
     return {"model": NAME, "messages": USER, "max_tokens": 4, **over}
@@ -576,3 +595,11 @@ def test_a_base_model_serves_completions_and_refuses_chat(tokenizer):
             url + "/v1/completions", json={"model": NAME, "prompt": "Who", "max_tokens": 3}, timeout=60
         )
         assert text.status_code == 200 and text.json()["usage"]["completion_tokens"] >= 1
+        # a token id the tokenizer knows (a chat token) but the embedding lacks: 400, not a 500
+        ids = httpx.post(
+            url + "/v1/completions",
+            json={"model": NAME, "prompt": [tokenizer.bos_id + 1], "max_tokens": 3},
+            timeout=60,
+        )
+        assert ids.status_code == 400 and ids.json()["error"]["param"] == "prompt", ids.text
+        assert f"0..{tokenizer.bos_id}" in ids.json()["error"]["message"]

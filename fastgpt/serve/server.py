@@ -21,6 +21,7 @@ asks for the key itself).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import json
 import logging
@@ -85,6 +86,9 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
         raise ValueError(f"max_n={limits.max_n} cannot exceed max_batch_rows={config.max_batch_rows}")
     tokenizer = engine.tokenizer
     chat_format = _chat_format_or_none(engine)
+    # ids a prompt may use: the model's embedding can be smaller than the tokenizer (fastgpt's chat
+    # tokens are appended above an imported vocabulary)
+    embedded = min(tokenizer.vocab_size, engine.model.config.vocab_size)
     created = now()
 
     @asynccontextmanager
@@ -197,14 +201,14 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(reply.sse(include_usage), media_type="text/event-stream")
-        return JSONResponse(await reply.collect())
+        return JSONResponse(await reply.collect(request))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(request)
         req: CompletionRequest = parse_body(await read_body(request, limits), CompletionRequest, limits)  # type: ignore[assignment]
         check_model(req.model)
-        prompts = [_prompt_ids(tokenizer, p) for p in req.prompts()]
+        prompts = [_prompt_ids(tokenizer, p, embedded) for p in req.prompts()]
         for p in prompts:
             check_prompt(len(p), "prompt")
         job = _job(prompts, req, limits, {tokenizer.bos_id}, False)
@@ -214,7 +218,7 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(reply.sse(include_usage), media_type="text/event-stream")
-        return JSONResponse(await reply.collect())
+        return JSONResponse(await reply.collect(request))
 
     return app
 
@@ -233,16 +237,16 @@ async def read_body(request: Request, limits: Limits) -> bytes:
     return bytes(body)
 
 
-def _prompt_ids(tokenizer: Any, prompt: str | list[int]) -> list[int]:
+def _prompt_ids(tokenizer: Any, prompt: str | list[int], vocab_size: int) -> list[int]:
     """Text is encoded with BOS in front (documents start with BOS in training); token ids are used as
-    given, once checked against the vocabulary."""
+    given, once checked against the ids the model has embeddings for (``vocab_size``)."""
     if isinstance(prompt, str):
         return tokenizer.encode(prompt, add_bos=True)
-    bad = [t for t in prompt if not 0 <= t < tokenizer.vocab_size]
+    bad = [t for t in prompt if not 0 <= t < vocab_size]
     if bad:
         raise APIError(
             400,
-            f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})",
+            f"token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1})",
             param="prompt",
         )
     return list(prompt)
@@ -386,13 +390,27 @@ class _Reply:
         if not self._all_done():
             self.job.cancelled = True  # the client went away, or an error: stop spending compute on it
 
-    async def collect(self) -> dict[str, Any]:
+    async def collect(self, request: Request | None = None) -> dict[str, Any]:
+        """The whole reply. With ``request``, a client that hangs up before it is ready (a timeout,
+        a closed app) cancels the job, as a closed stream does, so it does not hold the engine."""
+        watcher = asyncio.create_task(self._cancel_on_disconnect(request)) if request is not None else None
         try:
             async for _ in self._updates():
                 pass
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self._release()
         return self._response()
+
+    async def _cancel_on_disconnect(self, request: Request) -> None:
+        # the body has been read, so the next ASGI message is the client's disconnect
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # noqa: BLE001 - whatever the transport does, the client is gone
+            pass
+        self.job.cancelled = True
 
     async def sse(self, include_usage: bool) -> AsyncIterator[str]:
         try:
