@@ -242,8 +242,8 @@ def _main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg, model, tokenizer=tokenizer, stage_name="dpo", run_info={"data": cfg.data})
     stage.attach(trainer)
     log_baseline(trainer, stage)
-    trainer.fit(stage)
-    export_final(trainer, chat_format)
+    last = trainer.fit(stage)
+    export_final(trainer, chat_format, last)
     trainer.close()
     return 0
 

@@ -403,8 +403,8 @@ def _main(argv: list[str] | None = None) -> int:
             """(a small .jsonl: raise its share with --task_options '{"heldout_fraction": 0.3}')"""
         )
     log_baseline(trainer, stage)
-    trainer.fit(stage)
-    export_final(trainer, chat_format)
+    last = trainer.fit(stage)
+    export_final(trainer, chat_format, last)
     trainer.close()
     return 0
 

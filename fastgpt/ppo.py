@@ -430,8 +430,8 @@ def _main(argv: list[str] | None = None) -> int:
         f"{cfg.prompts_per_step} per rollout, {cfg.ppo_epochs} epochs x {cfg.num_minibatches} minibatches"
     )
     log_baseline(trainer, stage)
-    trainer.fit(stage)
-    export_final(trainer, chat_format)
+    last = trainer.fit(stage)
+    export_final(trainer, chat_format, last)
     trainer.close()
     return 0
 

@@ -176,8 +176,14 @@ def _main(argv: list[str] | None = None) -> int:
     cfg.seq_len = cfg.max_len
     trainer = Trainer(cfg, model, tokenizer=tokenizer, stage_name="reward", run_info={"data": cfg.data})
     log_baseline(trainer, stage)
-    trainer.fit(stage)
-    export_final(trainer, chat_format)
+    last = trainer.fit(stage)
+    export_final(
+        trainer,
+        chat_format,
+        last,
+        use="a reward model: fastgpt.rl.heads.ScalarHeadModel.from_pretrained, or fastgpt ppo --reward_model="
+        + str(trainer.out_dir / "model"),
+    )
     trainer.close()
     return 0
 

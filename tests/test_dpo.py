@@ -77,7 +77,7 @@ def test_precomputed_reference_equals_on_the_fly_and_direct_logprobs(tmp_path, l
     torch.testing.assert_close(chosen[0].detach(), direct, atol=1e-4, rtol=1e-5)
 
 
-def test_dpo_margin_grows_on_toy_pairs(tmp_path):
+def test_dpo_margin_grows_on_toy_pairs(tmp_path, capsys):
     model_dir = tiny_model_dir(tmp_path / "m")
     out = tmp_path / "dpo"
     args = [f"--model={model_dir}", f"--data={_toy_pairs(tmp_path / 'p.jsonl')}", f"--out_dir={out}"]
@@ -105,3 +105,8 @@ def test_dpo_margin_grows_on_toy_pairs(tmp_path):
     assert (out / "model" / "model.safetensors").is_file() and (
         out / "model" / "chat_template.jinja"
     ).is_file()
+    # the run ends by saying where its outputs went, as pretraining and SFT do
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-3].startswith("done: step 20, ") and "heldout_margin=" in printed[-3]
+    assert printed[-2] == f"model written to {out / 'model'} (chat: fastgpt chat --model {out / 'model'})"
+    assert printed[-1] == f"metrics: {out / 'metrics.jsonl'}"

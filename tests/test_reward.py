@@ -117,7 +117,7 @@ def _separable_pairs(path, n=160):
     return path
 
 
-def test_reward_model_learns_separable_pairs(tmp_path):
+def test_reward_model_learns_separable_pairs(tmp_path, capsys):
     from fastgpt.reward import main
 
     model_dir = tiny_model_dir(tmp_path / "m")
@@ -133,6 +133,7 @@ def test_reward_model_learns_separable_pairs(tmp_path):
         "--progress=false",
     ]
     assert main(args) == 0
+    assert f"model written to {out / 'model'} (a reward model: " in capsys.readouterr().out
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in evals if "heldout_pair_accuracy" in m]
     before, after = evals[0], evals[-1]

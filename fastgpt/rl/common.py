@@ -57,13 +57,24 @@ def frozen_copy(model: torch.nn.Module, *, dtype: torch.dtype | None = None) -> 
     return frozen.to(dtype) if dtype is not None else frozen
 
 
-def export_final(trainer: Any, chat_format: Any) -> Path:
-    """Make sure ``out_dir/model`` carries the chat template the model was trained with."""
+def export_final(
+    trainer: Any, chat_format: Any, last: dict[str, float] | None = None, *, use: str = ""
+) -> Path:
+    """Make sure ``out_dir/model`` carries the chat template the model was trained with, then tell the
+    user where the run's outputs are: the final step and held-out metrics, the model dir (and ``use``,
+    how to use it; default: chat with it) and ``metrics.jsonl``."""
     from fastgpt.chat.template import export_chat_template
 
     path = Path(trainer.out_dir) / "model"
     if trainer.dist.is_main and path.is_dir() and not (path / "chat_template.jinja").is_file():
         export_chat_template(path, chat_format)
+    held_out = " ".join(f"{k}={v:.4f}" for k, v in (last or {}).items() if k.startswith("heldout_"))
+    trainer.print(
+        f"done: step {trainer.step}, {trainer.tokens:,} tokens in {trainer.elapsed:.0f}s"
+        + (f"; {held_out}" if held_out else "")
+    )
+    trainer.print(f"model written to {path} ({use or f'chat: fastgpt chat --model {path}'})")
+    trainer.print(f"metrics: {Path(trainer.out_dir) / 'metrics.jsonl'}")
     return path
 
 
