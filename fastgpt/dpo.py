@@ -58,6 +58,7 @@ class DPOConfig(TrainConfig):
     out_dir: str = "out/dpo"
     data: str = "gsm_symbolic_pairs"  # pair files and built-ins, comma-separated (fastgpt.tasks.preferences)
     num_derived: int = 2000  # pairs drawn from each <task>_pairs source
+    strict: bool = False  # a malformed pair record is an error instead of a counted skip
     heldout_fraction: float = 0.1  # share of prompts held out (by hash) for held-out margins
     max_len: int = 512  # tokens per prompt + reply (longer pairs are skipped and counted)
     beta: float = 0.1  # DPO temperature: strength of the implicit KL to the reference

@@ -58,6 +58,7 @@ class RewardModelConfig(TrainConfig):
     out_dir: str = "out/reward"
     data: str = "gsm_symbolic_pairs"  # pair files and built-ins, comma-separated
     num_derived: int = 2000  # pairs drawn from each <task>_pairs source
+    strict: bool = False  # a malformed pair record is an error instead of a counted skip
     heldout_fraction: float = 0.1  # share of prompts held out (by hash) for held-out pair accuracy
     max_len: int = 512  # pairs whose prompt + longer reply exceed this are skipped (counted)
     batch_size: int = 8  # pairs per rank per micro-batch
@@ -74,7 +75,7 @@ def load_rendered_pairs(
 ) -> tuple[list[RenderedPair], list[RenderedPair]]:
     """``(train, heldout)`` token pairs from ``cfg.data``, split by prompt, rendered in the model's chat
     format; skipped pairs are counted in the log."""
-    pairs = load_pairs(cfg.data, num_derived=cfg.num_derived, seed=cfg.seed, log=log)
+    pairs = load_pairs(cfg.data, num_derived=cfg.num_derived, seed=cfg.seed, strict=cfg.strict, log=log)
     train, heldout = split_pairs(pairs, cfg.heldout_fraction)
     out = []
     for name, split in (("train", train), ("heldout", heldout)):

@@ -57,6 +57,48 @@ def test_pair_records_all_forms_and_skips(tmp_path):
         load_pairs("nope")
 
 
+def test_trl_explicit_prompt_pairs_and_reasons_of_every_kind(tmp_path, capsys):
+    """TRL's conversational form with an explicit prompt ("chosen": [one assistant message]) is read; a
+    run of identical pairs does not hide the reason a later record was malformed; --strict reaches the
+    pair reader from the command line."""
+    p = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Add 2 and 3"}]
+    trl = {
+        "prompt": p,
+        "chosen": [{"role": "assistant", "content": "5"}],
+        "rejected": [{"role": "assistant", "content": "6"}],
+    }
+    same = {"prompt": "Same?", "chosen": "Yes", "rejected": "Yes"}
+    two = {"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}] * 2, "rejected": "b"}
+    user = {"prompt": "x", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [trl, *[same] * 5, two, user]) + "\n")
+    logged = []
+    pairs = load_pairs(str(path), log=logged.append)
+    assert (
+        len(pairs) == 1 and pairs[0].prompt == tuple(p) and (pairs[0].chosen, pairs[0].rejected) == ("5", "6")
+    )
+    assert "skipped 5 with identical chosen/rejected, 2 malformed" in logged[0]
+    assert (
+        "pairs.jsonl:7: field 'chosen' must be a string, a message or a list of one assistant message, got list of 2"
+        in logged[0]
+    )
+    assert "pairs.jsonl:8: field 'chosen': the reply must be an assistant message" in logged[0]
+
+    from fastgpt.dpo import main
+
+    model_dir = tiny_model_dir(tmp_path / "m")
+    args = [
+        f"--model={model_dir}",
+        f"--data={path}",
+        f"--out_dir={tmp_path / 'dpo'}",
+        "--max_steps=1",
+        "--strict=true",
+    ]
+    capsys.readouterr()
+    assert main(args) == 2  # one error line naming the first malformed record, no training
+    assert capsys.readouterr().err.startswith(f"fastgpt dpo: error: {path}:7: field 'chosen' must be")
+
+
 def test_derived_pairs_differ_only_in_the_final_answer():
     solution = "Add them: 12 + 30 = 42.\nSo the total is 42.\n#### 42"
     wrong = corrupt_solution(solution, "42", random.Random(0))

@@ -3,7 +3,8 @@
 Sources (``load_pairs(spec)``, several joined with commas):
 
 - a ``.jsonl`` / ``.json`` file whose records are any of
-  - ``{"prompt": str | messages, "chosen": str | message, "rejected": str | message}``;
+  - ``{"prompt": str | messages, "chosen": str | message | [message], "rejected": ...}`` (the last:
+    TRL's conversational form with an explicit prompt, a list of one assistant message);
   - LLaMA-Factory / ShareGPT: ``{"conversations": [{"from", "value"}...], "chosen": {"from": "gpt",
     "value": ...}, "rejected": {...}, "system"?: ...}``;
   - TRL conversational: ``{"chosen": messages, "rejected": messages}`` whose messages agree up to the
@@ -68,11 +69,11 @@ class PairStats:
     kept: int = 0
     identical: int = 0
     malformed: int = 0
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # the first few of each kind
 
     def skip(self, kind: str, reason: str) -> None:
         setattr(self, kind, getattr(self, kind) + 1)
-        if len(self.reasons) < 5:
+        if getattr(self, kind) <= 3:  # per kind, so a few identical pairs do not hide why others broke
             self.reasons.append(reason)
 
     def summary(self, name: str) -> str:
@@ -85,6 +86,11 @@ class PairStats:
 
 # ---------------------------------------------------------------------------------------------- records
 def _reply_text(value: Any, field_name: str) -> str:
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        # TRL's conversational form with an explicit prompt: "chosen": [{"role": "assistant", ...}]
+        if value[0].get("role", "assistant") not in ("assistant", "gpt"):
+            raise ValueError(f"field {field_name!r}: the reply must be an assistant message")
+        value = value[0]
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
@@ -92,7 +98,10 @@ def _reply_text(value: Any, field_name: str) -> str:
             return value["content"]
         if isinstance(value.get("value"), str):
             return value["value"]
-    raise ValueError(f"field {field_name!r} must be a string or a message, got {type(value).__name__}")
+    raise ValueError(
+        f"field {field_name!r} must be a string, a message or a list of one assistant message, "
+        f"got {type(value).__name__}" + (f" of {len(value)}" if isinstance(value, list) else "")
+    )
 
 
 def _prompt_messages(value: Any) -> tuple[Message, ...]:
