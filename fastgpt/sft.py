@@ -145,8 +145,8 @@ class SFTStage:
             data, val_fraction=val_fraction, seed=seed, name=name, maker=maker, strict=strict, log=log
         )
         self.train_stats, self.val_stats = RenderStats(), RenderStats()
-        self.train_examples = render_examples(train, chat_format, seq_len, self.train_stats)
-        self.val_examples = render_examples(val, chat_format, seq_len, self.val_stats)
+        self.train_examples = render_examples(train, chat_format, seq_len, self.train_stats, strict=strict)
+        self.val_examples = render_examples(val, chat_format, seq_len, self.val_stats, strict=strict)
         log(f"train: {self.train_stats.summary()}")
         log(f"val: {self.val_stats.summary()}")
         self.batches = SFTBatches(

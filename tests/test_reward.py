@@ -99,6 +99,13 @@ def test_trl_explicit_prompt_pairs_and_reasons_of_every_kind(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"fastgpt dpo: error: {path}:7: field 'chosen' must be")
 
 
+def test_render_skip_reasons_are_printed():
+    from fastgpt.rl.pairs import RenderStats
+
+    stats = RenderStats(kept=3, unrenderable=1, reasons=["message 1: no such tool"])
+    assert stats.summary("train pairs").endswith("could not split); first reasons: message 1: no such tool")
+
+
 def test_derived_pairs_differ_only_in_the_final_answer():
     solution = "Add them: 12 + 30 = 42.\nSo the total is 42.\n#### 42"
     wrong = corrupt_solution(solution, "42", random.Random(0))

@@ -103,6 +103,36 @@ def test_batches_resume_exactly_and_split_across_ranks(examples, pack):
     assert b0["inputs"].shape[0] == 2
 
 
+def test_unrenderable_conversations_say_why_and_strict_refuses_them(tok):
+    """A valid OpenAI conversation calling a tool fastgpt's format cannot run is dropped with its reason
+    in the summary (it was a bare count), and is an error under --strict."""
+    from fastgpt.conversation import ConversationError
+    from fastgpt.sft_data.batching import RenderStats
+
+    weather = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+            ],
+        },
+        {"role": "tool", "content": "18 C"},
+        {"role": "assistant", "content": "It is 18 C."},
+    ]
+    ok = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    stats = RenderStats()
+    assert len(render_examples([ok, weather], SpecialTokenFormat(tok), SEQ, stats)) == 1
+    assert stats.dropped_unrenderable == 1
+    assert stats.summary().endswith(
+        ", 1 unrenderable (first reasons: the conversation starting 'Weather in Paris?': message 1: "
+        "fastgpt's format knows the 'calculator' tool only, not 'get_weather')"
+    )
+    with pytest.raises(ConversationError, match="starting 'Weather in Paris\\?': message 1: .*'get_weather'"):
+        render_examples([ok, weather], SpecialTokenFormat(tok), SEQ, strict=True)
+
+
 def test_default_model_dir_is_the_newest_pretraining_output(tmp_path):
     for name, stage in (("pre_a", "pretrain"), ("sft_b", "sft"), ("pre_c", "pretrain")):
         (tmp_path / name / "model").mkdir(parents=True)

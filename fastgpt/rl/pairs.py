@@ -57,6 +57,8 @@ class RenderStats:
                 f" (skipped {self.too_long} longer than max_len, {self.identical} identical once tokenized, "
                 f"{self.unrenderable} the chat format could not split)"
             )
+        if self.reasons:
+            text += f"; first reasons: {'; '.join(self.reasons)}"
         return text
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,13 +50,22 @@ class RenderStats:
     dropped_unrenderable: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    reasons: list[str] = field(default_factory=list)  # why the first unrenderable conversations failed
 
     def summary(self) -> str:
         return (
             f"rendered {self.kept}/{self.conversations} conversations ({self.tokens} tokens, "
             f"{self.trained_tokens} trained); truncated {self.truncated}, dropped {self.dropped_too_long} too long"
             + (f", {self.dropped_unrenderable} unrenderable" if self.dropped_unrenderable else "")
+            + (f" (first reasons: {'; '.join(self.reasons)})" if self.reasons else "")
         )
+
+
+def _describe(messages: list[Message]) -> str:
+    """A conversation named by its first user message, for messages about it."""
+    first = next((m.get("content") for m in messages if m.get("role") == "user"), None) or ""
+    first = " ".join(str(first).split())
+    return f"the conversation starting {first[:40] + ('...' if len(first) > 40 else '')!r}"
 
 
 def render_examples(
@@ -64,9 +73,13 @@ def render_examples(
     chat_format: ChatFormat,
     seq_len: int,
     stats: RenderStats | None = None,
+    *,
+    strict: bool = False,
 ) -> list[Example]:
     """Render and shift conversations for sequences of ``seq_len`` tokens (``seq_len + 1`` rendered
-    tokens, by the truncation rule of :class:`ChatFormat`); too-long ones are dropped and counted."""
+    tokens, by the truncation rule of :class:`ChatFormat`); too-long ones are dropped and counted, and
+    so are those the chat format cannot render (e.g. a tool other than the calculator in fastgpt's
+    format), with the first reasons kept; ``strict`` makes an unrenderable one an error."""
     stats = stats if stats is not None else RenderStats()
     out = []
     for messages in conversations:
@@ -76,8 +89,15 @@ def render_examples(
         except ConversationTooLong:
             stats.dropped_too_long += 1
             continue
-        except ConversationError:
+        except ConversationError as e:
+            reason = f"{_describe(messages)}: {e}"
+            if strict:
+                raise ConversationError(
+                    f"{reason} (the chat format of this model cannot render it)"
+                ) from None
             stats.dropped_unrenderable += 1
+            if len(stats.reasons) < 3:
+                stats.reasons.append(reason)
             continue
         targets = [t if m else IGNORE for t, m in zip(r.ids[1:], r.loss_mask[1:])]
         stats.kept += 1
