@@ -49,6 +49,18 @@ class PretrainConfig(TrainConfig):
     attention_docs: bool = True  # mask attention at document (BOS) boundaries inside a window
     text_field: str = "text"  # raw --data: the JSONL field / parquet column holding the text
     txt_mode: str = "file"  # raw --data .txt files: one document per file, or per blank-line-separated block
+    sample_prompts: str = (
+        ""  # printed samples' prompts, '|'-separated; "": Shakespeare's on shakespeare, else unprompted
+    )
+
+
+def sample_prompts(cfg: PretrainConfig) -> list[str]:
+    """The prompts of the printed samples: ``--sample_prompts`` split at ``|``; by default Shakespeare's
+    openings on the built-in Shakespeare corpus, and on any other data three unprompted samples (from
+    the document start alone), since Shakespeare's prompts say little about a model of your text."""
+    if cfg.sample_prompts:
+        return cfg.sample_prompts.split("|")
+    return list(SAMPLE_PROMPTS) if cfg.data == "shakespeare" else ["", "", ""]
 
 
 class PretrainStage:
@@ -117,7 +129,7 @@ class PretrainStage:
         device = next(model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(self.cfg.seed)
         out = []
-        for prompt in SAMPLE_PROMPTS:
+        for prompt in sample_prompts(self.cfg):
             ids = torch.tensor([self.tokenizer.encode(prompt, add_bos=True)], device=device)
             n = min(self.cfg.sample_tokens, model.config.max_seq_len - ids.shape[1])
             y = model.generate(ids, n, temperature=0.8, top_k=50, generator=gen)
@@ -209,8 +221,8 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     )
     trainer.print(f"model written to {trainer.out_dir / 'model'}")
     samples = trainer.samples(stage)
-    for prompt, text in zip(SAMPLE_PROMPTS, samples):
-        trainer.print(f"\n--- sample ({prompt!r}) ---\n{text}")
+    for prompt, text in zip(sample_prompts(cfg), samples):
+        trainer.print(f"\n--- sample ({repr(prompt) if prompt else 'no prompt'}) ---\n{text}")
     trainer.close()
     return last
 

@@ -56,8 +56,20 @@ def test_smoke_run_writes_config_metrics_model_and_samples(corpus, tmp_path, cap
     exported = fastgpt.from_pretrained(out / "checkpoints" / "step_0000004" / "model")
     ids = torch.tensor([tok.encode("the king and the queen", add_bos=True)])
     torch.testing.assert_close(model(ids), exported(ids), rtol=0, atol=0)
-    assert "--- sample ('ROMEO:') ---" in printed
+    # the user's own corpus is sampled without Shakespeare's prompts
+    assert printed.count("--- sample (no prompt) ---") == 3 and "ROMEO" not in printed
     assert len((out / "samples.jsonl").read_text().splitlines()) == 1  # step 2 (not repeated at the end)
+
+
+def test_sample_prompts_follow_the_data():
+    from fastgpt.pretrain import PretrainConfig, sample_prompts
+
+    assert sample_prompts(PretrainConfig()) == ["ROMEO:", "To be, or not to be", "The king"]
+    assert sample_prompts(PretrainConfig(data="my/corpus/*.jsonl")) == ["", "", ""]
+    assert sample_prompts(PretrainConfig(data="x.txt", sample_prompts="Once upon|The")) == [
+        "Once upon",
+        "The",
+    ]
 
 
 class UnevenTargets:
