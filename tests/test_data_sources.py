@@ -60,7 +60,7 @@ def test_globs_and_dirs_are_sorted(tmp_path):
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("café olé".encode("latin-1") + " ok \ufffd".encode())  # 2 bad bytes + a real U+FFFD
-    with pytest.warns(UnicodeWarning, match=r"latin1.txt: 2 invalid UTF-8"):
+    with pytest.warns(UnicodeWarning, match=r"latin1.txt: 2 invalid UTF-8 .* convert it first, e.g. iconv"):
         docs, stats = _docs(path)
     assert docs == ["caf\ufffd ol\ufffd ok \ufffd"]
     assert stats.invalid_utf8 == 2 and stats.files_with_invalid_utf8 == [str(path)]
@@ -94,7 +94,12 @@ def test_empty_files_in_a_dir_or_glob_are_skipped(tmp_path):
         ("blank.jsonl", '{"text": "  "}\n', "blank.jsonl: contains no text"),
         ("bad.jsonl", '{"text": "ok"}\n{not json}\n', r"bad.jsonl:2: not valid JSON"),
         ("list.jsonl", "[1, 2]\n", r"list.jsonl:1: expected a JSON object with a 'text' field, got list"),
-        ("nofield.jsonl", '{"body": "x"}\n', r"nofield.jsonl:1: no 'text' field \(fields: body\)"),
+        (
+            "nofield.jsonl",
+            '{"body": "x"}\n',
+            r"nofield.jsonl:1: no 'text' field \(fields: body\); pick one with --text-field \(fastgpt prepare, "
+            r"train-tokenizer\) or --text_field \(pretraining\)",
+        ),
         ("num.jsonl", '{"text": 5}\n', r"num.jsonl:1: field 'text' is int, expected a string"),
         ("notes.md", "hello", r"notes.md: unsupported file type"),
         ("bad.parquet", "not parquet", "bad.parquet: not a readable parquet file"),

@@ -115,14 +115,15 @@ def test_data_without_a_val_split_trains_without_validation(corpus, tmp_path, ca
 
 
 def test_raw_jsonl_data_with_its_own_text_field(tmp_path, capsys, monkeypatch):
-    """The error for a JSONL without a 'text' field says 'set text_field': pretraining takes it."""
+    """The error for a JSONL without a 'text' field names the key, --text_field, that pretraining takes."""
     monkeypatch.setenv("FASTGPT_CACHE", str(tmp_path / "cache"))
     rows = tmp_path / "rows.jsonl"
     rows.write_text(
         "".join(json.dumps({"body": f"the king speaks to the queen {i} times."}) + "\n" for i in range(400))
     )
     args = pretrain_args(rows, tmp_path / "out", max_steps=1, vocab_size=300)
-    assert "no 'text' field (fields: body); set text_field" in _error(capsys, args)
+    assert "no 'text' field (fields: body); pick one with --text-field" in (err := _error(capsys, args))
+    assert "or --text_field (pretraining)" in err
     with one_thread():
         assert main([*args, "--text_field=body"]) == 0
     assert "--txt_mode: expected file or blocks" in _error(capsys, [*args, "--txt_mode=lines"])

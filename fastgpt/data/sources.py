@@ -40,6 +40,8 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+# how to pick the field, in every command's spelling (fastgpt prepare / train-tokenizer use hyphens)
+_SET_FIELD = "pick one with --text-field (fastgpt prepare, train-tokenizer) or --text_field (pretraining)"
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,10 @@ def _decode(data: bytes, where: str, stats: ReadStats) -> str:
         if where not in stats.files_with_invalid_utf8:
             stats.files_with_invalid_utf8.append(where)
             warnings.warn(
-                f"{where}: {bad} invalid UTF-8 sequence(s) replaced by U+FFFD", UnicodeWarning, stacklevel=4
+                f"{where}: {bad} invalid UTF-8 sequence(s) replaced by U+FFFD (if the file is in another "
+                "encoding, convert it first, e.g. iconv -f latin1 -t utf-8)",
+                UnicodeWarning,
+                stacklevel=4,
             )
     return text
 
@@ -171,7 +176,7 @@ def _read_jsonl(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[
             )
         if key not in record:
             raise DataError(
-                f"{where}: no {key!r} field (fields: {', '.join(list(record)[:8])}); set text_field"
+                f"{where}: no {key!r} field (fields: {', '.join(list(record)[:8])}); {_SET_FIELD}"
             )
         text = record[key]
         if not isinstance(text, str):
@@ -194,7 +199,7 @@ def _read_parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterato
     key = options.text_field
     names = pfile.schema_arrow.names
     if key not in names:
-        raise DataError(f"{path}: no column {key!r} (columns: {', '.join(names[:8])}); set text_field")
+        raise DataError(f"{path}: no column {key!r} (columns: {', '.join(names[:8])}); {_SET_FIELD}")
     column_type = str(pfile.schema_arrow.field(key).type)
     if column_type not in ("string", "large_string", "string_view"):
         raise DataError(f"{path}: column {key!r} has type {column_type}, expected strings")
@@ -220,9 +225,7 @@ def _read_hf(spec: str, options: ReadOptions, stats: ReadStats) -> Iterator[str]
         for row in rows:
             text = row.get(options.text_field)
             if not isinstance(text, str):
-                raise DataError(
-                    f"hf:{spec}: rows have no string column {options.text_field!r}; set text_field"
-                )
+                raise DataError(f"hf:{spec}: rows have no string column {options.text_field!r}; {_SET_FIELD}")
             if text.strip():
                 yield text
             else:
