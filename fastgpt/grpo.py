@@ -400,7 +400,13 @@ def _main(argv: list[str] | None = None) -> int:
     if not stage.heldout:
         log(
             f"grpo: task {task.name!r} has no held-out problems, so heldout_accuracy is not measured "
-            """(a small .jsonl: raise its share with --task_options '{"heldout_fraction": 0.3}')"""
+            f"(a small .jsonl: raise their share, --heldout_fraction={cfg.heldout_fraction} now, e.g. to 0.3)"
+        )
+    elif len(stage.heldout) < min(cfg.eval_problems, 20):
+        log(
+            f"grpo: only {len(stage.heldout)} held-out problem(s) in task {task.name!r}, so heldout_accuracy "
+            f"moves in steps of {1 / len(stage.heldout):.2f} (raise --heldout_fraction={cfg.heldout_fraction} "
+            "for a steadier measure)"
         )
     log_baseline(trainer, stage)
     last = trainer.fit(stage)

@@ -198,6 +198,17 @@ def test_demo_sft_conversations_match_what_the_engine_inserts():
         assert direct[-1]["role"] == "assistant" and task.is_correct(direct[-1]["content"], problem)
 
 
+def test_a_task_with_few_held_out_problems_says_so(tmp_path, capsys):
+    task = tmp_path / "twenty.jsonl"
+    task.write_text("".join(f'{{"prompt": "What is {i} plus 1?", "answer": {i + 1}}}\n' for i in range(20)))
+    n = len(get_task(str(task)).split("heldout"))
+    assert 0 < n < 4  # fewer than --eval_problems=4 by the hash split
+    out = tmp_path / "grpo"
+    args = _grpo_args(tiny_model_dir(tmp_path / "start"), task, out, "--max_steps=1", "--eval_every=0")
+    assert main([*args, "--group_size=2", "--prompts_per_step=2"]) == 0
+    assert f"grpo: only {n} held-out problem(s) in task 'twenty'" in capsys.readouterr().out
+
+
 def test_a_task_without_held_out_problems_logs_no_accuracy(tmp_path, capsys):
     """Two problems, neither held out by hash: heldout_accuracy would be a false 0 over no problems."""
     task = tmp_path / "two.jsonl"
@@ -208,5 +219,8 @@ def test_a_task_without_held_out_problems_logs_no_accuracy(tmp_path, capsys):
     out = tmp_path / "grpo"
     args = _grpo_args(tiny_model_dir(tmp_path / "start"), task, out, "--max_steps=1", "--eval_every=1")
     assert main([*args, "--group_size=2", "--prompts_per_step=2"]) == 0
-    assert "has no held-out problems, so heldout_accuracy is not measured" in capsys.readouterr().out
+    assert "has no held-out problems, so heldout_accuracy is not measured" in (
+        out_text := capsys.readouterr().out
+    )
+    assert "--heldout_fraction=0.1 now" in out_text
     assert not any("heldout_accuracy" in m for m in _read_metrics(out))
