@@ -215,7 +215,9 @@ class DPOStage:
             values = [float(loss) * n] + [float(stats[k].float().sum()) for k in names[1:]]
             sums += torch.tensor([*values, n], dtype=torch.float64)
         sums = dist.all_reduce_sum(sums).tolist()
-        n = max(sums[-1], 1.0)
+        if sums[-1] == 0:  # no held-out pairs: nothing measured (not a false 0)
+            return {}
+        n = sums[-1]
         out = {f"heldout_{k}": v / n for k, v in zip(names, sums)}
         out["heldout_reward_accuracy"] = out.pop("heldout_accuracy")
         out["heldout_pairs"] = sums[-1]

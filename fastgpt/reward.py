@@ -82,6 +82,11 @@ def load_rendered_pairs(
         stats = RenderStats()
         out.append(render_pairs(split, chat_format, max_len=cfg.max_len, stats=stats))
         log(stats.summary(f"{name} pairs"))
+    if not out[1]:
+        log(
+            "no held-out pairs, so the heldout_* metrics are not measured "
+            f"(--heldout_fraction={cfg.heldout_fraction}; raise it for a held-out check)"
+        )
     return out[0], out[1]
 
 
@@ -145,7 +150,9 @@ class RewardStage:
                 [float((chosen > rejected).sum()), float(loss) * n, float((chosen - rejected).sum()), n]
             )
         sums = dist.all_reduce_sum(sums).tolist()
-        n = max(sums[3], 1.0)
+        if sums[3] == 0:  # no held-out pairs: nothing measured (not a false 0)
+            return {}
+        n = sums[3]
         return {
             "heldout_pair_accuracy": sums[0] / n,
             "heldout_loss": sums[1] / n,

@@ -99,6 +99,26 @@ def test_trl_explicit_prompt_pairs_and_reasons_of_every_kind(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"fastgpt dpo: error: {path}:7: field 'chosen' must be")
 
 
+@pytest.mark.parametrize("stage", ["reward", "dpo"])
+def test_no_held_out_pairs_logs_no_held_out_metrics(tmp_path, capsys, stage):
+    """Without held-out pairs the heldout_* metrics were logged as zeros (accuracy 0 over 0 pairs)."""
+    import importlib
+
+    main = importlib.import_module(f"fastgpt.{stage}").main
+    data = _separable_pairs(tmp_path / "pairs.jsonl")
+    out = tmp_path / stage
+    args = [
+        f"--model={tiny_model_dir(tmp_path / 'm')}",
+        f"--data={data}",
+        f"--out_dir={out}",
+        "--max_steps=1",
+    ]
+    assert main([*args, "--heldout_fraction=0", "--eval_every=1", "--progress=false"]) == 0
+    assert "no held-out pairs, so the heldout_* metrics are not measured" in capsys.readouterr().out
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and not any(k.startswith("heldout_") for m in metrics for k in m)
+
+
 def test_render_skip_reasons_are_printed():
     from fastgpt.rl.pairs import RenderStats
 
