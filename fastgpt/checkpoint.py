@@ -189,7 +189,43 @@ def _trainer_meta(trainer: Any) -> dict[str, Any]:
         "world_size": trainer.dist.world_size,
         "zero": trainer.cfg.zero if trainer.engine is not None else None,
         "model_config": trainer.model.config.to_dict(),
+        "schedule": {k: getattr(trainer.cfg, k) for k in SCHEDULE_KEYS},
     }
+
+
+# The config keys that shape the learning-rate schedule: resuming with other values is allowed (to extend
+# a run, say) but changes the LR from the resumed step on, so the resume says so.
+SCHEDULE_KEYS = ("max_steps", "time_budget_s", "schedule", "lr", "min_lr", "warmup_steps", "wsd_decay_frac")
+
+
+def schedule_change_note(trainer: Any, saved: dict[str, Any]) -> str | None:
+    """One line describing how this run's LR schedule differs from the checkpoint's at the resumed step
+    (None when it does not): a longer ``max_steps`` re-stretches a cosine, so the LR jumps back up."""
+    changed = {
+        k: (saved[k], getattr(trainer.cfg, k))
+        for k in SCHEDULE_KEYS
+        if k in saved and saved[k] != getattr(trainer.cfg, k)
+    }
+    if not changed:
+        return None
+    from dataclasses import replace
+
+    from fastgpt.train.optim import lr_multiplier
+
+    def lr_at(cfg: Any) -> float:
+        progress = (
+            trainer.step / cfg.max_steps
+            if cfg.max_steps > 0
+            else trainer.elapsed / max(cfg.time_budget_s, 1e-9)
+        )
+        return cfg.lr * lr_multiplier(cfg, trainer.step, progress)
+
+    saved_cfg = replace(trainer.cfg, **{k: saved[k] for k in changed})
+    what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    return (
+        f"note: the LR schedule differs from the checkpoint's ({what}): at step {trainer.step} the LR is "
+        f"{lr_at(trainer.cfg):.3g}, the saved run's schedule had {lr_at(saved_cfg):.3g}"
+    )
 
 
 def save_checkpoint(trainer: Any, stage: Any) -> Path:
@@ -345,6 +381,9 @@ def load_checkpoint(trainer: Any, stage: Any, path: Path) -> None:
     trainer.tokens = int(meta["tokens"])
     trainer.elapsed = float(meta["elapsed_s"])
     trainer.nonfinite_total = int(meta.get("nonfinite_total", 0))
+    note = schedule_change_note(trainer, meta.get("schedule", {}))
+    if note:
+        trainer.print(note)
 
 
 def maybe_resume(trainer: Any, stage: Any) -> Path | None:

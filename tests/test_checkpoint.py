@@ -66,7 +66,8 @@ def _run_from(corpus, full_run, tmp_path, step: int, **overrides) -> tuple[int, 
 def test_resume_continues_bit_for_bit(corpus, full_run, tmp_path, capsys):
     code, out = _run_from(corpus, full_run, tmp_path, 3)
     assert code == 0
-    assert "resumed from" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "LR schedule differs" not in printed
     resumed, full = step_losses(out), step_losses(full_run)
     assert sorted(resumed) == [4, 5, 6]
     for step in (4, 5, 6):
@@ -113,6 +114,22 @@ def test_resume_into_a_different_model_is_refused(corpus, full_run, tmp_path, ca
     code, _ = _run_from(corpus, full_run, tmp_path, 3, **{"model.n_layer": 3})
     assert code == 2
     assert "saved for a different model (n_layer: checkpoint 2 vs this run 3)" in capsys.readouterr().err
+
+
+def test_resume_with_a_longer_run_says_how_the_lr_changes(corpus, full_run, tmp_path, capsys):
+    """Extending a run (max_steps 6 -> 12) re-stretches the cosine: resumed at step 3 (warmup 2, lr 3e-3,
+    min_lr 3e-4) the LR is 3e-4 + 2.7e-3 * (1 + cos(pi/4)) / 2 = 0.0026 instead of the saved run's
+    3e-4 + 2.7e-3 * (1 + cos(pi/2)) / 2 = 0.00165. Allowed, but said."""
+    code, out = _run_from(corpus, full_run, tmp_path, 3, max_steps=4)
+    assert code == 0
+    assert "LR schedule differs from the checkpoint's (max_steps 6 -> 4)" in capsys.readouterr().out
+    code, out = _run_from(corpus, full_run, tmp_path / "b", 3, max_steps=12)
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert (
+        "note: the LR schedule differs from the checkpoint's (max_steps 6 -> 12): at step 3 the LR is "
+        "0.0026, the saved run's schedule had 0.00165"
+    ) in printed
 
 
 def test_keep_last_and_no_leftovers(corpus, tmp_path):
