@@ -91,6 +91,15 @@ def test_bpb_of_a_random_model_matches_materialised_logits(tokenizer, data_dir):
     assert result["seq_len"] == 48
 
 
+def test_bpb_budget_smaller_than_the_context_scores_one_window_of_it(tokenizer, data_dir):
+    # SmolLM2 has an 8192-token context: `--bpb_tokens 4096` must score 4096 tokens, not fail for want of
+    # a full 8192-token window
+    model = tiny_gpt(tokenizer.vocab_size, seq_len=4096)
+    result = evaluate_bpb(model, tokenizer, str(data_dir), max_tokens=200, batch_size=3)
+    assert result["seq_len"] == 200 and 0 < result["tokens"] <= 200
+    assert result == evaluate_bpb(model, tokenizer, str(data_dir), max_tokens=200, seq_len=200, batch_size=3)
+
+
 # ------------------------------------------------------------------------------------------ pass@k
 @pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 1, 1), (5, 2, 3), (6, 3, 2), (4, 4, 4), (7, 1, 5)])
 def test_pass_at_k_is_the_chance_a_k_subset_has_a_correct_sample(n, c, k):
@@ -318,3 +327,31 @@ def test_eval_command_end_to_end(tokenizer, data_dir, tmp_path, capsys):
             eval_main(["--model", str(model_dir), "--tasks", str(problems), "--task_options", options]) == 2
         )
     assert "no_such_task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--problems", "0"], "--problems"),
+        (["--problems", "-3"], "--problems"),
+        (["--bpb_tokens", "0"], "--bpb_tokens"),
+        (["--max_new_tokens", "0"], "--max_new_tokens"),
+        (["--batch_size", "0"], "--batch_size"),
+        (["--pass_k", "-1"], "--pass_k"),
+        (["--pass_k", "4", "--samples", "2"], "--samples"),
+        (["--temperature", "-0.5"], "--temperature"),
+        (["--out", "."], "--out"),
+    ],
+)
+def test_eval_flags_out_of_range_fail_in_one_line_before_loading(tmp_path, capsys, flags, named):
+    # the dir holds no model: the flags must be refused before anything is loaded (or, as before, after
+    # a model load, a whole evaluation, or never: --pass_k -1 ran, --out DIR crashed after the eval)
+    assert eval_main(["--model", str(tmp_path), "--tasks", "chain_sum_easy", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastgpt eval: " + named) and "\n" not in err
+
+
+def test_eval_unknown_task_names_every_kind_of_eval(tmp_path, capsys):
+    assert eval_main(["--model", str(tmp_path), "--tasks", "mmlu"]) == 2
+    err = capsys.readouterr().err
+    assert "'mmlu'" in err and "bpb" in err and "mc:basics" in err and "chain_sum_easy" in err

@@ -64,11 +64,13 @@ def evaluate_bpb(
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
     """Bits per byte on the validation split of ``data`` (a built-in corpus name, a prepared data dir or
-    text files; see :func:`fastgpt.data.resolve_pretrain_data`), tokenized with the model's tokenizer."""
+    text files; see :func:`fastgpt.data.resolve_pretrain_data`), tokenized with the model's tokenizer.
+    Windows are ``seq_len`` tokens (default: the model's context, or ``max_tokens`` when that is fewer,
+    so a small budget still scores something on a long-context model)."""
     from fastgpt.data import ShardLoader, resolve_pretrain_data
 
     data_dir, _ = resolve_pretrain_data(data, tokenizer, cache_dir=cache_dir, progress=False)
-    seq_len = seq_len or int(model.config.max_seq_len)
+    seq_len = seq_len or min(int(model.config.max_seq_len), max_tokens)
     loader = ShardLoader(data_dir, "val", batch_size=batch_size, seq_len=seq_len)
     result = bits_per_byte(model, loader.eval_batches(max_tokens), tokenizer.token_byte_lengths())
     return {**result, "data": str(data), "seq_len": seq_len}

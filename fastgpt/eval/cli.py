@@ -127,16 +127,35 @@ def task_options(text: str) -> dict[str, Any]:
 def check_tasks(tasks: list[tuple[str, str]], options: dict[str, Any]) -> None:
     """Build every task and read every multiple-choice file once, so a typo fails in seconds."""
     from fastgpt.eval.multiple_choice import load_mc
-    from fastgpt.tasks import get_task
+    from fastgpt.tasks import BUILTIN_TASKS, get_task
 
     for kind, name in tasks:
         if kind == "mc":
             load_mc(name)
         elif kind == "task":
+            if name not in BUILTIN_TASKS and not name.endswith(".jsonl") and not Path(name).is_file():
+                raise ValueError(
+                    f"--tasks: unknown eval {name!r}: expected bpb, mc:NAME (mc:basics, mc:shakespeare, "
+                    f"mc:FILE.jsonl), a task ({', '.join(BUILTIN_TASKS)}) or a task .jsonl file"
+                )
             try:
                 get_task(name, **options)
             except TypeError as e:  # an option this task does not take
                 raise ValueError(f"--task_options for task {name!r}: {e}") from None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Numeric flags in range and a writable --out, before a model is loaded or any time is spent."""
+    at_least = {"problems": 1, "bpb_tokens": 2, "max_new_tokens": 1, "batch_size": 1, "pass_k": 0}
+    for name, low in at_least.items():
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if args.samples is not None and args.samples < max(args.pass_k, 1):
+        raise ValueError(f"--samples must be >= max(--pass_k, 1) = {max(args.pass_k, 1)}, got {args.samples}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is a directory; give a file name such as eval.json")
 
 
 def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
@@ -240,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastgpt eval: --model {args.model!r} is not a directory", file=sys.stderr)
         return 2
     try:
-        check_tasks(parse_tasks(args.tasks), task_options(args.task_options))  # fail before loading the model
+        check_args(args)  # fail before loading the model
+        check_tasks(parse_tasks(args.tasks), task_options(args.task_options))
         report = run_eval(args, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError) as e:  # TaskError, MCError, DataError are ValueErrors
         print(f"fastgpt eval: {e}", file=sys.stderr)
