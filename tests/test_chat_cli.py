@@ -73,6 +73,35 @@ def test_chat_loop_history_reset_and_temperature(tok):
     assert out.getvalue().count("assistant> ok") == 3
 
 
+def test_mistyped_command_is_not_sent_to_the_model(tok):
+    engine = _RecordingEngine(tok)
+    out = io.StringIO()
+    chat_loop(
+        engine, {"temperature": 0.6, "max_tokens": 8}, None, ["/tmep 0.3\n", "/etc/hosts?\n", "/quit\n"], out
+    )
+    assert "unknown command /tmep" in out.getvalue()
+    # a message that merely starts with a slash (a path) is still a message
+    assert engine.prompts == [engine.chat_format.render_prompt([{"role": "user", "content": "/etc/hosts?"}])]
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--temperature", "-1"], "--temperature"),
+        (["--top_p", "2"], "--top_p"),
+        (["--top_k", "0"], "--top_k"),
+        (["--max_tokens", "0"], "--max_tokens"),
+    ],
+)
+def test_sampling_flags_out_of_range_are_one_error_line(tmp_path, capsys, flags, named):
+    from fastgpt.chat.cli import main
+
+    # checked before loading (the dir holds no model); --temperature -1 and --top_p 2 used to run
+    assert main(["--model", str(tmp_path), "--prompt", "Hi", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fastgpt chat: error: {named} ") and "\n" not in err
+
+
 def test_one_shot_prompt_on_a_real_model_dir(tok, tmp_path, capsys):
     from fastgpt.chat.cli import main
     from fastgpt.model import GPT, GPTConfig

@@ -12,6 +12,7 @@ model makes are run and shown inline as ``[calculator: EXPR = RESULT]``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
@@ -174,6 +175,9 @@ def chat_loop(engine, settings: dict, system: str | None, lines: Iterable[str], 
             messages = list(base)
             show("(system message set; conversation reset)\n")
             continue
+        if re.fullmatch(r"/[A-Za-z]+", command):  # a mistyped command is not sent to the model
+            show(f"(unknown command {command}; commands: /reset, /temp T, /system TEXT, /quit)\n")
+            continue
         if not text.strip():
             continue
         messages.append({"role": "user", "content": text})
@@ -185,9 +189,22 @@ def chat_loop(engine, settings: dict, system: str | None, lines: Iterable[str], 
             messages.pop()
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Sampling flags in range, before the model loads (one line naming the flag)."""
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k < 1:
+        raise ValueError(f"--top_k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.max_tokens < 1:
+        raise ValueError(f"--max_tokens must be >= 1, got {args.max_tokens}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_args(args)
         engine = _load(args)
     except ValueError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
         print(f"fastgpt chat: error: {e}", file=sys.stderr)
