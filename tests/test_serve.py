@@ -93,6 +93,9 @@ USER = [{"role": "user", "content": "Who are you?"}]
 # ------------------------------------------------------------------------------------------ the openai client
 def test_models_and_health(client, server):
     assert [m.id for m in client.models.list().data] == [NAME]
+    assert client.models.retrieve(NAME).id == NAME  # GET /v1/models/{name}, as clients check a model
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.models.retrieve("gpt-4o")
     health = httpx.get(server[0] + "/health").json()
     assert health["status"] == "ok" and health["model"] == NAME
 

@@ -335,11 +335,12 @@ def completion_chunk(
     return chunk
 
 
+def model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "fastgpt"}
+
+
 def models_list(name: str, created: int) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [{"id": name, "object": "model", "created": created, "owned_by": "fastgpt"}],
-    }
+    return {"object": "list", "data": [model_card(name, created)]}
 
 
 def now() -> int:

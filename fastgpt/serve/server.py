@@ -49,6 +49,7 @@ from fastgpt.serve.protocol import (
     completion_chunk,
     completion_response,
     error_body,
+    model_card,
     models_list,
     new_id,
     now,
@@ -177,6 +178,12 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
     async def models(request: Request):
         authorize(request)
         return models_list(config.model_name, created)
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, request: Request):  # the client's models.retrieve(name)
+        authorize(request)
+        check_model(name)
+        return model_card(config.model_name, created)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
