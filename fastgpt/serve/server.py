@@ -598,12 +598,29 @@ def load_engine(model_dir: str, device: str | None = None, dtype: str | None = N
     return Engine(model, tokenizer, chat_format=chat_format)
 
 
+def _check_limits(args: argparse.Namespace) -> str | None:
+    """What is wrong with the limit flags, if anything (one line naming the flag)."""
+    names = ("max_prompt_tokens", "max_tokens", "default_max_tokens", "max_n", "max_request_bytes")
+    for name in (*names, "max_batch_rows", "max_queue"):
+        if getattr(args, name) < 1:
+            return f"--{name} must be >= 1, got {getattr(args, name)}"
+    if args.max_n > args.max_batch_rows:
+        return f"--max_n {args.max_n} cannot exceed --max_batch_rows {args.max_batch_rows} (raise it too)"
+    if not 0 <= args.port <= 65535:
+        return f"--port must be in 0..65535, got {args.port}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     args = build_parser().parse_args(argv)
     if not Path(args.model).is_dir():
         print(f"fastgpt serve: --model {args.model!r} is not a directory", file=sys.stderr)
+        return 2
+    problem = _check_limits(args)
+    if problem:  # before the model loads
+        print(f"fastgpt serve: error: {problem}", file=sys.stderr)
         return 2
     limits = Limits(
         max_prompt_tokens=args.max_prompt_tokens,
