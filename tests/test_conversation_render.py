@@ -211,3 +211,11 @@ def test_imported_vocabulary_renders_fastgpt_token_strings_as_text(tmp_path):
         msgs, tokenize=True, add_generation_prompt=True, return_dict=True
     )
     assert ids == list(ref["input_ids"])
+    # the same through a Tokenizer object (Engine(model, tok) without a format), and after fastgpt saved
+    # the tokenizer (as SFT does: the appended chat tokens are then in tokenizer.json, the embedding
+    # still ends at the imported vocabulary)
+    assert ChatFormat.for_model(Tokenizer.load(tmp_path)).render_prompt(msgs) == ids
+    saved = tmp_path / "sft"
+    Tokenizer.load(tmp_path).save(saved)
+    (saved / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
+    assert ChatFormat.for_model(saved).render_prompt(msgs) == ids

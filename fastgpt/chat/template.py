@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fastgpt.conversation import (
+    BOS,
     FASTGPT_CHAT_TEMPLATE,
     FASTGPT_ROLE_TOKENS,
     ChatFormat,
@@ -141,7 +142,13 @@ class TemplateFormat(ChatFormat):
         self.source = template
         self._template = compile_template(template)
         self.special = dict(special or {})
-        self.added = dict(added_tokens if added_tokens is not None else tokenizer.special_tokens)
+        added = dict(added_tokens if added_tokens is not None else tokenizer.special_tokens)
+        # fastgpt's chat tokens (and its <|bos|> alias), which fastgpt.Tokenizer appends to any vocabulary
+        # and saves with it, mean nothing to a template that never writes them (SmolLM2's ChatML, also
+        # after fastgpt SFT): a message that contains their text keeps it as text, never an id the model
+        # may have no embedding for
+        fastgpt_only = {t for pair in FASTGPT_ROLE_TOKENS.values() for t in pair} | {BOS}
+        self.added = {t: i for t, i in added.items() if t not in fastgpt_only or t in template}
         if not self.added:
             raise ValueError("a chat template needs its special tokens (none found in the tokenizer)")
         self._split = re.compile(
