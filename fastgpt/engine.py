@@ -210,6 +210,10 @@ class Engine:
             raise ValueError("every prompt needs at least one token")
         if n < 1 or max_tokens < 1:
             raise ValueError(f"n and max_tokens must be >= 1 (got n={n}, max_tokens={max_tokens})")
+        vocab = int(self.model.config.vocab_size)
+        bad = next((t for p in prompts for t in p if not 0 <= t < vocab), None)
+        if bad is not None:  # e.g. a chat token a tokenizer appended above an imported model's vocabulary
+            raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})")
         lengths = [len(p) for p in prompts]
         longest = max(lengths)
         room = self.context_len - longest

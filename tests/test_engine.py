@@ -179,3 +179,13 @@ def test_prompt_longer_than_the_context_is_an_error(tokenizer):
     # max_tokens is capped at the room left
     (c,) = engine.generate([[1] * 28], max_tokens=50, temperature=0, stop_ids=set())[0]
     assert len(c.tokens) == 4 and c.finish_reason == "length"
+
+
+def test_prompt_id_past_the_embedding_is_a_clear_error(tokenizer):
+    # the tokenizer knows more ids than this model embeds (an imported model: fastgpt's chat tokens are
+    # appended above its vocabulary): a ValueError naming the id, not an IndexError from the embedding
+    engine = Engine(tiny_model(tokenizer.bos_id + 1, seq_len=32), tokenizer)
+    with pytest.raises(
+        ValueError, match=f"token id {tokenizer.bos_id + 1} is outside the model's vocabulary"
+    ):
+        engine.generate([[1, 2], [1, tokenizer.bos_id + 1]], max_tokens=2)
