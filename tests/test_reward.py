@@ -138,6 +138,23 @@ def test_derived_pairs_differ_only_in_the_final_answer():
     assert {p.key for p in train}.isdisjoint(p.key for p in heldout) and len(train) + len(heldout) == 20
 
 
+def test_derived_pairs_corrupt_decimal_answers():
+    # gsm_symbolic has money answers such as 9281.25 (its 350th training problem at seed 0); deriving
+    # its pairs stopped the reward/DPO/rlhf.sh commands with "can only corrupt integer answers"
+    solution = "He makes 20625*0.45=9281.25 every week\n#### 9281.25"
+    wrong = corrupt_solution(solution, "9281.25", random.Random(0))
+    new = wrong.splitlines()[-1].removeprefix("#### ")
+    assert (
+        new != "9281.25"
+        and new.endswith(".25")
+        and wrong.splitlines()[0] == f"He makes 20625*0.45={new} every week"
+    )
+    pairs = load_pairs("gsm_symbolic_pairs", num_derived=350, log=lambda _: None)
+    assert len(pairs) == 350 and all(p.chosen != p.rejected for p in pairs)
+    with pytest.raises(ValueError, match="integer or decimal answers, got 'nan'"):
+        corrupt_solution("#### nan", "nan", random.Random(0))
+
+
 def test_scalar_head_scores_the_last_token_and_round_trips(tmp_path):
     from fastgpt.model import from_pretrained
 

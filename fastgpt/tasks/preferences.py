@@ -29,6 +29,7 @@ import random
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +208,12 @@ def corrupt_solution(solution: str, answer: str, rng: random.Random) -> str:
     """The worked ``solution`` with its final answer replaced by a wrong one, in the ``#### N`` line and
     in the sentence before it (so the reply stays self-consistent and only the result is wrong)."""
     try:
-        value = int(answer)
-    except ValueError as e:
-        raise ValueError(f"can only corrupt integer answers, got {answer!r}") from e
-    wrong = str(value + rng.choice([d for d in range(-10, 11) if d != 0]))
+        value = Decimal(answer.strip())  # integers, and decimals such as GSM8K-style 9281.25
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite():
+        raise ValueError(f"can only corrupt integer or decimal answers, got {answer!r}")
+    wrong = str(value + rng.choice([d for d in range(-10, 11) if d != 0]))  # keeps the decimal places
     lines = solution.rstrip().split("\n")
     if not lines[-1].lstrip().startswith("####"):
         raise ValueError("solution does not end with a '#### N' line")
