@@ -278,6 +278,26 @@ def test_a_small_jsonl_task_scores_every_line_with_heldout_fraction_1(tokenizer,
 
 
 # ------------------------------------------------------------------------------------------ the command
+def test_bpb_default_data_is_the_pretraining_data_behind_a_later_stage(tmp_path):
+    # `fastgpt eval --model out/sft/model --tasks bpb` read the SFT run's own --data (its conversation
+    # mixture) as a text corpus and stopped: "chatterbot,identity,...: no such file or directory"
+    from fastgpt.eval.cli import training_data_of
+
+    def run(name, **config):
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        return str(tmp_path / name / "model")
+
+    pre = run("pretrain", stage="pretrain", data="corpus/*.txt", init_from="")
+    sft = run("sft", stage="sft", data="chatterbot,identity,unknown,arithmetic", init_from=pre)
+    dpo = run("dpo", stage="dpo", data="gsm_symbolic_pairs", init_from=sft)
+    orphan = run("orphan", stage="sft", data="chatterbot", init_from=str(tmp_path / "gone" / "model"))
+    assert training_data_of(pre) == "corpus/*.txt"
+    assert training_data_of(sft) == "corpus/*.txt" and training_data_of(dpo) == "corpus/*.txt"
+    assert training_data_of(orphan) is None  # eval then falls back to the built-in shakespeare
+    assert training_data_of(tmp_path / "nothing" / "model") is None
+
+
 def test_parse_tasks():
     assert parse_tasks("bpb, chain_sum ,mc:basics,mc:x.jsonl") == [
         ("bpb", "bpb"),

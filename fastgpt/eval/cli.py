@@ -83,13 +83,24 @@ def has_chat_template(model_dir: str | Path) -> bool:
 
 
 def training_data_of(model_dir: str | Path) -> str | None:
-    """The pretraining ``data`` setting of the run that wrote ``model_dir`` (``out_dir/model``), if known."""
-    config = Path(model_dir).resolve().parent / "config.json"
-    try:
-        data = json.loads(config.read_text(encoding="utf-8")).get("data")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-    return data if isinstance(data, str) and data else None
+    """The pretraining ``data`` setting behind ``model_dir`` (``out_dir/model``), if known: the ``data``
+    of the pretraining run that wrote it, or, for a later stage (SFT, GRPO, DPO, ...; their ``data`` is
+    conversations, pairs or nothing), that of the run which wrote its ``init_from`` model, and so on."""
+    for _ in range(16):  # a chain of stages; the bound only guards against a config loop
+        config = Path(model_dir).resolve().parent / "config.json"
+        try:
+            loaded = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if not isinstance(loaded, dict):
+            return None
+        if loaded.get("stage", "pretrain") == "pretrain":
+            data = loaded.get("data")
+            return data if isinstance(data, str) and data else None
+        model_dir = loaded.get("init_from")
+        if not isinstance(model_dir, str) or not model_dir:
+            return None
+    return None
 
 
 def parse_tasks(spec: str) -> list[tuple[str, str]]:
