@@ -19,6 +19,22 @@ if [ -z "${NPROC_PER_NODE:-}" ]; then
 fi
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
+# Checked here, in one line each: torchrun answers a bad value with a traceback (NPROC_PER_NODE=abc: a
+# ValueError; 0: an AssertionError) or, for NODE_RANK >= NNODES, waits for the other nodes forever.
+_launch_count() {  # NAME VALUE MIN: VALUE must be an integer >= MIN
+  case "$2" in
+    '' | *[!0-9]*) echo "launch: $1=$2: expected a whole number >= $3" >&2; exit 2 ;;
+  esac
+  if [ "$2" -lt "$3" ]; then echo "launch: $1=$2: expected a whole number >= $3" >&2; exit 2; fi
+}
+_launch_count NPROC_PER_NODE "$NPROC_PER_NODE" 1
+_launch_count NNODES "$NNODES" 1
+_launch_count NODE_RANK "$NODE_RANK" 0
+if [ "$NODE_RANK" -ge "$NNODES" ]; then
+  echo "launch: NODE_RANK=$NODE_RANK: expected 0..$((NNODES - 1)) for NNODES=$NNODES" >&2
+  exit 2
+fi
+if [ -n "${MASTER_PORT:-}" ]; then _launch_count MASTER_PORT "$MASTER_PORT" 1; fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(python -c "import os; print(max(1, (os.cpu_count() or 1) // $NPROC_PER_NODE))")}
 # Idle OpenMP threads sleep instead of spinning: when another process holds a core, spinning threads
 # made CPU training steps 3-4x slower here (measured: 583 vs 1668 tokens/s on 2 busy cores).

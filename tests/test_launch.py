@@ -35,6 +35,33 @@ def test_a_typo_on_one_process_is_one_line_and_exit_2(script, tmp_path):
     assert line.startswith(f"fastgpt {script}: error: unknown option --max_step (did you mean --max_steps")
 
 
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"NPROC_PER_NODE": "abc"}, "launch: NPROC_PER_NODE=abc: expected a whole number >= 1"),
+        ({"NPROC_PER_NODE": "0"}, "launch: NPROC_PER_NODE=0: expected a whole number >= 1"),
+        ({"NNODES": "two"}, "launch: NNODES=two: expected a whole number >= 1"),
+        ({"NNODES": "2", "NODE_RANK": "2"}, "launch: NODE_RANK=2: expected 0..1 for NNODES=2"),
+        ({"NNODES": "2", "MASTER_PORT": "x"}, "launch: MASTER_PORT=x: expected a whole number >= 1"),
+    ],
+)
+def test_bad_launch_variables_are_one_line_before_torchrun(env, message, tmp_path):
+    """torchrun answered NPROC_PER_NODE=abc with a traceback and 0 with a bare AssertionError, and a
+    NODE_RANK >= NNODES waited for the rendezvous forever (timeout here = the hang)."""
+    full = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    full.update({"NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", **env})
+    proc = subprocess.run(
+        ["bash", str(ROOT / "launch" / "pretrain.sh"), "--max_steps=1", f"--out_dir={tmp_path}/run"],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [message]
+
+
 def test_gpu_suite_script_parses_and_its_test_mode_refuses_a_machine_without_cuda(tmp_path):
     """benchmarks/gpu_suite.sh only runs on a lent GPU; here: it is valid bash, and the test mode it
     uses (FASTGPT_TEST_DEVICE=cuda) stops at once with one line where CUDA is missing instead of
