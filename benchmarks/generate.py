@@ -26,12 +26,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 import tempfile
 import time
 
 import torch
+
+# Run as ``python benchmarks/<script>.py``, this folder is first on sys.path, and its kernels.py (the
+# kernel benchmark) would shadow Hugging Face's ``kernels`` package, which transformers imports when
+# installed ("cannot import name 'CUDAProperties' from 'kernels'"). Nothing here imports a sibling.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 
 def _clock(name: str):

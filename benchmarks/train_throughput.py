@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +46,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+# Run as ``python benchmarks/<script>.py``, this folder is first on sys.path, and its kernels.py (the
+# kernel benchmark) would shadow Hugging Face's ``kernels`` package, which transformers imports when
+# installed ("cannot import name 'CUDAProperties' from 'kernels'"). Nothing here imports a sibling.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 CPU_BENCH = dict(family="llama", vocab_size=8192, n_layer=6, n_head=6, n_embd=384, max_seq_len=256)
 CPU_BENCH_SHAPE = (8, 256)  # (batch, seq)

@@ -34,3 +34,25 @@ def test_transformers_imports_in_the_repository_root():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Path(proc.stdout.strip()).resolve() != ROOT / "kernels" / "__init__.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        (
+            "generate.py",
+            ["--repeats=1", "--new_tokens=2", "--batch_sizes=1", "--compile=off", "--prompt_len=4"]
+            + ["--overrides=n_layer=1,n_embd=64,n_head=2,n_kv_head=1,vocab_size=256,intermediate_size=128"],
+        ),
+        ("train_throughput.py", ["--configs=tiny", "--batch=1", "--seq=8", "--steps=1", "--warmup=0"]),
+    ],
+)
+def test_benchmark_scripts_that_compare_with_transformers_run(script, args):
+    # `python benchmarks/<script>.py` puts benchmarks/ first on sys.path, where benchmarks/kernels.py
+    # shadowed Hugging Face's `kernels` package: "cannot import name 'CUDAProperties' from 'kernels'"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--threads=1", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fastgpt" in proc.stdout and "transformers" in proc.stdout
