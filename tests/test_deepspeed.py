@@ -77,6 +77,36 @@ def test_two_ranks_match_one_process(corpus, single, tmp_path, zero, offload):
             assert torch.equal(p, q), name
 
 
+ZERO3_COUNTS = """
+import json, sys
+from fastgpt.pretrain import PretrainConfig, build
+from fastgpt.train.config import parse_args
+cfg = parse_args(PretrainConfig, sys.argv[1:])
+trainer, _ = build(cfg)
+print(json.dumps({"n": trainer.model.num_params(), "flops": trainer.flops_per_token}))
+"""
+
+
+@pytest.mark.slow
+def test_zero3_counts_the_whole_model_not_its_partitions(corpus, tmp_path):
+    """Under ZeRO-3 each parameter is an empty placeholder between forwards: the run printed
+    'tiny (0.00M params)' and its MFU counted only the attention FLOPs (0.06 % where ZeRO-2 had 8 %)."""
+    args = pretrain_args(corpus, tmp_path / "run", max_steps=1, zero=3)
+    proc = subprocess.run(
+        [sys.executable, "-c", ZERO3_COUNTS, *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["model_config"]
+    plain = fastgpt.GPT(fastgpt.GPTConfig(**cfg))
+    assert got == {"n": plain.num_params(), "flops": plain.flops_per_token(32)}
+
+
 @pytest.mark.slow
 @pytest.mark.multiproc
 def test_zero2_two_ranks_resume_bit_for_bit(corpus, tmp_path):

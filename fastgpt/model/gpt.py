@@ -342,10 +342,13 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------------------ accounting
     def num_params(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
+        """Parameter count of the whole model, also while DeepSpeed ZeRO-3 holds each parameter as an
+        empty placeholder of this rank's partition (the full size is then ``ds_numel``; ``numel()``
+        gave 0, so a ZeRO-3 run printed 0.00M params and an MFU from the attention FLOPs alone)."""
+        n = sum(_full_numel(p) for p in self.parameters())
         if exclude_embeddings:
-            n -= self.wte.weight.numel() if self.lm_head is not None else 0
-            n -= self.wpe.weight.numel() if self.wpe is not None else 0
+            n -= _full_numel(self.wte.weight) if self.lm_head is not None else 0
+            n -= _full_numel(self.wpe.weight) if self.wpe is not None else 0
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
@@ -356,7 +359,9 @@ class GPT(nn.Module):
         c = self.config
         T = c.max_seq_len if seq_len is None else seq_len
         n_matmul = self.num_params(exclude_embeddings=True)
-        n_matmul -= sum(p.numel() for n, p in self.named_parameters() if p.ndim == 1)
+        n_matmul -= sum(
+            _full_numel(p) for p in self.parameters() if len(getattr(p, "ds_shape", p.shape)) == 1
+        )
         return 6 * n_matmul + 12 * c.n_layer * c.n_head * c.head_dim * T
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -384,3 +389,8 @@ class GPT(nn.Module):
         from fastgpt.model.hf import save_pretrained
 
         save_pretrained(self, path, dtype=dtype)
+
+
+def _full_numel(p: torch.Tensor) -> int:
+    """Elements of ``p`` as the model defines it, not of a ZeRO-3 rank's partition."""
+    return int(getattr(p, "ds_numel", p.numel()))
