@@ -179,3 +179,38 @@ def test_every_stage_help_describes_each_key_it_shows(module, name, capsys):
             assert f"--{f.name}" in shown, f"{name}: --{f.name} missing from --help"
     undescribed = [k for k, desc in rows.items() if not desc]
     assert not undescribed, f"{name}: keys without a description: {undescribed}"
+
+
+def test_a_deepspeed_config_that_is_missing_or_not_json_names_the_flag(tmp_path, capsys):
+    """Was '[Errno 2] No such file or directory: ...' (or a JSONDecodeError) from every rank, naming
+    neither the flag nor what was expected."""
+    from fastgpt.pretrain import main as pretrain_main
+
+    missing = tmp_path / "zero3_mine.json"
+    code = pretrain_main([f"--deepspeed_config={missing}", "--zero=3", "--max_steps=1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"fastgpt pretrain: error: --deepspeed_config={missing}: no such file, expected a JSON file"
+    ]
+    missing.write_text("{stage: 3}")
+    with pytest.raises(ValueError, match=r"--deepspeed_config=.*: not a readable JSON file"):
+        TrainConfig(max_steps=1, zero=3, deepspeed_config=str(missing)).validate()
+    missing.write_text("[3]")
+    with pytest.raises(ValueError, match=r"--deepspeed_config=.*: expected a JSON object, got list"):
+        TrainConfig(max_steps=1, zero=3, deepspeed_config=str(missing)).validate()
+
+
+def test_an_out_dir_that_is_a_file_names_the_flag(tmp_path, capsys):
+    """Was '[Errno 17] File exists' from rank 0 while the other ranks died in a barrier."""
+    from fastgpt.pretrain import main as pretrain_main
+
+    afile = tmp_path / "run"
+    afile.write_text("")
+    code = pretrain_main([f"--out_dir={afile}", "--max_steps=1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fastgpt pretrain: error: --out_dir={afile}: expected a directory, but it is a file"]
+    with pytest.raises(ValueError, match=f"but {afile} is a file"):
+        TrainConfig(max_steps=1, out_dir=str(afile / "sub")).validate()
+    TrainConfig(max_steps=1, out_dir=str(tmp_path / "new" / "dir")).validate()  # not there yet: fine

@@ -128,6 +128,9 @@ class TrainConfig:
             raise ValueError(
                 "--optimizer=muon needs whole matrices, which ZeRO shards; use --optimizer=adamw (or auto) with --zero>=1"
             )
+        if self.deepspeed_config:
+            _check_json_file("deepspeed_config", self.deepspeed_config)
+        _check_dir_path("out_dir", self.out_dir)
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         """The architecture: the preset with ``--model.*`` overrides (and the tokenizer's vocab)."""
@@ -146,6 +149,33 @@ class TrainConfig:
 
 
 C = TypeVar("C", bound=TrainConfig)
+
+
+def _check_json_file(name: str, path: str) -> None:
+    """``--name=path`` must be a readable JSON object (else every rank died with a bare
+    ``[Errno 2] No such file or directory`` or a JSONDecodeError naming neither flag nor file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(
+            f"--{name}={path}: {'is a directory' if p.is_dir() else 'no such file'}, expected a JSON file"
+        )
+    try:
+        value = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--{name}={path}: not a readable JSON file ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name}={path}: expected a JSON object, got {type(value).__name__}")
+
+
+def _check_dir_path(name: str, path: str) -> None:
+    """``--name=path`` is (or can be made) a directory: neither it nor a parent is a file (rank 0 used
+    to die with ``[Errno 17] File exists`` while the other ranks waited for it in a barrier)."""
+    for p in (Path(path), *Path(path).parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "it is a file" if p == Path(path) else f"{p} is a file"
+                raise ValueError(f"--{name}={path}: expected a directory, but {what}")
+            return
 
 
 def _coerce(raw: str, annotation: Any, key: str) -> Any:
