@@ -118,6 +118,31 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+class PeerFailed(RuntimeError):
+    """Raised on the other ranks when rank 0 fails in work it does for all of them (:func:`main_first`).
+    Rank 0 prints the reason; the others exit quietly instead of dying in their next collective with a
+    gloo/NCCL 'Connection closed by peer' traceback printed after (and burying) rank 0's error line."""
+
+
+def main_first(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on rank 0 while the other ranks wait (data preparation, creating the run
+    dir); rank 0's exception is re-raised there and becomes :class:`PeerFailed` on every other rank.
+    Returns ``fn``'s result on rank 0, None elsewhere; a plain call for a single process."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return fn(*args, **kwargs)
+    result = None
+    if dist.get_rank() == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            broadcast_object(True)
+            raise
+        broadcast_object(False)
+    elif broadcast_object(None):
+        raise PeerFailed("rank 0 failed; its error is printed above")
+    return result
+
+
 def destroy() -> None:
     global _info
     if dist.is_initialized():

@@ -174,9 +174,10 @@ def build(cfg: PretrainConfig):
     reading = {"text_field": cfg.text_field, "txt_mode": cfg.txt_mode}
     info = dist.init_distributed(cfg.device)
     tokenizer_arg = cfg.tokenizer or (cfg.init_from or None)
-    if info.is_main:  # download / tokenizer training / sharding once, the other ranks then hit the cache
-        resolve_pretrain_data(cfg.data, tokenizer_arg, cfg.vocab_size, progress=cfg.progress, **reading)
-    dist.barrier()
+    # download / tokenizer training / sharding once on rank 0, the other ranks then hit the cache
+    dist.main_first(
+        resolve_pretrain_data, cfg.data, tokenizer_arg, cfg.vocab_size, progress=cfg.progress, **reading
+    )
     data_dir, tokenizer_dir = resolve_pretrain_data(
         cfg.data, tokenizer_arg, cfg.vocab_size, progress=False, **reading
     )
@@ -246,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"fastgpt pretrain: stopped: {e}", file=sys.stderr)
         return 1
+    except dist.PeerFailed:  # rank 0 printed the reason
+        return 2
     finally:
         dist.destroy()
     return 0

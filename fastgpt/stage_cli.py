@@ -33,5 +33,7 @@ def run_stage(name: str, body: Callable[[], int | None]) -> int:
     except NonFiniteLossError as e:
         print(f"fastgpt {name}: stopped: {e}", file=sys.stderr)
         return 1
+    except dist.PeerFailed:  # rank 0 printed the reason
+        return 2
     finally:
         dist.destroy()

@@ -109,6 +109,21 @@ def test_zero3_counts_the_whole_model_not_its_partitions(corpus, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiproc
+def test_a_rank0_data_error_on_two_ranks_is_its_one_line_without_peer_tracebacks(corpus, tmp_path):
+    """Rank 0 prepares the data while rank 1 waits: a bad --data was rank 0's one error line followed
+    by rank 1's 25-line 'Connection closed by peer' traceback from the barrier it waited in."""
+    args = pretrain_args(corpus, tmp_path / "run", max_steps=1, zero=2)
+    args = [a for a in args if not a.startswith("--data=")] + [f"--data={tmp_path / 'nope.jsonl'}"]
+    proc = run_pretrain(args, nproc=2, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert err.count("fastgpt pretrain: error: ") == 1, err[-3000:]
+    assert f"{tmp_path / 'nope.jsonl'}: no such file or directory" in err
+    assert "[rank1]" not in err and "Connection closed by peer" not in err, err[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
 def test_zero2_two_ranks_resume_bit_for_bit(corpus, tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     args = dict(max_steps=6, batch_size=4, save_every=3, keep_last=5, zero=2)

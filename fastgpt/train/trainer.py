@@ -154,7 +154,8 @@ class Trainer:
         self.nonfinite_total = 0
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.peak = peak_flops(self.device, self.autocast_dtype)
-        if self.dist.is_main:
+
+        def write_run_dir() -> None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(
                 self.out_dir / "config.json",
@@ -164,7 +165,8 @@ class Trainer:
                 model_config=self.model.config.to_dict(),
                 **(run_info or {}),
             )
-        dist.barrier()
+
+        dist.main_first(write_run_dir)
         self.metrics = MetricsLogger(
             self.out_dir,
             enabled=self.dist.is_main,
