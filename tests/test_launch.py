@@ -5,6 +5,7 @@ ChildFailedError traceback report)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,86 @@ def torch_cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _fake_slurm(tmp_path: Path, srun_body: str) -> dict[str, str]:
+    """``scontrol`` and ``srun`` stand-ins on PATH (no SLURM here) and a 2-node job's environment."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\nprintf "node-a\\nnode-b\\n"\n')
+    (bin_dir / "srun").write_text("#!/usr/bin/env bash\n" + srun_body)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SRUN_", "NPROC", "MASTER_"))}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env.update(
+        SLURM_JOB_ID="123456",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_JOB_NODELIST="node-[a-b]",
+        SLURM_SUBMIT_DIR=str(ROOT),
+        SLURM_CPUS_PER_TASK="64",
+        SLURM_GPUS_ON_NODE="4",
+    )
+    return env
+
+
+def test_slurm_script_hands_torchrun_the_job_geometry(tmp_path):
+    """launch/slurm/pretrain.sbatch under a stand-in srun: srun must get the job's CPUs per task (it does
+    not inherit --cpus-per-task from sbatch since SLURM 22.05: the whole node's torchrun was confined to
+    one CPU), one process per allocated GPU (was 8 whatever --gpus-per-node said), and each node's
+    SLURM_NODEID must reach launch/_torchrun.sh as NODE_RANK (a NODE_RANK >= NNODES is refused there)."""
+    script = ROOT / "launch" / "slurm" / "pretrain.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    show = 'echo "NNODES=$NNODES NPROC_PER_NODE=$NPROC_PER_NODE MASTER_ADDR=$MASTER_ADDR '
+    show += 'MASTER_PORT=$MASTER_PORT SRUN_CPUS_PER_TASK=${SRUN_CPUS_PER_TASK:-} PWD=$PWD"\n'
+    show += 'shift; SLURM_NODEID=5 "$@"\n'  # drop --kill-on-bad-exit=1, run the node's command as node 5
+    env = _fake_slurm(tmp_path, show)
+    proc = subprocess.run(
+        ["bash", str(script), "--max_steps=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.stdout.splitlines()[0] == (
+        f"NNODES=2 NPROC_PER_NODE=4 MASTER_ADDR=node-a MASTER_PORT={20000 + 123456 % 20000} "
+        f"SRUN_CPUS_PER_TASK=64 PWD={ROOT}"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["launch: NODE_RANK=5: expected 0..1 for NNODES=2"]
+
+
+def test_slurm_script_run_outside_slurm_says_how_to_submit(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "launch" / "slurm" / "pretrain.sbatch")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "pretrain.sbatch: not inside a SLURM job; submit it with: sbatch launch/slurm/pretrain.sbatch"
+        " [--key=value ...]"
+    ]
+
+
+def test_default_omp_threads_are_the_cores_this_job_may_use(tmp_path):
+    """OMP_NUM_THREADS defaulted to all of the node's cores / NPROC_PER_NODE, also inside a SLURM task
+    or taskset that may use only some of them (oversubscribed threads made CPU steps several times
+    slower). Here: pinned to one core, one process gets one thread."""
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux CPU affinity and 2+ cores")
+    if shutil.which("taskset") is None:
+        pytest.skip("needs taskset")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", NPROC_PER_NODE="1")
+    # the launcher ends with `exec python -m $MODULE`: a shell function of that name reports instead
+    cmd = f'MODULE=x; exec() {{ echo "OMP=$OMP_NUM_THREADS"; exit 0; }}; source "{ROOT}/launch/_torchrun.sh"'
+    proc = subprocess.run(
+        ["taskset", "-c", "0", "bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.stdout.strip() == "OMP=1", proc.stderr
