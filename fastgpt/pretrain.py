@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastgpt.checkpoint import CheckpointError
     from fastgpt.dist import DeepSpeedUnavailable
     from fastgpt.model import ModelFormatError
-    from fastgpt.stage_cli import PATH_ERRORS
+    from fastgpt.stage_cli import PATH_ERRORS, interrupted
     from fastgpt.train.trainer import NonFiniteLossError
 
     try:
@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except dist.PeerFailed:  # rank 0 printed the reason
         return 2
+    except KeyboardInterrupt:
+        return interrupted("pretrain")
     finally:
         dist.destroy()
     return 0

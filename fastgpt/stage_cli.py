@@ -19,6 +19,20 @@ from collections.abc import Callable
 PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+def interrupted(name: str) -> int:
+    """Ctrl-C (SIGINT; torchrun forwards it to every rank): one line from rank 0 instead of each rank's
+    KeyboardInterrupt traceback (170 lines on 2 ranks); exit status 130 as a shell reports SIGINT."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(
+            f"fastgpt {name}: interrupted; run the same command again to resume from the newest checkpoint "
+            "in its --out_dir, if one was saved (--save_every=N saves every N steps)",
+            file=sys.stderr,
+        )
+    return 130
+
+
 def run_stage(name: str, body: Callable[[], int | None]) -> int:
     """Run a stage's ``body`` and turn user errors into one line on stderr and an exit status."""
     from fastgpt import dist
@@ -35,5 +49,7 @@ def run_stage(name: str, body: Callable[[], int | None]) -> int:
         return 1
     except dist.PeerFailed:  # rank 0 printed the reason
         return 2
+    except KeyboardInterrupt:
+        return interrupted(name)
     finally:
         dist.destroy()

@@ -132,3 +132,33 @@ def test_raw_jsonl_data_with_its_own_text_field(tmp_path, capsys, monkeypatch):
 def test_an_out_dir_that_is_a_file(corpus, tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     assert str(tmp_path / "a_file") in _error(capsys, pretrain_args(corpus, tmp_path / "a_file"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_status_130(corpus, tmp_path):
+    """SIGINT during training printed a KeyboardInterrupt traceback (on 2 ranks, 170 lines of them)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from train_support import REPO, subprocess_env
+
+    args = pretrain_args(corpus, tmp_path / "run", max_steps=100000, log_every=1, progress="false")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastgpt.pretrain", *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("fastgpt pretrain: interrupted; run the same command")
+    assert "Traceback" not in err
