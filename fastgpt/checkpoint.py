@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -222,10 +223,12 @@ def schedule_change_note(trainer: Any, saved: dict[str, Any]) -> str | None:
 
     saved_cfg = replace(trainer.cfg, **{k: saved[k] for k in changed})
     what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
-    return (
-        f"note: the LR schedule differs from the checkpoint's ({what}): at step {trainer.step} the LR is "
-        f"{lr_at(trainer.cfg):.3g}, the saved run's schedule had {lr_at(saved_cfg):.3g}"
-    )
+    now, before = lr_at(trainer.cfg), lr_at(saved_cfg)
+    if math.isclose(now, before, rel_tol=1e-6):  # e.g. resumed inside the warmup
+        effect = f"the LR at step {trainer.step} is the same ({now:.3g}); the steps after it follow the new schedule"
+    else:
+        effect = f"at step {trainer.step} the LR is {now:.3g}, the saved run's schedule had {before:.3g}"
+    return f"note: the LR schedule differs from the checkpoint's ({what}): {effect}"
 
 
 def save_checkpoint(trainer: Any, stage: Any) -> Path:

@@ -123,6 +123,12 @@ def test_resume_with_a_longer_run_says_how_the_lr_changes(corpus, full_run, tmp_
     code, out = _run_from(corpus, full_run, tmp_path, 3, max_steps=4)
     assert code == 0
     assert "LR schedule differs from the checkpoint's (max_steps 6 -> 4)" in capsys.readouterr().out
+    code, out = _run_from(corpus, full_run, tmp_path / "same", 3, wsd_decay_frac=0.5)
+    assert code == 0  # a wsd setting does not move a cosine: say so rather than print two equal LRs
+    assert (
+        "(wsd_decay_frac 0.2 -> 0.5): the LR at step 3 is the same (0.00165); the steps after it follow"
+        in capsys.readouterr().out
+    )
     code, out = _run_from(corpus, full_run, tmp_path / "b", 3, max_steps=12)
     printed = capsys.readouterr().out
     assert code == 0
