@@ -97,6 +97,6 @@ stage sft train fastgpt.sft "${SFT[@]}" --model="$OUT/pretrain/model" --out_dir=
 stage grpo train fastgpt.grpo "${GRPO[@]}" --model="$OUT/sft/model" --out_dir="$OUT/grpo" --progress=false ${GRPO_ARGS:-}
 stage eval fastgpt eval --model "$OUT/grpo/model" "${EVAL[@]}" --tools --data shakespeare --out "$OUT/eval.json" ${EVAL_ARGS:-}
 stage report fastgpt report --runs "$OUT" --title "fastgpt speedrun ($PRESET preset)" \
-  --note "bash launch/speedrun.sh --preset=$PRESET on $(hostname): $(nproc) cores, $(python -c 'import torch; print(torch.cuda.device_count())') GPUs. ${REPORT_NOTE:-}"
+  --note "bash launch/speedrun.sh --preset=$PRESET on $(hostname): $(nproc --all) cores, $(python -c 'import torch; print(torch.cuda.device_count())') GPUs. ${REPORT_NOTE:-}"
 
 echo "speedrun finished in $(( $(date +%s) - START ))s: $OUT/report.md"
