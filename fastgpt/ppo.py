@@ -398,9 +398,7 @@ def _main(argv: list[str] | None = None) -> int:
     info = dist.init_distributed(cfg.device)
     log = print if info.is_main else (lambda *_: None)
     if not cfg.reward_model:
-        raise SystemExit(
-            "fastgpt ppo: --reward_model=DIR is required (train one with python -m fastgpt.reward)"
-        )
+        raise ValueError("--reward_model=DIR is required (train one with python -m fastgpt.reward)")
     policy, tokenizer, chat_format = load_start(cfg.init_from, stage="ppo")
     reward_model = ScalarHeadModel.from_pretrained(cfg.reward_model, require_head=True)
     critic = None

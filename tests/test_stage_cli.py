@@ -75,3 +75,20 @@ def test_a_base_model_without_chat_tokens_is_one_line(stage, tmp_path, capsys):
         capsys, stage, [f"--model={tmp_path / 'base'}", "--max_steps=1", f"--out_dir={tmp_path / 'out'}"]
     )
     assert f"model has {tok.bos_id + 1} token embeddings" in err
+
+
+@pytest.mark.parametrize("stage", ["grpo", "dpo", "reward", "ppo"])
+def test_a_missing_or_empty_model_dir_says_what_to_run_first(stage, capsys, tmp_path):
+    rest = [f"--out_dir={tmp_path / 'out'}"] + ([f"--reward_model={tmp_path}"] if stage == "ppo" else [])
+    err = _error(capsys, stage, [f"--model={tmp_path / 'nope'}", *rest])
+    assert "no such directory" in err and "bash launch/sft.sh" in err
+    err = _error(capsys, stage, [f"--model={tmp_path}", *rest])
+    assert "not a model directory (no config.json)" in err
+    assert _error(capsys, stage, rest).endswith(
+        "--model=DIR is required (a fastgpt or Hugging Face model directory)\n"
+    )
+
+
+def test_ppo_without_a_reward_model_is_one_line(capsys, tmp_path):
+    err = _error(capsys, "ppo", [f"--model={tmp_path}", f"--out_dir={tmp_path / 'out'}"])
+    assert "--reward_model=DIR is required" in err

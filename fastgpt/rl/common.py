@@ -36,11 +36,16 @@ def load_start(model_dir: str, *, stage: str) -> tuple[Any, Any, Any]:
     from fastgpt.tokenizer import Tokenizer
 
     if not model_dir:
-        raise SystemExit(
-            f"fastgpt {stage}: --model=DIR is required (a fastgpt or Hugging Face model directory)"
+        raise ValueError("--model=DIR is required (a fastgpt or Hugging Face model directory)")
+    if not Path(model_dir).exists():
+        raise ValueError(
+            f"--model={model_dir}: no such directory; {stage} starts from a chat model: `bash launch/sft.sh` "
+            "writes one to out/sft/model (or `fastgpt convert-gguf --smollm2 --out models/smollm2` for a "
+            "real one)"
         )
     if not Path(model_dir, "config.json").is_file():
-        raise SystemExit(f"fastgpt {stage}: --model={model_dir}: not a model directory (no config.json)")
+        hint = "; its model is in model/" if Path(model_dir, "model", "config.json").is_file() else ""
+        raise ValueError(f"--model={model_dir}: not a model directory (no config.json){hint}")
     model = from_pretrained(model_dir).train()
     tokenizer = Tokenizer.load(model_dir)
     chat_format = ChatFormat.for_model(model_dir)
