@@ -230,30 +230,16 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fastgpt.pretrain [--key=value ...]``; bad settings, data or checkpoints end with one
-    ``error:`` line and exit status 2 (a run stopped by NaN/inf losses: 1)."""
-    from fastgpt.checkpoint import CheckpointError
-    from fastgpt.dist import DeepSpeedUnavailable
-    from fastgpt.model import ModelFormatError
-    from fastgpt.stage_cli import PATH_ERRORS, interrupted
-    from fastgpt.train.trainer import NonFiniteLossError
+    ``error:`` line and exit status 2 (a run stopped by NaN/inf losses: 1), as every stage
+    (:func:`fastgpt.stage_cli.run_stage`)."""
+    from fastgpt.stage_cli import run_stage
 
-    try:
+    def body() -> None:
         cfg = parse_args(PretrainConfig, sys.argv[1:] if argv is None else argv)
         cfg.validate()
         run(cfg)
-    except (ValueError, CheckpointError, ModelFormatError, DeepSpeedUnavailable, *PATH_ERRORS) as e:
-        print(f"fastgpt pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"fastgpt pretrain: stopped: {e}", file=sys.stderr)
-        return 1
-    except dist.PeerFailed:  # rank 0 printed the reason
-        return 2
-    except KeyboardInterrupt:
-        return interrupted("pretrain")
-    finally:
-        dist.destroy()
-    return 0
+
+    return run_stage("pretrain", body)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,17 @@ def test_a_missing_or_empty_model_dir_says_what_to_run_first(stage, capsys, tmp_
 def test_ppo_without_a_reward_model_is_one_line(capsys, tmp_path):
     err = _error(capsys, "ppo", [f"--model={tmp_path}", f"--out_dir={tmp_path / 'out'}"])
     assert "--reward_model=DIR is required" in err
+
+
+@pytest.mark.parametrize("stage", ["pretrain", *STAGES])
+def test_the_error_line_is_printed_once_per_machine(stage, capsys, tmp_path, monkeypatch):
+    """Every local rank of a torchrun job reaches the same bad flag: only local rank 0 prints it (each
+    rank still exits 2, so torchrun reports the failure)."""
+    argv = ["--max_step=3", f"--out_dir={tmp_path}"]
+    main = importlib.import_module(f"fastgpt.{stage}").main
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert main(argv) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"fastgpt {stage}: error: unknown option --max_step")
