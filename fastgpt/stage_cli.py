@@ -19,16 +19,6 @@ from collections.abc import Callable
 PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
-def _report(line: str) -> None:
-    """Print a stage's final error line once per machine: every local rank of a torchrun job reaches the
-    same mistake (a bad flag, a missing file), so only local rank 0 says it; on several nodes each node's
-    first rank does, so a problem of one node's own (a path missing there) is still shown."""
-    import os
-
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        print(line, file=sys.stderr)
-
-
 def interrupted(name: str) -> int:
     """Ctrl-C (SIGINT; torchrun forwards it to every rank): one line from rank 0 instead of each rank's
     KeyboardInterrupt traceback (170 lines on 2 ranks); exit status 130 as a shell reports SIGINT."""
@@ -52,10 +42,10 @@ def run_stage(name: str, body: Callable[[], int | None]) -> int:
     try:
         return int(body() or 0)
     except (ValueError, CheckpointError, dist.DeepSpeedUnavailable, *PATH_ERRORS) as e:
-        _report(f"fastgpt {name}: error: {e}")
+        print(f"fastgpt {name}: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
-        _report(f"fastgpt {name}: stopped: {e}")
+        print(f"fastgpt {name}: stopped: {e}", file=sys.stderr)
         return 1
     except dist.PeerFailed:  # rank 0 printed the reason
         return 2

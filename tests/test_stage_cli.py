@@ -95,14 +95,9 @@ def test_ppo_without_a_reward_model_is_one_line(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["pretrain", *STAGES])
-def test_the_error_line_is_printed_once_per_machine(stage, capsys, tmp_path, monkeypatch):
-    """Every local rank of a torchrun job reaches the same bad flag: only local rank 0 prints it (each
-    rank still exits 2, so torchrun reports the failure)."""
-    argv = ["--max_step=3", f"--out_dir={tmp_path}"]
-    main = importlib.import_module(f"fastgpt.{stage}").main
+def test_every_rank_reports_its_error(stage, capsys, tmp_path, monkeypatch):
+    """Each rank prints its own error line: torchrun may stop local rank 0 (SIGTERM) as soon as another
+    rank exits, before it prints, and an error can be one rank's own (a shard only it reads)."""
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert main(argv) == 2
-    assert capsys.readouterr().err == ""
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    assert main(argv) == 2
+    assert importlib.import_module(f"fastgpt.{stage}").main(["--max_step=3", f"--out_dir={tmp_path}"]) == 2
     assert capsys.readouterr().err.startswith(f"fastgpt {stage}: error: unknown option --max_step")
