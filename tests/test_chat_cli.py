@@ -2,6 +2,7 @@
 commands, driven end to end through a real (tiny, random) model dir."""
 
 import io
+import json
 
 import pytest
 import torch
@@ -117,6 +118,28 @@ def test_one_shot_prompt_on_a_real_model_dir(tok, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert printed.endswith("\n") and len(printed) > 1
+
+
+def test_a_pretraining_runs_model_gets_a_note_to_finetune_it(tok, tmp_path, capsys):
+    """After the README's main job a user chats with out/pretrain/model: say it is a base model."""
+    from fastgpt.chat.cli import main
+    from fastgpt.model import GPT, GPTConfig
+
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
+    )
+    for stage in ("pretrain", "sft"):
+        model_dir = tmp_path / stage / "model"
+        GPT(config).save_pretrained(model_dir)
+        tok.save(model_dir)
+        (model_dir.parent / "config.json").write_text(json.dumps({"stage": stage, "max_steps": 1}))
+        assert main(["--model", str(model_dir), "--prompt", "Hi", "--max_tokens", "2"]) == 0
+        err = capsys.readouterr().err
+        if stage == "pretrain":
+            assert f"note: {model_dir} is a pretrained base model" in err
+            assert f"bash launch/sft.sh --model={model_dir}" in err
+        else:
+            assert "base model" not in err
 
 
 @pytest.mark.slow

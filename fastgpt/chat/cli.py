@@ -12,9 +12,11 @@ model makes are run and shown inline as ``[calculator: EXPR = RESULT]``.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from fastgpt.cli import HelpFormatter
@@ -111,6 +113,23 @@ class StreamPrinter:
             self.pending = []
 
 
+def base_model_note(model_dir: str | Path) -> str | None:
+    """A one-line note when ``model_dir`` is the model of a fastgpt pretraining run (its run dir's
+    config.json says ``"stage": "pretrain"``): such a model continues text, it has not learned to answer,
+    and the first thing a user does after the README's main job is chat with it."""
+    run_config = Path(model_dir).resolve().parent / "config.json"
+    try:
+        stage = json.loads(run_config.read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if stage != "pretrain":
+        return None
+    return (
+        f"note: {model_dir} is a pretrained base model: it continues text rather than answering. "
+        f"Finetune it into an assistant with: bash launch/sft.sh --model={model_dir}"
+    )
+
+
 def _load(args: argparse.Namespace):
     import torch
 
@@ -124,6 +143,9 @@ def _load(args: argparse.Namespace):
     tokenizer = Tokenizer.load(args.model)
     chat_format = ChatFormat.for_model(args.model)
     chat_format.check_fits(model.config.vocab_size, args.model)
+    note = base_model_note(args.model)
+    if note:
+        print(note, file=sys.stderr)
     compile_mode = getattr(args, "compile", "off")
     return Engine(
         model, tokenizer, chat_format=chat_format, compile=False if compile_mode == "off" else compile_mode
