@@ -101,7 +101,10 @@ def _fake_slurm(tmp_path: Path, srun_body: str) -> dict[str, str]:
     """``scontrol`` and ``srun`` stand-ins on PATH (no SLURM here) and a 2-node job's environment."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\nprintf "node-a\\nnode-b\\n"\n')
+    # a long node list: a `| head -n 1` reader would kill it with SIGPIPE (pipefail: a failed job)
+    (bin_dir / "scontrol").write_text(
+        '#!/usr/bin/env bash\nprintf "node-a\\nnode-b\\n"\nseq -f "node-%g" 200000\n'
+    )
     (bin_dir / "srun").write_text("#!/usr/bin/env bash\n" + srun_body)
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -137,6 +140,7 @@ def test_slurm_script_hands_torchrun_the_job_geometry(tmp_path):
         cwd=tmp_path,
         timeout=60,
     )
+    assert proc.stdout, f"exit {proc.returncode}: {proc.stderr}"
     assert proc.stdout.splitlines()[0] == (
         f"NNODES=2 NPROC_PER_NODE=4 MASTER_ADDR=node-a MASTER_PORT={20000 + 123456 % 20000} "
         f"SRUN_CPUS_PER_TASK=64 PWD={ROOT}"
