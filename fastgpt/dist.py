@@ -143,9 +143,16 @@ def main_first(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return result
 
 
-def destroy() -> None:
+def destroy(wait_for_peers: bool = False) -> None:
+    """Release the process group. ``wait_for_peers`` (a run that ended normally on every rank) first
+    meets the other ranks in a barrier, so no rank tears its connections down while a peer still writes
+    its last files: a rank that did so could abort at exit on CPU ('terminate called without an active
+    exception', SIGABRT), failing a finished run. Error paths call it without waiting: a peer that
+    failed may never arrive."""
     global _info
     if dist.is_initialized():
+        if wait_for_peers and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
     _info = None
 

@@ -285,7 +285,7 @@ def _main(argv: list[str] | None = None) -> int:
     for line in trainer.samples(stage):
         trainer.print(line)
     trainer.close()
-    dist.destroy()
+    dist.destroy(wait_for_peers=True)
     return 0
 
 

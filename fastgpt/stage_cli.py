@@ -40,7 +40,9 @@ def run_stage(name: str, body: Callable[[], int | None]) -> int:
     from fastgpt.train.trainer import NonFiniteLossError
 
     try:
-        return int(body() or 0)
+        status = int(body() or 0)
+        dist.destroy(wait_for_peers=True)  # every rank finished: leave together
+        return status
     except (ValueError, CheckpointError, dist.DeepSpeedUnavailable, *PATH_ERRORS) as e:
         print(f"fastgpt {name}: error: {e}", file=sys.stderr)
         return 2

@@ -207,7 +207,7 @@ def _nan_skip_main(out_json: str, zero: int) -> None:
             json.dumps({"skipped": skipped, "unchanged": same, "moved_after": moved, "finite": finite})
         )
     trainer.close()
-    dist.destroy()
+    dist.destroy(wait_for_peers=True)
 
 
 if __name__ == "__main__":
