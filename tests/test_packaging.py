@@ -3,7 +3,6 @@ must still see Hugging Face's ``kernels`` package (transformers imports it) unde
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,6 @@ def test_fastgpt_kernels_is_the_repository_folder():
     assert Path(fastgpt.kernels.__file__).resolve() == ROOT / "kernels" / "__init__.py"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_transformers_imports_in_the_repository_root():
     # `python -c` puts the current directory first on sys.path, where kernels/ would shadow the
     # installed `kernels` package and break `from transformers import LlamaForCausalLM`
@@ -37,7 +35,6 @@ def test_transformers_imports_in_the_repository_root():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 @pytest.mark.parametrize(
     "script, args",
     [
