@@ -15,21 +15,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["pretrain", "sft", "grpo"])
-def test_a_typo_on_one_process_is_one_line_and_exit_2(script, tmp_path):
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "NPROC_PER_NODE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.run(
-        ["bash", str(ROOT / "launch" / f"{script}.sh"), "--max_step=3", f"--out_dir={tmp_path}"],
+def _launch(script: str, args: list[str], cwd: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
+    """``bash launch/<script>.sh args`` as a user runs it (this venv's python and torchrun on PATH)."""
+    full = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **env}
+    return subprocess.run(
+        ["bash", str(ROOT / "launch" / f"{script}.sh"), *args],
         capture_output=True,
         text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+        env=full,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("script", ["pretrain", "sft", "grpo"])
+def test_a_typo_on_one_process_is_one_line_and_exit_2(script, tmp_path):
+    proc = _launch(
+        script,
+        ["--max_step=3", f"--out_dir={tmp_path}"],
+        tmp_path,
+        300,
+        NPROC_PER_NODE="1",
+        OMP_NUM_THREADS="1",
     )
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
@@ -49,16 +56,8 @@ def test_a_typo_on_one_process_is_one_line_and_exit_2(script, tmp_path):
 def test_bad_launch_variables_are_one_line_before_torchrun(env, message, tmp_path):
     """torchrun answered NPROC_PER_NODE=abc with a traceback and 0 with a bare AssertionError, and a
     NODE_RANK >= NNODES waited for the rendezvous forever (timeout here = the hang)."""
-    full = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    full.update({"NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", **env})
-    proc = subprocess.run(
-        ["bash", str(ROOT / "launch" / "pretrain.sh"), "--max_steps=1", f"--out_dir={tmp_path}/run"],
-        capture_output=True,
-        text=True,
-        env=full,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    settings = {"NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", **env}
+    proc = _launch("pretrain", ["--max_steps=1", f"--out_dir={tmp_path}/run"], tmp_path, 60, **settings)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [message]
 
