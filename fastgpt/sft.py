@@ -25,7 +25,6 @@ chat template, so ``fastgpt chat --model out_dir/model`` and transformers both u
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from fastgpt import dist
 from fastgpt.conversation import ChatFormat
 from fastgpt.sft_data import DEFAULT_MIXTURE, load_mixture
 from fastgpt.sft_data.batching import IGNORE, RenderStats, SFTBatches, collate, render_examples
-from fastgpt.train.config import TrainConfig, parse_args
+from fastgpt.train.config import TrainConfig, parse_args, run_config_of
 
 __all__ = ["SAMPLE_PROMPTS", "SFTConfig", "SFTStage", "build", "default_model_dir", "main", "sft_loss"]
 
@@ -85,13 +84,7 @@ def default_model_dir(root: str | Path = "out") -> Path:
     """The newest pretraining output: ``out/<run>/model`` whose run config says it was pretrained."""
     candidates = []
     for model_dir in Path(root).glob("*/model"):
-        run_config = model_dir.parent / "config.json"
-        stage = None
-        if run_config.is_file():
-            try:
-                stage = json.loads(run_config.read_text(encoding="utf-8")).get("stage")
-            except json.JSONDecodeError:
-                stage = None
+        stage = (run_config_of(model_dir) or {}).get("stage")
         if (model_dir / "config.json").is_file() and stage in (None, "pretrain"):
             candidates.append(model_dir)
     if not candidates:

@@ -12,7 +12,6 @@ model makes are run and shown inline as ``[calculator: EXPR = RESULT]``.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -117,12 +116,9 @@ def base_model_note(model_dir: str | Path) -> str | None:
     """A one-line note when ``model_dir`` is the model of a fastgpt pretraining run (its run dir's
     config.json says ``"stage": "pretrain"``): such a model continues text, it has not learned to answer,
     and the first thing a user does after the README's main job is chat with it."""
-    run_config = Path(model_dir).resolve().parent / "config.json"
-    try:
-        stage = json.loads(run_config.read_text()).get("stage")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if stage != "pretrain":
+    from fastgpt.train.config import run_config_of
+
+    if (run_config_of(model_dir) or {}).get("stage") != "pretrain":
         return None
     return (
         f"note: {model_dir} is a pretrained base model: it continues text rather than answering. "

@@ -86,13 +86,11 @@ def training_data_of(model_dir: str | Path) -> str | None:
     """The pretraining ``data`` setting behind ``model_dir`` (``out_dir/model``), if known: the ``data``
     of the pretraining run that wrote it, or, for a later stage (SFT, GRPO, DPO, ...; their ``data`` is
     conversations, pairs or nothing), that of the run which wrote its ``init_from`` model, and so on."""
+    from fastgpt.train.config import run_config_of
+
     for _ in range(16):  # a chain of stages; the bound only guards against a config loop
-        config = Path(model_dir).resolve().parent / "config.json"
-        try:
-            loaded = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        if not isinstance(loaded, dict):
+        loaded = run_config_of(model_dir)
+        if loaded is None:
             return None
         if loaded.get("stage", "pretrain") == "pretrain":
             data = loaded.get("data")

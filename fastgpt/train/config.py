@@ -148,6 +148,17 @@ class TrainConfig:
         Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2) + "\n")
 
 
+def run_config_of(model_dir: str | Path) -> dict[str, Any] | None:
+    """The saved config of the training run that wrote ``model_dir`` (a run writes its config to
+    ``out_dir/config.json`` and its model to ``out_dir/model``), or None when there is none to read.
+    Its ``stage`` says which stage trained the model, ``init_from`` which model that stage started from."""
+    try:
+        loaded = json.loads((Path(model_dir).resolve().parent / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
 C = TypeVar("C", bound=TrainConfig)
 
 
