@@ -36,13 +36,11 @@ def sample(
 
     from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
+    from fastgpt.model.sampling import check_sampling
     from fastgpt.tokenizer import Tokenizer
 
     model_dir = Path(model_dir)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_p=top_p)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = from_pretrained(model_dir, device=device)
     tokenizer = Tokenizer.load(model_dir)

@@ -209,12 +209,9 @@ def chat_loop(engine, settings: dict, system: str | None, lines: Iterable[str], 
 
 def check_args(args: argparse.Namespace) -> None:
     """Sampling flags in range, before the model loads (one line naming the flag)."""
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    if args.top_k < 1:
-        raise ValueError(f"--top_k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
+    from fastgpt.model.sampling import check_sampling
+
+    check_sampling(args.temperature, args.top_k, args.top_p, flag="--")
     if args.max_tokens < 1:
         raise ValueError(f"--max_tokens must be >= 1, got {args.max_tokens}")
 

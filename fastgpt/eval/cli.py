@@ -161,8 +161,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
     if args.samples is not None and args.samples < max(args.pass_k, 1):
         raise ValueError(f"--samples must be >= max(--pass_k, 1) = {max(args.pass_k, 1)}, got {args.samples}")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    from fastgpt.model.sampling import check_sampling
+
+    check_sampling(args.temperature, flag="--")
     if args.out and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out!r} is a directory; give a file name such as eval.json")
 

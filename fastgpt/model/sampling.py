@@ -28,3 +28,16 @@ def sample_next_token(
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def check_sampling(
+    temperature: float, top_k: int | None = None, top_p: float | None = None, *, flag: str = ""
+) -> None:
+    """Sampling settings in range, checked before a model is loaded: one ``ValueError`` naming the
+    setting (``flag="--"`` for a command's flags)."""
+    if temperature < 0:
+        raise ValueError(f"{flag}temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"{flag}top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"{flag}top_p must be in (0, 1], got {top_p}")
