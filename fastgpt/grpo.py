@@ -41,7 +41,7 @@ from fastgpt import dist
 from fastgpt.rl.advantages import group_advantages
 from fastgpt.rl.common import export_final, frozen_copy, load_start, log_baseline, normalize_argv
 from fastgpt.rl.losses import AGGREGATIONS, aggregate, clipped_policy_loss, kl_k3
-from fastgpt.rl.rollout import Rollout, greedy_accuracy, sample_rollout
+from fastgpt.rl.rollout import Rollout, greedy_accuracy, make_rollout_engine, sample_rollout
 from fastgpt.rl.sequences import ResponseBatch, response_logprobs
 from fastgpt.tasks import RewardConfig, Task, TaskReward, get_task, load_reward_fn
 from fastgpt.train.config import TrainConfig
@@ -128,15 +128,13 @@ class GRPOStage:
     ):
         """``correctness_fn(completion, problem) -> float`` replaces the task's verifier as the
         correctness reward (``--reward=module:function`` on the command line)."""
-        from fastgpt.engine import Engine
-
         if cfg.prompts_per_step % world_size:
             raise ValueError(
                 f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
             )
         self.cfg, self.task, self.rank, self.world_size, self.log = cfg, task, rank, world_size, log
         self.policy = policy
-        self.engine = Engine(policy, tokenizer, chat_format=chat_format)
+        self.engine = make_rollout_engine(policy, tokenizer, chat_format=chat_format)
         self.reference = frozen_copy(policy) if cfg.beta > 0 else None
         self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
         correctness = correctness_fn or (load_reward_fn(cfg.reward) if cfg.reward else None)

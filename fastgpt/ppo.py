@@ -45,7 +45,7 @@ from fastgpt.rl.advantages import gae, masked_whiten
 from fastgpt.rl.common import export_final, frozen_copy, load_start, log_baseline, normalize_argv
 from fastgpt.rl.heads import PolicyWithValue, ScalarHeadModel
 from fastgpt.rl.losses import clipped_policy_loss, value_loss
-from fastgpt.rl.rollout import rollout_seed
+from fastgpt.rl.rollout import make_rollout_engine, rollout_seed
 from fastgpt.rl.sequences import IGNORE, ResponseBatch, collate_responses, render_response
 from fastgpt.tasks.base import in_heldout
 from fastgpt.train.config import TrainConfig
@@ -159,15 +159,13 @@ class PPOStage:
         world_size: int = 1,
         log: Callable[[str], Any] = print,
     ):
-        from fastgpt.engine import Engine
-
         if cfg.prompts_per_step % world_size:
             raise ValueError(
                 f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
             )
         self.cfg, self.model, self.rank, self.world_size, self.log = cfg, model, rank, world_size, log
         self.chat_format, self.reward_format = chat_format, reward_format
-        self.engine = Engine(model.policy, tokenizer, chat_format=chat_format)
+        self.engine = make_rollout_engine(model.policy, tokenizer, chat_format=chat_format)
         frozen_dtype = torch.bfloat16 if cfg.frozen_dtype == "bf16" else None
         self.reference = frozen_copy(model.policy, dtype=frozen_dtype) if cfg.kl_coef > 0 else None
         self.reward_model = reward_model.eval().requires_grad_(False)

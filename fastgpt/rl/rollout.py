@@ -8,8 +8,9 @@ other problems are in the batch or on how many ranks split it. A run is therefor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,7 +18,22 @@ import torch
 from fastgpt.rl.sequences import ResponseBatch, collate_responses
 from fastgpt.tasks.base import Problem
 
-__all__ = ["Rollout", "assistant_text", "greedy_accuracy", "rollout_seed", "sample_rollout"]
+__all__ = [
+    "Rollout",
+    "assistant_text",
+    "greedy_accuracy",
+    "make_rollout_engine",
+    "rollout_seed",
+    "sample_rollout",
+]
+
+
+def make_rollout_engine(policy: torch.nn.Module, tokenizer: Any, *, chat_format: Any = None) -> Any:
+    """The engine the RL stages (GRPO, PPO) sample rollouts and held-out answers from. One place to
+    choose how rollouts are generated, so the stages do not construct engines themselves."""
+    from fastgpt.engine import Engine
+
+    return Engine(policy, tokenizer, chat_format=chat_format)
 
 
 def assistant_text(chat_format: Any, completion: Any) -> str:
@@ -48,6 +64,7 @@ class Rollout:
     texts: list[str]
     finish_reasons: list[str]
     group_size: int
+    timings: dict[str, float] = field(default_factory=dict)  # {"rollout_s", "reward_s"}: wall seconds
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -73,10 +90,12 @@ def sample_rollout(
     problem, num_tokens) -> Reward``. ``first_index`` is the global index of ``problems[0]`` in this
     step's batch (it seeds the sampling)."""
     fmt = engine.chat_format
+    generate_s = reward_s = 0.0
     prompts, responses, trained = [], [], []
     texts, reasons, rewards, correct, lens = [], [], [], [], []
     for i, problem in enumerate(problems):
         prompt = fmt.render_prompt(list(problem.messages))
+        t0 = time.perf_counter()
         group = engine.generate(
             [prompt],
             max_tokens=max_new_tokens,
@@ -88,6 +107,8 @@ def sample_rollout(
             stop_ids=fmt.stop_ids,
             tools=tools,
         )[0]
+        t1 = time.perf_counter()
+        generate_s += t1 - t0
         for completion in group:
             text = assistant_text(fmt, completion)
             reward = reward_fn(text, problem, len(completion.tokens))
@@ -99,6 +120,7 @@ def sample_rollout(
             rewards.append(float(reward.total))
             correct.append(float(reward.correct))
             lens.append(len(completion.tokens))
+        reward_s += time.perf_counter() - t1
     return Rollout(
         problems=list(problems),
         batch=collate_responses(prompts, responses, trained=trained, pad_id=pad_id),
@@ -108,6 +130,7 @@ def sample_rollout(
         texts=texts,
         finish_reasons=reasons,
         group_size=group_size,
+        timings={"rollout_s": generate_s, "reward_s": reward_s},
     )
 
 
