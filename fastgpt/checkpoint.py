@@ -25,7 +25,6 @@ ZeRO stage into a model dir.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastgpt import dist
+from fastgpt import cli, dist
 
 __all__ = [
     "CheckpointError",
@@ -455,7 +454,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fastgpt export", description=export_checkpoint.__doc__)
+    p = cli.ArgumentParser(prog="fastgpt export", description=export_checkpoint.__doc__)
     p.add_argument(
         "--ckpt", required=True, help="a checkpoint dir (out_dir/checkpoints/step_N) or a run's out_dir"
     )

@@ -12,7 +12,8 @@ import difflib
 import importlib
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from typing import Any
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("fastgpt.tokenizer_cli", "show how a tokenizer splits text (coloured tokens and ids)"),
@@ -54,6 +55,53 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if not action.option_strings or unset or "default" in text:
             return text
         return f"{text} (default: %(default)s)".strip()
+
+
+def canonical_flag(arg: str, known: Collection[str]) -> str | None:
+    """``--key-name[=v]`` spelled with hyphens -> ``--key_name[=v]`` when that is a known option, else
+    None (already canonical, or not an option at all). fastgpt's one CLI dialect is ``--snake_case``
+    keys (docs/architecture.md, "Command lines"); the hyphenated spelling is a deprecated alias."""
+    if not arg.startswith("--") or arg == "--":
+        return None
+    key, sep, value = arg[2:].partition("=")
+    if "-" not in key:
+        return None
+    snake = "--" + key.replace("-", "_")
+    return snake + sep + value if snake in known else None
+
+
+def warn_deprecated_spelling(prog: str, old: str, new: str) -> None:
+    """The one-line deprecation note every command prints for a hyphenated flag."""
+    print(
+        f"{prog}: warning: {old} is deprecated, use {new} (one spelling for every command)", file=sys.stderr
+    )
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every ``fastgpt`` tool command (tokenize, prepare, chat, serve, eval, ...): options
+    are ``--snake_case`` like the training stages' ``--key=value`` keys, ``--help`` shows defaults
+    (:class:`HelpFormatter`), and a hyphenated spelling of a known option (``--vocab-size``) still works
+    with a one-line deprecation warning."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        known = self._option_string_actions
+        out, warned = [], set()
+        for arg in argv:
+            fixed = canonical_flag(arg, known)
+            if fixed is None:
+                out.append(arg)
+                continue
+            old, new = arg.partition("=")[0], fixed.partition("=")[0]
+            if old not in warned:
+                warn_deprecated_spelling(self.prog, old, new)
+                warned.add(old)
+            out.append(fixed)
+        return super().parse_known_args(out, namespace)
 
 
 @contextlib.contextmanager

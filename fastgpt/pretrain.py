@@ -80,12 +80,12 @@ class PretrainStage:
             seed=cfg.seed,
         )
         check_tokenizer(self.loader.manifest, tokenizer)
-        # a dir prepared with --val-fraction 0 (or too small a one) trains without validation, and says so
+        # a dir prepared with --val_fraction 0 (or too small a one) trains without validation, and says so
         val_tokens = int(self.loader.manifest["splits"]["val"]["tokens"])
         self.has_val = (val_tokens - 1) // cfg.seq_len >= world_size
         self.no_val_reason = (
             f"no validation: the val split of {data_dir} has {val_tokens:,} tokens, less than one window "
-            f"of seq_len={cfg.seq_len} per rank (more text, or fastgpt prepare with a larger --val-fraction)"
+            f"of seq_len={cfg.seq_len} per rank (more text, or fastgpt prepare with a larger --val_fraction)"
         )
         self.token_bytes = torch.from_numpy(tokenizer.token_byte_lengths()).long()  # (V,)
 

@@ -10,10 +10,10 @@ A fixed ``--seed`` gives the same samples again.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 
 __all__ = ["main", "sample"]
@@ -63,7 +63,7 @@ def sample(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fastgpt sample", description=__doc__, formatter_class=HelpFormatter)
+    p = cli.ArgumentParser(prog="fastgpt sample", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="model dir (config.json + weights + tokenizer files)")
     p.add_argument(
         "--prompt", action="append", help="a prompt (repeat for several; default: one empty prompt)"

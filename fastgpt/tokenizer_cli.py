@@ -8,12 +8,12 @@ or three tokens, "12345" splits into "123" + "45", and a rare character may be s
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
+from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 from fastgpt.tokenizer import NAMED_VOCABS, Tokenizer, TokenizerError
 
@@ -55,7 +55,7 @@ def render_tokens(tok: Tokenizer, ids: list[int], color: bool) -> str:
 
 
 def main_tokenize(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="fastgpt tokenize",
         description="Show how a tokenizer splits text: coloured tokens, then the ids.",
         formatter_class=HelpFormatter,
@@ -68,7 +68,7 @@ def main_tokenize(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour each token's background (auto: on a terminal, unless NO_COLOR is set)")  # fmt: skip
-    parser.add_argument("--ids-only", action="store_true", help="print only the ids")
+    parser.add_argument("--ids_only", action="store_true", help="print only the ids")
     args = parser.parse_args(argv)
     text = " ".join(args.text) if args.text and args.text != ["-"] else sys.stdin.read()
     try:
@@ -94,7 +94,7 @@ def main_tokenize(argv: list[str] | None = None) -> int:
 
 
 def main_train_tokenizer(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="fastgpt train-tokenizer",
         description="Train a byte-level BPE tokenizer and save it as a dir.",
         formatter_class=HelpFormatter,
@@ -106,13 +106,13 @@ def main_train_tokenizer(argv: list[str] | None = None) -> int:
         help="file, dir, glob, built-in corpus or hf:NAME; repeatable",
     )
     parser.add_argument(
-        "--vocab-size", type=int, default=4096, help="tokens in the vocabulary, specials included"
+        "--vocab_size", type=int, default=4096, help="tokens in the vocabulary, specials included"
     )
     parser.add_argument("--out", required=True, help="output dir (fastgpt / transformers tokenizer dir)")
-    parser.add_argument("--text-field", default="text", help="JSONL field / parquet column with the text")
-    parser.add_argument("--txt-mode", choices=("file", "blocks"), default="file",
+    parser.add_argument("--text_field", default="text", help="JSONL field / parquet column with the text")
+    parser.add_argument("--txt_mode", choices=("file", "blocks"), default="file",
                         help=".txt documents: one per file, or one per blank-line-separated block")  # fmt: skip
-    parser.add_argument("--max-chars", type=float, default=2e9, help="train on at most this much text")
+    parser.add_argument("--max_chars", type=float, default=2e9, help="train on at most this much text")
     args = parser.parse_args(argv)
 
     from fastgpt.data.errors import DataError

@@ -172,7 +172,7 @@ def test_bad_inputs(tmp_path, tok):
 
 def test_cli(tmp_path, corpus, capsys):
     path, _ = corpus
-    args = ["--source", str(path), "--out", str(tmp_path / "out"), "--vocab-size", "300", "--no-progress"]
+    args = ["--source", str(path), "--out", str(tmp_path / "out"), "--vocab_size", "300", "--no_progress"]
     assert main([*args, "--workers", "1"]) == 0
     assert "train tokens" in capsys.readouterr().out
     assert read_manifest(tmp_path / "out")["tokenizer"]["vocab_size"] == 300
@@ -185,8 +185,8 @@ def test_cli(tmp_path, corpus, capsys):
 @pytest.mark.parametrize(
     "flags,expected",
     [
-        (["--val-fraction", "1.5"], "val_fraction must be in [0, 1), got 1.5"),
-        (["--chunk-mb", "0"], "chunk_mb must be positive"),
+        (["--val_fraction", "1.5"], "val_fraction must be in [0, 1), got 1.5"),
+        (["--chunk_mb", "0"], "chunk_mb must be positive"),
         (["--out-is-a-file"], "exists and is not a directory"),
     ],
 )
@@ -196,6 +196,6 @@ def test_cli_refuses_bad_settings_in_one_line_before_training(tmp_path, corpus, 
     if flags == ["--out-is-a-file"]:
         out.write_text("not a dir")
         flags = []
-    assert main(["--source", str(path), "--out", str(out), "--no-progress", *flags]) == 1
+    assert main(["--source", str(path), "--out", str(out), "--no_progress", *flags]) == 1
     err = capsys.readouterr().err
     assert err.startswith("fastgpt prepare: error: ") and expected in err and err.count("\n") == 1, err

@@ -97,8 +97,7 @@ def test_empty_files_in_a_dir_or_glob_are_skipped(tmp_path):
         (
             "nofield.jsonl",
             '{"body": "x"}\n',
-            r"nofield.jsonl:1: no 'text' field \(fields: body\); pick one with --text-field \(fastgpt prepare, "
-            r"train-tokenizer\) or --text_field \(pretraining\)",
+            r"nofield.jsonl:1: no 'text' field \(fields: body\); pick one with --text_field$",
         ),
         ("num.jsonl", '{"text": 5}\n', r"num.jsonl:1: field 'text' is int, expected a string"),
         ("notes.md", "hello", r"notes.md: unsupported file type"),

@@ -100,7 +100,7 @@ def test_continued_pretraining_of_a_hugging_face_model(corpus, tmp_path, capsys,
 
 
 def test_data_without_a_val_split_trains_without_validation(corpus, tmp_path, capsys):
-    """``fastgpt prepare --val-fraction 0`` is allowed; pretraining on it must not fail at the first eval."""
+    """``fastgpt prepare --val_fraction 0`` is allowed; pretraining on it must not fail at the first eval."""
     from fastgpt.data.prepare import prepare
     from fastgpt.tokenizer import Tokenizer
 
@@ -122,7 +122,7 @@ def test_raw_jsonl_data_with_its_own_text_field(tmp_path, capsys, monkeypatch):
         "".join(json.dumps({"body": f"the king speaks to the queen {i} times."}) + "\n" for i in range(400))
     )
     args = pretrain_args(rows, tmp_path / "out", max_steps=1, vocab_size=300)
-    assert "no 'text' field (fields: body); pick one with --text-field" in (err := _error(capsys, args))
+    assert "no 'text' field (fields: body); pick one with --text_field" in (err := _error(capsys, args))
     assert "or --text_field (pretraining)" in err
     with one_thread():
         assert main([*args, "--text_field=body"]) == 0

@@ -533,7 +533,7 @@ def test_fastgpt_serve_command(engine, tokenizer, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "fastgpt.cli", "serve", "--model", str(model_dir), "--port", str(port)]
-    cmd += ["--api-key", "k", "--max_tokens", "8", "--log_level", "warning"]
+    cmd += ["--api_key", "k", "--max_tokens", "8", "--log_level", "warning"]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "FASTGPT_API_KEY": ""}
     )

@@ -19,7 +19,7 @@ def tok_dir(tmp_path_factory):
     corpus = folder / "corpus.txt"
     corpus.write_text("\n\n".join(f"line {i}: strawberry fields, naïve 日本 {i * 37}" for i in range(200)))
     assert (
-        fastgpt(["train-tokenizer", "--source", str(corpus), "--vocab-size", "320", "--out", str(folder)])
+        fastgpt(["train-tokenizer", "--source", str(corpus), "--vocab_size", "320", "--out", str(folder)])
         == 0
     )
     return folder
@@ -58,7 +58,7 @@ def test_train_tokenizer_refuses_a_file_as_out_before_training(tmp_path, capsys)
     corpus.write_text("some text to train on " * 50)
     before = corpus.read_bytes()
     assert (
-        fastgpt(["train-tokenizer", "--source", str(corpus), "--vocab-size", "300", "--out", str(corpus)])
+        fastgpt(["train-tokenizer", "--source", str(corpus), "--vocab_size", "300", "--out", str(corpus)])
         == 1
     )
     err = capsys.readouterr().err

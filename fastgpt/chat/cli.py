@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 
 __all__ = ["StreamPrinter", "main", "read_message"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="fastgpt chat",
         description="Chat with a model in the terminal.",
         formatter_class=HelpFormatter,

@@ -19,7 +19,6 @@ Shard contents do not depend on the number of workers (tested).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import itertools
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 from fastgpt.data.errors import DataError
 from fastgpt.data.manifest import FORMAT, MANIFEST, VERSION, read_manifest, write_json_atomic
@@ -342,7 +342,7 @@ def _manifest(out, tok, sources, records, stats, options, val_fraction, chunk_mb
 
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="fastgpt prepare",
         description="Tokenize text sources into binary token shards (train/val) with a manifest.",
         formatter_class=HelpFormatter,
@@ -351,18 +351,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="file, dir, glob, built-in corpus name or hf:NAME[:CONFIG][@SPLIT]; repeatable")  # fmt: skip
     parser.add_argument("--tokenizer", help="tokenizer dir/file or named vocab (gpt2, cl100k, ...); "
                         "default: train one on the sources")  # fmt: skip
-    parser.add_argument("--vocab-size", type=int, default=4096, help="when training a tokenizer")
+    parser.add_argument("--vocab_size", type=int, default=4096, help="when training a tokenizer")
     parser.add_argument("--out", required=True, help="output dir")
-    parser.add_argument("--val-fraction", type=float, default=0.01, help="held-out share of tokens")
+    parser.add_argument("--val_fraction", type=float, default=0.01, help="held-out share of tokens")
     parser.add_argument(
         "--workers", type=int, default=None, help="tokenizer processes (default: cores, max 8)"
     )
-    parser.add_argument("--chunk-mb", type=float, default=16.0, help="MB of text per shard/work unit")
-    parser.add_argument("--text-field", default="text", help="JSONL field / parquet column with the text")
-    parser.add_argument("--txt-mode", choices=("file", "blocks"), default="file",
+    parser.add_argument("--chunk_mb", type=float, default=16.0, help="MB of text per shard/work unit")
+    parser.add_argument("--text_field", default="text", help="JSONL field / parquet column with the text")
+    parser.add_argument("--txt_mode", choices=("file", "blocks"), default="file",
                         help=".txt documents: one per file, or one per blank-line-separated block")  # fmt: skip
     parser.add_argument("--dtype", choices=("uint16", "uint32"), default=None, help="default: by vocab size")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     from fastgpt.tokenizer import Tokenizer, TokenizerError

@@ -41,7 +41,7 @@ PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 _BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 # how to pick the field, in every command's spelling (fastgpt prepare / train-tokenizer use hyphens)
-_SET_FIELD = "pick one with --text-field (fastgpt prepare, train-tokenizer) or --text_field (pretraining)"
+_SET_FIELD = "pick one with --text_field"
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 
 __all__ = ["main", "run_eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="fastgpt eval", description="Evaluate a model dir.", formatter_class=HelpFormatter
     )
     p.add_argument(

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 
 __all__ = ["Run", "load_run", "main", "render_report"]
@@ -502,7 +503,7 @@ def render_report(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="fastgpt report", description="Write a report card from run dirs.", formatter_class=HelpFormatter
     )
     p.add_argument("--runs", nargs="+", required=True, help="run dirs, or pipeline dirs holding run dirs")

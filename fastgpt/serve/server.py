@@ -1,7 +1,7 @@
 """``fastgpt serve``: an OpenAI-compatible HTTP server and a web chat for a model dir.
 
     fastgpt serve --model out/sft/model                 # http://127.0.0.1:8000 (web chat at /)
-    fastgpt serve --model out/sft/model --api-key KEY   # or FASTGPT_API_KEY=KEY
+    fastgpt serve --model out/sft/model --api_key KEY   # or FASTGPT_API_KEY=KEY
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with ``stream: true`` as
 server-sent events ending in ``data: [DONE]``), ``GET /v1/models``, ``GET /health``, and the web chat at
@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 from fastgpt.serve.decode import ReplyDecoder
 from fastgpt.serve.protocol import (
@@ -529,7 +530,7 @@ def _sse(obj: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- command
 def build_parser() -> argparse.ArgumentParser:
     d, lim = ServeConfig(), Limits()
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="fastgpt serve",
         description="OpenAI-compatible server and web chat for a model dir.",
         formatter_class=HelpFormatter,
@@ -545,7 +546,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--served_model_name", default=None, help="the name clients pass as 'model' (default: from the dir)"
     )
     p.add_argument(
-        "--api-key",
         "--api_key",
         dest="api_key",
         default=os.environ.get("FASTGPT_API_KEY"),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from fastgpt.cli import warn_deprecated_spelling
 from fastgpt.model.config import PRESETS, GPTConfig
 
 
@@ -243,7 +244,10 @@ def parse_args(cls: type[C], argv: list[str] | None) -> C:
         key, sep, raw = arg[2:].partition("=")
         if not sep:  # --flag alone means true for booleans
             raw = "true"
-        key = key.replace("-", "_")
+        if "-" in key:  # the one CLI dialect is --snake_case; hyphens are a deprecated alias
+            snake = key.replace("-", "_")
+            warn_deprecated_spelling(f"fastgpt {_stage_name(cls)}", "--" + key, "--" + snake)
+            key = snake
         if key.startswith("model."):
             model[key[len("model.") :]] = _guess(raw)
             continue
@@ -282,12 +286,22 @@ def _field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def _help(cls: type) -> str:
+def _stage_module(cls: type) -> str:
+    """The module that defines a stage's config (``fastgpt.grpo``), also when run as ``python -m``."""
     module = cls.__module__
     if module == "__main__":  # run as `python -m fastgpt.<stage>`: the spec keeps the real name
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         module = spec.name if spec else module
-    stage = module.rsplit(".", 1)[-1]
+    return module
+
+
+def _stage_name(cls: type) -> str:
+    return _stage_module(cls).rsplit(".", 1)[-1]
+
+
+def _help(cls: type) -> str:
+    module = _stage_module(cls)
+    stage = _stage_name(cls)
     lines = [f"usage: python -m {module} [--key=value ...]   (or: fastgpt {stage} ...)"]
     if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):  # not the dataclass stand-in
         lines += ["", inspect.cleandoc(cls.__doc__)]
