@@ -25,8 +25,11 @@ from fastgpt.model.config import PRESETS, GPTConfig
 
 @dataclass
 class TrainConfig:
-    help_hidden: ClassVar[tuple[str, ...]] = ()  # keys a stage ignores (left out of its --help)
+    help_hidden: ClassVar[tuple[str, ...]] = ()  # keys left out of a stage's --help
     model_flag: ClassVar[bool] = False  # the stage takes --model=DIR for --init_from=DIR
+    # keys a stage does not use -> why: setting one is an error naming the stage (see validate)
+    unused: ClassVar[dict[str, str]] = {}
+    min_batch_size: ClassVar[int] = 1  # RL stages allow 0 (= a rank's whole rollout per micro-batch)
 
     # --- what to train -----------------------------------------------------------------------------
     preset: str = "tiny"  # model preset (fastgpt.model.PRESETS); ignored when init_from is set
@@ -100,7 +103,13 @@ class TrainConfig:
             raise bad("zero", "0, 1, 2 or 3")
         if self.max_steps <= 0 and self.time_budget_s <= 0:
             raise ValueError("set --max_steps or --time_budget_s (both are 0)")
-        for name in ("batch_size", "seq_len", "grad_accum", "log_every", "keep_last"):
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, why in self.unused.items():
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(f"--{name}: not used by {_stage_name(type(self))} ({why}); leave it out")
+        if self.batch_size < self.min_batch_size:
+            raise bad("batch_size", f"an integer >= {self.min_batch_size}")
+        for name in ("seq_len", "grad_accum", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
         for name in (
@@ -307,7 +316,7 @@ def _help(cls: type) -> str:
         lines += ["", inspect.cleandoc(cls.__doc__)]
     lines += ["", "Options (booleans as true/false, *_every=0 disables that action):"]
     comments = _field_comments(cls)
-    hidden = set(getattr(cls, "help_hidden", ()))
+    hidden = set(getattr(cls, "help_hidden", ())) | set(getattr(cls, "unused", {}))
     for f in dataclasses.fields(cls):
         if f.name in hidden:
             continue

@@ -1,12 +1,23 @@
-"""The one training loop. Pretraining, SFT, the reward model and DPO differ in batches and loss only;
-RL adds a rollout phase before the same :meth:`Trainer.train_step`.
+"""The one training loop. Pretraining, SFT, the reward model and DPO differ in batches and loss only
+and run :meth:`Trainer.fit`; GRPO and PPO write their own ``for`` loop (rollout -> reward -> advantages)
+and hand each update to the same :meth:`Trainer.update`, so there is one optimizer step, one log, one
+schedule, one eval/checkpoint cadence for all six stages::
+
+    trainer.begin(stage)                       # resume, progress bar
+    while not trainer.done():
+        batches = ...                          # fit: grad_accum x stage.next_batch(); RL: from a rollout
+        trainer.update(stage, batches, metrics=..., timings=...)
+    last = trainer.end(stage)                  # final eval, final checkpoint
 
 A *stage* is any object with:
 
-- ``next_batch() -> batch`` — this rank's next micro-batch (a tuple or dict of tensors);
+- ``next_batch() -> batch`` — this rank's next micro-batch (a tuple or dict of tensors; only
+  :meth:`Trainer.fit` calls it);
 - ``loss(model, batch) -> Tensor | (Tensor, dict)`` — the SUM of per-target losses of the batch (the
   loop divides by the global number of targets of the whole step, so micro-batches and ranks with
-  different token counts weigh each target equally), optionally with extra metrics;
+  different token counts weigh each target equally), optionally with metrics as ``(sum, count)`` pairs:
+  the loop adds up sums and counts over the step's micro-batches and all ranks, then divides (a plain
+  number ``v`` counts as ``(v, 1)``: its mean over micro-batches and ranks);
 - ``count_targets(batch) -> int`` (optional; default: ``targets != -100`` in ``batch["targets"]`` or
   ``batch[1]``);
 - ``state_dict()`` / ``load_state_dict()`` — the data position, saved with checkpoints;
@@ -96,8 +107,24 @@ class NonFiniteLossError(RuntimeError):
     """``max_nonfinite_steps`` steps in a row had a NaN/inf loss or gradient: training cannot go on."""
 
 
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device`` (nothing for fp32). Stages that run forwards outside the
+    loop's step (rollouts, reference log-probabilities) use it with the loop's dtype
+    (:func:`resolve_dtype`)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 class Trainer:
-    """Owns the model's optimisation state for one run (see the module docstring)."""
+    """Owns the model's optimisation state for one run (see the module docstring).
+
+    ``micro_batch_size``, ``grad_accum`` and ``seq_len`` are the step's shape when the stage derives it
+    (GRPO/PPO: rows of a rollout; DPO/reward: ``--max_len``; SFT: capped at the model's context); by
+    default they come from ``cfg`` (``grad_accum`` from ``--total_batch_tokens`` when that is set). The
+    resolved values are ``self.batch_size``, ``self.grad_accum``, ``self.seq_len`` (and in
+    ``config.json``); ``cfg`` is never written.
+    """
 
     def __init__(
         self,
@@ -107,6 +134,9 @@ class Trainer:
         tokenizer: Any = None,
         stage_name: str = "pretrain",
         run_info: dict[str, Any] | None = None,
+        micro_batch_size: int | None = None,
+        grad_accum: int | None = None,
+        seq_len: int | None = None,
     ):
         cfg.validate()
         self.cfg, self.tokenizer, self.stage_name = cfg, tokenizer, stage_name
@@ -116,15 +146,17 @@ class Trainer:
         self.autocast_dtype = resolve_dtype(cfg.dtype, self.device)
         torch.manual_seed(cfg.seed)
 
-        per_step = cfg.batch_size * cfg.seq_len * self.dist.world_size
-        if cfg.total_batch_tokens > 0:
+        self.batch_size = micro_batch_size or cfg.batch_size
+        self.seq_len = seq_len or cfg.seq_len
+        self.grad_accum = grad_accum or cfg.grad_accum
+        per_step = self.batch_size * self.seq_len * self.dist.world_size
+        if grad_accum is None and cfg.total_batch_tokens > 0:
             if cfg.total_batch_tokens % per_step != 0:
                 raise ValueError(
                     f"--total_batch_tokens={cfg.total_batch_tokens} is not a multiple of batch_size*seq_len*ranks"
                     f" = {per_step}"
                 )
-            cfg.grad_accum = cfg.total_batch_tokens // per_step
-        self.grad_accum = cfg.grad_accum
+            self.grad_accum = cfg.total_batch_tokens // per_step
 
         self.use_deepspeed = cfg.zero >= 1 or self.dist.world_size > 1
         # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not
@@ -152,7 +184,7 @@ class Trainer:
         self.elapsed = 0.0
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
-        self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
+        self.flops_per_token = self.model.flops_per_token(self.seq_len)
         self.peak = peak_flops(self.device, self.autocast_dtype)
 
         def write_run_dir() -> None:
@@ -162,6 +194,8 @@ class Trainer:
                 stage=stage_name,
                 world_size=self.dist.world_size,
                 grad_accum_resolved=self.grad_accum,
+                batch_size_resolved=self.batch_size,
+                seq_len_resolved=self.seq_len,
                 model_config=self.model.config.to_dict(),
                 **(run_info or {}),
             )
@@ -184,7 +218,7 @@ class Trainer:
             ds.zero.register_external_parameter(self.model, self.model.wte.weight)
         ds_config = dist.deepspeed_config(
             cfg.zero,
-            micro_batch_size=cfg.batch_size,
+            micro_batch_size=self.batch_size,
             grad_accum=self.grad_accum,
             world_size=self.dist.world_size,
             grad_clip=cfg.grad_clip,
@@ -198,9 +232,7 @@ class Trainer:
         )
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.device, self.autocast_dtype)
 
     # ----------------------------------------------------------------------------------- one step
     def progress(self) -> float:
@@ -216,8 +248,10 @@ class Trainer:
         return mult * self.cfg.lr
 
     def train_step(self, stage: Any, batches: list[Any]) -> dict[str, float]:
-        """One optimizer step over this rank's micro-batches ``batches`` (``grad_accum`` of them).
-        Returns the step's metrics (loss averaged over every target of every rank).
+        """One optimizer step over this rank's micro-batches ``batches`` (``grad_accum`` of them), without
+        the run's bookkeeping (:meth:`update` adds that). Returns the step's metrics: the loss averaged
+        over every target of every rank, and the stage's ``(sum, count)`` metrics reduced over the
+        micro-batches and ranks (see the module docstring).
 
         Normalisation: each micro-batch loss is a SUM over its targets; dividing by the number of targets
         of the whole step on all ranks (``n_global``) makes the gradient that of the mean over every
@@ -240,13 +274,16 @@ class Trainer:
 
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        extra: dict[str, float] = {}
+        pairs: dict[str, list[float]] = {}  # metric -> [sum, count] over this rank's micro-batches
         for i, batch in enumerate(batches):
             with self.autocast():
                 out = stage.loss(self.forward_model, batch)
             loss, metrics = out if isinstance(out, tuple) else (out, {})
             for k, v in metrics.items():
-                extra[k] = extra.get(k, 0.0) + float(v) / len(batches)
+                total, count = v if isinstance(v, tuple) else (v, 1.0)
+                acc = pairs.setdefault(k, [0.0, 0.0])
+                acc[0] += float(total)
+                acc[1] += float(count)
             loss_sum += loss.detach().double()
             if self.engine is None:
                 scaled = loss * scale
@@ -290,7 +327,7 @@ class Trainer:
                 if finite:
                     self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        extra = self._mean_over_ranks(extra)
+        extra = self._reduce_pairs(pairs)
 
         if finite:
             self.nonfinite_in_row = 0
@@ -314,14 +351,16 @@ class Trainer:
             **extra,
         }
 
-    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        """A stage's extra metrics averaged over ranks (every rank reports the same keys)."""
-        if not metrics or not self.dist.distributed:
-            return metrics
-        keys = sorted(metrics)
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
-        values = dist.all_reduce_sum(values) / self.dist.world_size
-        return dict(zip(keys, values.tolist()))
+    def _reduce_pairs(self, pairs: dict[str, list[float]]) -> dict[str, float]:
+        """``{name: [sum, count]}`` of this rank -> ``{name: sum over ranks / count over ranks}`` (every
+        rank reports the same keys; a metric with no count anywhere is 0)."""
+        if not pairs:
+            return {}
+        keys = sorted(pairs)
+        values = torch.tensor([pairs[k] for k in keys], dtype=torch.float64, device=self.device)
+        if self.dist.distributed:
+            values = dist.all_reduce_sum(values)
+        return {k: (s / c if c else 0.0) for k, (s, c) in zip(keys, values.tolist())}
 
     # ---------------------------------------------------------------------------------- the loop
     def done(self) -> bool:
@@ -347,63 +386,112 @@ class Trainer:
         self.model.train()
         return out
 
-    def fit(self, stage: Any) -> dict[str, float]:
-        """Train until ``max_steps`` / ``time_budget_s``; returns the last metrics (with final eval)."""
+    def begin(self, stage: Any) -> None:
+        """Start (or resume) the run: restore the latest checkpoint (weights, optimizer, schedule position,
+        the stage's ``state_dict``) and open the progress bar. Call once, before the first :meth:`update`."""
         from fastgpt import checkpoint
 
         cfg = self.cfg
         checkpoint.maybe_resume(self, stage)
-        bar = None
+        self._bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
             total = cfg.max_steps if cfg.max_steps > 0 else int(cfg.time_budget_s)
-            bar = tqdm(
+            self._bar = tqdm(
                 total=total,
                 initial=self.step if cfg.max_steps > 0 else int(self.elapsed),
                 unit="step" if cfg.max_steps > 0 else "s",
                 dynamic_ncols=True,
                 desc=self.stage_name,
             )
-        last: dict[str, float] = {}
-        window_tokens, window_time = 0, 0.0
-        while not self.done():
-            t0 = time.perf_counter()
-            batches = [stage.next_batch() for _ in range(self.grad_accum)]
-            m = self.train_step(stage, batches)
-            dt = time.perf_counter() - t0
-            self.elapsed += dt
-            window_tokens += m["step_tokens"]
-            window_time += dt
-            tok_s = window_tokens / max(window_time, 1e-9)
-            mfu = self.flops_per_token * tok_s / self.peak if self.peak == self.peak else float("nan")
-            last = {**m, "tokens_per_sec": tok_s, "mfu": mfu}
-            if bar is not None:
-                bar.update(1 if cfg.max_steps > 0 else int(self.elapsed) - bar.n)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
-            if self.step % cfg.log_every == 0 or self.step == 1 or self.done():
-                self.metrics.log(
-                    {
-                        "step": self.step,
-                        "tokens": self.tokens,
-                        **{k: v for k, v in last.items() if k != "step_tokens"},
-                        "elapsed_s": self.elapsed,
-                    }
-                )
-                window_tokens, window_time = 0, 0.0
-            at_end = self.done()
-            if cfg.eval_every > 0 and (self.step % cfg.eval_every == 0) and not at_end:
-                self._log_eval(stage, bar)
-            if cfg.sample_every > 0 and self.step % cfg.sample_every == 0 and not at_end:
-                self._log_samples(stage, bar)
-            if cfg.save_every > 0 and self.step % cfg.save_every == 0 and not at_end:
-                checkpoint.save_checkpoint(self, stage)
+        self._last: dict[str, float] = {}
+        self._window_tokens, self._window_time = 0, 0.0
+        self._clock = time.perf_counter()
+
+    def update(
+        self,
+        stage: Any,
+        batches: list[Any],
+        *,
+        metrics: dict[str, float] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> dict[str, float]:
+        """One step of the run: :meth:`train_step` on ``batches``, then the bookkeeping every stage shares —
+        the run's clock, ``metrics.jsonl``/wandb every ``log_every`` steps, the progress bar, and the
+        periodic evaluation, samples and checkpoint.
+
+        ``metrics``: values already reduced over ranks that describe the data of this step (RL: the
+        rollout's reward_mean, accuracy, ...), logged as given. ``timings``: wall seconds of the phases
+        that produced ``batches`` (RL: ``time_rollout_s``, ``time_reward_s``, ``time_logprobs_s``, ...),
+        logged beside ``time_update_s`` (this optimizer step) and shown in the progress bar.
+
+        The clock (``elapsed_s``, the time budget, tokens/s) counts everything since the previous step
+        ended -- data loading, a rollout -- but not evaluations, samples or checkpoint writes.
+        """
+        from fastgpt import checkpoint
+
+        cfg = self.cfg
+        t_update = time.perf_counter()
+        m = self.train_step(stage, batches)
+        now = time.perf_counter()
+        dt = now - self._clock
+        self.elapsed += dt
+        self._window_tokens += m["step_tokens"]
+        self._window_time += dt
+        tok_s = self._window_tokens / max(self._window_time, 1e-9)
+        mfu = self.flops_per_token * tok_s / self.peak if self.peak == self.peak else float("nan")
+        split = {**(timings or {}), "time_update_s": now - t_update}
+        last = {**m, **(metrics or {}), **split, "tokens_per_sec": tok_s, "mfu": mfu}
+        self._last = last
+        bar = self._bar
         if bar is not None:
-            bar.close()
+            bar.update(1 if cfg.max_steps > 0 else int(self.elapsed) - bar.n)
+            postfix = {"loss": f"{m['loss']:.3f}", "tok_s": f"{tok_s:,.0f}", "mfu": f"{100 * mfu:.1f}%"}
+            if timings:  # where the step's time went: rollout, reward, logprobs, ..., update
+                postfix.update({k[len("time_") : -len("_s")]: f"{v:.1f}s" for k, v in split.items()})
+            bar.set_postfix(postfix)
+        if self.step % cfg.log_every == 0 or self.step == 1 or self.done():
+            self.metrics.log(
+                {
+                    "step": self.step,
+                    "tokens": self.tokens,
+                    **{k: v for k, v in last.items() if k != "step_tokens"},
+                    "elapsed_s": self.elapsed,
+                }
+            )
+            self._window_tokens, self._window_time = 0, 0.0
+        if not self.done():
+            if cfg.eval_every > 0 and self.step % cfg.eval_every == 0:
+                self._log_eval(stage, bar)
+            if cfg.sample_every > 0 and self.step % cfg.sample_every == 0:
+                self._log_samples(stage, bar)
+            if cfg.save_every > 0 and self.step % cfg.save_every == 0:
+                checkpoint.save_checkpoint(self, stage)
+        self._clock = time.perf_counter()
+        return last
+
+    def end(self, stage: Any) -> dict[str, float]:
+        """Finish the run: close the progress bar, evaluate, write the final checkpoint, close the logs.
+        Returns the last step's metrics with the final evaluation."""
+        from fastgpt import checkpoint
+
+        if self._bar is not None:
+            self._bar.close()
+        last = dict(self._last)
         last.update(self._log_eval(stage, None))
         checkpoint.save_checkpoint(self, stage)
         self.metrics.close()
         return last
+
+    def fit(self, stage: Any) -> dict[str, float]:
+        """The supervised loop (pretraining, SFT, reward model, DPO): ``grad_accum`` x
+        ``stage.next_batch()`` per step until ``max_steps`` / ``time_budget_s``. Returns the last metrics
+        (with the final evaluation)."""
+        self.begin(stage)
+        while not self.done():
+            self.update(stage, [stage.next_batch() for _ in range(self.grad_accum)])
+        return self.end(stage)
 
     def _log_eval(self, stage: Any, bar: Any) -> dict[str, float]:
         result = self.evaluate(stage)
