@@ -22,20 +22,34 @@ most ``MATH_ATTENTION_MAX_KEYS`` keys (faster there than SDPA's CPU flash kernel
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections.abc import Iterator
 
 import torch
 
-from fastgpt.kernels.activations import gelu_tanh_reference, swiglu_reference
-from fastgpt.kernels.attention import attention_math, attention_naive, attention_reference
+from fastgpt.kernels.activations import gelu_tanh_reference, gelu_tanh_triton, swiglu_reference, swiglu_triton
+from fastgpt.kernels.attention import (
+    attention_flash_attn,
+    attention_math,
+    attention_naive,
+    attention_reference,
+    attention_triton,
+)
 from fastgpt.kernels.cross_entropy import (
     cross_entropy_reference,
+    cross_entropy_triton,
     linear_cross_entropy_chunked,
+    linear_cross_entropy_triton,
 )
-from fastgpt.kernels.norms import add_rms_norm_reference, layer_norm_reference, rms_norm_reference
-from fastgpt.kernels.rope import rope_reference
+from fastgpt.kernels.norms import (
+    add_rms_norm_reference,
+    add_rms_norm_triton,
+    layer_norm_reference,
+    layer_norm_triton,
+    rms_norm_reference,
+    rms_norm_triton,
+)
+from fastgpt.kernels.rope import rope_reference, rope_triton
 
 BACKENDS = ("auto", "triton", "torch")
 ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "flash_attn", "naive", "math")
@@ -120,15 +134,6 @@ def _triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _triton(module: str, name: str):
-    """Fetch ``fastgpt.kernels.<module>.<name>``, with one clear error if it cannot run here."""
-    mod = importlib.import_module(f"fastgpt.kernels.{module}")
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise NotImplementedError(f"fastgpt.kernels.{module} has no Triton implementation {name!r}")
-    return fn
-
-
 # --------------------------------------------------------------------------------------------- attention
 def use_math_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether ``auto`` runs the materialised attention: a bf16 CPU training step (q needs a gradient)
@@ -179,16 +184,16 @@ def attention(
     if backend == "math":
         return attention_math(q, k, v, **kwargs)
     if backend == "flash_attn":
-        return _triton("attention", "attention_flash_attn")(q, k, v, **kwargs)
+        return attention_flash_attn(q, k, v, **kwargs)
     _check_triton_can_run(q)
-    return _triton("attention", "attention_triton")(q, k, v, **kwargs)
+    return attention_triton(q, k, v, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ norms
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dim with fp32 statistics."""
     if use_triton(x):
-        return _triton("norms", "rms_norm_triton")(x, weight, eps)
+        return rms_norm_triton(x, weight, eps)
     return rms_norm_reference(x, weight, eps)
 
 
@@ -197,7 +202,7 @@ def add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused ``residual + x`` then RMSNorm; returns ``(normed, new_residual)``."""
     if use_triton(x):
-        return _triton("norms", "add_rms_norm_triton")(x, residual, weight, eps)
+        return add_rms_norm_triton(x, residual, weight, eps)
     return add_rms_norm_reference(x, residual, weight, eps)
 
 
@@ -206,7 +211,7 @@ def layer_norm(
 ) -> torch.Tensor:
     """LayerNorm over the last dim with fp32 statistics."""
     if use_triton(x):
-        return _triton("norms", "layer_norm_triton")(x, weight, bias, eps)
+        return layer_norm_triton(x, weight, bias, eps)
     return layer_norm_reference(x, weight, bias, eps)
 
 
@@ -216,7 +221,7 @@ def rope(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q ``(B, Hq, T, D)`` and k ``(B, Hkv, T, D)`` by ``cos``/``sin`` ``(B or 1, T, D/2)``."""
     if use_triton(q):
-        return _triton("rope", "rope_triton")(q, k, cos, sin)
+        return rope_triton(q, k, cos, sin)
     return rope_reference(q, k, cos, sin)
 
 
@@ -224,14 +229,14 @@ def rope(
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up``."""
     if use_triton(gate):
-        return _triton("activations", "swiglu_triton")(gate, up)
+        return swiglu_triton(gate, up)
     return swiglu_reference(gate, up)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU with the tanh approximation (GPT-2)."""
     if use_triton(x):
-        return _triton("activations", "gelu_tanh_triton")(x)
+        return gelu_tanh_triton(x)
     return gelu_tanh_reference(x)
 
 
@@ -248,7 +253,7 @@ def cross_entropy(
     """logits ``(N, V)``, targets ``(N,)`` -> fp32 loss (see ``fastgpt/kernels/cross_entropy.py``)."""
     kwargs = dict(ignore_index=ignore_index, z_loss=z_loss, softcap=softcap, reduction=reduction)
     if use_triton(logits):
-        return _triton("cross_entropy", "cross_entropy_triton")(logits, targets, **kwargs)
+        return cross_entropy_triton(logits, targets, **kwargs)
     return cross_entropy_reference(logits, targets, **kwargs)
 
 
@@ -267,5 +272,5 @@ def linear_cross_entropy(
     ``(N, V)`` logits (chunked on the torch path, fused on the Triton path)."""
     kwargs = dict(bias=bias, ignore_index=ignore_index, z_loss=z_loss, softcap=softcap, reduction=reduction)
     if use_triton(hidden):
-        return _triton("cross_entropy", "linear_cross_entropy_triton")(hidden, weight, targets, **kwargs)
+        return linear_cross_entropy_triton(hidden, weight, targets, **kwargs)
     return linear_cross_entropy_chunked(hidden, weight, targets, **kwargs)

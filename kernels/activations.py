@@ -145,64 +145,107 @@ def _launch(kernel, t2: torch.Tensor, *args) -> None:
     kernel[grid](*args, n_rows, n_cols, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
 
 
-class _SwiGLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gate, up):
-        g2, u2 = _as_rows(gate), _as_rows(up)
-        y = torch.empty(g2.shape, dtype=torch.result_type(gate, up), device=gate.device)
-        _launch(_swiglu_fwd_kernel, g2, g2, u2, y, g2.stride(0), u2.stride(0), y.stride(0))
-        ctx.save_for_backward(g2, u2)
-        ctx.shapes = (gate.shape, up.dtype)
-        return y.view(gate.shape)
-
-    @staticmethod
-    def backward(ctx, dy):
-        g2, u2 = ctx.saved_tensors
-        shape, up_dtype = ctx.shapes
-        dy2 = _as_rows(dy)
-        dgate = torch.empty(g2.shape, dtype=g2.dtype, device=g2.device)
-        dup = torch.empty(g2.shape, dtype=up_dtype, device=g2.device)
-        _launch(
-            _swiglu_bwd_kernel, g2, dy2, g2, u2, dgate, dup,
-            dy2.stride(0), g2.stride(0), u2.stride(0), dgate.stride(0), dup.stride(0),
-        )  # fmt: skip
-        return dgate.view(shape), dup.view(shape)
+def _dense(shape, dtype, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=like.device)
 
 
-class _GeluTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        x2 = _as_rows(x)
-        y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-        _launch(_gelu_tanh_fwd_kernel, x2, x2, y, x2.stride(0), y.stride(0))
-        ctx.save_for_backward(x2)
-        ctx.shape = x.shape
-        return y.view(x.shape)
+# Torch custom ops (traceable by ``torch.compile`` without a graph break) with fake implementations and
+# registered autograd; the backwards are custom ops too. Only the inputs are saved for the backward.
+@torch.library.custom_op("fastgpt::swiglu", mutates_args=())
+def _swiglu_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    g2, u2 = _as_rows(gate), _as_rows(up)
+    y = _dense(gate.shape, torch.result_type(gate, up), gate)
+    _launch(_swiglu_fwd_kernel, g2, g2, u2, y, g2.stride(0), u2.stride(0), g2.shape[1])
+    return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        (x2,) = ctx.saved_tensors
-        dy2 = _as_rows(dy)
-        dx = torch.empty_like(x2, memory_format=torch.contiguous_format)
-        _launch(_gelu_tanh_bwd_kernel, x2, dy2, x2, dx, dy2.stride(0), x2.stride(0), dx.stride(0))
-        return dx.view(ctx.shape)
+
+@_swiglu_op.register_fake
+def _(gate, up):
+    return _dense(gate.shape, torch.result_type(gate, up), gate)
+
+
+@torch.library.custom_op("fastgpt::swiglu_backward", mutates_args=())
+def _swiglu_backward_op(
+    dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ``(dgate, dup)`` in the dtypes of ``gate`` and ``up``."""
+    g2, u2, dy2 = _as_rows(gate), _as_rows(up), _as_rows(dy)
+    dgate, dup = _dense(gate.shape, gate.dtype, gate), _dense(gate.shape, up.dtype, gate)
+    n_cols = g2.shape[1]
+    _launch(
+        _swiglu_bwd_kernel, g2, dy2, g2, u2, dgate, dup,
+        dy2.stride(0), g2.stride(0), u2.stride(0), n_cols, n_cols,
+    )  # fmt: skip
+    return dgate, dup
+
+
+@_swiglu_backward_op.register_fake
+def _(dy, gate, up):
+    return _dense(gate.shape, gate.dtype, gate), _dense(gate.shape, up.dtype, gate)
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _swiglu_grad(ctx, dy):
+    gate, up = ctx.saved_tensors
+    return torch.ops.fastgpt.swiglu_backward(dy, gate, up)
+
+
+_swiglu_op.register_autograd(_swiglu_grad, setup_context=_save_inputs)
+
+
+@torch.library.custom_op("fastgpt::gelu_tanh", mutates_args=())
+def _gelu_tanh_op(x: torch.Tensor) -> torch.Tensor:
+    x2 = _as_rows(x)
+    y = _dense(x.shape, x.dtype, x)
+    _launch(_gelu_tanh_fwd_kernel, x2, x2, y, x2.stride(0), x2.shape[1])
+    return y
+
+
+@_gelu_tanh_op.register_fake
+def _(x):
+    return _dense(x.shape, x.dtype, x)
+
+
+@torch.library.custom_op("fastgpt::gelu_tanh_backward", mutates_args=())
+def _gelu_tanh_backward_op(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    x2, dy2 = _as_rows(x), _as_rows(dy)
+    dx = _dense(x.shape, x.dtype, x)
+    _launch(_gelu_tanh_bwd_kernel, x2, dy2, x2, dx, dy2.stride(0), x2.stride(0), x2.shape[1])
+    return dx
+
+
+@_gelu_tanh_backward_op.register_fake
+def _(dy, x):
+    return _dense(x.shape, x.dtype, x)
+
+
+def _gelu_tanh_grad(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return torch.ops.fastgpt.gelu_tanh_backward(dy, x)
+
+
+_gelu_tanh_op.register_autograd(_gelu_tanh_grad, setup_context=_save_inputs)
 
 
 # ------------------------------------------------------------------------------------- public entries
 def swiglu_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` for ``gate``, ``up`` ``(..., I)`` of one shape (dtype promoted as in torch)."""
+    """``silu(gate) * up`` for ``gate``, ``up`` ``(..., I)`` of one shape (dtype promoted as in torch).
+    Runs ``torch.ops.fastgpt.swiglu`` (differentiable, traceable by ``torch.compile``)."""
     if gate.shape != up.shape:
         raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
     if gate.numel() == 0:
         return swiglu_reference(gate, up)
-    return _SwiGLU.apply(gate, up)
+    return torch.ops.fastgpt.swiglu(gate, up)
 
 
 def gelu_tanh_triton(x: torch.Tensor) -> torch.Tensor:
     """GELU with the tanh approximation, as ``F.gelu(x, approximate="tanh")``."""
     if x.numel() == 0:
         return gelu_tanh_reference(x)
-    return _GeluTanh.apply(x)
+    return torch.ops.fastgpt.gelu_tanh(x)
 
 
 # ------------------------------------------------------------------------------ ahead-of-time configs

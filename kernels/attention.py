@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from fastgpt.kernels._target import arch_family, forced_arch, launch_arch
 
 
 def attention_mask(
@@ -165,23 +166,32 @@ def padded_head_dim(head_dim: int) -> int:
     return triton.next_power_of_2(head_dim)
 
 
-def arch_family(capability: tuple[int, int]) -> str:
-    """``sm90`` for Hopper-class parts (228 KB shared memory), ``sm80`` for Ampere/Ada and the rest."""
-    major = capability[0]
-    if major < 8:
-        raise RuntimeError(f"attention_triton needs an sm_80 or newer GPU; got sm_{major}{capability[1]}")
-    return "sm90" if major in (9, 10) else "sm80"
-
-
 def tile_configs(head_dim: int, arch: str | None) -> dict[str, TileConfig]:
     """The one place that picks tile sizes: per kernel role, head dim and arch family.
 
-    ``arch`` is ``"sm80"`` / ``"sm90"`` (see :func:`arch_family`) or ``None`` for the interpreter.
+    ``arch`` is ``"sm80"`` / ``"sm90"`` (see :func:`arch_family`) or ``None`` for the interpreter's own
+    small tiles. The launcher passes :func:`fastgpt.kernels._target.launch_arch` of the inputs' device:
+    the GPU's family, or ``FASTGPT_KERNEL_ARCH`` under the interpreter (the tests' GPU-tiles mode).
     """
     block_d = padded_head_dim(head_dim)
     if arch is None:
         return dict(_INTERPRETER_TILES)
     return dict(_GPU_TILES[(arch, block_d)])
+
+
+__all__ = [
+    "AOT_CONFIGS",
+    "SUPPORTED_HEAD_DIMS",
+    "TileConfig",
+    "arch_family",
+    "attention_flash_attn",
+    "attention_math",
+    "attention_naive",
+    "attention_reference",
+    "attention_triton",
+    "check_dtype",
+    "tile_configs",
+]
 
 
 # ======================================================================================= Triton kernels
@@ -882,6 +892,27 @@ def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+# Whether the kernels were jitted for the interpreter (decided when triton first read TRITON_INTERPRET).
+# Read once here: ``torch.compile`` cannot trace triton's C++ knob lookup, and the answer cannot change.
+_INTERPRETER = bool(triton.knobs.runtime.interpret)
+
+
+def check_dtype(dtype: torch.dtype, arch: str | None) -> None:
+    """Raise unless ``attention_triton`` takes inputs of ``dtype`` when launched for ``arch`` (``sm80`` /
+    ``sm90`` or ``cuda``: a GPU's tiles; None: the interpreter's). A pure function of the two, so the tests can ask it
+    what a GPU run would accept without a GPU.
+
+    fp32 runs only on the interpreter's tiles: on a GPU, full-precision fp32 dots run on CUDA cores and
+    spill heavily at these tile sizes (measured), and TF32 would silently lose precision."""
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"attention_triton: inputs must be float16, bfloat16 or float32; got {dtype}")
+    if arch is not None and dtype == torch.float32:
+        raise ValueError(
+            f"attention_triton on a GPU ({arch} tiles) takes float16 or bfloat16 inputs (it accumulates in "
+            "fp32); for float32 use attention_reference (FASTGPT_ATTENTION=sdpa)"
+        )
+
+
 def _check_inputs(q, k, v, doc_ids, window) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
@@ -905,14 +936,8 @@ def _check_inputs(q, k, v, doc_ids, window) -> None:
     if not (q.device == k.device == v.device):
         raise ValueError("attention_triton: q, k, v must be on one device")
     padded_head_dim(D)
-    if q.is_cuda and q.dtype == torch.float32:
-        # Full-precision fp32 dots run on CUDA cores and spill heavily at these tile sizes (measured);
-        # TF32 would silently lose precision. fp32 stays available under the interpreter for tests.
-        raise ValueError(
-            "attention_triton on GPU takes float16 or bfloat16 inputs (it accumulates in fp32); "
-            "for float32 use attention_reference (FASTGPT_ATTENTION=sdpa)"
-        )
-    if q.device.type != "cuda" and not triton.knobs.runtime.interpret:
+    check_dtype(q.dtype, "cuda" if q.is_cuda else forced_arch())  # what the launcher targets
+    if q.device.type != "cuda" and not _INTERPRETER:
         raise RuntimeError(
             "attention_triton on CPU tensors runs only under the Triton interpreter: set TRITON_INTERPRET=1 "
             "before triton is imported (or use fastgpt.ops with the torch backend)"
@@ -942,8 +967,7 @@ def _kernel_flags(q: torch.Tensor, causal: bool, has_docs: bool, window: int | N
 
 
 def _tiles_for(q: torch.Tensor) -> dict[str, TileConfig]:
-    arch = arch_family(torch.cuda.get_device_capability(q.device)) if q.is_cuda else None
-    return tile_configs(q.shape[-1], arch)
+    return tile_configs(q.shape[-1], launch_arch(q.device))
 
 
 def _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags):
@@ -1001,30 +1025,81 @@ def _attention_backward(q, k, v, o, lse, do, docs, window, scale, tiles, flags):
     return dq, dk, dv
 
 
-class FlashAttention(torch.autograd.Function):
-    """Flash attention with the semantics of :func:`attention_reference` (see the module docstring)."""
+# ``torch.ops.fastgpt.flash_attention`` (forward: output and log-sum-exp) and
+# ``torch.ops.fastgpt.flash_attention_backward`` (dQ, dK, dV): torch custom ops with fake implementations
+# (``torch.compile`` traces through them without a graph break) and the backward registered as the
+# forward's autograd. Document ids and their extents are computed by the caller (plain torch ops, which
+# compile too) and passed to both.
+@torch.library.custom_op("fastgpt::flash_attention", mutates_args=())
+def _flash_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    doc: torch.Tensor | None,
+    tok_lo: torch.Tensor | None,
+    tok_hi: torch.Tensor | None,
+    causal: bool,
+    window: int | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ``(o (B, Hq, Tq, D) like q, lse (B, Hq, Tq) fp32, log2 units)``."""
+    q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
+    docs = None if doc is None else (doc, tok_lo, tok_hi)
+    flags = _kernel_flags(q, causal, docs is not None, window)
+    return _attention_forward(q, k, v, docs, causal, window, scale, _tiles_for(q), flags)
 
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool, doc_ids, window, scale: float):
-        q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
-        docs = None
-        if doc_ids is not None:
-            docs = (doc_ids.to(torch.int32).contiguous(), *_doc_extents(doc_ids))
-        tiles = _tiles_for(q)
-        flags = _kernel_flags(q, causal, docs is not None, window)
-        o, lse = _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags)
-        ctx.save_for_backward(q, k, v, o, lse, *(docs or ()))
-        ctx.attrs = (causal, window, scale, tiles, flags)
-        return o
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse, *docs = ctx.saved_tensors
-        causal, window, scale, tiles, flags = ctx.attrs
-        dq, dk, dv = _attention_backward(
-            q, k, v, o, lse, _rows_contiguous(do), docs or None, window, scale, tiles, flags
-        )
-        return dq, dk, dv, None, None, None, None
+@_flash_attention_op.register_fake
+def _(q, k, v, doc, tok_lo, tok_hi, causal, window, scale):
+    B, Hq, Tq, _ = q.shape
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    return o, torch.empty((B, Hq, Tq), dtype=torch.float32, device=q.device)
+
+
+@torch.library.custom_op("fastgpt::flash_attention_backward", mutates_args=())
+def _flash_attention_backward_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    doc: torch.Tensor | None,
+    tok_lo: torch.Tensor | None,
+    tok_hi: torch.Tensor | None,
+    causal: bool,
+    window: int | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> ``(dq, dk, dv)`` in the inputs' dtypes."""
+    q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
+    docs = None if doc is None else (doc, tok_lo, tok_hi)
+    flags = _kernel_flags(q, causal, docs is not None, window)
+    return _attention_backward(
+        q, k, v, o, lse, _rows_contiguous(do), docs, window, scale, _tiles_for(q), flags
+    )
+
+
+@_flash_attention_backward_op.register_fake
+def _(do, q, k, v, o, lse, doc, tok_lo, tok_hi, causal, window, scale):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+
+
+def _flash_attention_setup(ctx, inputs, output):
+    q, k, v, doc, tok_lo, tok_hi, causal, window, scale = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], doc, tok_lo, tok_hi)
+    ctx.attrs = (causal, window, scale)
+
+
+def _flash_attention_grad(ctx, do, _dlse):
+    q, k, v, o, lse, doc, tok_lo, tok_hi = ctx.saved_tensors
+    dq, dk, dv = torch.ops.fastgpt.flash_attention_backward(
+        do, q, k, v, o, lse, doc, tok_lo, tok_hi, *ctx.attrs
+    )
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+_flash_attention_op.register_autograd(_flash_attention_grad, setup_context=_flash_attention_setup)
 
 
 def attention_triton(
@@ -1040,12 +1115,17 @@ def attention_triton(
     """Flash attention in Triton: q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` -> ``(B, Hq, Tq, D)``.
 
     Same semantics as :func:`attention_reference`. Head dims 32, 64, 96, 128; any sequence lengths;
-    float16/bfloat16 with fp32 accumulation (float32 too under the interpreter, for tests).
-    Differentiable in q, k and v.
+    float16/bfloat16 with fp32 accumulation (float32 too on the interpreter's tiles, for tests; see
+    :func:`check_dtype`). Differentiable in q, k and v; runs ``torch.ops.fastgpt.flash_attention``, which
+    ``torch.compile`` traces without a graph break.
     """
     _check_inputs(q, k, v, doc_ids, window)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return FlashAttention.apply(q, k, v, causal, doc_ids, window, scale)
+    doc = tok_lo = tok_hi = None
+    if doc_ids is not None:
+        doc = doc_ids.to(torch.int32).contiguous()
+        tok_lo, tok_hi = _doc_extents(doc_ids)
+    return torch.ops.fastgpt.flash_attention(q, k, v, doc, tok_lo, tok_hi, causal, window, scale)[0]
 
 
 # ================================================================================= ahead-of-time builds

@@ -390,23 +390,89 @@ def _reduce_rows(loss_rows: torch.Tensor, targets: torch.Tensor, ignore_index: i
 
 
 # ------------------------------------------------------------------------------------ plain cross-entropy
-class _CrossEntropy(torch.autograd.Function):
+# ``torch.ops.fastgpt.cross_entropy``: a custom op (traceable by ``torch.compile`` without a graph break)
+# returning the reduced loss and d loss / d logits already scaled for the reduction; its registered
+# backward only multiplies that gradient by the incoming one (out of place, so it may run twice).
+@torch.library.custom_op("fastgpt::cross_entropy", mutates_args=())
+def _cross_entropy_op(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ``(loss, grad)``: loss fp32 (``()``, or ``(N,)`` for ``none``), grad like ``logits`` (empty
+    when ``compute_grad`` is false)."""
+    loss_rows = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    grad = torch.empty_like(logits) if compute_grad else logits.new_empty(0)
+    scale = _scale_for(targets, ignore_index, reduction)
+    _launch_cross_entropy(
+        logits, targets, loss_rows, grad if compute_grad else None, scale, ignore_index, z_loss, softcap
+    )
+    return _reduce_rows(loss_rows, targets, ignore_index, reduction), grad
+
+
+@_cross_entropy_op.register_fake
+def _(logits, targets, ignore_index, z_loss, softcap, reduction, compute_grad):
+    shape = (logits.shape[0],) if reduction == "none" else ()
+    loss = logits.new_empty(shape, dtype=torch.float32)
+    return loss, torch.empty_like(logits) if compute_grad else logits.new_empty(0)
+
+
+def _cross_entropy_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.reduction = inputs[5]
+
+
+def _cross_entropy_grad(ctx, grad_output, _dgrad):
+    (grad,) = ctx.saved_tensors
+    scale = grad_output[:, None] if ctx.reduction == "none" else grad_output
+    return grad * scale.to(grad.dtype), None, None, None, None, None, None
+
+
+_cross_entropy_op.register_autograd(_cross_entropy_grad, setup_context=_cross_entropy_setup)
+
+
+@torch.library.custom_op("fastgpt::cross_entropy_inplace_", mutates_args=("logits",))
+def _cross_entropy_inplace_op(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+) -> torch.Tensor:
+    """The loss, with d loss / d logits (scaled for the reduction) written over ``logits``."""
+    loss_rows = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    scale = _scale_for(targets, ignore_index, reduction)
+    _launch_cross_entropy(logits, targets, loss_rows, logits, scale, ignore_index, z_loss, softcap)
+    return _reduce_rows(loss_rows, targets, ignore_index, reduction)
+
+
+@_cross_entropy_inplace_op.register_fake
+def _(logits, targets, ignore_index, z_loss, softcap, reduction):
+    return logits.new_empty((logits.shape[0],) if reduction == "none" else (), dtype=torch.float32)
+
+
+class _CrossEntropyInPlace(torch.autograd.Function):
+    """``inplace_grad=True``: a mutating op cannot carry registered autograd, so this path stays an
+    autograd.Function (for eager use: the memory saving it exists for is what inductor's buffer reuse
+    gives compiled code anyway)."""
+
     @staticmethod
-    def forward(ctx, logits, targets, ignore_index, z_loss, softcap, reduction, compute_grad, inplace):
-        loss_rows = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-        grad = None
-        if compute_grad:
-            grad = logits if inplace else torch.empty_like(logits)
-        scale = _scale_for(targets, ignore_index, reduction)
-        _launch_cross_entropy(logits, targets, loss_rows, grad, scale, ignore_index, z_loss, softcap)
-        if inplace and compute_grad:
-            # Anyone else who saved these logits for a backward now fails loudly instead of silently
-            # reading gradients.
-            torch.autograd.graph.increment_version(logits)
-        ctx.save_for_backward(grad)
+    def forward(ctx, logits, targets, ignore_index, z_loss, softcap, reduction):
+        loss = torch.ops.fastgpt.cross_entropy_inplace_(
+            logits, targets, ignore_index, z_loss, softcap, reduction
+        )
+        # Anyone else who saved these logits for a backward now fails loudly instead of silently reading
+        # gradients.
+        torch.autograd.graph.increment_version(logits)
+        ctx.save_for_backward(logits)
         ctx.reduction = reduction
         ctx.used = False
-        return _reduce_rows(loss_rows, targets, ignore_index, reduction)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -416,7 +482,7 @@ class _CrossEntropy(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         scale = grad_output[:, None] if ctx.reduction == "none" else grad_output
         grad.mul_(scale.to(grad.dtype))
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def cross_entropy_triton(
@@ -433,7 +499,8 @@ def cross_entropy_triton(
 
     ``inplace_grad=True`` writes the gradient over ``logits`` (saving one ``(N, V)`` buffer): only for
     logits that nothing reads afterwards. Autograd users of the same logits are then stopped with an
-    error (the version counter is bumped); plain reads of the tensor are not, hence opt-in.
+    error (the version counter is bumped); plain reads of the tensor are not, hence opt-in. Without it
+    this runs ``torch.ops.fastgpt.cross_entropy`` (differentiable, traceable by ``torch.compile``).
     """
     _check_args(logits, targets, reduction, softcap, "cross_entropy")
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
@@ -441,9 +508,13 @@ def cross_entropy_triton(
         raise ValueError("cross_entropy: inplace_grad=True would overwrite a leaf tensor that requires grad")
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    return _CrossEntropy.apply(
-        logits, targets.contiguous(), ignore_index, z_loss, softcap, reduction, compute_grad, inplace_grad
-    )
+    targets = targets.contiguous()
+    z_loss, softcap = float(z_loss), None if softcap is None else float(softcap)
+    if inplace_grad and compute_grad:
+        return _CrossEntropyInPlace.apply(logits, targets, ignore_index, z_loss, softcap, reduction)
+    return torch.ops.fastgpt.cross_entropy(
+        logits, targets, ignore_index, z_loss, softcap, reduction, compute_grad
+    )[0]
 
 
 # ------------------------------------------------------------------------------- fused linear + CE
@@ -531,58 +602,128 @@ def _linear_cross_entropy_chunks(
     return loss_rows, grad_hidden, grad_weight, grad_bias
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx, hidden, weight, targets, bias, ignore_index, z_loss, softcap, reduction, chunk_rows, need
-    ):
-        ctx.options = (ignore_index, z_loss, softcap, chunk_rows, need)
-        ctx.reduction = reduction
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        with _gathered(weight):
-            w = weight.to(hidden.dtype)
-            b = None if bias is None else bias.to(hidden.dtype)
-            if reduction == "none":
-                # Per-row gradient scales arrive only in the backward: it recomputes the chunks.
-                loss_rows, *_ = _linear_cross_entropy_chunks(
-                    hidden, w, targets, b, _scale_for(targets, ignore_index, "sum"), ignore_index, z_loss,
-                    softcap, chunk_rows, (False, False, False),
-                )  # fmt: skip
-                ctx.save_for_backward(hidden, weight, targets, bias)
-                return loss_rows
-            loss_rows, *grads = _linear_cross_entropy_chunks(
-                hidden, w, targets, b, _scale_for(targets, ignore_index, reduction), ignore_index, z_loss,
-                softcap, chunk_rows, need,
-            )  # fmt: skip
-        ctx.save_for_backward(*grads)
-        return _reduce_rows(loss_rows, targets, ignore_index, reduction)
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        ignore_index, z_loss, softcap, chunk_rows, need = ctx.options
-        weight_dtype, bias_dtype = ctx.dtypes
-        if ctx.reduction == "none":
-            hidden, weight, targets, bias = ctx.saved_tensors
-            with _gathered(weight):
-                w = weight.to(hidden.dtype)
-                b = None if bias is None else bias.to(hidden.dtype)
-                _, grad_hidden, grad_weight, grad_bias = _linear_cross_entropy_chunks(
-                    hidden, w, targets, b, grad_output.float().contiguous(), ignore_index, z_loss, softcap,
-                    chunk_rows, need,
-                )  # fmt: skip
-        else:
-            grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-            if grad_hidden is not None:
-                grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
-            if grad_weight is not None:
-                grad_weight = grad_weight * grad_output
-            if grad_bias is not None:
-                grad_bias = grad_bias * grad_output
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight_dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(bias_dtype)
-        return grad_hidden, grad_weight, None, grad_bias, None, None, None, None, None, None
+
+# ``torch.ops.fastgpt.linear_cross_entropy``: the loss and, for mean/sum, the gradients of the inputs
+# named in ``need_*`` (scaled for the reduction) as extra outputs, computed in the forward; the
+# registered backward only scales them. For ``none`` the backward is another op that recomputes the
+# chunks with the incoming per-row scales. Absent gradients are empty tensors (custom ops return no None).
+@torch.library.custom_op("fastgpt::linear_cross_entropy", mutates_args=())
+def _linear_cross_entropy_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None,
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+    chunk_rows: int,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> ``(loss, grad_hidden like hidden, grad_weight fp32 (V, C), grad_bias fp32 (V,))``."""
+    need = (need_hidden, need_weight, need_bias) if reduction != "none" else (False, False, False)
+    with _gathered(weight):
+        w = weight.to(hidden.dtype)
+        b = None if bias is None else bias.to(hidden.dtype)
+        scale = _scale_for(targets, ignore_index, "sum" if reduction == "none" else reduction)
+        loss_rows, *grads = _linear_cross_entropy_chunks(
+            hidden, w, targets, b, scale, ignore_index, z_loss, softcap, chunk_rows, need
+        )
+    loss = _reduce_rows(loss_rows, targets, ignore_index, reduction)
+    return (loss, *(_empty(hidden) if g is None else g for g in grads))
+
+
+@_linear_cross_entropy_op.register_fake
+def _(hidden, weight, targets, bias, ignore_index, z_loss, softcap, reduction, chunk_rows, nh, nw, nb):
+    grads = reduction != "none"
+    vocab, width = weight.shape
+    loss = hidden.new_empty((hidden.shape[0],) if reduction == "none" else (), dtype=torch.float32)
+    return (
+        loss,
+        torch.empty_like(hidden) if grads and nh else _empty(hidden),
+        hidden.new_empty((vocab, width), dtype=torch.float32) if grads and nw else _empty(hidden),
+        hidden.new_empty((vocab,), dtype=torch.float32) if grads and nb else _empty(hidden),
+    )
+
+
+@torch.library.custom_op("fastgpt::linear_cross_entropy_backward", mutates_args=())
+def _linear_cross_entropy_backward_op(
+    grad_rows: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None,
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    chunk_rows: int,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``reduction="none"``: recompute the chunks with per-row scales ``grad_rows`` (N,) -> the same three
+    gradients as the forward op's extra outputs."""
+    with _gathered(weight):
+        w = weight.to(hidden.dtype)
+        b = None if bias is None else bias.to(hidden.dtype)
+        _, *grads = _linear_cross_entropy_chunks(
+            hidden, w, targets, b, grad_rows.float().contiguous(), ignore_index, z_loss, softcap, chunk_rows,
+            (need_hidden, need_weight, need_bias),
+        )  # fmt: skip
+    return tuple(_empty(hidden) if g is None else g for g in grads)
+
+
+@_linear_cross_entropy_backward_op.register_fake
+def _(grad_rows, hidden, weight, targets, bias, ignore_index, z_loss, softcap, chunk_rows, nh, nw, nb):
+    vocab, width = weight.shape
+    return (
+        torch.empty_like(hidden) if nh else _empty(hidden),
+        hidden.new_empty((vocab, width), dtype=torch.float32) if nw else _empty(hidden),
+        hidden.new_empty((vocab,), dtype=torch.float32) if nb else _empty(hidden),
+    )
+
+
+def _linear_cross_entropy_setup(ctx, inputs, output):
+    hidden, weight, targets, bias, ignore_index, z_loss, softcap, reduction, chunk_rows, *need = inputs
+    ctx.options = (ignore_index, z_loss, softcap, chunk_rows, tuple(need))
+    ctx.reduction = reduction
+    ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+    if reduction == "none":
+        ctx.save_for_backward(hidden, weight, targets, bias)
+    else:
+        ctx.save_for_backward(*output[1:])
+
+
+def _linear_cross_entropy_grad(ctx, grad_output, *_unused):
+    ignore_index, z_loss, softcap, chunk_rows, need = ctx.options
+    weight_dtype, bias_dtype = ctx.dtypes
+    if ctx.reduction == "none":
+        hidden, weight, targets, bias = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_bias = torch.ops.fastgpt.linear_cross_entropy_backward(
+            grad_output, hidden, weight, targets, bias, ignore_index, z_loss, softcap, chunk_rows, *need
+        )
+    else:
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+        grad_weight = grad_weight * grad_output
+        grad_bias = grad_bias * grad_output
+    return (
+        grad_hidden if need[0] else None,
+        grad_weight.to(weight_dtype) if need[1] else None,
+        None,
+        grad_bias.to(bias_dtype) if need[2] else None,
+        *(None,) * 8,
+    )
+
+
+_linear_cross_entropy_op.register_autograd(
+    _linear_cross_entropy_grad, setup_context=_linear_cross_entropy_setup
+)
 
 
 def linear_cross_entropy_triton(
@@ -621,9 +762,10 @@ def linear_cross_entropy_triton(
     )
     rows = chunk_rows or linear_cross_entropy_chunk_rows(hidden.shape[0], hidden.shape[1], weight_shape[0])
     with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(
-            hidden, weight, targets.contiguous(), bias, ignore_index, z_loss, softcap, reduction, rows, need
-        )
+        return torch.ops.fastgpt.linear_cross_entropy(
+            hidden, weight, targets.contiguous(), bias, ignore_index, float(z_loss),
+            None if softcap is None else float(softcap), reduction, rows, *need,
+        )[0]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ ahead-of-time configs

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from fastgpt.kernels._aot import aot_config
+from fastgpt.kernels._target import sm_count
 
 __all__ = [
     "AOT_CONFIGS",
@@ -104,11 +105,10 @@ def norm_block_config(n_cols: int) -> NormConfig:
 
 def _reduction_programs(n_rows: int, device: torch.device) -> tuple[int, int]:
     """``(programs, rows_per_program)`` for the backward's partial weight-gradient sums: about two
-    programs per SM on a GPU (a handful under the interpreter, enough to exercise the reduction)."""
-    if device.type == "cuda":
-        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        target = 4
+    programs per SM of the launch target (a handful under the interpreter, enough to exercise the
+    reduction; the target GPU's count in the tests' GPU-tiles mode, see ``kernels/_target.py``)."""
+    sms = sm_count(device)
+    target = 4 if sms is None else 2 * sms
     rows_per_program = triton.cdiv(n_rows, min(n_rows, target))
     return triton.cdiv(n_rows, rows_per_program), rows_per_program
 
@@ -271,12 +271,10 @@ def _param_or(value: torch.Tensor | None, n_cols: int, fill: float, like: torch.
     return value.contiguous()
 
 
-def _rms_forward(x2, res2, w, eps, out_dtype):
+def _rms_forward(x2, res2, w, eps, y, new_res, rstd) -> None:
+    """Launch the RMSNorm forward over the rows of ``x2`` (``res2``/``new_res``: the fused residual add)."""
     n_rows, n_cols = x2.shape
     cfg = norm_block_config(n_cols)
-    y = torch.empty((n_rows, n_cols), dtype=out_dtype, device=x2.device)
-    rstd = torch.empty(n_rows, dtype=torch.float32, device=x2.device)
-    new_res = torch.empty_like(y) if res2 is not None else None
     has_res = res2 is not None
     _rms_norm_fwd_kernel[(triton.cdiv(n_rows, cfg.block_m),)](
         x2, res2 if has_res else x2, w, y, new_res if has_res else y, rstd,
@@ -284,15 +282,13 @@ def _rms_forward(x2, res2, w, eps, out_dtype):
         n_rows, n_cols, eps,
         BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, HAS_RESIDUAL=has_res, num_warps=cfg.forward_warps,
     )  # fmt: skip
-    return y, new_res, rstd
 
 
-def _rms_backward(dy2, x2, w, rstd, dres2):
-    """-> ``(dx (M, H) in x2's dtype, dw fp32 (H,))``."""
+def _rms_backward(dy2, x2, w, rstd, dres2, dx) -> torch.Tensor:
+    """Launch the RMSNorm backward: writes ``dx`` (M, H) and returns ``dw`` fp32 (H,)."""
     n_rows, n_cols = x2.shape
     cfg = norm_block_config(n_cols)
     programs, rows_per_program = _reduction_programs(n_rows, x2.device)
-    dx = torch.empty_like(x2)
     dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
     has_dres = dres2 is not None
     _rms_norm_bwd_kernel[(programs,)](
@@ -301,114 +297,243 @@ def _rms_backward(dy2, x2, w, rstd, dres2):
         n_rows, n_cols, rows_per_program,
         BLOCK_H=cfg.block_h, HAS_DRESIDUAL=has_dres, num_warps=cfg.backward_warps,
     )  # fmt: skip
-    return dx, dw_partial.sum(0)
+    return dw_partial.sum(0)
 
 
-# ------------------------------------------------------------------------------------ autograd wrappers
-class _RMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        x2 = _as_rows(x)
-        w = _param_or(weight, x2.shape[1], 1.0, x)
-        y, _, rstd = _rms_forward(x2, None, w, eps, x.dtype)
-        ctx.save_for_backward(x2, w, rstd)
-        ctx.has_weight = weight is not None
-        return y.view(x.shape)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x2, w, rstd = ctx.saved_tensors
-        dx, dw = _rms_backward(_as_rows(dy), x2, w, rstd, None)
-        dw = dw.to(w.dtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
-        return dx.view(dy.shape), dw, None
+def _rows(t: torch.Tensor) -> int:
+    return t.numel() // t.shape[-1]
 
 
-class _AddRMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, residual, weight, eps):
-        if x.shape != residual.shape:
-            raise ValueError(f"add_rms_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
-        out_dtype = torch.result_type(x, residual)
-        x2, res2 = _as_rows(x), _as_rows(residual)
-        w = _param_or(weight, x2.shape[1], 1.0, x)
-        y, new_res, rstd = _rms_forward(x2, res2, w, eps, out_dtype)
-        ctx.save_for_backward(new_res, w, rstd)
-        ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros to read
-        ctx.has_weight = weight is not None
-        ctx.dtypes = (x.dtype, residual.dtype)
-        return y.view(x.shape), new_res.view(x.shape)
-
-    @staticmethod
-    def backward(ctx, dy, dnew_res):
-        h2, w, rstd = ctx.saved_tensors
-        shape = dy.shape if dy is not None else dnew_res.shape
-        if dy is None:  # only the residual stream is used downstream
-            dy = torch.zeros(shape, dtype=h2.dtype, device=h2.device)
-        dres2 = _as_rows(dnew_res) if dnew_res is not None else None
-        dh, dw = _rms_backward(_as_rows(dy), h2, w, rstd, dres2)
-        dh = dh.view(shape)
-        dw = dw.to(w.dtype) if ctx.has_weight and ctx.needs_input_grad[2] else None
-        # x and residual receive the same gradient (cast to their own dtypes; no copy when they agree).
-        return dh.to(ctx.dtypes[0]), dh.to(ctx.dtypes[1]), dw, None
+def _dense(shape, dtype, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=like.device)
 
 
-class _LayerNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        x2 = _as_rows(x)
-        n_rows, n_cols = x2.shape
-        w = _param_or(weight, n_cols, 1.0, x)
-        b = _param_or(bias, n_cols, 0.0, x)
-        cfg = norm_block_config(n_cols)
-        y = torch.empty_like(x2)
-        mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-        rstd = torch.empty_like(mean)
-        _layer_norm_fwd_kernel[(triton.cdiv(n_rows, cfg.block_m),)](
-            x2, w, b, y, mean, rstd, x2.stride(0), y.stride(0), n_rows, n_cols, eps,
-            BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, num_warps=cfg.forward_warps,
-        )  # fmt: skip
-        ctx.save_for_backward(x2, w, mean, rstd)
-        ctx.has_params = (weight is not None, bias is not None)
-        ctx.param_dtypes = (w.dtype, b.dtype)
-        return y.view(x.shape)
+def _param_grad(dw: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The fp32 parameter gradient in the parameter's dtype; an empty tensor stands for "no parameter"
+    (custom ops cannot return None)."""
+    return dw.new_empty(0) if weight is None else dw.to(weight.dtype)
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2, w, mean, rstd = ctx.saved_tensors
-        dy2 = _as_rows(dy)
-        n_rows, n_cols = x2.shape
-        cfg = norm_block_config(n_cols)
-        programs, rows_per_program = _reduction_programs(n_rows, x2.device)
-        dx = torch.empty_like(x2)
-        dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
-        db_partial = torch.empty_like(dw_partial)
-        _layer_norm_bwd_kernel[(programs,)](
-            dy2, x2, w, mean, rstd, dx, dw_partial, db_partial,
-            dy2.stride(0), x2.stride(0), dx.stride(0),
-            n_rows, n_cols, rows_per_program,
-            BLOCK_H=cfg.block_h, num_warps=cfg.backward_warps,
-        )  # fmt: skip
-        has_w, has_b = ctx.has_params
-        dw = dw_partial.sum(0).to(ctx.param_dtypes[0]) if has_w and ctx.needs_input_grad[1] else None
-        db = db_partial.sum(0).to(ctx.param_dtypes[1]) if has_b and ctx.needs_input_grad[2] else None
-        return dx.view(dy.shape), dw, db, None
+
+# ----------------------------------------------------------------------------- custom ops and autograd
+# Each entry point is a torch custom op (``torch.ops.fastgpt.*``) with a fake implementation, so
+# ``torch.compile`` traces through it without a graph break, and with its backward registered as
+# autograd; the backward is a custom op too. Statistics needed by the backward are extra outputs.
+@torch.library.custom_op("fastgpt::rms_norm", mutates_args=())
+def _rms_norm_op(
+    x: torch.Tensor, weight: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ``(y like x, rstd fp32 (rows,))``."""
+    x2 = _as_rows(x)
+    w = _param_or(weight, x2.shape[1], 1.0, x)
+    y = _dense(x.shape, x.dtype, x)
+    rstd = _dense((x2.shape[0],), torch.float32, x)
+    _rms_forward(x2, None, w, eps, y.view(x2.shape), None, rstd)
+    return y, rstd
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    norm_block_config(x.shape[-1])
+    return _dense(x.shape, x.dtype, x), _dense((_rows(x),), torch.float32, x)
+
+
+@torch.library.custom_op("fastgpt::rms_norm_backward", mutates_args=())
+def _rms_norm_backward_op(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ``(dx like x, dweight in weight's dtype, or empty without a weight)``."""
+    x2 = _as_rows(x)
+    w = _param_or(weight, x2.shape[1], 1.0, x)
+    dx = _dense(x.shape, x.dtype, x)
+    dw = _rms_backward(_as_rows(dy), x2, w, rstd, None, dx.view(x2.shape))
+    return dx, _param_grad(dw, weight)
+
+
+@_rms_norm_backward_op.register_fake
+def _(dy, x, weight, rstd):
+    dw = _dense((0,) if weight is None else weight.shape, x.dtype if weight is None else weight.dtype, x)
+    return _dense(x.shape, x.dtype, x), dw
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+
+def _rms_norm_grad(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = torch.ops.fastgpt.rms_norm_backward(dy, x, weight, rstd)
+    return dx, (dw if weight is not None and ctx.needs_input_grad[1] else None), None
+
+
+_rms_norm_op.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup)
+
+
+@torch.library.custom_op("fastgpt::add_rms_norm", mutates_args=())
+def _add_rms_norm_op(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> ``(normed, new_residual, rstd fp32 (rows,))``; outputs in ``result_type(x, residual)``."""
+    out_dtype = torch.result_type(x, residual)
+    x2, res2 = _as_rows(x), _as_rows(residual)
+    w = _param_or(weight, x2.shape[1], 1.0, x)
+    y, new_res = _dense(x.shape, out_dtype, x), _dense(x.shape, out_dtype, x)
+    rstd = _dense((x2.shape[0],), torch.float32, x)
+    _rms_forward(x2, res2, w, eps, y.view(x2.shape), new_res.view(x2.shape), rstd)
+    return y, new_res, rstd
+
+
+@_add_rms_norm_op.register_fake
+def _(x, residual, weight, eps):
+    norm_block_config(x.shape[-1])
+    out_dtype = torch.result_type(x, residual)
+    rstd = _dense((_rows(x),), torch.float32, x)
+    return _dense(x.shape, out_dtype, x), _dense(x.shape, out_dtype, x), rstd
+
+
+@torch.library.custom_op("fastgpt::add_rms_norm_backward", mutates_args=())
+def _add_rms_norm_backward_op(
+    dy: torch.Tensor | None,
+    dnew_res: torch.Tensor | None,
+    h: torch.Tensor,
+    weight: torch.Tensor | None,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ``(d(x + residual) like h, dweight or empty)``; ``dy``/``dnew_res`` None for an unused output."""
+    h2 = _as_rows(h)
+    w = _param_or(weight, h2.shape[1], 1.0, h)
+    if dy is None:  # only the residual stream is used downstream
+        dy = torch.zeros_like(h)
+    dres2 = _as_rows(dnew_res) if dnew_res is not None else None
+    dh = _dense(h.shape, h.dtype, h)
+    dw = _rms_backward(_as_rows(dy), h2, w, rstd, dres2, dh.view(h2.shape))
+    return dh, _param_grad(dw, weight)
+
+
+@_add_rms_norm_backward_op.register_fake
+def _(dy, dnew_res, h, weight, rstd):
+    dw = _dense((0,) if weight is None else weight.shape, h.dtype if weight is None else weight.dtype, h)
+    return _dense(h.shape, h.dtype, h), dw
+
+
+def _add_rms_norm_setup(ctx, inputs, output):
+    x, residual, weight, _ = inputs
+    ctx.save_for_backward(output[1], weight, output[2])
+    ctx.dtypes = (x.dtype, residual.dtype)
+    ctx.set_materialize_grads(False)  # an unused output gets None, not a tensor of zeros to read
+
+
+def _add_rms_norm_grad(ctx, dy, dnew_res, _drstd):
+    h, weight, rstd = ctx.saved_tensors
+    if dy is None and dnew_res is None:
+        return None, None, None, None
+    dh, dw = torch.ops.fastgpt.add_rms_norm_backward(dy, dnew_res, h, weight, rstd)
+    dw = dw if weight is not None and ctx.needs_input_grad[2] else None
+    # x and residual receive the same gradient (cast to their own dtypes; no copy when they agree).
+    return dh.to(ctx.dtypes[0]), dh.to(ctx.dtypes[1]), dw, None
+
+
+_add_rms_norm_op.register_autograd(_add_rms_norm_grad, setup_context=_add_rms_norm_setup)
+
+
+@torch.library.custom_op("fastgpt::layer_norm", mutates_args=())
+def _layer_norm_op(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> ``(y like x, mean, rstd)``, the statistics fp32 ``(rows,)``."""
+    x2 = _as_rows(x)
+    n_rows, n_cols = x2.shape
+    w = _param_or(weight, n_cols, 1.0, x)
+    b = _param_or(bias, n_cols, 0.0, x)
+    cfg = norm_block_config(n_cols)
+    y = _dense(x.shape, x.dtype, x)
+    mean = _dense((n_rows,), torch.float32, x)
+    rstd = torch.empty_like(mean)
+    _layer_norm_fwd_kernel[(triton.cdiv(n_rows, cfg.block_m),)](
+        x2, w, b, y, mean, rstd, x2.stride(0), n_cols, n_rows, n_cols, eps,
+        BLOCK_M=cfg.block_m, BLOCK_H=cfg.block_h, num_warps=cfg.forward_warps,
+    )  # fmt: skip
+    return y, mean, rstd
+
+
+@_layer_norm_op.register_fake
+def _(x, weight, bias, eps):
+    norm_block_config(x.shape[-1])
+    stats = (_rows(x),)
+    return _dense(x.shape, x.dtype, x), _dense(stats, torch.float32, x), _dense(stats, torch.float32, x)
+
+
+@torch.library.custom_op("fastgpt::layer_norm_backward", mutates_args=())
+def _layer_norm_backward_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> ``(dx like x, dweight, dbias)``, parameter gradients in their dtypes (empty when absent)."""
+    x2 = _as_rows(x)
+    dy2 = _as_rows(dy)
+    n_rows, n_cols = x2.shape
+    w = _param_or(weight, n_cols, 1.0, x)
+    cfg = norm_block_config(n_cols)
+    programs, rows_per_program = _reduction_programs(n_rows, x2.device)
+    dx = _dense(x.shape, x.dtype, x)
+    dw_partial = torch.empty((programs, n_cols), dtype=torch.float32, device=x2.device)
+    db_partial = torch.empty_like(dw_partial)
+    _layer_norm_bwd_kernel[(programs,)](
+        dy2, x2, w, mean, rstd, dx, dw_partial, db_partial,
+        dy2.stride(0), x2.stride(0), n_cols,
+        n_rows, n_cols, rows_per_program,
+        BLOCK_H=cfg.block_h, num_warps=cfg.backward_warps,
+    )  # fmt: skip
+    return dx, _param_grad(dw_partial.sum(0), weight), _param_grad(db_partial.sum(0), bias)
+
+
+@_layer_norm_backward_op.register_fake
+def _(dy, x, weight, bias, mean, rstd):
+    def param(p):
+        return _dense((0,), x.dtype, x) if p is None else _dense(p.shape, p.dtype, x)
+
+    return _dense(x.shape, x.dtype, x), param(weight), param(bias)
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    ctx.save_for_backward(x, weight, bias, output[1], output[2])
+
+
+def _layer_norm_grad(ctx, dy, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dw, db = torch.ops.fastgpt.layer_norm_backward(dy, x, weight, bias, mean, rstd)
+    dw = dw if weight is not None and ctx.needs_input_grad[1] else None
+    db = db if bias is not None and ctx.needs_input_grad[2] else None
+    return dx, dw, db, None
+
+
+_layer_norm_op.register_autograd(_layer_norm_grad, setup_context=_layer_norm_setup)
 
 
 # ------------------------------------------------------------------------------------- public entries
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
-    """RMSNorm over the last dim of ``x`` ``(..., H)``; same result as :func:`rms_norm_reference`."""
+    """RMSNorm over the last dim of ``x`` ``(..., H)``; same result as :func:`rms_norm_reference`.
+    Runs ``torch.ops.fastgpt.rms_norm`` (differentiable, traceable by ``torch.compile``)."""
     if x.numel() == 0:
         return rms_norm_reference(x, weight, eps)
-    return _RMSNorm.apply(x, weight, eps)
+    return torch.ops.fastgpt.rms_norm(x, weight, float(eps))[0]
 
 
 def add_rms_norm_triton(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused ``residual + x`` and RMSNorm in one pass: returns ``(normed, new_residual)``."""
+    if x.shape != residual.shape:
+        raise ValueError(f"add_rms_norm: x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
     if x.numel() == 0:
         return add_rms_norm_reference(x, residual, weight, eps)
-    return _AddRMSNorm.apply(x, residual, weight, eps)
+    y, new_res, _ = torch.ops.fastgpt.add_rms_norm(x, residual, weight, float(eps))
+    return y, new_res
 
 
 def layer_norm_triton(
@@ -417,7 +542,7 @@ def layer_norm_triton(
     """LayerNorm over the last dim of ``x`` ``(..., H)``; same result as :func:`layer_norm_reference`."""
     if x.numel() == 0:
         return layer_norm_reference(x, weight, bias, eps)
-    return _LayerNorm.apply(x, weight, bias, eps)
+    return torch.ops.fastgpt.layer_norm(x, weight, bias, float(eps))[0]
 
 
 # ------------------------------------------------------------------------------ ahead-of-time configs

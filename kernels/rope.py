@@ -99,17 +99,24 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _launch(q, k, cos, sin, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate (or un-rotate) ``q``/``k`` into fresh tensors laid out like them."""
-    B, Hq, T, D = q.shape
-    Hkv = k.shape[1]
-    q, k = _unit_last_stride(q), _unit_last_stride(k)
+def _outputs_like(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh outputs laid out like ``q``/``k`` (after ``_unit_last_stride``); the fake implementation
+    calls this too, so traced and real strides agree."""
     qo, ko = torch.empty_like(q), torch.empty_like(k)
     if qo.stride(-1) != 1 or ko.stride(-1) != 1:  # empty_like keeps strides only for dense layouts
         qo, ko = (
             torch.empty(q.shape, dtype=q.dtype, device=q.device),
             torch.empty(k.shape, dtype=k.dtype, device=k.device),
         )
+    return qo, ko
+
+
+def _launch(q, k, cos, sin, backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate (or un-rotate) ``q``/``k`` into fresh tensors laid out like them."""
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    q, k = _unit_last_stride(q), _unit_last_stride(k)
+    qo, ko = _outputs_like(q, k)
     block_half, block_t, warps = rope_block_config(D)
     stride_cb = 0 if cos.shape[0] == 1 else cos.stride(0)
     _rope_kernel[(B, triton.cdiv(T, block_t))](
@@ -137,29 +144,48 @@ def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
         raise ValueError(f"rope: cos {tuple(cos.shape)} and sin {tuple(sin.shape)} differ")
 
 
-class _RoPE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _launch(q, k, cos, sin, backward=False)
+# A torch custom op (traceable by ``torch.compile`` without a graph break) whose derivative is the same
+# op with ``backward`` flipped: the rotation by -theta is the transpose of the rotation by theta.
+@torch.library.custom_op("fastgpt::rope", mutates_args=())
+def _rope_op(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate ``q``/``k`` by ``cos``/``sin`` (fp32, contiguous); by -theta when ``backward``."""
+    return _launch(q, k, cos, sin, backward)
 
-    @staticmethod
-    def backward(ctx, dq, dk):
-        cos, sin = ctx.saved_tensors
-        dq, dk = _launch(dq, dk, cos, sin, backward=True)
-        return dq, dk, None, None
+
+@_rope_op.register_fake
+def _(q, k, cos, sin, backward):
+    rope_block_config(q.shape[-1])
+    return _outputs_like(_unit_last_stride(q), _unit_last_stride(k))
+
+
+def _rope_setup(ctx, inputs, output):
+    _, _, cos, sin, backward = inputs
+    ctx.save_for_backward(cos, sin)
+    ctx.backward = backward
+
+
+def _rope_grad(ctx, dq, dk):
+    cos, sin = ctx.saved_tensors
+    dq, dk = torch.ops.fastgpt.rope(dq, dk, cos, sin, not ctx.backward)
+    return dq, dk, None, None, None
+
+
+_rope_op.register_autograd(_rope_grad, setup_context=_rope_setup)
 
 
 def rope_triton(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q ``(B, Hq, T, D)`` and k ``(B, Hkv, T, D)`` by ``cos``/``sin`` ``(B or 1, T, D/2)``."""
+    """Rotate q ``(B, Hq, T, D)`` and k ``(B, Hkv, T, D)`` by ``cos``/``sin`` ``(B or 1, T, D/2)``.
+    Runs ``torch.ops.fastgpt.rope`` (differentiable, traceable by ``torch.compile``)."""
     _check(q, k, cos, sin)
     if q.numel() == 0 or k.numel() == 0:
         return rope_reference(q, k, cos, sin)
     cos = cos.to(torch.float32).contiguous()
     sin = sin.to(torch.float32).contiguous()
-    return _RoPE.apply(q, k, cos, sin)
+    return torch.ops.fastgpt.rope(q, k, cos, sin, False)
 
 
 # ------------------------------------------------------------------------------ ahead-of-time configs
