@@ -182,11 +182,14 @@ def deepspeed_config(
     grad_clip: float,
     offload: bool = False,
     base_config: str | os.PathLike | None = None,
+    muon: bool = False,
 ) -> dict[str, Any]:
     """The DeepSpeed config for a ZeRO stage: from ``launch/deepspeed/zero{N}[_offload].json`` when the
     file is given, with the batch geometry and clipping always set from the training config (one source
     of truth). Mixed precision is done with ``torch.autocast`` around the forward in the training loop,
-    so DeepSpeed keeps fp32 weights and optimizer state (the same on CPU and GPU)."""
+    so DeepSpeed keeps fp32 weights and optimizer state (the same on CPU and GPU). ``muon``: the
+    optimizer is fastgpt's Muon, which ZeRO does not know; it is allowed explicitly (its ZeRO partitions
+    are handled by :func:`fastgpt.train.optim.shard_muon_for_zero`)."""
     import json
 
     cfg: dict[str, Any] = {}
@@ -206,6 +209,8 @@ def deepspeed_config(
     cfg["gradient_clipping"] = grad_clip if grad_clip > 0 else 0.0
     cfg.setdefault("steps_per_print", 10**9)
     cfg.setdefault("wall_clock_breakdown", False)
+    if muon:
+        cfg["zero_allow_untested_optimizer"] = True
     cfg["bf16"] = {"enabled": False}
     cfg["fp16"] = {"enabled": False}
     return cfg

@@ -40,7 +40,7 @@ class PretrainConfig(TrainConfig):
     time_budget_s: float = 450.0
     batch_size: int = 16
     seq_len: int = 256
-    optimizer: str = "auto"  # Muon, or AdamW under ZeRO (which shards the matrices Muon needs whole)
+    optimizer: str = "auto"  # Muon at every ZeRO stage; AdamW with --offload=true
     lr: float = 3e-3  # AdamW part: embeddings, head, norms
     min_lr: float = 1e-4
     warmup_steps: int = 30

@@ -49,7 +49,7 @@ class TrainConfig:
     total_batch_tokens: int = 0  # if > 0, derives grad_accum = total / (batch_size*seq_len*ranks)
     # --- optimisation ------------------------------------------------------------------------------
     optimizer: str = (
-        "adamw"  # adamw | muon (hidden matrices; AdamW for the rest) | auto (muon, adamw with ZeRO)
+        "adamw"  # adamw | muon (hidden matrices; AdamW for the rest) | auto (muon; adamw with --offload)
     )
     lr: float = 3e-3  # peak learning rate (AdamW; Muon has muon_lr)
     min_lr: float = 3e-4  # learning rate at the end of the schedule
@@ -96,7 +96,7 @@ class TrainConfig:
         if self.optimizer not in ("adamw", "muon", "auto"):
             raise bad("optimizer", "adamw, muon or auto")
         if self.optimizer == "auto":  # resolved here, so config.json records what ran
-            self.optimizer = "muon" if self.zero == 0 else "adamw"
+            self.optimizer = "adamw" if self.offload else "muon"
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise bad("dtype", "auto, fp32, bf16 or fp16")
         if self.zero not in (0, 1, 2, 3):
@@ -134,9 +134,10 @@ class TrainConfig:
             raise bad("resume", "auto, never or a checkpoint dir")
         if self.offload and self.zero == 0:
             raise ValueError("--offload=true moves ZeRO-partitioned state to CPU: it needs --zero=1, 2 or 3")
-        if self.optimizer == "muon" and self.zero >= 1:
+        if self.optimizer == "muon" and self.offload:
             raise ValueError(
-                "--optimizer=muon needs whole matrices, which ZeRO shards; use --optimizer=adamw (or auto) with --zero>=1"
+                "--optimizer=muon does not run with --offload=true (its optimizer step needs the "
+                "partitions on the training device); use --optimizer=adamw (or auto) with --offload"
             )
         if self.deepspeed_config:
             _check_json_file("deepspeed_config", self.deepspeed_config)

@@ -43,7 +43,7 @@ import torch
 from fastgpt import dist
 from fastgpt.train.config import TrainConfig
 from fastgpt.train.metrics import MetricsLogger, peak_flops
-from fastgpt.train.optim import build_optimizer, lr_multiplier
+from fastgpt.train.optim import Muon, build_optimizer, lr_multiplier, shard_muon_for_zero
 
 
 def cpu_has_native_bf16() -> bool:
@@ -224,12 +224,14 @@ class Trainer:
             grad_clip=cfg.grad_clip,
             offload=cfg.offload,
             base_config=cfg.deepspeed_config or default_deepspeed_config(cfg.zero, cfg.offload),
+            muon=isinstance(self.optimizer, Muon),
         )
         if not torch.distributed.is_initialized():  # one process with --zero>=1, started without torchrun
             dist.init_single_process_group(self.device)
         self.engine, self.optimizer, _, _ = ds.initialize(
             model=self.model, optimizer=self.optimizer, config=ds_config, dist_init_required=False
         )
+        shard_muon_for_zero(self.optimizer)  # Muon under ZeRO 1-3: where its matrices' slices are
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.autocast_dtype)
