@@ -5,6 +5,8 @@ CPU tensors (see docs/kernels.md). Tests stay on few threads so two pytest worke
 
 ``FASTGPT_TEST_DEVICE=cuda`` (GPU machines; ``benchmarks/gpu_suite.sh``) runs the device-agnostic tests,
 the kernel tests above all, natively: no interpreter, and tensors made without a device land on the GPU.
+``FASTGPT_KERNEL_ARCH=sm80|sm90`` on CPU is the "GPU tiles" mode: the interpreter runs the tile tables a
+GPU of that family would use (``tests/kernel_modes.py`` says what each mode changes for the tests).
 """
 
 import os
@@ -23,6 +25,11 @@ if TEST_DEVICE != "cpu":
     if not torch.cuda.is_available():
         raise pytest.UsageError(f"FASTGPT_TEST_DEVICE={TEST_DEVICE}: CUDA is not available here")
     torch.set_default_device(TEST_DEVICE)
+    if os.environ.get("FASTGPT_KERNEL_ARCH"):
+        raise pytest.UsageError(
+            "FASTGPT_KERNEL_ARCH forces GPU tiles under the interpreter (CPU runs); with "
+            f"FASTGPT_TEST_DEVICE={TEST_DEVICE} the GPU's own architecture decides: unset it"
+        )
 
 
 def pytest_sessionfinish(session, exitstatus):

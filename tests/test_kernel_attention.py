@@ -2,7 +2,10 @@
 
 Runs under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), where the tiles are
 32x16 (forward, dQ) and 16x32 (dK/dV), so lengths like 77 cross several tiles, end on a ragged one and
-put the causal diagonal, window edges and document edges inside tiles.
+put the causal diagonal, window edges and document edges inside tiles. The same tests run in GPU mode
+(``FASTGPT_TEST_DEVICE=cuda``) and GPU-tiles mode (``FASTGPT_KERNEL_ARCH=sm80|sm90``): there inputs
+asked for in fp32 are made fp16 (``kernel_modes.attention_dtype``: the kernel is fp16/bf16-only on a GPU)
+and tile-dependent sizes come from the tile table the launcher picks for that target.
 
 Tolerances, as ``max|got - want| <= atol + rtol * max|want|`` (scale-aware, since gradients vary in
 size):
@@ -34,13 +37,19 @@ from fastgpt.kernels.attention import (
     doc_ids_to_cu_seqlens,
     tile_configs,
 )
+from kernel_modes import attention_dtype, attention_dtype_for, target_arch
 
 from fastgpt import ops
 
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
-def _inputs(B, Hq, Hkv, Tq, Tk, D, dtype=torch.float32):
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DEFAULT_DTYPE = torch.float32  # what a test gets when it names none (before attention_dtype)
+
+
+def _inputs(B, Hq, Hkv, Tq, Tk, D, dtype=DEFAULT_DTYPE):
+    dtype = attention_dtype(dtype)
     q = torch.randn(B, Hq, Tq, D).to(dtype)
     k = torch.randn(B, Hkv, Tk, D).to(dtype)
     v = torch.randn(B, Hkv, Tk, D).to(dtype)
@@ -77,7 +86,7 @@ def test_power_of_two_shape_fp32():
     _check(*_inputs(2, 2, 2, 64, 64, 64))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_odd_length(dtype):
     _check(*_inputs(2, 2, 2, 77, 77, 64, dtype))
 
@@ -101,11 +110,11 @@ def test_grouped_query_attention(Hkv):
 def test_non_contiguous_inputs():
     """(B, T, H, D) projections viewed as (B, H, T, D), and a head dim with stride != 1."""
     B, T, H, D = 2, 33, 2, 32
-    qkv = torch.randn(B, T, 3, H, D)
+    qkv = torch.randn(B, T, 3, H, D).to(attention_dtype())
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # strided views, last stride 1
     assert not q.is_contiguous()
     _check(q, k, v)
-    q_t = torch.randn(B, H, D, T).transpose(-1, -2)  # stride(-1) == T
+    q_t = torch.randn(B, H, D, T).to(q.dtype).transpose(-1, -2)  # stride(-1) == T
     _check(q_t, k, v)
 
 
@@ -186,11 +195,18 @@ def test_random_configurations():
 
 
 # ---------------------------------------------------------------------------------- skipping of tiles
+def _key_block(head_dim: int) -> int:
+    """The widest key tile any attention kernel uses here: the tile table the launcher picks for this
+    run's target (interpreter, or the GPU's / forced architecture)."""
+    return max(cfg.block_n for cfg in tile_configs(head_dim, target_arch()).values())
+
+
 def _hidden_tiles_poisoned(q, k, v, first_visible_key):
     """NaN in every key/value tile that lies wholly before ``first_visible_key``: visiting such a tile
     at all (even masked) would turn the output into NaN, so a finite, correct result proves it was
-    skipped."""
-    block = max(cfg.block_n for cfg in tile_configs(q.shape[-1], None).values())
+    skipped. Tile edges come from the launcher's own tile table (key tiles are powers of two, so a
+    multiple of the widest is a tile edge of every kernel)."""
+    block = _key_block(q.shape[-1])
     hidden = (first_visible_key // block) * block
     assert hidden > 0
     k, v = k.clone(), v.clone()
@@ -201,19 +217,21 @@ def _hidden_tiles_poisoned(q, k, v, first_visible_key):
 
 @pytest.mark.parametrize("mode", ["window", "documents"])
 def test_hidden_tiles_are_skipped(mode):
-    B, H, Tq, Tk, D = 1, 2, 8, 77, 32
+    B, H, Tq, D = 1, 2, 8, 32
+    block = _key_block(D)
+    Tk = 2 * block + 13  # two whole key tiles, then a ragged one holding the queries' keys
     q, k, v = _inputs(B, H, H, Tq, Tk, D)
     if mode == "window":
         kw, first_visible = dict(window=10), Tk - Tq - 10 + 1
     else:
-        doc = torch.tensor([[0] * 50 + [1] * 27])  # all queries are in document 1
-        kw, first_visible = dict(doc_ids=doc), 50
+        doc = torch.tensor([[0] * (Tk - 27) + [1] * 27])  # all queries are in document 1
+        kw, first_visible = dict(doc_ids=doc), Tk - 27
     want = attention_naive(q, k, v, **kw)
     k_bad, v_bad, hidden = _hidden_tiles_poisoned(q, k, v, first_visible)
     xs = [t.clone().requires_grad_() for t in (q, k_bad, v_bad)]
     out = attention_triton(*xs, **kw)
-    out.sum().backward()
-    _assert_close(out, want, TOL[torch.float32], "output")
+    out.float().sum().backward()
+    _assert_close(out, want, TOL[q.dtype], "output")
     assert torch.isfinite(xs[0].grad).all()
     for x in xs[1:]:
         assert (x.grad[:, :, :hidden] == 0).all() and torch.isfinite(x.grad).all()
@@ -234,7 +252,7 @@ def test_ops_dispatch_reaches_the_triton_kernel():
     doc = torch.tensor([[0] * 12 + [1] * 18])
     with ops.use_backend("triton"):
         got = ops.attention(q, k, v, doc_ids=doc)
-    _assert_close(got, attention_reference(q, k, v, doc_ids=doc), TOL[torch.float32], "ops.attention")
+    _assert_close(got, attention_reference(q, k, v, doc_ids=doc), TOL[q.dtype], "ops.attention")
 
 
 def test_bad_arguments_are_clear_errors():
@@ -243,10 +261,53 @@ def test_bad_arguments_are_clear_errors():
         attention_triton(q, k, v, window=0)
     with pytest.raises(ValueError, match="doc_ids"):
         attention_triton(q, k, v, doc_ids=torch.zeros(1, 7, dtype=torch.long))
+    other = torch.bfloat16 if q.dtype == torch.float16 else torch.float16
     with pytest.raises(ValueError, match="dtype"):
-        attention_triton(q, k.half(), v)
+        attention_triton(q, k.to(other), v)
     with pytest.raises(ValueError, match="multiple"):
-        attention_triton(torch.randn(1, 3, 8, 32), k, v)
+        attention_triton(torch.randn(1, 3, 8, 32).to(q.dtype), k, v)
+
+
+def test_fp32_is_refused_for_gpu_tiles_only():
+    """The kernel's own dtype rule (a pure function of dtype and launch target): fp32 runs on the
+    interpreter's tiles, never with a GPU's; half precision runs everywhere."""
+    from fastgpt.kernels.attention import check_dtype
+
+    for arch in (None, "sm80", "sm90", "cuda"):
+        for dtype in (torch.float16, torch.bfloat16):
+            check_dtype(dtype, arch)
+    check_dtype(torch.float32, None)
+    for arch in ("sm80", "sm90", "cuda"):
+        with pytest.raises(ValueError, match="float16 or bfloat16"):
+            check_dtype(torch.float32, arch)
+
+
+def _dtypes_named_by_tests() -> set[torch.dtype]:
+    """Every dtype a test of this module asks for: its parametrisations and the default of _inputs."""
+    named = {DEFAULT_DTYPE}
+    for fn in list(globals().values()):
+        for mark in getattr(fn, "pytestmark", []):
+            if mark.name == "parametrize":
+                for value in mark.args[1]:
+                    named |= {
+                        v
+                        for v in (value if isinstance(value, tuple) else (value,))
+                        if isinstance(v, torch.dtype)
+                    }
+    return named
+
+
+def test_gpu_runs_only_give_the_kernel_dtypes_it_takes():
+    """For every dtype a test here asks for, the dtype it hands the kernel in GPU mode and in GPU-tiles
+    mode passes the kernel's own input check for that target: the GPU suite cannot fail on a dtype
+    rejection. (``test_head_dims`` and the default fp32 are among them; the check is the kernel's.)"""
+    from fastgpt.kernels.attention import check_dtype
+
+    named = _dtypes_named_by_tests()
+    assert {torch.float32, torch.float16, torch.bfloat16} <= named
+    for arch in ("cuda", "sm80", "sm90"):
+        for dtype in named:
+            check_dtype(attention_dtype_for(dtype, arch), arch)
 
 
 def test_flash_attn_cu_seqlens_from_doc_ids():
@@ -258,6 +319,10 @@ def test_flash_attn_cu_seqlens_from_doc_ids():
 
 
 def test_flash_attn_wrapper_says_why_it_cannot_run_here():
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed on this GPU machine: the wrapper can run, nothing to refuse")
     q, k, v = _inputs(1, 2, 2, 8, 8, 32)
     with pytest.raises((ImportError, RuntimeError), match="flash-attn|CUDA"):
         attention_flash_attn(q, k, v)

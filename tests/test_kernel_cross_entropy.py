@@ -170,12 +170,13 @@ def test_linear_cross_entropy_under_autocast_matches_reference():
     hidden = torch.randn(20, 16, requires_grad=True)
     weight = (torch.randn(700, 16) * 0.5).requires_grad_()
     targets = torch.randint(0, 700, (20,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    device = hidden.device.type  # cuda in GPU mode
+    with torch.autocast(device, dtype=torch.bfloat16):
         loss = linear_cross_entropy_triton(hidden, weight, targets, chunk_rows=8)
     loss.backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         loss_ref = linear_cross_entropy_reference(hidden, weight, targets)
     loss_ref.backward()
     assert weight.grad.dtype == grads[1].dtype == torch.float32

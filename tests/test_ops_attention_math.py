@@ -20,10 +20,10 @@ CASES = [
 ]
 
 
-def make_inputs(hkv: int, dtype: torch.dtype, t: int = 24):
+def make_inputs(hkv: int, dtype: torch.dtype, t: int = 24, device: str | None = None):
     torch.manual_seed(0)
-    q = torch.randn(2, 4, t, 16)
-    k, v = torch.randn(2, hkv, t, 16), torch.randn(2, hkv, t, 16)
+    q = torch.randn(2, 4, t, 16, device=device)
+    k, v = torch.randn(2, hkv, t, 16, device=device), torch.randn(2, hkv, t, 16, device=device)
     return [x.to(dtype) for x in (q, k, v)]
 
 
@@ -81,7 +81,8 @@ def graph_of(fn, *args):
 )
 def test_auto_picks_math_only_for_short_compiled_bf16_training(seq, dtype, grad, expect_math, monkeypatch):
     monkeypatch.setattr(ops, "MATH_ATTENTION_MAX_SCORES", 2 * 4 * 256 * 256)
-    q, k, v = [x.requires_grad_(grad) for x in make_inputs(4, dtype, t=seq)]
+    # CPU tensors even in GPU mode (FASTGPT_TEST_DEVICE=cuda): this is the CPU policy of ``auto``
+    q, k, v = [x.requires_grad_(grad) for x in make_inputs(4, dtype, t=seq, device="cpu")]
     with ops.use_backend("auto", attention="auto"):
         code = graph_of(lambda q, k, v: ops.attention(q, k, v, causal=True), q, k, v)
         assert ("scaled_dot_product_attention" not in code) == expect_math, code
@@ -91,7 +92,7 @@ def test_auto_picks_math_only_for_short_compiled_bf16_training(seq, dtype, grad,
 
 def test_compiled_math_attention_matches_sdpa():
     """End to end through ``auto`` under compile vs eager SDPA on the same bf16 inputs."""
-    inputs = make_inputs(2, torch.bfloat16, t=64)
+    inputs = make_inputs(2, torch.bfloat16, t=64, device="cpu")  # the CPU path, in GPU mode too
     with ops.use_backend("auto", attention="auto"):
         torch._dynamo.reset()
         got = run(torch.compile(lambda q, k, v: ops.attention(q, k, v, causal=True)), inputs)
