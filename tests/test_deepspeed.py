@@ -222,17 +222,3 @@ def test_muon_two_ranks_match_one_process(corpus, single_muon, tmp_path, zero):
     worst = max(abs(ref[s] - got[s]) for s in ref)
     assert worst <= 1e-4, f"zero={zero}: max |loss - single| = {worst:.2e}: {got} vs {ref}"
     assert ref[MUON_STEPS] < ref[1] - 0.1  # it trained: the comparison is not between two flat lines
-
-
-def test_auto_is_muon_at_every_zero_stage_and_adamw_with_offload():
-    from fastgpt.train.config import TrainConfig
-
-    for zero in (0, 1, 2, 3):
-        cfg = TrainConfig(optimizer="auto", zero=zero, max_steps=1)
-        cfg.validate()
-        assert cfg.optimizer == "muon", zero
-    cfg = TrainConfig(optimizer="auto", zero=2, offload=True, max_steps=1)
-    cfg.validate()
-    assert cfg.optimizer == "adamw"
-    with pytest.raises(ValueError, match="--optimizer=muon does not run with --offload=true"):
-        TrainConfig(optimizer="muon", zero=3, offload=True, max_steps=1).validate()

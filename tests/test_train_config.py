@@ -120,13 +120,16 @@ def test_validate_rejects_bad_settings(args, needle):
         cfg.validate()
 
 
-def test_auto_optimizer_is_muon_unless_zero_shards_the_matrices():
-    for zero, expected in ((0, "muon"), (2, "adamw")):
+def test_auto_optimizer_is_muon_at_every_zero_stage_and_adamw_with_offload():
+    for zero in (0, 1, 2, 3):
         cfg = TrainConfig(optimizer="auto", zero=zero, max_steps=1)
         cfg.validate()
-        assert cfg.optimizer == expected
-    with pytest.raises(ValueError, match="use --optimizer=adamw"):
-        TrainConfig(optimizer="muon", zero=1, max_steps=1).validate()
+        assert cfg.optimizer == "muon", zero
+    cfg = TrainConfig(optimizer="auto", zero=2, offload=True, max_steps=1)
+    cfg.validate()
+    assert cfg.optimizer == "adamw"
+    with pytest.raises(ValueError, match="--optimizer=muon does not run with --offload=true"):
+        TrainConfig(optimizer="muon", zero=3, offload=True, max_steps=1).validate()
 
 
 def test_help_lists_every_key(capsys):
