@@ -442,7 +442,8 @@ class Trainer:
         self._window_tokens += m["step_tokens"]
         self._window_time += dt
         tok_s = self._window_tokens / max(self._window_time, 1e-9)
-        mfu = self.flops_per_token * tok_s / self.peak if self.peak == self.peak else float("nan")
+        # per device: this process's share of the tokens against this device's peak
+        mfu = self.flops_per_token * tok_s / self.dist.world_size / self.peak
         split = {**(timings or {}), "time_update_s": now - t_update}
         last = {**m, **(metrics or {}), **split, "tokens_per_sec": tok_s, "mfu": mfu}
         self._last = last
