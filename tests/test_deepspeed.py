@@ -222,3 +222,17 @@ def test_muon_two_ranks_match_one_process(corpus, single_muon, tmp_path, zero):
     worst = max(abs(ref[s] - got[s]) for s in ref)
     assert worst <= 1e-4, f"zero={zero}: max |loss - single| = {worst:.2e}: {got} vs {ref}"
     assert ref[MUON_STEPS] < ref[1] - 0.1  # it trained: the comparison is not between two flat lines
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_activation_checkpointing_under_zero3_on_two_ranks(corpus, single, tmp_path):
+    """Each block recomputed in the backward while ZeRO-3 gathers its parameters again: the same
+    losses as the plain single-process run (<= 1e-5 over 10 steps)."""
+    out = tmp_path / "ckpt"
+    args = dict(max_steps=STEPS, batch_size=2, grad_accum=2, zero=3, activation_checkpointing=True)
+    run_pretrain(pretrain_args(corpus, out, eval_every=5, **args), nproc=2)
+    ref, got = step_losses(single), step_losses(out)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert abs(ref[step] - got[step]) <= 1e-5, f"step {step}: {got[step]} vs {ref[step]}"

@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from fastgpt import ops
 from fastgpt.model.config import GPTConfig
@@ -167,6 +168,9 @@ class GPT(nn.Module):
             )
             self.init_rope_tables()
         self.init_weights()
+        # recompute each block in the backward instead of keeping its activations (training only;
+        # set by the training loop's --activation_checkpointing, see set_activation_checkpointing)
+        self.activation_checkpointing = False
 
     @torch.no_grad()
     def init_rope_tables(self) -> None:
@@ -248,8 +252,14 @@ class GPT(nn.Module):
             x = x + self.wpe(position_ids)
         else:
             rope = (self.rope_cos[position_ids], self.rope_sin[position_ids])  # (B|1, T, hd/2) each
-        for block in self.blocks:
-            x = block(x, rope, doc_ids, kv_cache)
+        if self.activation_checkpointing and self.training and kv_cache is None and torch.is_grad_enabled():
+            for block in self.blocks:
+                # non-reentrant: works with ZeRO-3's parameter hooks, torch.compile and inputs that
+                # need no gradient; the block's forward runs again in the backward
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, doc_ids, None, use_reentrant=False)
+        else:
+            for block in self.blocks:
+                x = block(x, rope, doc_ids, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.final_norm(x)
@@ -389,6 +399,17 @@ class GPT(nn.Module):
         from fastgpt.model.hf import save_pretrained
 
         save_pretrained(self, path, dtype=dtype)
+
+
+def set_activation_checkpointing(module: nn.Module, enabled: bool = True) -> int:
+    """Turn per-block activation checkpointing on or off in every :class:`GPT` inside ``module`` (a
+    policy with a value head wraps one). In training forwards each Transformer block then keeps only
+    its input and recomputes its activations in the backward: activation memory per layer falls to one
+    ``(B, T, C)`` tensor for about a third more compute. Returns how many models were set (0: none)."""
+    models = [m for m in module.modules() if isinstance(m, GPT)]
+    for m in models:
+        m.activation_checkpointing = enabled
+    return len(models)
 
 
 def _full_numel(p: torch.Tensor) -> int:

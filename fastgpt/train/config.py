@@ -70,6 +70,7 @@ class TrainConfig:
     zero: int = 0  # DeepSpeed ZeRO stage 0..3 (multi-process runs always go through DeepSpeed)
     offload: bool = False  # ZeRO CPU offload of optimizer state (and parameters for zero=3)
     deepspeed_config: str = ""  # optional base DeepSpeed JSON (launch/deepspeed/*.json)
+    activation_checkpointing: bool = False  # recompute each Transformer block in the backward (less memory)
     # --- evaluation, sampling, checkpoints, logging ------------------------------------------------
     eval_every: int = 100  # 0 disables
     eval_tokens: int = 65536  # validation tokens per evaluation (a fixed held-out slice)

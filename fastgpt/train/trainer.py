@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from fastgpt import dist
+from fastgpt.model.gpt import set_activation_checkpointing
 from fastgpt.train.config import TrainConfig
 from fastgpt.train.metrics import MetricsLogger, peak_flops
 from fastgpt.train.optim import Muon, build_optimizer, lr_multiplier, shard_muon_for_zero
@@ -169,6 +170,8 @@ class Trainer:
             self.scaler = torch.amp.GradScaler(self.device.type)
 
         self.model = model.to(self.device)
+        if cfg.activation_checkpointing and not set_activation_checkpointing(self.model):
+            raise ValueError("--activation_checkpointing=true: the model has no fastgpt GPT to checkpoint")
         self.optimizer = build_optimizer(self.model, cfg, ns_dtype=self.autocast_dtype)
         self.engine = None
         if self.use_deepspeed:
