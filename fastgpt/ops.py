@@ -9,6 +9,12 @@ Model code calls ``fastgpt.ops.<op>(...)`` and never imports Triton. Each op pic
 Choose with the environment variable ``FASTGPT_KERNELS=auto|triton|torch`` or :func:`set_backend`.
 ``auto`` (the default) uses Triton for CUDA tensors and the reference otherwise.
 
+Under ``torch.compile`` the choice is made while tracing: it reads this module's backend variables
+(``FASTGPT_KERNELS`` is read once, at import) and the tensor's device, plain Python that dynamo evaluates
+and guards on, so it adds no graph break; each Triton entry point is a ``torch.ops.fastgpt`` custom op
+that dynamo keeps as one node (docs/kernels.md, "Custom ops and torch.compile"). Dynamo guards on the
+backend variables, so switching backends after compiling recompiles at the next call.
+
 Attention has more implementations worth comparing, chosen with ``FASTGPT_ATTENTION`` or
 :func:`set_attention_backend`: ``auto`` (follow the kernel backend), ``triton``, ``sdpa``
 (``torch.nn.functional.scaled_dot_product_attention``, which has flash/cuDNN/efficient kernels on GPU),
