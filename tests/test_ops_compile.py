@@ -47,14 +47,20 @@ def batch():
     return idx, targets, doc_ids
 
 
+def _autocast(on: bool):
+    """bf16 autocast as training uses it (the residual stream stays fp32, attention gets bf16)."""
+    return torch.autocast(torch.get_default_device().type, dtype=torch.bfloat16, enabled=on)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_compiled_model_has_no_graph_breaks(family):
+def test_compiled_model_has_no_graph_breaks(family, autocast):
     """dynamo's own report over the model's training forward (with packed documents): one graph, no
     break, every hot op a ``fastgpt::`` custom op in it (so the dispatch in ``fastgpt.ops`` happened at
     trace time without breaking either)."""
     model = tiny(family)
     idx, targets, doc_ids = batch()
-    with ops.use_backend("triton", attention="auto"):
+    with ops.use_backend("triton", attention="auto"), _autocast(autocast):
         torch._dynamo.reset()
         report = torch._dynamo.explain(model)(idx, targets, doc_ids=doc_ids)
     assert report.graph_break_count == 0, [r.reason for r in report.break_reasons]
@@ -78,10 +84,10 @@ def _loss_and_grads(model, run, idx, targets, doc_ids):
     return loss.detach(), grads
 
 
-def _compare(model, backend: str):
+def _compare(model, backend: str, autocast: bool = False):
     idx, targets, doc_ids = batch()
     twin = copy.deepcopy(model)
-    with ops.use_backend("triton", attention="auto"):
+    with ops.use_backend("triton", attention="auto"), _autocast(autocast):
         torch._dynamo.reset()
         compiled = torch.compile(model, fullgraph=True, backend=backend)
         loss, grads = _loss_and_grads(model, compiled, idx, targets, doc_ids)
@@ -98,6 +104,11 @@ def test_compiled_model_matches_eager_through_aot_autograd(family):
     """fullgraph compile through AOTAutograd (fake tensors for the forward and the traced backward, which
     calls the ``*_backward`` ops), running the kernels under the interpreter."""
     _compare(tiny(family), "aot_eager")
+
+
+def test_compiled_model_matches_eager_under_bf16_autocast():
+    """The training setting: bf16 autocast (bf16 attention and GEMMs, fp32 norms and residual stream)."""
+    _compare(tiny("llama"), "aot_eager", autocast=True)
 
 
 @pytest.mark.slow
