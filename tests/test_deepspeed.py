@@ -124,9 +124,11 @@ def test_a_rank0_data_error_on_two_ranks_is_its_one_line_without_peer_tracebacks
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_zero2_two_ranks_resume_bit_for_bit(corpus, tmp_path):
+@pytest.mark.parametrize("zero, optimizer", [(2, "adamw"), (2, "muon"), (3, "muon")])
+def test_two_ranks_resume_bit_for_bit(corpus, tmp_path, zero, optimizer):
+    """Also Muon's sharded momentum: saved with DeepSpeed's partitions, loaded into the same layout."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    args = dict(max_steps=6, batch_size=4, save_every=3, keep_last=5, zero=2)
+    args = dict(max_steps=6, batch_size=4, save_every=3, keep_last=5, zero=zero, optimizer=optimizer)
     run_pretrain(pretrain_args(corpus, full, **args), nproc=2)
     shutil.copytree(full / "checkpoints" / "step_0000003", resumed / "checkpoints" / "step_0000003")
     proc = run_pretrain(pretrain_args(corpus, resumed, **args), nproc=2)
