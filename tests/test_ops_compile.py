@@ -12,6 +12,7 @@ loss and gradients agree to fp32 roundoff: 1e-5 relative to each tensor's larges
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -215,3 +216,65 @@ def test_every_entry_point_is_a_custom_op():
         graph = torch.fx.experimental.proxy_tensor.make_fx(call)()  # real tensors: runs the kernel once
         targets_seen = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
         assert any(t.startswith(f"fastgpt.{name}.") for t in targets_seen), (name, targets_seen)
+
+
+@functools.cache
+def _backward_cases() -> dict:
+    """The ``*_backward`` ops on the saved values their forward op produces (no gradient needed: they
+    carry no autograd of their own)."""
+    f = torch.ops.fastgpt
+    x, w, b = torch.randn(3, 5, 40), torch.rand(40) + 0.5, torch.randn(40)
+    dy = torch.randn(3, 5, 40)
+    _, rstd = f.rms_norm(x, w, 1e-6)
+    _, h, rstd_h = f.add_rms_norm(x, x * 2, w, 1e-6)
+    _, mean, rstd_ln = f.layer_norm(x, w, b, 1e-5)
+    gate, up = torch.randn(3, 37), torch.randn(3, 37)
+    half = attention_dtype()
+    q, k, v = (
+        torch.randn(1, 4, 19, 32).to(half),
+        torch.randn(1, 2, 19, 32).to(half),
+        torch.randn(1, 2, 19, 32).to(half),
+    )
+    o, lse = f.flash_attention(q, k, v, None, None, None, True, 7, 0.2)
+    hidden, weight, targets = (
+        torch.randn(5, 16),
+        torch.randn(300, 16) * 0.3,
+        torch.tensor([0, 299, -100, 7, 150]),
+    )
+    cases = [
+        ("rms_norm_backward", f.rms_norm_backward, (dy, x, w, rstd)),
+        ("add_rms_norm_backward", f.add_rms_norm_backward, (dy, None, h, w, rstd_h)),
+        ("layer_norm_backward/no-bias", f.layer_norm_backward, (dy, x, w, None, mean, rstd_ln)),
+        ("swiglu_backward", f.swiglu_backward, (gate, gate, up)),
+        ("gelu_tanh_backward", f.gelu_tanh_backward, (gate, up)),
+        (
+            "flash_attention_backward",
+            f.flash_attention_backward,
+            (torch.randn_like(o), q, k, v, o, lse, None, None, None, True, 7, 0.2),
+        ),
+        (
+            "linear_cross_entropy_backward",
+            f.linear_cross_entropy_backward,
+            (torch.rand(5), hidden, weight, targets, None, -100, 0.0, 3.0, 2, True, True, False),
+        ),
+    ]
+    return {name: (op, args) for name, op, args in cases}
+
+
+BACKWARD_OPS = [
+    "rms_norm_backward",
+    "add_rms_norm_backward",
+    "layer_norm_backward/no-bias",
+    "swiglu_backward",
+    "gelu_tanh_backward",
+    "flash_attention_backward",
+    "linear_cross_entropy_backward",
+]
+
+
+@pytest.mark.parametrize("name", BACKWARD_OPS)
+def test_opcheck_backward_ops(name):
+    """The backward ops' schemas and fake implementations (what AOTAutograd traces the backward with),
+    on inputs made by running the forward ops (built in the test, not at collection)."""
+    op, args = _backward_cases()[name]
+    torch.library.opcheck(op, args)
