@@ -168,3 +168,107 @@ def test_both_optimizers_fit_a_small_regression(name):
         loss.backward()
         opt.step()
     assert loss.item() < 0.1 * first
+
+
+# --- Muon on flat ZeRO-style partitions, without DeepSpeed: 2 gloo ranks in spawned processes --------
+SHAPES = [(5, 7), (8, 3), (4, 4), (6, 9)]  # tall and wide; 165 elements
+
+
+def _zero_layout_worker(rank: int, world: int, port: int, contiguous: bool, queue) -> None:
+    import torch.distributed as tdist
+
+    from fastgpt.train.optim import ZeroMuonLayout, _Matrix
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        weights = [torch.randn(*s) for s in SHAPES]
+        grads = [[torch.randn(*s) for s in SHAPES] for _ in range(3)]
+        # the reference: whole matrices, the single-process Muon
+        whole = [torch.nn.Parameter(w.clone()) for w in weights]
+        ref = Muon([{"params": whole, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.1, "use_muon": True}])
+        matrices = []
+        if contiguous:  # ZeRO-1/2: one flat buffer (padding between matrices and at the end), split in 2
+            offset, chunks, gchunks = 0, [], [[] for _ in grads]
+            for i, (s, w) in enumerate(zip(SHAPES, weights)):
+                matrices.append(_Matrix(s, offset))
+                pad = 3 if i < len(SHAPES) - 1 else 0
+                chunks += [w.reshape(-1), torch.zeros(pad)]
+                for k, g in enumerate(grads):
+                    gchunks[k] += [g[i].reshape(-1), torch.zeros(pad)]
+                offset += w.numel() + pad
+            size = -(-offset // world)
+            full = torch.cat(chunks + [torch.zeros(size * world - offset)])
+            flat = full[rank * size : (rank + 1) * size].clone()
+            grad_flats = [
+                torch.cat(gc + [torch.zeros(size * world - offset)])[rank * size : (rank + 1) * size]
+                for gc in gchunks
+            ]
+        else:  # ZeRO-3: every rank holds ceil(numel / world) elements of every matrix
+            offset, parts, gparts = 0, [], [[] for _ in grads]
+            for i, (s, w) in enumerate(zip(SHAPES, weights)):
+                part = -(-w.numel() // world)
+                matrices.append(_Matrix(s, offset, part))
+                padded = torch.cat([w.reshape(-1), torch.zeros(part * world - w.numel())])
+                parts.append(padded[rank * part : (rank + 1) * part])
+                for k, g in enumerate(grads):
+                    gp = torch.cat([g[i].reshape(-1), torch.zeros(part * world - w.numel())])
+                    gparts[k].append(gp[rank * part : (rank + 1) * part])
+                offset += part
+            size, flat = offset, torch.cat(parts)
+            grad_flats = [torch.cat(gp) for gp in gparts]
+        shard = torch.nn.Parameter(flat)
+        opt = Muon(
+            [{"params": [whole[0]], "lr": 0.05, "momentum": 0.9, "weight_decay": 0.1, "use_muon": True}]
+        )
+        opt.param_groups[0]["params"] = [shard]  # as ZeRO does after construction
+        opt._zero_layouts = {id(shard): ZeroMuonLayout(matrices, size, rank, world, None, contiguous)}
+        for k, g in enumerate(grads):
+            for p, gi in zip(whole, g):
+                p.grad = gi.clone()
+            ref.step()
+            shard.grad = grad_flats[k].clone()
+            opt.step()
+        # this rank's slice of the reference weights
+        if contiguous:
+            chunks = []
+            for i, p in enumerate(whole):
+                chunks += [p.detach().reshape(-1), torch.zeros(3 if i < len(SHAPES) - 1 else 0)]
+            full = torch.cat(chunks + [torch.zeros(size * world - sum(c.numel() for c in chunks))])
+            expected = full[rank * size : (rank + 1) * size]
+        else:
+            expected = torch.cat(
+                [
+                    torch.cat([p.detach().reshape(-1), torch.zeros(m.partition * world - m.numel)])[
+                        rank * m.partition : (rank + 1) * m.partition
+                    ]
+                    for p, m in zip(whole, matrices)
+                ]
+            )
+        queue.put((rank, float((shard.detach() - expected).abs().max())))
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("contiguous", [True, False], ids=["zero12", "zero3"])
+def test_sharded_muon_step_equals_the_whole_matrix_step(contiguous):
+    """Muon's ZeRO path on 2 gloo ranks, partitions built by hand as DeepSpeed lays them out (matrices
+    cut by the rank boundary, padding between and after them; ZeRO-3's per-matrix slices with a padded
+    last share): 3 steps equal the single-process Muon on whole matrices."""
+    import torch.multiprocessing as mp
+    from train_support import free_port
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_zero_layout_worker, args=(r, 2, port, contiguous, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    results = dict(queue.get(timeout=5) for _ in procs)
+    assert results.keys() == {0, 1}
+    assert max(results.values()) <= 1e-6, results
