@@ -25,9 +25,10 @@ How it is measured, so the numbers mean something:
   after ``--warmup`` steps each (compilation happens there), the median of ``--steps`` timed steps is
   reported. ``fastgpt_speedup`` = fastgpt's tokens/s over the row's.
 - MFU = model FLOPs/token (``GPT.flops_per_token``: 6N + attention) x tokens/s / peak. The peak is the
-  datasheet bf16 dense number on A100/H100/H200, and on a CPU the matmul rate measured at start-up in
-  fastgpt's dtype (``fastgpt.train.metrics.peak_flops``, fastest of 10 runs) — an achievable peak, not a
-  datasheet one (so fp32 rows are measured against the bf16 peak when fastgpt runs bf16).
+  datasheet dense number for fastgpt's dtype on A100/H100/H200, and on a CPU the threads in use x one
+  thread's matmul rate in fastgpt's dtype timed in CPU time (``fastgpt.train.metrics.peak_flops``) — an
+  achievable peak, not a datasheet one (so fp32 rows are measured against the bf16 peak when fastgpt
+  runs bf16).
 
 One CSV row per (config, implementation) goes to stdout, or to ``--csv``.
 """
