@@ -114,13 +114,40 @@ def test_attention_tile_skipping_with_gpu_tiles(arch):
     attention_tests.test_hidden_tiles_are_skipped("documents")
 
 
-def test_norms_with_gpu_grids(arch):
+def test_norms_with_gpu_grids(arch, monkeypatch):
     """300 rows: the backward runs 150 programs of 2 rows (2 x SM count caps it at 216 / 264), not the
-    interpreter's 4 programs of 75."""
+    interpreter's 4 programs of 75 (the grids are seen at the launch)."""
+    from fastgpt.kernels import norms
+
+    grids = []
+    for kernel in (norms._rms_norm_bwd_kernel, norms._layer_norm_bwd_kernel):
+        run = kernel.run
+
+        def observed(*args, _run=run, **kwargs):
+            grids.append((kwargs["grid"], args[-1]))  # (grid, rows_per_program)
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", observed)
     shape = ((10, 30), 100)
     norms_tests.test_rms_norm_forward_and_grads(*shape, FP16)
     norms_tests.test_add_rms_norm_forward_and_grads(*shape, FP16)
     norms_tests.test_layer_norm_forward_and_grads(*shape, FP16)
+    assert grids and all(g == ((150,), 2) for g in grids), grids
+
+
+def test_launch_target_switch():
+    """The switch itself: unset -> the interpreter's tiles; a bad value is one clear error naming it."""
+    from fastgpt.kernels._target import launch_arch, sm_count
+
+    cpu = torch.device("cpu")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(ARCH_ENV, raising=False)
+        assert launch_arch(cpu) is None and sm_count(cpu) is None
+        mp.setenv(ARCH_ENV, "sm90")
+        assert launch_arch(cpu) == "sm90" and sm_count(cpu) == 132
+        mp.setenv(ARCH_ENV, "sm75")
+        with pytest.raises(ValueError, match="FASTGPT_KERNEL_ARCH must be one of sm80, sm90"):
+            launch_arch(cpu)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # exp(+-200) -> inf
