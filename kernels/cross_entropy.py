@@ -458,8 +458,7 @@ def _(logits, targets, ignore_index, z_loss, softcap, reduction):
 
 class _CrossEntropyInPlace(torch.autograd.Function):
     """``inplace_grad=True``: a mutating op cannot carry registered autograd, so this path stays an
-    autograd.Function (for eager use: the memory saving it exists for is what inductor's buffer reuse
-    gives compiled code anyway)."""
+    autograd.Function around the mutating op (an eager memory saving: one ``(N, V)`` buffer less)."""
 
     @staticmethod
     def forward(ctx, logits, targets, ignore_index, z_loss, softcap, reduction):
