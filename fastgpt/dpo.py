@@ -33,7 +33,14 @@ import torch
 
 from fastgpt import dist
 from fastgpt.reward import load_rendered_pairs
-from fastgpt.rl.common import export_final, frozen_copy, load_start, log_baseline, normalize_argv
+from fastgpt.rl.common import (
+    PAIR_STAGE_UNUSED,
+    export_final,
+    frozen_copy,
+    load_start,
+    log_baseline,
+    normalize_argv,
+)
 from fastgpt.rl.losses import DPO_LOSS_TYPES, dpo_loss
 from fastgpt.rl.pairs import (
     PairOrder,
@@ -43,7 +50,8 @@ from fastgpt.rl.pairs import (
     collate_pairs,
 )
 from fastgpt.rl.sequences import response_logprobs
-from fastgpt.train.config import TrainConfig
+from fastgpt.train.config import TrainConfig, parse_args
+from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
 
 __all__ = ["DPOConfig", "DPOStage", "main", "pair_logprobs"]
 
@@ -52,8 +60,8 @@ __all__ = ["DPOConfig", "DPOStage", "main", "pair_logprobs"]
 class DPOConfig(TrainConfig):
     """DPO on preference pairs against a frozen reference (the starting ``--model=DIR``; docs/rl.md)."""
 
-    help_hidden = ("preset", "vocab_size", "tokenizer")
     model_flag = True
+    unused = PAIR_STAGE_UNUSED
 
     out_dir: str = "out/dpo"
     data: str = "gsm_symbolic_pairs"  # pair files and built-ins, comma-separated (fastgpt.tasks.preferences)
@@ -109,8 +117,12 @@ class DPOStage:
         rank: int = 0,
         world_size: int = 1,
         pad_id: int = 0,
+        device: torch.device | str = "cpu",
+        autocast_dtype: torch.dtype = torch.float32,
         log: Callable[[str], Any] = print,
     ):
+        """``device`` and ``autocast_dtype`` are the training loop's; with ``--precompute_ref`` the
+        reference log-probabilities of every pair are computed here, with the starting weights."""
         self.cfg, self.train, self.heldout, self.pad_id, self.log = cfg, train, heldout, pad_id, log
         self.rank, self.world_size = rank, world_size
         self.average = cfg.loss_type == "ipo"
@@ -121,20 +133,19 @@ class DPOStage:
         self.reference = None if cfg.precompute_ref else frozen_copy(policy)
         self.ref_train: torch.Tensor | None = None  # (n, 2) chosen/rejected reference log-probs
         self.ref_heldout: torch.Tensor | None = None
-        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-
-    def attach(self, trainer: Any) -> None:
-        """Use the trainer's device and autocast; precompute the reference log-probabilities now, with the
-        starting weights (before the first step)."""
-        self.autocast = trainer.autocast
+        self.device, self.autocast_dtype = torch.device(device), autocast_dtype
+        self.policy.to(self.device)
         if self.reference is not None:
-            self.reference.to(trainer.device)
+            self.reference.to(self.device)
         else:
             self.ref_train = self.reference_logprobs(self.policy, self.train)
             self.ref_heldout = self.reference_logprobs(self.policy, self.heldout)
             self.log(
                 f"dpo: reference log-probabilities of {len(self.train)} + {len(self.heldout)} pairs precomputed"
             )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.device, self.autocast_dtype)
 
     @torch.no_grad()
     def reference_logprobs(self, model: torch.nn.Module, pairs: list[RenderedPair]) -> torch.Tensor:
@@ -194,7 +205,7 @@ class DPOStage:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         loss, stats = self._loss(model, batch)
         n = int(batch["n_pairs"])
-        metrics = {k: float(v.float().mean()) for k, v in stats.items()}
+        metrics = {k: (float(v.float().sum()), float(n)) for k, v in stats.items()}  # per-pair means
         metrics["reward_accuracy"] = metrics.pop("accuracy")
         return loss * n, metrics
 
@@ -231,19 +242,26 @@ class DPOStage:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from fastgpt.train.config import parse_args
-    from fastgpt.train.trainer import Trainer
-
     cfg = parse_args(DPOConfig, normalize_argv(argv))
     info = dist.init_distributed(cfg.device)
     log = print if info.is_main else (lambda *_: None)
     model, tokenizer, chat_format = load_start(cfg.init_from, stage="dpo")
-    cfg.max_len = min(cfg.max_len, model.config.max_seq_len)
-    train, heldout = load_rendered_pairs(cfg, chat_format, log)
-    stage = DPOStage(model, train, heldout, cfg, rank=info.rank, world_size=info.world_size, log=log)
-    cfg.seq_len = cfg.max_len
-    trainer = Trainer(cfg, model, tokenizer=tokenizer, stage_name="dpo", run_info={"data": cfg.data})
-    stage.attach(trainer)
+    max_len = min(cfg.max_len, model.config.max_seq_len)
+    train, heldout = load_rendered_pairs(cfg, chat_format, log, max_len=max_len)
+    stage = DPOStage(
+        model,
+        train,
+        heldout,
+        cfg,
+        rank=info.rank,
+        world_size=info.world_size,
+        device=info.device,
+        autocast_dtype=resolve_dtype(cfg.dtype, info.device),
+        log=log,
+    )
+    trainer = Trainer(
+        cfg, model, tokenizer=tokenizer, stage_name="dpo", run_info={"data": cfg.data}, seq_len=max_len
+    )
     log_baseline(trainer, stage)
     last = trainer.fit(stage)
     export_final(trainer, chat_format, last)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +40,23 @@ import torch
 
 from fastgpt import dist
 from fastgpt.rl.advantages import group_advantages
-from fastgpt.rl.common import export_final, frozen_copy, load_start, log_baseline, normalize_argv
+from fastgpt.rl.common import (
+    RL_UNUSED,
+    check_rl_zero,
+    export_final,
+    frozen_copy,
+    load_start,
+    log_baseline,
+    normalize_argv,
+)
 from fastgpt.rl.losses import AGGREGATIONS, aggregate, clipped_policy_loss, kl_k3
 from fastgpt.rl.rollout import Rollout, greedy_accuracy, make_rollout_engine, sample_rollout
 from fastgpt.rl.sequences import ResponseBatch, response_logprobs
 from fastgpt.tasks import RewardConfig, Task, TaskReward, get_task, load_reward_fn
-from fastgpt.train.config import TrainConfig
+from fastgpt.train.config import TrainConfig, parse_args
+from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
 
-__all__ = ["GRPOConfig", "GRPOStage", "main"]
+__all__ = ["GRPOConfig", "GRPOStage", "main", "micro_batch_shape", "train"]
 
 
 @dataclass
@@ -54,8 +64,9 @@ class GRPOConfig(TrainConfig):
     """GRPO on a verifiable task (docs/rl.md): G samples per prompt, group-normalised advantages, a
     clipped policy loss with a k3 KL to the frozen starting model. ``--model=DIR`` is the policy to train."""
 
-    help_hidden = ("preset", "vocab_size", "tokenizer", "data")
     model_flag = True
+    unused = RL_UNUSED
+    min_batch_size = 0
 
     out_dir: str = "out/grpo"
     # --- task and reward ---------------------------------------------------------------------------
@@ -102,15 +113,33 @@ class GRPOConfig(TrainConfig):
             raise ValueError(f"--group_size: GRPO needs at least 2 samples per prompt, got {self.group_size}")
         if self.beta < 0 or self.updates_per_batch < 1 or self.max_new_tokens < 1:
             raise ValueError("--beta must be >= 0, --updates_per_batch and --max_new_tokens >= 1")
+        check_rl_zero(self, "grpo")
+
+
+def micro_batch_shape(cfg: GRPOConfig, world_size: int) -> tuple[int, int]:
+    """``(rows per micro-batch, micro-batches per optimizer step)`` of one rank: a rank's rollout is
+    ``prompts_per_step / world_size * group_size`` rows, cut into ``--batch_size`` rows (0: one piece)."""
+    if cfg.prompts_per_step % world_size:
+        raise ValueError(
+            f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
+        )
+    rows = cfg.prompts_per_step // world_size * cfg.group_size
+    micro_rows = cfg.batch_size or rows
+    if rows % micro_rows:
+        raise ValueError(f"--batch_size={cfg.batch_size} must divide the {rows} rollout rows of a rank")
+    return micro_rows, rows // micro_rows
 
 
 class GRPOStage:
-    """What GRPO gives the training loop (see the module docstring): micro-batches cut from rollouts,
-    the loss (a sum; the loop divides by :meth:`count_targets` summed over the step), metrics and
-    held-out evaluation.
+    """GRPO's pieces, called in order by :func:`train`: :meth:`rollout` (sample and score),
+    :meth:`micro_batches` (advantages attached, old and reference log-probabilities computed),
+    :meth:`rollout_metrics`, and :meth:`loss` (what the training loop differentiates); plus held-out
+    evaluation and the data position for checkpoints.
 
     ``policy`` is the module being trained (its weights are updated in place by the loop's optimizer, so
     rollouts always use the current policy; under DeepSpeed ZeRO-1/2 every rank holds whole weights).
+    ``device`` and ``autocast_dtype`` are the training loop's (:func:`fastgpt.train.trainer.resolve_dtype`):
+    rollouts and reference log-probabilities run with the same numerics as the updates.
     """
 
     def __init__(
@@ -124,19 +153,18 @@ class GRPOStage:
         correctness_fn: Callable[[str, Any], float] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        device: torch.device | str = "cpu",
+        autocast_dtype: torch.dtype = torch.float32,
         log: Callable[[str], Any] = print,
     ):
         """``correctness_fn(completion, problem) -> float`` replaces the task's verifier as the
         correctness reward (``--reward=module:function`` on the command line)."""
-        if cfg.prompts_per_step % world_size:
-            raise ValueError(
-                f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
-            )
+        self.micro_rows, self.grad_accum = micro_batch_shape(cfg, world_size)
         self.cfg, self.task, self.rank, self.world_size, self.log = cfg, task, rank, world_size, log
+        self.device, self.autocast_dtype = torch.device(device), autocast_dtype
         self.policy = policy
         self.engine = make_rollout_engine(policy, tokenizer, chat_format=chat_format)
-        self.reference = frozen_copy(policy) if cfg.beta > 0 else None
-        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        self.reference = frozen_copy(policy).to(self.device) if cfg.beta > 0 else None
         correctness = correctness_fn or (load_reward_fn(cfg.reward) if cfg.reward else None)
         reward_config = RewardConfig(
             format_weight=cfg.format_weight,
@@ -148,33 +176,22 @@ class GRPOStage:
         self.reward = TaskReward(task, reward_config, correctness_fn=correctness, log=log)
         self.heldout = task.split("heldout", None if task.finite else cfg.eval_problems)[: cfg.eval_problems]
         self.local_prompts = cfg.prompts_per_step // world_size
-        self.rows = self.local_prompts * cfg.group_size
-        self.micro_rows = cfg.batch_size or self.rows
-        if self.rows % self.micro_rows:
-            raise ValueError(
-                f"--batch_size={cfg.batch_size} must divide the {self.rows} rollout rows of a rank"
-            )
-        self.grad_accum = self.rows // self.micro_rows
         self.pad_id = 0
         self.rollouts_done = 0
         self._problems = task.train_stream(seed=cfg.seed)
-        self._buffer: list[dict[str, torch.Tensor]] = []
-        self._cursor = 0
-        self._rollout_metrics: dict[str, float] = {}
 
-    def attach(self, trainer: Any) -> None:
-        """Use the trainer's device and autocast for rollouts and the reference model."""
-        self.autocast = trainer.autocast
-        if self.reference is not None:
-            self.reference.to(trainer.device)
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.device, self.autocast_dtype)
 
-    # ------------------------------------------------------------------------------------------ rollouts
+    # ------------------------------------------------------------------------------------------ rollout
     def _next_problems(self) -> list:
         """This rank's share of the next rollout's problems (every rank walks the same stream)."""
         batch = list(itertools.islice(self._problems, self.cfg.prompts_per_step))
         return batch[self.rank * self.local_prompts : (self.rank + 1) * self.local_prompts]
 
-    def _rollout(self) -> None:
+    def rollout(self) -> Rollout:
+        """Sample ``group_size`` completions of each of this rank's next problems with the current
+        policy and score them (``Rollout.timings``: generation and reward wall seconds)."""
         cfg = self.cfg
         was_training = self.policy.training
         self.policy.eval()
@@ -193,32 +210,31 @@ class GRPOStage:
                 tools=cfg.tools,
                 pad_id=self.pad_id,
             )
-            self._buffer = self._micro_batches(rollout)
         self.policy.train(was_training)
         self.rollouts_done += 1
-        self._cursor = 0
+        return rollout
 
     @torch.no_grad()
-    def _micro_batches(self, rollout: Rollout) -> list[dict[str, torch.Tensor]]:
+    def micro_batches(
+        self, rollout: Rollout, advantages: torch.Tensor, zero_var: torch.Tensor
+    ) -> list[dict[str, torch.Tensor]]:
+        """The rollout cut into this rank's micro-batches, each with its rows' advantages, loss mask
+        (zero-variance groups masked out with ``--drop_zero_var``), normaliser (``count``), and the
+        log-probabilities the loss compares against: the policy's now (``old_logprobs``, only when the
+        rollout is reused: ``updates_per_batch > 1``) and the reference's (``ref_logprobs``, ``beta > 0``)."""
         cfg = self.cfg
-        advantages, zero_var = group_advantages(
-            rollout.rewards, cfg.group_size, normalize_std=cfg.normalize_std
-        )
         keep = torch.ones(len(rollout))
         if cfg.drop_zero_var:
             keep = (~zero_var).float().repeat_interleave(cfg.group_size)
         mask_all = rollout.batch.target_mask * keep[:, None]  # (R, T-1)
-        self._rollout_metrics = self._gather_rollout_metrics(rollout, zero_var)
-        # token statistics are reported as this rank's token-weighted means over the whole step: each
-        # micro-batch reports its sum / (rank tokens of the step) * (micro-batches), which the loop averages
-        self._stat_scale = len(range(0, len(rollout), self.micro_rows)) / max(float(mask_all.sum()), 1.0)
-        device = next(self.policy.parameters()).device
+        was_training = self.policy.training
+        self.policy.eval()
         out = []
         for start in range(0, len(rollout), self.micro_rows):
             index = slice(start, start + self.micro_rows)
-            rows = rollout.batch.rows(index).to(device)
+            rows = rollout.batch.rows(index).to(self.device)
             width = rows.ids.size(1) - 1
-            mask = mask_all[index, :width].to(device)
+            mask = mask_all[index, :width].to(self.device)
             if cfg.aggregation == "token":
                 count = mask.sum()
             elif cfg.aggregation == "sequence":
@@ -232,18 +248,21 @@ class GRPOStage:
                 "last": rows.last,
                 "prompt_lens": rows.prompt_lens,
                 "mask": mask,
-                "advantages": advantages[index].to(device),
+                "advantages": advantages[index].to(self.device),
                 "count": count,
             }
-            if cfg.updates_per_batch > 1:  # ratios are then taken against the policy at rollout time
-                micro["old_logprobs"] = response_logprobs(self.policy, rows).float()
-            if self.reference is not None:
-                micro["ref_logprobs"] = response_logprobs(self.reference, rows).float()
+            with self.autocast():
+                if cfg.updates_per_batch > 1:  # ratios are then taken against the policy at rollout time
+                    micro["old_logprobs"] = response_logprobs(self.policy, rows).float()
+                if self.reference is not None:
+                    micro["ref_logprobs"] = response_logprobs(self.reference, rows).float()
             out.append(micro)
+        self.policy.train(was_training)
         return out
 
-    def _gather_rollout_metrics(self, rollout: Rollout, zero_var: torch.Tensor) -> dict[str, float]:
-        """Rollout statistics over all ranks."""
+    def rollout_metrics(self, rollout: Rollout, zero_var: torch.Tensor) -> dict[str, float]:
+        """The rollout's statistics over all ranks: ``reward_mean``, ``accuracy`` (share of correct
+        samples), ``completion_len``, ``zero_var_frac``, ``truncated_frac``, ``reward_errors``."""
         sums = torch.tensor(
             [
                 rollout.rewards.sum(),
@@ -267,15 +286,7 @@ class GRPOStage:
             "reward_errors": s[7],
         }
 
-    # ------------------------------------------------------------------------------------------ loop API
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        """The next micro-batch; a new rollout starts every ``updates_per_batch`` passes over the last."""
-        if self._cursor >= len(self._buffer) * self.cfg.updates_per_batch:
-            self._rollout()
-        micro = self._buffer[self._cursor % len(self._buffer)]
-        self._cursor += 1
-        return micro
-
+    # ------------------------------------------------------------------------------------ loop contract
     @staticmethod
     def count_targets(batch: dict[str, torch.Tensor]) -> float:
         """What the step's summed loss is divided by: tokens (``token``), completions (``sequence``)
@@ -284,8 +295,10 @@ class GRPOStage:
 
     def loss(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The micro-batch's summed GRPO loss (policy term + beta * k3 KL) and its statistics."""
+    ) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
+        """The micro-batch's summed GRPO loss (policy term + beta * k3 KL) and, as ``(sum, count)``
+        over its trained tokens, ``clip_frac``, ``entropy`` (mean -log p of the sampled tokens) and ``kl``
+        (k3 to the reference; 0 without one)."""
         cfg = self.cfg
         rows = ResponseBatch(batch["ids"], batch["response_mask"], batch["last"], batch["prompt_lens"])
         logprobs = response_logprobs(model, rows).float()  # (b, T-1)
@@ -303,16 +316,19 @@ class GRPOStage:
             **agg,
         )
         n = float(mask.sum())
-        metrics = dict(self._rollout_metrics)
-        metrics["clip_frac"] = float(stats["clip_frac"]) * n * self._stat_scale
-        metrics["entropy"] = float(-(logprobs.detach() * mask).sum()) * self._stat_scale
-        metrics["kl"] = 0.0
+        kl_sum = 0.0
         if self.reference is not None:
             kl = kl_k3(logprobs, batch["ref_logprobs"])
             loss = loss + cfg.beta * aggregate(kl, mask, cfg.aggregation, **agg)
-            metrics["kl"] = float((kl.detach() * mask).sum()) * self._stat_scale
+            kl_sum = float((kl.detach() * mask).sum())
+        metrics = {
+            "clip_frac": (float(stats["clip_frac"]) * n, n),
+            "entropy": (float(-(logprobs.detach() * mask).sum()), n),
+            "kl": (kl_sum, n),
+        }
         return loss, metrics
 
+    # ---------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
         """Greedy accuracy on the held-out problems (each rank a share, combined)."""
@@ -351,7 +367,44 @@ class GRPOStage:
         self._problems = self.task.train_stream(seed=self.cfg.seed)
         for _ in itertools.islice(self._problems, self.rollouts_done * self.cfg.prompts_per_step):
             pass
-        self._buffer, self._cursor = [], 0
+
+
+def train(stage: GRPOStage, trainer: Trainer) -> dict[str, float]:
+    """The GRPO loop, top to bottom: rollout -> advantages -> log-probabilities -> update(s), until the
+    run's ``max_steps`` / ``time_budget_s``. Each update is one step of the one training loop
+    (:meth:`Trainer.update`: optimizer, schedule, logging, eval, checkpoints). Returns the last metrics.
+
+    Every step logs where its time went: ``time_rollout_s`` (sampling), ``time_reward_s`` (scoring),
+    ``time_logprobs_s`` (old and reference log-probabilities), ``time_update_s`` (forward, backward,
+    optimizer step). A rollout reused for ``updates_per_batch`` steps has its times spread evenly over
+    them, so each step's keys add up to that step's share of the wall time.
+    """
+    cfg = stage.cfg
+    trainer.begin(stage)  # resumes the weights, the optimizer and stage.rollouts_done
+    while not trainer.done():
+        # 1. rollout: group_size samples of each of this rank's next problems, scored by the task's reward
+        rollout = stage.rollout()
+        # 2. advantages: each sample's reward against its own group's (zero_var: groups with no signal)
+        advantages, zero_var = group_advantages(
+            rollout.rewards, cfg.group_size, normalize_std=cfg.normalize_std
+        )
+        # 3. the log-probabilities the update compares against (old policy, reference), in micro-batches
+        t0 = time.perf_counter()
+        batches = stage.micro_batches(rollout, advantages, zero_var)
+        logprobs_s = time.perf_counter() - t0
+        stats = stage.rollout_metrics(rollout, zero_var)
+        share = 1.0 / cfg.updates_per_batch
+        timings = {
+            "time_rollout_s": rollout.timings.get("rollout_s", 0.0) * share,
+            "time_reward_s": rollout.timings.get("reward_s", 0.0) * share,
+            "time_logprobs_s": logprobs_s * share,
+        }
+        # 4. update: updates_per_batch optimizer steps on this rollout (after the first, off-policy)
+        for _ in range(cfg.updates_per_batch):
+            trainer.update(stage, batches, metrics=stats, timings=timings)
+            if trainer.done():
+                break
+    return trainer.end(stage)
 
 
 def build_task(cfg: GRPOConfig) -> Task:
@@ -370,9 +423,6 @@ def build_task(cfg: GRPOConfig) -> Task:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from fastgpt.train.config import parse_args
-    from fastgpt.train.trainer import Trainer
-
     cfg = parse_args(GRPOConfig, normalize_argv(argv))
     info = dist.init_distributed(cfg.device)
     model, tokenizer, chat_format = load_start(cfg.init_from, stage="grpo")
@@ -386,11 +436,19 @@ def _main(argv: list[str] | None = None) -> int:
         chat_format=chat_format,
         rank=info.rank,
         world_size=info.world_size,
+        device=info.device,
+        autocast_dtype=resolve_dtype(cfg.dtype, info.device),
         log=log,
     )
-    cfg.batch_size, cfg.grad_accum = stage.micro_rows, stage.grad_accum
-    trainer = Trainer(cfg, model, tokenizer=tokenizer, stage_name="grpo", run_info={"task": repr(task)})
-    stage.attach(trainer)
+    trainer = Trainer(
+        cfg,
+        model,
+        tokenizer=tokenizer,
+        stage_name="grpo",
+        run_info={"task": repr(task)},
+        micro_batch_size=stage.micro_rows,
+        grad_accum=stage.grad_accum,
+    )
     log(
         f"grpo: task {task!r}, {cfg.prompts_per_step} prompts x {cfg.group_size} samples per rollout, "
         f"{stage.grad_accum} micro-batch(es) of {stage.micro_rows} rows per rank, {len(stage.heldout)} held-out problems"
@@ -407,7 +465,7 @@ def _main(argv: list[str] | None = None) -> int:
             "for a steadier measure)"
         )
     log_baseline(trainer, stage)
-    last = trainer.fit(stage)
+    last = train(stage, trainer)
     export_final(trainer, chat_format, last)
     trainer.close()
     return 0

@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import json
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,16 +42,26 @@ from typing import Any
 import torch
 
 from fastgpt import dist
+from fastgpt.conversation import ChatFormat
 from fastgpt.rl.advantages import gae, masked_whiten
-from fastgpt.rl.common import export_final, frozen_copy, load_start, log_baseline, normalize_argv
+from fastgpt.rl.common import (
+    RL_UNUSED,
+    check_rl_zero,
+    export_final,
+    frozen_copy,
+    load_start,
+    log_baseline,
+    normalize_argv,
+)
 from fastgpt.rl.heads import PolicyWithValue, ScalarHeadModel
 from fastgpt.rl.losses import clipped_policy_loss, value_loss
 from fastgpt.rl.rollout import make_rollout_engine, rollout_seed
 from fastgpt.rl.sequences import IGNORE, ResponseBatch, collate_responses, render_response
 from fastgpt.tasks.base import in_heldout
-from fastgpt.train.config import TrainConfig
+from fastgpt.train.config import TrainConfig, parse_args
+from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
 
-__all__ = ["PPOConfig", "PPOStage", "load_prompts", "main"]
+__all__ = ["PPOConfig", "PPORollout", "PPOStage", "load_prompts", "main", "micro_batch_shape", "train"]
 
 Prompt = tuple[dict[str, Any], ...]
 
@@ -60,8 +71,9 @@ class PPOConfig(TrainConfig):
     """PPO (RLHF): the policy ``--model=DIR`` with a value head, a frozen reference and a reward model
     from ``fastgpt.reward`` (docs/rl.md)."""
 
-    help_hidden = ("preset", "vocab_size", "tokenizer", "data")
     model_flag = True
+    unused = RL_UNUSED
+    min_batch_size = 0
 
     out_dir: str = "out/ppo"
     reward_model: str = ""  # a dir written by fastgpt.reward (model + score_head.safetensors)
@@ -102,6 +114,7 @@ class PPOConfig(TrainConfig):
             raise ValueError(f"--frozen_dtype: expected fp32 or bf16, got {self.frozen_dtype!r}")
         if self.ppo_epochs < 1 or self.num_minibatches < 1 or self.kl_coef < 0:
             raise ValueError("--ppo_epochs and --num_minibatches must be >= 1, --kl_coef >= 0")
+        check_rl_zero(self, "ppo")
 
 
 def load_prompts(spec: str, *, seed: int = 0, log: Callable[[str], Any] = print) -> list[Prompt]:
@@ -142,8 +155,50 @@ def load_prompts(spec: str, *, seed: int = 0, log: Callable[[str], Any] = print)
     return prompts
 
 
+def micro_batch_shape(cfg: PPOConfig, world_size: int) -> tuple[int, int]:
+    """``(rows per micro-batch, micro-batches per optimizer step)`` of one rank: a rank's rollout
+    (``prompts_per_step / world_size`` replies) is cut into ``--num_minibatches`` minibatches (one
+    optimizer step each), each into micro-batches of ``--batch_size`` rows (0: a whole minibatch)."""
+    if cfg.prompts_per_step % world_size:
+        raise ValueError(
+            f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
+        )
+    local = cfg.prompts_per_step // world_size
+    if local % cfg.num_minibatches:
+        raise ValueError("--prompts_per_step / ranks must be a multiple of --num_minibatches")
+    minibatch_rows = local // cfg.num_minibatches
+    micro_rows = cfg.batch_size or minibatch_rows
+    if minibatch_rows % micro_rows:
+        raise ValueError(
+            f"--batch_size={cfg.batch_size} must divide the {minibatch_rows} rows of a minibatch"
+        )
+    return micro_rows, minibatch_rows // micro_rows
+
+
+@dataclass
+class PPORollout:
+    """One PPO rollout of a rank, ready for the update: the rows, the reward model's scores, and per
+    token (``(R, T-1)``, 0 outside ``mask``) the old log-probabilities and values, the k1 KL to the
+    reference, the shaped rewards, advantages and returns."""
+
+    rows: ResponseBatch
+    scores: torch.Tensor  # (R,)
+    mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    kl: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    completion_tokens: int
+
+
 class PPOStage:
-    """What PPO gives the training loop (see the module docstring)."""
+    """PPO's pieces, called in order by :func:`train`: :meth:`next_prompts`, :meth:`generate` (the
+    rollout), :meth:`score` (reward model), :meth:`logprobs` (old log-probabilities and values,
+    reference), :meth:`advantages` (KL-shaped rewards, GAE), :meth:`minibatches` and :meth:`loss`; plus
+    held-out evaluation and the data position for checkpoints. ``device`` and ``autocast_dtype`` are the
+    training loop's."""
 
     def __init__(
         self,
@@ -157,13 +212,13 @@ class PPOStage:
         *,
         rank: int = 0,
         world_size: int = 1,
+        device: torch.device | str = "cpu",
+        autocast_dtype: torch.dtype = torch.float32,
         log: Callable[[str], Any] = print,
     ):
-        if cfg.prompts_per_step % world_size:
-            raise ValueError(
-                f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
-            )
+        self.micro_rows, self.grad_accum = micro_batch_shape(cfg, world_size)
         self.cfg, self.model, self.rank, self.world_size, self.log = cfg, model, rank, world_size, log
+        self.device, self.autocast_dtype = torch.device(device), autocast_dtype
         self.chat_format, self.reward_format = chat_format, reward_format
         self.engine = make_rollout_engine(model.policy, tokenizer, chat_format=chat_format)
         frozen_dtype = torch.bfloat16 if cfg.frozen_dtype == "bf16" else None
@@ -171,6 +226,9 @@ class PPOStage:
         self.reward_model = reward_model.eval().requires_grad_(False)
         if frozen_dtype is not None:
             self.reward_model.to(frozen_dtype)
+        for frozen in (self.reference, self.reward_model):
+            if frozen is not None:
+                frozen.to(self.device)
         max_prompt_len = min(cfg.max_prompt_len, model.config.max_seq_len - cfg.max_new_tokens)
         fits = [p for p in prompts if len(chat_format.render_prompt(list(p))) <= max_prompt_len]
         if len(fits) < len(prompts):
@@ -183,27 +241,11 @@ class PPOStage:
         if not self.train_prompts:
             raise ValueError("ppo: no training prompts left")
         self.local_prompts = cfg.prompts_per_step // world_size
-        if self.local_prompts % cfg.num_minibatches:
-            raise ValueError("--prompts_per_step / ranks must be a multiple of --num_minibatches")
-        self.minibatch_rows = self.local_prompts // cfg.num_minibatches
-        self.micro_rows = cfg.batch_size or self.minibatch_rows
-        if self.minibatch_rows % self.micro_rows:
-            raise ValueError(
-                f"--batch_size={cfg.batch_size} must divide the {self.minibatch_rows} rows of a minibatch"
-            )
-        self.grad_accum = self.minibatch_rows // self.micro_rows
-        self.autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-        self.device = torch.device("cpu")
         self.rollouts_done = 0
         self._prompt_stream = self._prompts_forever()
-        self._schedule: list[dict[str, torch.Tensor]] = []
-        self._rollout_metrics: dict[str, float] = {}
 
-    def attach(self, trainer: Any) -> None:
-        self.autocast, self.device = trainer.autocast, trainer.device
-        for frozen in (self.reference, self.reward_model):
-            if frozen is not None:
-                frozen.to(trainer.device)
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.device, self.autocast_dtype)
 
     def _prompts_forever(self):
         for epoch in itertools.count():
@@ -212,6 +254,34 @@ class PPOStage:
             yield from (self.train_prompts[i] for i in order)
 
     # ------------------------------------------------------------------------------------------ rollout
+    def next_prompts(self) -> list[Prompt]:
+        """This rank's share of the next rollout's prompts (every rank walks the same stream)."""
+        batch = list(itertools.islice(self._prompt_stream, self.cfg.prompts_per_step))
+        return batch[self.rank * self.local_prompts : (self.rank + 1) * self.local_prompts]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt], *, greedy: bool = False) -> list[tuple[list[int], Any]]:
+        """``(prompt ids, Completion)`` of one reply to each prompt from the current policy: sampled at
+        ``--temperature`` with a per-prompt seed (the rollout), or greedy (evaluation)."""
+        fmt = self.chat_format
+        first_index = 0 if greedy else self.rank * self.local_prompts
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        with self.autocast():
+            for i, prompt in enumerate(prompts):
+                ids = fmt.render_prompt(list(prompt))
+                (completion,) = self.engine.generate(
+                    [ids],
+                    max_tokens=self.cfg.max_new_tokens,
+                    temperature=0.0 if greedy else self.cfg.temperature,
+                    seed=rollout_seed(self.cfg.seed, self.rollouts_done, first_index + i),
+                    stop_ids=fmt.stop_ids,
+                )[0]
+                out.append((ids, completion))
+        self.model.train(was_training)
+        return out
+
     @torch.no_grad()
     def score(self, prompts: list[Prompt], replies: list[str]) -> torch.Tensor:
         """Reward-model scores ``(n,)`` of replies, rendered in the reward model's own chat format."""
@@ -226,35 +296,18 @@ class PPOStage:
         with self.autocast():
             return self.reward_model.score(rows.ids, rows.last).float().cpu()
 
-    def _generate(self, prompts: list[Prompt], *, greedy: bool, first_index: int = 0):
-        fmt = self.chat_format
-        out = []
-        for i, prompt in enumerate(prompts):
-            ids = fmt.render_prompt(list(prompt))
-            (completion,) = self.engine.generate(
-                [ids],
-                max_tokens=self.cfg.max_new_tokens,
-                temperature=0.0 if greedy else self.cfg.temperature,
-                seed=rollout_seed(self.cfg.seed, self.rollouts_done, first_index + i),
-                stop_ids=fmt.stop_ids,
-            )[0]
-            out.append((ids, completion))
-        return out
-
     @torch.no_grad()
-    def _rollout(self) -> None:
-        cfg = self.cfg
-        batch = list(itertools.islice(self._prompt_stream, cfg.prompts_per_step))
-        prompts = batch[self.rank * self.local_prompts : (self.rank + 1) * self.local_prompts]
-        was_training = self.model.training
-        self.model.eval()
-        with self.autocast():
-            generated = self._generate(prompts, greedy=False, first_index=self.rank * self.local_prompts)
-        scores = self.score(prompts, [c.text for _, c in generated])
+    def logprobs(
+        self, generated: list[tuple[list[int], Any]]
+    ) -> tuple[ResponseBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rows, old_logprobs, old_values, ref_logprobs)`` of the rollout: the policy's log-probabilities
+        and the value estimate (one forward with the shared value head), and the reference's
+        log-probabilities (the policy's own when ``kl_coef == 0``), each ``(R, T-1)``."""
         rows = collate_responses([ids for ids, _ in generated], [c.tokens for _, c in generated]).to(
             self.device
         )
-        mask = rows.target_mask  # (R, T-1)
+        was_training = self.model.training
+        self.model.eval()
         with self.autocast():
             old_logprobs, old_values = self.model.logprobs_and_values(
                 rows.inputs, rows.targets, ignore_index=IGNORE
@@ -265,6 +318,22 @@ class PPOStage:
                 else old_logprobs
             )
         self.model.train(was_training)
+        return rows, old_logprobs, old_values, ref_logprobs
+
+    @torch.no_grad()
+    def advantages(
+        self,
+        generated: list[tuple[list[int], Any]],
+        scores: torch.Tensor,
+        rows: ResponseBatch,
+        old_logprobs: torch.Tensor,
+        old_values: torch.Tensor,
+        ref_logprobs: torch.Tensor,
+    ) -> PPORollout:
+        """Per-token rewards ``-kl_coef * (log pi - log ref)`` plus the score on the last reply token;
+        GAE advantages (whitened over the rollout with ``--whiten_advantages``) and value targets."""
+        cfg = self.cfg
+        mask = rows.target_mask  # (R, T-1)
         old_logprobs, old_values = old_logprobs * mask, old_values * mask
         kl = (old_logprobs - ref_logprobs.float()) * mask  # k1 per token: its expectation is KL(pi || ref)
         rewards = -cfg.kl_coef * kl
@@ -273,44 +342,30 @@ class PPOStage:
         advantages, returns = gae(rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        self._rollout_metrics = self._gather_metrics(scores, kl, rewards, mask, generated)
-        self._schedule = self._minibatches(rows, old_logprobs, old_values, advantages, returns, mask)
-        self.rollouts_done += 1
+        return PPORollout(
+            rows=rows,
+            scores=scores,
+            mask=mask,
+            old_logprobs=old_logprobs,
+            old_values=old_values,
+            kl=kl,
+            rewards=rewards,
+            advantages=advantages,
+            returns=returns,
+            completion_tokens=sum(len(c.tokens) for _, c in generated),
+        )
 
-    def _minibatches(self, rows: ResponseBatch, *tensors: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """The micro-batches of every optimizer step until the next rollout: ``ppo_epochs`` reshuffled passes."""
-        names = ("old_logprobs", "old_values", "advantages", "returns", "mask")
-        rng = random.Random(self.cfg.seed * 7_919 + self.rollouts_done)
-        n = rows.ids.size(0)
-        self._stat_scale = self.grad_accum / max(float(tensors[-1].sum()) / self.cfg.num_minibatches, 1.0)
-        schedule = []
-        for _epoch in range(self.cfg.ppo_epochs):
-            order = list(range(n))
-            rng.shuffle(order)
-            for start in range(0, n, self.micro_rows):
-                index = torch.tensor(order[start : start + self.micro_rows])
-                sub = rows.rows(index)
-                width = sub.ids.size(1) - 1
-                micro = {
-                    "inputs": sub.inputs,
-                    "ids": sub.ids,
-                    "response_mask": sub.response_mask,
-                    "last": sub.last,
-                    "prompt_lens": sub.prompt_lens,
-                }
-                micro.update({k: t[index, :width] for k, t in zip(names, tensors)})
-                schedule.append(micro)
-        return schedule
-
-    def _gather_metrics(self, scores, kl, rewards, mask, generated) -> dict[str, float]:
+    def rollout_metrics(self, r: PPORollout) -> dict[str, float]:
+        """The rollout's statistics over all ranks: ``reward_mean`` (reward-model score), ``kl`` (per
+        token), ``kl_per_reply``, ``nonscore_reward`` (the KL part of the return), ``completion_len``."""
         s = torch.tensor(
             [
-                float(scores.sum()),
-                float(kl.sum()),
-                float(mask.sum()),
-                float(len(generated)),
-                float(sum(len(c.tokens) for _, c in generated)),
-                float(rewards.sum() - scores.sum()),
+                float(r.scores.sum()),
+                float(r.kl.sum()),
+                float(r.mask.sum()),
+                float(len(r.scores)),
+                float(r.completion_tokens),
+                float(r.rewards.sum() - r.scores.sum()),
             ],
             dtype=torch.float64,
         )
@@ -323,20 +378,42 @@ class PPOStage:
             "completion_len": s[4] / s[3],
         }
 
-    # ------------------------------------------------------------------------------------------ loop API
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        if not self._schedule:
-            self._rollout()
-        return self._schedule.pop(0)
+    def minibatches(self, r: PPORollout) -> list[list[dict[str, torch.Tensor]]]:
+        """The micro-batches of each optimizer step on this rollout: ``ppo_epochs`` passes, each a fresh
+        shuffle of the rows cut into ``num_minibatches`` steps of ``grad_accum`` micro-batches."""
+        names = ("old_logprobs", "old_values", "advantages", "returns", "mask")
+        tensors = (r.old_logprobs, r.old_values, r.advantages, r.returns, r.mask)
+        rng = random.Random(self.cfg.seed * 7_919 + self.rollouts_done)
+        n = r.rows.ids.size(0)
+        micro = []
+        for _epoch in range(self.cfg.ppo_epochs):
+            order = list(range(n))
+            rng.shuffle(order)
+            for start in range(0, n, self.micro_rows):
+                index = torch.tensor(order[start : start + self.micro_rows])
+                sub = r.rows.rows(index)
+                width = sub.ids.size(1) - 1
+                batch = {
+                    "inputs": sub.inputs,
+                    "ids": sub.ids,
+                    "response_mask": sub.response_mask,
+                    "last": sub.last,
+                    "prompt_lens": sub.prompt_lens,
+                }
+                batch.update({k: t[index, :width] for k, t in zip(names, tensors)})
+                micro.append(batch)
+        return [micro[i : i + self.grad_accum] for i in range(0, len(micro), self.grad_accum)]
 
+    # ------------------------------------------------------------------------------------ loop contract
     @staticmethod
     def count_targets(batch: dict[str, torch.Tensor]) -> float:
         return float(batch["mask"].sum())
 
     def loss(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The micro-batch's summed per-token PPO loss (policy + ``vf_coef`` * value) and its statistics."""
+    ) -> tuple[torch.Tensor, dict[str, tuple[float, float]]]:
+        """The micro-batch's summed per-token PPO loss (policy + ``vf_coef`` * value) and, as ``(sum,
+        count)`` over its reply tokens, ``clip_frac``, ``value_clip_frac``, ``value_loss``, ``entropy``."""
         cfg = self.cfg
         rows = ResponseBatch(batch["ids"], batch["response_mask"], batch["last"], batch["prompt_lens"])
         logprobs, values = model.logprobs_and_values(rows.inputs, rows.targets, ignore_index=IGNORE)
@@ -354,22 +431,20 @@ class PPOStage:
             values, batch["old_values"], batch["returns"], mask, clip=cfg.vf_clip, denominator=1.0
         )
         n = float(mask.sum())
-        metrics = dict(self._rollout_metrics)
-        metrics["clip_frac"] = float(stats["clip_frac"]) * n * self._stat_scale
-        metrics["value_clip_frac"] = float(vstats["value_clip_frac"]) * n * self._stat_scale
-        metrics["value_loss"] = float(vf.detach()) * self._stat_scale
-        metrics["entropy"] = float(-(logprobs.detach() * mask).sum()) * self._stat_scale
+        metrics = {
+            "clip_frac": (float(stats["clip_frac"]) * n, n),
+            "value_clip_frac": (float(vstats["value_clip_frac"]) * n, n),
+            "value_loss": (float(vf.detach()), n),
+            "entropy": (float(-(logprobs.detach() * mask).sum()), n),
+        }
         return pg + cfg.vf_coef * vf, metrics
 
+    # ---------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
         """Reward-model score of greedy replies to the held-out prompts (each rank a share)."""
         mine = self.heldout_prompts[self.rank :: self.world_size]
-        was_training = self.model.training
-        self.model.eval()
-        with self.autocast():
-            generated = self._generate(mine, greedy=True)
-        self.model.train(was_training)
+        generated = self.generate(mine, greedy=True)
         scores = self.score(mine, [c.text for _, c in generated]) if mine else torch.zeros(0)
         s = dist.all_reduce_sum(
             torch.tensor([float(scores.sum()), float(len(mine))], dtype=torch.float64)
@@ -380,18 +455,59 @@ class PPOStage:
         return {"rollouts_done": self.rollouts_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at the next rollout (a rollout interrupted mid-way is redone from fresh samples)."""
         self.rollouts_done = int(state["rollouts_done"])
         self._prompt_stream = self._prompts_forever()
         for _ in itertools.islice(self._prompt_stream, self.rollouts_done * self.cfg.prompts_per_step):
             pass
-        self._schedule = []
+
+
+def train(stage: PPOStage, trainer: Trainer) -> dict[str, float]:
+    """The PPO loop, top to bottom: rollout -> reward-model score -> old/reference log-probabilities and
+    values -> shaped rewards and GAE -> ``ppo_epochs x num_minibatches`` updates, until the run's
+    ``max_steps`` / ``time_budget_s``. Each update is one step of the one training loop
+    (:meth:`Trainer.update`). Returns the last metrics.
+
+    Every step logs where its time went: ``time_rollout_s`` (sampling), ``time_score_s`` (reward-model
+    forward), ``time_logprobs_s`` (policy + value forward, reference forward), ``time_reward_s``
+    (KL-shaped rewards, GAE, whitening), ``time_update_s``; a rollout's times are spread evenly over
+    the steps that use it.
+    """
+    trainer.begin(stage)  # resumes the weights, the optimizer and stage.rollouts_done
+    while not trainer.done():
+        # 1. rollout: one sampled reply to each of this rank's next prompts, from the current policy
+        t0 = time.perf_counter()
+        prompts = stage.next_prompts()
+        generated = stage.generate(prompts)
+        t1 = time.perf_counter()
+        # 2. score: the frozen reward model reads each finished reply
+        scores = stage.score(prompts, [c.text for _, c in generated])
+        t2 = time.perf_counter()
+        # 3. log-probabilities and values at rollout time (the policy's, with its value head), reference's
+        rows, old_logprobs, old_values, ref_logprobs = stage.logprobs(generated)
+        t3 = time.perf_counter()
+        # 4. rewards and advantages: -kl_coef * KL per token + the score at the end; GAE; whitening
+        rollout = stage.advantages(generated, scores, rows, old_logprobs, old_values, ref_logprobs)
+        stats = stage.rollout_metrics(rollout)
+        steps = stage.minibatches(rollout)
+        stage.rollouts_done += 1
+        t4 = time.perf_counter()
+        share = 1.0 / len(steps)
+        timings = {
+            "time_rollout_s": (t1 - t0) * share,
+            "time_score_s": (t2 - t1) * share,
+            "time_logprobs_s": (t3 - t2) * share,
+            "time_reward_s": (t4 - t3) * share,
+        }
+        # 5. update: ppo_epochs reshuffled passes over the rollout, num_minibatches optimizer steps each
+        for batches in steps:
+            trainer.update(stage, batches, metrics=stats, timings=timings)
+            if trainer.done():
+                break
+    return trainer.end(stage)
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from fastgpt.conversation import ChatFormat
-    from fastgpt.train.config import parse_args
-    from fastgpt.train.trainer import Trainer
-
     cfg = parse_args(PPOConfig, normalize_argv(argv))
     info = dist.init_distributed(cfg.device)
     log = print if info.is_main else (lambda *_: None)
@@ -414,19 +530,25 @@ def _main(argv: list[str] | None = None) -> int:
         cfg,
         rank=info.rank,
         world_size=info.world_size,
+        device=info.device,
+        autocast_dtype=resolve_dtype(cfg.dtype, info.device),
         log=log,
     )
-    cfg.batch_size, cfg.grad_accum = stage.micro_rows, stage.grad_accum
     trainer = Trainer(
-        cfg, model, tokenizer=tokenizer, stage_name="ppo", run_info={"reward_model": cfg.reward_model}
+        cfg,
+        model,
+        tokenizer=tokenizer,
+        stage_name="ppo",
+        run_info={"reward_model": cfg.reward_model},
+        micro_batch_size=stage.micro_rows,
+        grad_accum=stage.grad_accum,
     )
-    stage.attach(trainer)
     log(
         f"ppo: {len(stage.train_prompts)} train / {len(stage.heldout_prompts)} held-out prompts; "
         f"{cfg.prompts_per_step} per rollout, {cfg.ppo_epochs} epochs x {cfg.num_minibatches} minibatches"
     )
     log_baseline(trainer, stage)
-    last = trainer.fit(stage)
+    last = train(stage, trainer)
     export_final(trainer, chat_format, last)
     trainer.close()
     return 0

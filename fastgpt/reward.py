@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from fastgpt import dist
-from fastgpt.rl.common import export_final, load_start, log_baseline, normalize_argv
+from fastgpt.rl.common import PAIR_STAGE_UNUSED, export_final, load_start, log_baseline, normalize_argv
 from fastgpt.rl.heads import ScalarHeadModel
 from fastgpt.rl.losses import bradley_terry_loss
 from fastgpt.rl.pairs import (
@@ -52,8 +52,8 @@ class RewardModelConfig(TrainConfig):
     """A reward model: a scalar head on ``--model=DIR``, trained on preference pairs with the
     Bradley-Terry loss (docs/rl.md)."""
 
-    help_hidden = ("preset", "vocab_size", "tokenizer")
     model_flag = True
+    unused = PAIR_STAGE_UNUSED
 
     out_dir: str = "out/reward"
     data: str = "gsm_symbolic_pairs"  # pair files and built-ins, comma-separated
@@ -71,16 +71,16 @@ class RewardModelConfig(TrainConfig):
 
 
 def load_rendered_pairs(
-    cfg: Any, chat_format: Any, log: Callable[[str], Any] = print
+    cfg: Any, chat_format: Any, log: Callable[[str], Any] = print, *, max_len: int | None = None
 ) -> tuple[list[RenderedPair], list[RenderedPair]]:
     """``(train, heldout)`` token pairs from ``cfg.data``, split by prompt, rendered in the model's chat
-    format; skipped pairs are counted in the log."""
+    format, at most ``max_len`` tokens (default ``cfg.max_len``); skipped pairs are counted in the log."""
     pairs = load_pairs(cfg.data, num_derived=cfg.num_derived, seed=cfg.seed, strict=cfg.strict, log=log)
     train, heldout = split_pairs(pairs, cfg.heldout_fraction)
     out = []
     for name, split in (("train", train), ("heldout", heldout)):
         stats = RenderStats()
-        out.append(render_pairs(split, chat_format, max_len=cfg.max_len, stats=stats))
+        out.append(render_pairs(split, chat_format, max_len=max_len or cfg.max_len, stats=stats))
         log(stats.summary(f"{name} pairs"))
     if not out[1]:
         log(
@@ -130,9 +130,10 @@ class RewardStage:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected = self.scores(model, batch)
         loss, stats = bradley_terry_loss(chosen, rejected)
-        return loss * chosen.numel(), {
-            "pair_accuracy": float(stats["accuracy"]),
-            "score_margin": float(stats["margin"]),
+        n = chosen.numel()
+        return loss * n, {  # per-pair means over the step: (sum, count)
+            "pair_accuracy": (float(stats["accuracy"]) * n, n),
+            "score_margin": (float(stats["margin"]) * n, n),
         }
 
     @torch.no_grad()
@@ -176,13 +177,14 @@ def _main(argv: list[str] | None = None) -> int:
     log = print if info.is_main else (lambda *_: None)
     backbone, tokenizer, chat_format = load_start(cfg.init_from, stage="reward")
     model = ScalarHeadModel(backbone, kind="reward")
-    cfg.max_len = min(cfg.max_len, backbone.config.max_seq_len)
-    train, heldout = load_rendered_pairs(cfg, chat_format, log)
+    max_len = min(cfg.max_len, backbone.config.max_seq_len)
+    train, heldout = load_rendered_pairs(cfg, chat_format, log, max_len=max_len)
     stage = RewardStage(
         train, heldout, batch_size=cfg.batch_size, seed=cfg.seed, rank=info.rank, world_size=info.world_size
     )
-    cfg.seq_len = cfg.max_len
-    trainer = Trainer(cfg, model, tokenizer=tokenizer, stage_name="reward", run_info={"data": cfg.data})
+    trainer = Trainer(
+        cfg, model, tokenizer=tokenizer, stage_name="reward", run_info={"data": cfg.data}, seq_len=max_len
+    )
     log_baseline(trainer, stage)
     last = trainer.fit(stage)
     export_final(

@@ -221,19 +221,20 @@ def build(cfg: SFTConfig):
             f"{cfg.init_from}: the model has {model.config.vocab_size} token embeddings but the chat format "
             f"uses token id {used}; finetune a model trained with this tokenizer or one with a chat template"
         )
-    cfg.seq_len = min(cfg.seq_len, model.config.max_seq_len)
+    seq_len = min(cfg.seq_len, model.config.max_seq_len)  # rows never exceed the model's context
     trainer = Trainer(
         cfg,
         model,
         tokenizer=tokenizer,
         stage_name="sft",
         run_info={"chat_format": type(chat_format).__name__},
+        seq_len=seq_len,
     )
     stage = SFTStage(
         tokenizer,
         chat_format,
         data=cfg.data,
-        seq_len=cfg.seq_len,
+        seq_len=seq_len,
         batch_size=cfg.batch_size,
         pack=cfg.pack,
         val_fraction=cfg.val_fraction,
@@ -264,7 +265,7 @@ def _main(argv: list[str] | None = None) -> int:
     trainer.print(
         f"sft: {cfg.init_from} ({trainer.model.num_params() / 1e6:.2f}M params), chat format "
         f"{type(stage.chat_format).__name__}, {trainer.dist.world_size} rank(s) on {trainer.device}, "
-        f"{trainer.autocast_dtype}, {'packed' if cfg.pack else 'padded'} rows of {cfg.seq_len} tokens"
+        f"{trainer.autocast_dtype}, {'packed' if cfg.pack else 'padded'} rows of {trainer.seq_len} tokens"
     )
     last = trainer.fit(stage)
     model_dir = trainer.out_dir / "model"

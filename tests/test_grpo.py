@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fastgpt.grpo import GRPOConfig, GRPOStage, main
+from fastgpt.rl.advantages import group_advantages
 from fastgpt.rl.rollout import Rollout
 from fastgpt.rl.sequences import collate_responses
 from fastgpt.rl.toy import digit_fraction, tiny_model_dir
@@ -94,9 +95,11 @@ def test_zero_variance_groups_are_counted_and_dropped(tmp_path):
         finish_reasons=["stop", "length", "stop", "stop"],
         group_size=2,
     )
-    (micro,) = stage._micro_batches(rollout)
-    assert stage._rollout_metrics["zero_var_frac"] == 0.5
-    assert stage._rollout_metrics["truncated_frac"] == 0.25
+    advantages, zero_var = group_advantages(rollout.rewards, 2)
+    (micro,) = stage.micro_batches(rollout, advantages, zero_var)
+    stats = stage.rollout_metrics(rollout, zero_var)
+    assert stats["zero_var_frac"] == 0.5
+    assert stats["truncated_frac"] == 0.25
     assert micro["mask"][:2].sum() == 0  # the zero-variance group is out of the loss ...
     assert micro["mask"][2:].sum() == 4  # ... the other keeps its 3 + 1 response targets
     assert float(micro["count"]) == 4  # ... and of the normaliser

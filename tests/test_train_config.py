@@ -174,7 +174,7 @@ def test_every_stage_help_describes_each_key_it_shows(module, name, capsys):
             rows[key] = line.strip()
     shown = {k.split("=")[0].split(" ")[0] for k in rows}
     for f in dataclasses.fields(cls):
-        if f.name in cls.help_hidden:
+        if f.name in (*cls.help_hidden, *cls.unused):
             assert f"--{f.name}=" not in text, f"{name}: --{f.name} does nothing for this stage"
         elif f.name == "init_from" and cls.model_flag:
             assert "--model" in shown and "--model=DIR (or --init_from=DIR" in text

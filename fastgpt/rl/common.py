@@ -13,7 +13,49 @@ from typing import Any
 
 import torch
 
-__all__ = ["export_final", "frozen_copy", "load_start", "log_baseline", "normalize_argv"]
+__all__ = [
+    "PAIR_STAGE_UNUSED",
+    "RL_UNUSED",
+    "check_rl_zero",
+    "export_final",
+    "frozen_copy",
+    "load_start",
+    "log_baseline",
+    "normalize_argv",
+]
+
+# TrainConfig keys GRPO and PPO do not use (``TrainConfig.unused``: setting one is an error): the model
+# comes from --model, the data from the task/prompts, and a step's shape from the rollout.
+RL_UNUSED = {
+    "preset": "the model comes from --model",
+    "vocab_size": "the tokenizer comes with --model",
+    "tokenizer": "the tokenizer comes with --model",
+    "data": "the prompts come from --task (GRPO) or --prompts (PPO)",
+    "seq_len": "rows are prompt + completion, up to the prompt length + --max_new_tokens",
+    "grad_accum": "micro-batches per step = rollout rows per rank / --batch_size",
+    "total_batch_tokens": "a step's rows follow --prompts_per_step and the rollout",
+    "eval_tokens": "held-out evaluation answers problems, not tokens",
+    "sample_tokens": "samples are answers of up to --max_new_tokens",
+}
+
+# ... and those the pair stages (reward model, DPO) do not use: rows are prompt + reply up to --max_len.
+PAIR_STAGE_UNUSED = {
+    "preset": "the model comes from --model",
+    "vocab_size": "the tokenizer comes with --model",
+    "tokenizer": "the tokenizer comes with --model",
+    "seq_len": "rows are prompt + reply, up to --max_len",
+    "total_batch_tokens": "a step is --batch_size pairs x --grad_accum micro-batches per rank",
+    "eval_tokens": "held-out evaluation scores held-out pairs (--heldout_fraction)",
+}
+
+
+def check_rl_zero(cfg: Any, stage: str) -> None:
+    """GRPO and PPO sample rollouts from the weights every rank holds, which ZeRO-3 partitions: refuse it."""
+    if cfg.zero == 3:
+        raise ValueError(
+            f"--zero=3: {stage} samples rollouts from whole weights on every rank, which ZeRO-3 "
+            "partitions; use --zero=0, 1 or 2 (--offload=true still moves optimizer state to CPU)"
+        )
 
 
 def normalize_argv(argv: list[str] | None) -> list[str]:
