@@ -1,4 +1,5 @@
-"""The calculator tool: safe arithmetic for models that call tools.
+"""The tools a model can call: the calculator (here) and sandboxed Python (:func:`run_python`, from
+:mod:`fastgpt.sandbox`).
 
 A model that has learned to call the calculator writes an expression such as ``(12 + 7) * 3`` between
 its tool-call tokens; the engine evaluates it here and feeds the result back as tool-output tokens.
@@ -22,7 +23,9 @@ import operator
 import time
 from collections.abc import Callable
 
-__all__ = ["CalculatorError", "calculate", "evaluate", "format_number"]
+from fastgpt.sandbox import ToolResult, run_python
+
+__all__ = ["CalculatorError", "ToolResult", "calculate", "evaluate", "format_number", "run_python"]
 
 MAX_EXPRESSION_CHARS = 256
 MAX_SYNTAX_NODES = 128
