@@ -546,7 +546,7 @@ def _run(
         "blocked_modules": _BLOCKED_MODULES,
         "path_events": _PATH_EVENTS,
         "max_new_files": MAX_NEW_FILES,
-        "max_repr": max_output_bytes,
+        "max_repr": max(16, max_output_bytes - 64),  # room for the "... (N characters)" note
     }
     if uid is not None:
         os.chown(workdir, uid, uid)
