@@ -152,3 +152,23 @@ def test_without_matplotlib_the_report_is_text_only(pipeline, tmp_path, monkeypa
     assert main(["--runs", str(root), "--out", str(out)]) == 0
     text = out.read_text()
     assert "![" not in text and "pip install 'fastgpt[report]'" in text and "| pretrain |" in text
+
+
+def test_report_shows_the_median_time_split_of_rl_runs(tmp_path):
+    split = [(4.0, 0.5, 1.0), (6.0, 0.5, 3.0), (5.0, 0.5, 2.0)]  # rollout, reward, update per step
+    records = [
+        {"step": i + 1, "loss": 0.1, "time_rollout_s": r, "time_reward_s": w, "time_logprobs_s": 0.0}
+        | {"time_update_s": u}
+        for i, (r, w, u) in enumerate(split)
+    ]
+    write_run(tmp_path / "grpo", "grpo", records)
+    write_run(tmp_path / "sft", "sft", [{"step": 1, "loss": 1.0, "time_update_s": 1.0}])
+    out = tmp_path / "report.md"
+    assert main(["--runs", str(tmp_path / "grpo"), str(tmp_path / "sft"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Where RL steps spend their time" in text
+    section = text.split("## Where RL steps spend their time")[1].split("\n## ")[0]
+    (row,) = [line for line in section.splitlines() if line.startswith("| grpo |")]
+    # medians: rollout 5, score not logged, reward 0.5, logprobs 0, update 2; total 7.5
+    assert row == "| grpo | 3 | 5.00 s | — | 0.50 s | 0.00 s | 2.00 s | 7.50 s | 67% |"
+    assert "| sft |" not in section

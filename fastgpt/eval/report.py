@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -369,6 +370,43 @@ def plot_run(run: Run, out_png: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- report
+TIME_SPLIT = ("time_rollout_s", "time_score_s", "time_reward_s", "time_logprobs_s", "time_update_s")
+
+
+def time_split_section(runs: list[Run]) -> list[str]:
+    """Markdown lines: for each RL run (one that logged ``time_rollout_s``), the median seconds per step
+    of each phase (rollout, reward-model score, reward, log-probabilities, update) and the rollout's share.
+    Empty when no run logged the split."""
+    rows = [["stage", "steps", "rollout", "score", "reward", "logprobs", "update", "total", "rollout share"]]
+    for run in runs:
+        steps = [r for r in run.records if isinstance(r.get("time_rollout_s"), (int, float))]
+        if not steps:
+            continue
+        medians = [
+            statistics.median(r[k] for r in steps if isinstance(r.get(k), (int, float)))
+            if any(isinstance(r.get(k), (int, float)) for r in steps)
+            else None
+            for k in TIME_SPLIT
+        ]
+        total = sum(m for m in medians if m is not None)
+        cells = [f"{m:.2f} s" if m is not None else "—" for m in medians]
+        share = f"{100 * medians[0] / total:.0f}%" if total > 0 else "—"
+        rows.append([run.stage, str(len(steps)), *cells, f"{total:.2f} s", share])
+    if len(rows) == 1:
+        return []
+    return [
+        "",
+        "## Where RL steps spend their time",
+        "",
+        md_table(rows),
+        "",
+        "Median seconds per logged step of each phase (`time_*_s` in metrics.jsonl): sampling the rollout, "
+        "the reward model's forward (PPO), the reward (GRPO: the task's verifier; PPO: KL-shaped rewards "
+        "and GAE), the old/reference log-probabilities, and the optimizer update. A rollout reused for "
+        "several steps has its time spread over them.",
+    ]
+
+
 def render_report(
     runs: list[Run],
     evals: list[dict[str, Any]],
@@ -430,6 +468,8 @@ def render_report(
             else ""
         ),
     ]
+
+    md += time_split_section(runs)
 
     md += ["", "## Hardware", ""]
     md += [f"- {line}" for line in hardware()]
