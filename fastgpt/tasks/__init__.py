@@ -42,7 +42,14 @@ __all__ = [
     "user_prompt",
 ]
 
-BUILTIN_TASKS = ("gsm_symbolic", "basic_arithmetic", "chain_sum", "chain_sum_easy", "game24")
+BUILTIN_TASKS = (
+    "gsm_symbolic",
+    "basic_arithmetic",
+    "chain_sum",
+    "chain_sum_easy",
+    "game24",
+    *(f"jagged_{k}" for k in ("letter_count", "reverse", "char_at", "word_length", "compare", "multiply")),
+)
 
 
 def get_task(spec: str, **options: Any) -> Task:
@@ -60,6 +67,10 @@ def get_task(spec: str, **options: Any) -> Task:
 
         options.pop("seed", None)  # a fixed puzzle list: nothing to seed
         return Game24Task(**options)
+    if spec.startswith("jagged_"):  # spelling, counting and digit tasks: fastgpt.tasks.jagged
+        from fastgpt.tasks.jagged import JaggedTask
+
+        return JaggedTask(spec, **options)
     from fastgpt.tasks.gym import GYM_TASKS, ReasoningGymTask
 
     if spec in GYM_TASKS:
