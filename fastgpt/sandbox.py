@@ -52,7 +52,14 @@ import time
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["DEFAULT_MAX_OUTPUT_BYTES", "SandboxInfo", "ToolResult", "run_python", "sandbox_info"]
+__all__ = [
+    "DEFAULT_MAX_OUTPUT_BYTES",
+    "SandboxInfo",
+    "ToolResult",
+    "run_python",
+    "sandbox_info",
+    "working_sandboxes",
+]
 
 DEFAULT_MAX_OUTPUT_BYTES = 16_384  # what a model reads back; more is noise in its context
 MAX_CODE_BYTES = 100_000  # the cell travels in argv (the kernel's per-argument limit is 128 KiB)
@@ -355,11 +362,11 @@ def _bwrap_args(workdir: str, python: str, *, as_root: bool) -> list[str]:
     return args
 
 
-def _probe(info: SandboxInfo, workdir: str, uid: int | None) -> bool:
+def _probe(info: SandboxInfo, workdir: str, uid: int | None, expected_prefix: bytes) -> bool:
     """Whether a trivial cell runs under ``info`` here, with the interpreter's own standard library."""
     prefix, _ = info.command(workdir, uid)
     check = "import sys, fractions, decimal; print('ok' if sys.base_prefix == %r else sys.base_prefix)"
-    argv = [*prefix, info.python, "-I", "-S", "-B", "-c", check % sys.base_prefix]
+    argv = [*prefix, info.python, "-I", "-S", "-B", "-c", check % os.fsdecode(expected_prefix)]
     try:
         done = subprocess.run(
             argv,
@@ -375,37 +382,56 @@ def _probe(info: SandboxInfo, workdir: str, uid: int | None) -> bool:
     return done.returncode == 0 and done.stdout.strip() == b"ok"
 
 
-@cache
-def sandbox_info() -> SandboxInfo:
-    """Probe (once per process, a few tenths of a second) which layers work here, strongest first."""
-    python = _python()
+def working_sandboxes(python: str | None = None, *, first_only: bool = False) -> list[SandboxInfo]:
+    """Every layer combination that works on this machine for ``python`` (default: the interpreter
+    behind ``sys.executable``), strongest first; each is probed with a trivial cell (~0.05 s each).
+    Tests use it to run the hostile suite under each; :func:`sandbox_info` takes the first."""
+    python = python or _python()
+    try:
+        expected = subprocess.run(
+            [python, "-I", "-S", "-c", "import sys; print(sys.base_prefix)"],
+            capture_output=True,
+            env={},
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ValueError(f"sandbox: cannot run the interpreter {python!r} ({e})") from e
     root = os.geteuid() == 0
     uid = _UID_BASE if root else None
     bwrap, unshare, setpriv = shutil.which("bwrap"), shutil.which("unshare"), shutil.which("setpriv")
+    candidates = []
+    if bwrap:
+        if setpriv:
+            candidates.append(SandboxInfo("bwrap", python, True, True, True, root, bwrap, setpriv=setpriv))
+        candidates.append(SandboxInfo("bwrap", python, True, True, True, root, bwrap))
+    user_ns = () if root else ("--user", "--map-current-user")
+    for flags, pids in [(("--net", "--pid", "--fork", "--kill-child"), True), (("--net",), False)]:
+        for drop in [setpriv, None] if root else [None]:
+            if unshare and (drop or not setpriv or not root):
+                wrap = (unshare, *user_ns, *flags, "--")
+                candidates.append(SandboxInfo("process", python, True, pids, False, root, None, wrap, drop))
+    if root and setpriv:
+        candidates.append(SandboxInfo("process", python, False, False, False, root, setpriv=setpriv))
+    found = []
     with tempfile.TemporaryDirectory(prefix="fastgpt-sandbox-probe-") as probe_dir:
         if root:
             os.chown(probe_dir, _UID_BASE, _UID_BASE)
-        candidates = []
-        if bwrap:
-            if setpriv:
-                candidates.append(
-                    SandboxInfo("bwrap", python, True, True, True, root, bwrap, setpriv=setpriv)
-                )
-            candidates.append(SandboxInfo("bwrap", python, True, True, True, root, bwrap))
-        user_ns = () if root else ("--user", "--map-current-user")
-        for flags, pids in [(("--net", "--pid", "--fork", "--kill-child"), True), (("--net",), False)]:
-            for drop in [setpriv, None] if root else [None]:
-                if unshare and (drop or not setpriv or not root):
-                    wrap = (unshare, *user_ns, *flags, "--")
-                    candidates.append(
-                        SandboxInfo("process", python, True, pids, False, root, None, wrap, drop)
-                    )
-        if root and setpriv:
-            candidates.append(SandboxInfo("process", python, False, False, False, root, setpriv=setpriv))
         for info in candidates:
-            if _probe(info, probe_dir, uid):
-                return info
-    return SandboxInfo("process", python, False, False, False, root)
+            if _probe(info, probe_dir, uid, expected):
+                found.append(info)
+                if first_only:
+                    break
+    return found
+
+
+@cache
+def sandbox_info() -> SandboxInfo:
+    """The strongest layers that work here (probed once per process); see the module docstring.
+    When nothing but the bootstrap works, a root caller still gets the throw-away uid (dropped by the
+    bootstrap itself) and everyone gets rlimits, the parent's watch and the audit hook."""
+    found = working_sandboxes(first_only=True)
+    return found[0] if found else SandboxInfo("process", _python(), False, False, False, os.geteuid() == 0)
 
 
 def _uid_processes(uid: int) -> list[int]:
@@ -482,13 +508,15 @@ def run_python(
     timeout_s: float = 5.0,
     memory_mb: int = 256,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    sandbox: SandboxInfo | None = None,
 ) -> ToolResult:
     """Run ``code`` as a notebook cell in a fresh sandboxed process (see the module docstring).
 
     Never raises for anything the code does: failures, limits and refused operations come back as
     ``ok=False`` with a one-line ``error``. Raises :class:`ValueError` only for bad arguments (a
     non-string cell, a non-positive limit). ``timeout_s`` is wall-clock time for the whole call,
-    interpreter start included; the CPU limit is the same number of seconds rounded up.
+    interpreter start included; the CPU limit is the same number of seconds rounded up. ``sandbox``
+    picks the layers (one of :func:`working_sandboxes`); by default :func:`sandbox_info`'s.
     """
     if not isinstance(code, str):
         raise ValueError(f"run_python: code must be a str, got {type(code).__name__}")
@@ -505,7 +533,7 @@ def run_python(
     if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
         return ToolResult(False, "", f"ValueError: code longer than {MAX_CODE_BYTES} bytes")
 
-    info = sandbox_info()
+    info = sandbox or sandbox_info()
     uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if info.throwaway_uid else None
     workdir = tempfile.mkdtemp(prefix="fastgpt-sandbox-")
     try:
