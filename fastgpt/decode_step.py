@@ -118,7 +118,7 @@ def decode_step(
     return F.linear(h, model.lm_head_weight.to(h.dtype)).float()
 
 
-def _weights_version(model: torch.nn.Module) -> tuple:
+def weights_version(model: torch.nn.Module) -> tuple:
     """Identity and in-place version of every parameter and buffer: changes when the weights do."""
     tensors = list(model.parameters()) + list(model.buffers())
     return tuple((id(t), t._version) for t in tensors)
@@ -142,12 +142,12 @@ class CompiledDecodeStep:
         self.mode = mode
         self.compile_seconds = 0.0
         self._graphs: dict[tuple, object] = {}
-        self._version = _weights_version(model)
+        self._version = weights_version(model)
 
     def drop_stale_graphs(self) -> None:
         """Forget the compiled graphs if the model's weights changed in place since they were compiled
         (their frozen copies are stale). Cheap; the engine calls it once per generation, not per token."""
-        version = _weights_version(self.model)
+        version = weights_version(self.model)
         if version != self._version:
             log.info("model weights changed since the decode step was compiled: recompiling")
             self._graphs.clear()

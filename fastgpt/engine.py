@@ -1,6 +1,6 @@
 """Inference engine: batched generation with a KV cache, sampling, stop tokens and calculator tool calls.
 
-Generation is two phases. **Prefill** runs the prompt through the model once and fills the KV cache;
+Generation is two phases. **Prefill** runs the prompts through the model once and fills the KV cache;
 **decode** then feeds one token per row per step, reusing the cached keys/values, so a step costs one
 token's worth of compute instead of the whole sequence.
 
@@ -8,34 +8,52 @@ token's worth of compute instead of the whole sequence.
   attention's document mask (``doc_ids``) keeps real tokens from ever seeing the padding, and position
   ids count from each prompt's own first token. Left (not right) padding keeps every row's next token at
   the same cache position, so a decode step is one batched forward.
-- ``n`` samples of one prompt share one prefill: the batch-1 cache is copied ``n`` times
-  (``KVCache.repeat``) before the first sampled token.
+- ``n`` samples of one prompt share one prefill: the cache is copied ``n`` times per prompt
+  (``KVCache.repeat``) before the first sampled token. Rows are prompt-major: prompt ``i``'s samples
+  are rows ``i*n .. i*n+n-1``.
+- **Continuous batching**: a row that finishes (stop token, tool call handed to the caller) leaves the
+  decode batch once the live rows fit a smaller batch bucket (a power of two), so later steps cost what
+  the rows still running cost; compacting only at bucket boundaries bounds the cache copies to a few per
+  generation and, for the compiled step, the graphs to a few shapes.
+- **Batched per-token work**: sampling, stop detection, the length limit and the detection of a tool
+  call's start are tensor operations over the whole batch each step; Python touches only the rows that
+  are inside a tool call, and each row's tokens are read back once at the end.
 - Tool use: when a row writes ``<|tool_call_start|> EXPR <|tool_call_end|>`` the engine evaluates EXPR with
   the safe calculator (:mod:`fastgpt.tools`) and *forces* ``<|tool_output_start|> RESULT
   <|tool_output_end|>`` into that row, one token per step alongside the other rows' sampled tokens;
   then the model continues its turn. Forced tokens count toward ``max_tokens``.
-- Sampling: ``temperature`` (0 = greedy), ``top_k``, ``top_p``, a ``seed`` for a private generator (the
-  same seed gives the same samples). ``logprobs`` are the model's own log-probabilities of the chosen
-  tokens (temperature 1, no top-k/top-p: the policy's probability, as RL needs it).
+- Sampling: ``temperature`` (0 = greedy), ``top_k``, ``top_p``; each prompt has its own random stream
+  (``seeds``, or ``seed + i`` for prompt ``i``) from which its ``n`` rows draw one uniform each per
+  step, inverted through the row's CDF (:func:`fastgpt.model.sampling.sample_with_uniforms`).
+  So a prompt's samples depend only on its seed and its own tokens, not on which other prompts share the
+  batch or when their rows leave it: an RL rollout may batch any problems together and stay reproducible.
+  ``logprobs`` are the model's own log-probabilities of the chosen tokens (temperature 1, no
+  top-k/top-p: the policy's probability, as RL needs it).
+- Compute dtype: the model's own, or, when called under ``torch.autocast`` with a lower-precision dtype
+  (the training loop's ``--dtype``), a copy of the weights in that dtype, refreshed only when the
+  model's weights changed (an optimizer step): autocast would otherwise cast every weight for every
+  token. ``dtype=`` fixes it explicitly.
 - A prompt that leaves no room in the model's context is an error; otherwise ``max_tokens`` is capped
   at the room left (``finish_reason="length"`` when it is reached).
-- ``compile=True`` (opt-in): decode steps run a ``torch.compile``d single-token forward over a
+- ``compile=...`` (opt-in): decode steps run a ``torch.compile``d single-token forward over a
   static-shape cache (:mod:`fastgpt.decode_step`); the prefill and everything above stay the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from fastgpt.model.sampling import sample_next_token
+from fastgpt.model.sampling import sample_with_uniforms
 from fastgpt.tools import calculate
 
-__all__ = ["Completion", "Engine"]
+__all__ = ["Completion", "Engine", "batch_bucket"]
 
 
 @dataclass
@@ -56,21 +74,45 @@ class Completion:
     sampled: list[int] = field(default_factory=list)
 
 
-@dataclass
-class _Row:
-    """Per-row decoding state."""
+def batch_bucket(rows: int) -> int:
+    """The decode batch size that holds ``rows`` live rows: the next power of two. The batch shrinks
+    only when the live rows fit a smaller bucket, so a generation compacts its cache at most
+    log2(rows) times and a compiled step sees at most that many batch shapes."""
+    size = 1
+    while size < rows:
+        size *= 2
+    return size
 
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    sampled: list[int] = field(default_factory=list)
-    forced: list[int] = field(default_factory=list)  # tool-output tokens waiting to be fed
-    call: list[int] | None = None  # tokens of a tool call being written
-    finish_reason: str | None = None
+
+class _ToolRow:
+    """Python-side state of one row inside a tool call: the call's tokens, then the forced output."""
+
+    __slots__ = ("call", "forced")
+
+    def __init__(self) -> None:
+        self.call: list[int] | None = []
+        self.forced: list[int] = []
+
+
+class _DecodeState:
+    """Everything a generation tracks, batched. ``slot_rows[j]`` is the row held by batch slot ``j``;
+    slots of finished rows stay (and are fed a dummy token) until the batch is compacted."""
+
+    def __init__(self, R: int, max_tokens: int, device: torch.device, want_logprobs: bool):
+        self.tokens = torch.zeros(max_tokens, R, dtype=torch.long, device=device)  # step-major
+        self.logprobs = torch.zeros(max_tokens, R, device=device) if want_logprobs else None
+        self.slot_rows = torch.arange(R, device=device)
+        self.live = torch.ones(R, dtype=torch.bool, device=device)  # per slot
+        self.lengths = [0] * R
+        self.reasons: list[str | None] = [None] * R
+        self.forced_at: dict[int, list[int]] = {}  # row -> steps where the engine inserted the token
+        self.tools: dict[int, _ToolRow] = {}  # row -> tool-call state (rows inside a call only)
+        self.n_live = R
 
 
 class Engine:
-    """Generation for a :class:`fastgpt.GPT` (see the module docstring). The model is used as is
-    (device and dtype); call under no particular mode, the engine switches to inference mode itself."""
+    """Generation for a :class:`fastgpt.GPT` (see the module docstring). Call under no particular mode,
+    the engine switches to inference mode itself."""
 
     def __init__(
         self,
@@ -79,25 +121,35 @@ class Engine:
         *,
         chat_format: Any = None,
         compile: bool | str = False,
+        dtype: torch.dtype | None = None,
     ):
         """``compile`` (a :class:`fastgpt.GPT` only): ``True`` or ``"default"`` decodes through a
         ``torch.compile``d single-token step over a static-shape cache (:mod:`fastgpt.decode_step`),
-        ``"max-autotune"`` also autotunes its matmuls (fastest steps, longest compile). Same greedy
-        tokens as eager; but each new (batch size, cache length bucket, dtype) first compiles for
-        seconds to a minute (``compile_seconds`` adds them up) and an in-place weight change (training)
-        triggers a recompile, so it is off by default."""
+        ``"max-autotune"`` also autotunes its matmuls (fastest steps, longest compile); both freeze the
+        weights into the graph (an in-place weight change recompiles). ``"live"`` compiles without
+        freezing: the graph reads the current weights at every call, so a model trained between
+        generations (RL rollouts) is compiled once per (batch bucket, cache length) and never again.
+        Same greedy tokens as eager; each new shape first compiles for seconds to a minute
+        (``compile_seconds`` adds them up), so it is off by default.
+
+        ``dtype``: decode with a copy of the weights in this dtype (refreshed when the model's weights
+        change); default: the model's dtype, or the autocast dtype when called under autocast."""
         self.model = model
         self.tokenizer = tokenizer
+        self.dtype = dtype
         self._chat_format = chat_format
         self._compiled_step = None
+        self._shadow: torch.nn.Module | None = None
+        self._shadow_version: tuple | None = None
         if compile is not False and compile is not None:
             from fastgpt.decode_step import CompiledDecodeStep
 
-            self._compiled_step = CompiledDecodeStep(model, "default" if compile is True else compile)
+            self._compile_mode = "default" if compile is True else compile
+            self._compiled_step = CompiledDecodeStep(model, self._compile_mode)
 
     @property
     def compile_seconds(self) -> float:
-        """Wall seconds spent compiling decode steps so far (0 without ``compile=True``)."""
+        """Wall seconds spent compiling decode steps so far (0 without ``compile``)."""
         return self._compiled_step.compile_seconds if self._compiled_step is not None else 0.0
 
     @property
@@ -122,16 +174,19 @@ class Engine:
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = None,
+        seeds: list[int] | None = None,
         n: int = 1,
         stop_ids: set[int] | None = None,
         tools: bool = False,
         logprobs: bool = False,
     ) -> list[list[Completion]]:
-        """``n`` completions for each prompt (a list of token-id lists); see the module docstring."""
-        sampling = (temperature, top_k, top_p, seed)
+        """``n`` completions for each prompt (a list of token-id lists); see the module docstring.
+        ``seeds`` (one per prompt) fixes each prompt's samples independently of the rest of the batch;
+        ``seed`` alone gives prompt ``i`` the seed ``seed + i``."""
+        sampling = (temperature, top_k, top_p, seed, seeds)
         steps = self._decode(prompts, max_tokens, sampling, n, stop_ids, tools, logprobs)
-        rows, _ = deque(steps, maxlen=1)[0]  # run to the end; the last step holds the final rows
-        out = [self._completion(r, logprobs) for r in rows]
+        state = deque(steps, maxlen=1)[0][0]  # run to the end; the state holds every row
+        out = self._completions(state, logprobs)
         return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     def stream(self, prompt: list[int], **kwargs: Any) -> Iterator[int]:
@@ -143,14 +198,20 @@ class Engine:
         max_tokens = kwargs.pop("max_tokens")
         sampling = tuple(
             kwargs.pop(k, d)
-            for k, d in (("temperature", 1.0), ("top_k", None), ("top_p", None), ("seed", None))
+            for k, d in (
+                ("temperature", 1.0),
+                ("top_k", None),
+                ("top_p", None),
+                ("seed", None),
+                ("seeds", None),
+            )
         )
         stop_ids, tools = kwargs.pop("stop_ids", None), kwargs.pop("tools", False)
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
-        for _, new in self._decode([prompt], max_tokens, sampling, 1, stop_ids, tools, False):
-            if new[0] is not None:
-                yield new[0]
+        for _, (rows, tokens) in self._decode([prompt], max_tokens, sampling, 1, stop_ids, tools, False):
+            if rows.numel():
+                yield int(tokens[0])
 
     def stream_batch(
         self,
@@ -168,9 +229,13 @@ class Engine:
         """Batched streaming (for servers): after every decode step, the token each row produced
         (``None`` for a row already finished) and each row's finish reason (``None`` while it runs).
         Rows are prompt-major: prompt ``i``'s samples are rows ``i*n .. i*n+n-1``."""
-        sampling = (temperature, top_k, top_p, seed)
-        for rows, new in self._decode(prompts, max_tokens, sampling, n, stop_ids, tools, False):
-            yield new, [row.finish_reason for row in rows]
+        sampling = (temperature, top_k, top_p, seed, None)
+        R = len(prompts) * n
+        for state, (rows, tokens) in self._decode(prompts, max_tokens, sampling, n, stop_ids, tools, False):
+            new: list[int | None] = [None] * R
+            for r, tok in zip(rows.tolist(), tokens.tolist()):
+                new[r] = tok
+            yield new, list(state.reasons)
 
     def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Completion:
         """The assistant's reply to ``messages``, rendered with the chat format (tools run when
@@ -201,16 +266,54 @@ class Engine:
             return set(stop_ids), None
         return set(stop_ids), (fmt.tool_call_start_id, fmt.tool_call_end_id)
 
-    @torch.inference_mode()
+    def _decode_model(self) -> tuple[torch.nn.Module, Callable[[], contextlib.AbstractContextManager]]:
+        """The module to decode with and the autocast setting to run it under: the model itself, or a
+        copy of its weights in the compute dtype (``dtype``, else the active autocast dtype), refreshed
+        when the model's parameters changed in place since the last generation."""
+        param = next(self.model.parameters())
+        dtype = self.dtype
+        device_type = param.device.type
+        if dtype is None and torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        if dtype is None or dtype == param.dtype:
+            return self.model, contextlib.nullcontext
+        from fastgpt.decode_step import weights_version
+
+        version = weights_version(self.model)
+        if self._shadow is None or next(self._shadow.parameters()).dtype != dtype:
+            self._shadow = copy.deepcopy(self.model).eval().requires_grad_(False)
+            for p in self._shadow.parameters():  # parameters only: buffers (rope tables) stay fp32
+                p.data = p.data.to(dtype)
+            self._shadow_version = version
+        elif version != self._shadow_version:
+            with torch.no_grad():
+                for mine, theirs in zip(self._shadow.parameters(), self.model.parameters()):
+                    mine.copy_(theirs)
+            self._shadow_version = version
+        return self._shadow, lambda: torch.autocast(device_type, enabled=False)
+
     def _decode(self, prompts, max_tokens, sampling, n, stop_ids, tools, want_logprobs):
-        """Yields ``(rows, new_tokens)`` after every step; ``new_tokens[r]`` is None for a finished row."""
+        """Yields ``(state, (rows, tokens))`` after every step: the rows that produced a token this
+        step and those tokens (tensors); ``state`` (:class:`_DecodeState`) holds the finish reasons.
+        Inference mode (and the compute dtype's autocast setting) hold only while a step runs, not
+        in the caller's code between steps."""
+        model, precision = self._decode_model()
+        steps = self._decode_with(model, prompts, max_tokens, sampling, n, stop_ids, tools, want_logprobs)
+        while True:
+            with torch.inference_mode(), precision():
+                item = next(steps, None)
+            if item is None:
+                return
+            yield item
+
+    def _decode_with(self, model, prompts, max_tokens, sampling, n, stop_ids, tools, want_logprobs):
         from fastgpt.model import KVCache
 
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         if n < 1 or max_tokens < 1:
             raise ValueError(f"n and max_tokens must be >= 1 (got n={n}, max_tokens={max_tokens})")
-        vocab = int(self.model.config.vocab_size)
+        vocab = int(model.config.vocab_size)
         bad = next((t for p in prompts for t in p if not 0 <= t < vocab), None)
         if bad is not None:  # e.g. a chat token a tokenizer appended above an imported model's vocabulary
             raise ValueError(f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})")
@@ -223,16 +326,22 @@ class Engine:
             )
         max_tokens = min(max_tokens, room)
         stops, tool_ids = self._stops_and_tools(stop_ids, tools)
-        temperature, top_k, top_p, seed = sampling
+        temperature, top_k, top_p, seed, seeds = sampling
+        B = len(prompts)
+        if seeds is not None and len(seeds) != B:
+            raise ValueError(f"seeds: expected one per prompt ({B}), got {len(seeds)}")
 
-        model = self.model
         param = next(model.parameters())
         device, dtype = param.device, param.dtype
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        generators = []
+        if temperature > 0:
+            if seeds is None:
+                base = seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+                seeds = [base + i for i in range(B)]
+            for s in seeds:
+                generators.append(torch.Generator(device=device).manual_seed(int(s) % 2**63))
 
         # ---- prefill: prompts left-padded to the longest, each prompt once (n samples share it)
-        B = len(prompts)
         pad = [longest - n_tok for n_tok in lengths]
         idx = torch.zeros(B, longest, dtype=torch.long, device=device)
         for r, p in enumerate(prompts):
@@ -249,6 +358,7 @@ class Engine:
             from fastgpt.decode_step import static_cache_len
 
             cache_len = static_cache_len(cache_len, self.context_len)
+            step.model = model
             step.drop_stale_graphs()
         cache = KVCache(model.config, B, cache_len, dtype=dtype, device=device)
         logits = model(idx, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache, logits_to_keep=1)[
@@ -258,70 +368,146 @@ class Engine:
             cache = cache.repeat(n)
             logits = logits.repeat_interleave(n, dim=0)  # (B*n, V)
         R = B * n
-        rows = [_Row() for _ in range(R)]
+        st = _DecodeState(R, max_tokens, device, want_logprobs)
+        stops_t = torch.tensor(sorted(stops), dtype=torch.long, device=device)
 
-        for _step in range(max_tokens):
-            chosen = sample_next_token(logits, temperature, top_k, top_p, generator)
-            chosen_list = chosen.tolist()
-            lp = torch.log_softmax(logits.float(), dim=-1) if want_logprobs else None
-            new: list[int | None] = [None] * R
-            feed = chosen_list[:]
-            for r, row in enumerate(rows):
-                if row.finish_reason is not None:
-                    feed[r] = 0
-                    continue
-                if row.forced:
-                    tok, is_sampled, logprob = row.forced.pop(0), 0, 0.0
-                else:
-                    tok, is_sampled = chosen_list[r], 1
-                    logprob = float(lp[r, tok]) if lp is not None else 0.0
-                feed[r] = tok
-                new[r] = tok
-                row.tokens.append(tok)
-                row.sampled.append(is_sampled)
-                row.logprobs.append(logprob)
-                if is_sampled:
-                    self._after_sampled(row, tok, stops, tool_ids, tools)
-                if row.finish_reason is None and len(row.tokens) >= max_tokens:
-                    row.finish_reason = "length"
-            yield rows, new
-            if all(row.finish_reason is not None for row in rows):
+        for t in range(max_tokens):
+            # ---- sample every slot (finished slots too: their draw is ignored)
+            uniforms = None
+            if generators:  # n uniforms per prompt per step, whatever the batch holds
+                uniforms = torch.cat(
+                    [torch.rand(n, device=device, generator=g) for g in generators]
+                ).index_select(0, st.slot_rows)
+            chosen = sample_with_uniforms(logits, uniforms, temperature, top_k, top_p)  # (S,)
+            sampled = st.live.clone()
+            tool_slots = self._tool_slots(st)
+            for row, j in tool_slots.items():  # a pending tool-output token replaces the draw
+                if st.tools[row].forced:
+                    chosen[j] = st.tools[row].forced.pop(0)
+                    sampled[j] = False
+                    st.forced_at.setdefault(row, []).append(t)
+            rows_now = st.slot_rows[st.live]
+            st.tokens[t].index_copy_(0, st.slot_rows, chosen)
+            if st.logprobs is not None:
+                lp = torch.log_softmax(logits.float(), dim=-1).gather(1, chosen[:, None]).squeeze(1)
+                st.logprobs[t].index_copy_(0, st.slot_rows, lp * sampled)
+            # ---- finish: stop tokens and tool-call starts, batched; Python only for the rows they hit
+            finished = self._tool_step(st, chosen, tool_slots, tools) if tool_slots else []
+            hit = sampled & torch.isin(chosen, stops_t)
+            if tool_ids is not None:
+                if tool_slots:  # a row inside a call (or fed its output) does not stop
+                    hit[list(tool_slots.values())] = False
+                starts = sampled & (chosen == tool_ids[0])
+                if tool_slots:
+                    starts[list(tool_slots.values())] = False
+                if bool(starts.any()):
+                    for j in starts.nonzero().flatten().tolist():
+                        st.tools[int(st.slot_rows[j])] = _ToolRow()
+            if bool(hit.any()):
+                finished += [(j, "stop") for j in hit.nonzero().flatten().tolist()]
+            for j, reason in finished:
+                row = int(st.slot_rows[j])
+                st.reasons[row], st.lengths[row] = reason, t + 1
+                st.live[j] = False
+                st.tools.pop(row, None)
+            st.n_live -= len(finished)
+            yield st, (rows_now, st.tokens[t].index_select(0, rows_now))
+            if st.n_live == 0:
                 break
-            x = torch.tensor(feed, device=device).unsqueeze(1)  # (R, 1)
-            # the cache continues each row's positions and document; finished rows are fed a dummy
+            if t + 1 == max_tokens:
+                for row in st.slot_rows[st.live].tolist():
+                    st.reasons[row], st.lengths[row] = "length", t + 1
+                break
+            # ---- continuous batching: drop finished slots once the live ones fit a smaller bucket
+            if batch_bucket(st.n_live) < st.live.numel():
+                keep = self._compaction(st)
+                cache = _keep_rows(cache, keep)
+                st.slot_rows, st.live, chosen = st.slot_rows[keep], st.live[keep], chosen[keep]
+            x = chosen.unsqueeze(1)  # (S, 1); a finished slot is fed its ignored draw
             if step is not None:
-                logits = step(x, cache)  # (R, V)
+                logits = step(x, cache)  # (S, V)
             else:
-                logits = model(x, kv_cache=cache, logits_to_keep=1)[:, -1]  # (R, V)
-        for row in rows:
-            row.finish_reason = row.finish_reason or "length"
+                logits = model(x, kv_cache=cache, logits_to_keep=1)[:, -1]  # (S, V)
 
-    def _after_sampled(self, row: _Row, tok: int, stops: set[int], tool_ids, tools: bool) -> None:
-        """Stop, start/extend/finish a tool call, after the model chose ``tok``."""
-        if tool_ids is not None:
-            start, end = tool_ids
-            if tok == start:
-                row.call = []
-                return
-            if row.call is not None:
-                if tok != end:
-                    row.call.append(tok)
-                    return
-                expression, row.call = self.tokenizer.decode(row.call), None
-                if not tools:
-                    row.finish_reason = "tool_calls"  # the caller runs the tool
-                    return
-                row.forced = list(self.chat_format.tool_output_ids(calculate(expression)))
-                return
-        if tok in stops:
-            row.finish_reason = "stop"
+    def _compaction(self, st: _DecodeState) -> torch.Tensor:
+        """Slots to keep: the live ones, padded with finished ones up to the bucket when the decode step
+        is compiled (a fixed set of batch shapes); exactly the live ones when eager."""
+        live = st.live.nonzero().flatten()
+        if self._compiled_step is None:
+            return live
+        size = batch_bucket(st.n_live)
+        dead = (~st.live).nonzero().flatten()[: size - live.numel()]
+        return torch.cat([live, dead]).sort().values
 
-    def _completion(self, row: _Row, logprobs: bool) -> Completion:
-        text_tokens = row.tokens[:-1] if row.finish_reason == "stop" else row.tokens
-        return Completion(
-            tokens=list(row.tokens),
-            text=self.tokenizer.decode(text_tokens) if self.tokenizer is not None else "",
-            finish_reason=row.finish_reason or "length",
-            logprobs=list(row.logprobs) if logprobs else None,
-            sampled=list(row.sampled),
-        )
+    @staticmethod
+    def _tool_slots(st: _DecodeState) -> dict[int, int]:
+        """``{row: slot}`` of the rows inside a tool call (writing it, or being fed its output)."""
+        if not st.tools:
+            return {}
+        slot_of = {r: j for j, r in enumerate(st.slot_rows.tolist())}
+        return {row: slot_of[row] for row in st.tools}
+
+    def _tool_step(
+        self, st: _DecodeState, chosen: torch.Tensor, tool_slots: dict[int, int], tools: bool
+    ) -> list[tuple[int, str]]:
+        """After a step, for the rows that were inside a tool call: extend the call being written; at
+        its end run it and queue its output (or, with ``tools`` off, finish the row with
+        ``"tool_calls"`` for the caller to run it); a row whose output was fed in full leaves the tool
+        state. Returns the ``(slot, reason)`` of rows that finished."""
+        fmt = self.chat_format
+        finished = []
+        for row, j in tool_slots.items():
+            tool = st.tools[row]
+            if tool.call is None:  # being fed the output: done once nothing is pending
+                if not tool.forced:
+                    del st.tools[row]
+                continue
+            tok = int(chosen[j])
+            if tok == fmt.tool_call_start_id:  # a new start inside a call restarts it
+                tool.call = []
+            elif tok != fmt.tool_call_end_id:
+                tool.call.append(tok)
+            elif not tools:
+                finished.append((j, "tool_calls"))  # the caller runs the tool
+            else:
+                expression, tool.call = self.tokenizer.decode(tool.call), None
+                tool.forced = list(fmt.tool_output_ids(calculate(expression)))
+        return finished
+
+    def _completions(self, st: _DecodeState, logprobs: bool) -> list[Completion]:
+        """One :class:`Completion` per row, read back from the batched state at once."""
+        tokens = st.tokens.T.tolist()
+        lps = st.logprobs.T.tolist() if logprobs and st.logprobs is not None else None
+        out = []
+        for r, (row_tokens, n_tok) in enumerate(zip(tokens, st.lengths)):
+            toks = row_tokens[:n_tok]
+            sampled = [1] * n_tok
+            for t in st.forced_at.get(r, ()):
+                sampled[t] = 0
+            reason = st.reasons[r] or "length"
+            text_tokens = toks[:-1] if reason == "stop" else toks
+            out.append(
+                Completion(
+                    tokens=toks,
+                    text=self.tokenizer.decode(text_tokens) if self.tokenizer is not None else "",
+                    finish_reason=reason,
+                    logprobs=lps[r][:n_tok] if lps is not None else None,
+                    sampled=sampled,
+                )
+            )
+        return out
+
+
+def _keep_rows(cache: Any, keep: torch.Tensor) -> Any:
+    """A :class:`KVCache` holding only the batch rows ``keep`` of ``cache`` (same length and position)."""
+    from fastgpt.model import KVCache
+
+    new = KVCache(cache.config, int(keep.numel()), cache.max_len, dtype=cache.dtype, device=cache.device)
+    if cache.k_layers is not None:
+        new.k_layers = [k.index_select(0, keep) for k in cache.k_layers]
+        new.v_layers = [v.index_select(0, keep) for v in cache.v_layers]
+    if cache.doc_ids is not None:
+        new.doc_ids = cache.doc_ids.index_select(0, keep)
+    new.next_pos = cache.next_pos.index_select(0, keep)
+    new.pos = cache.pos
+    return new

@@ -16,16 +16,7 @@ def sample_next_token(
     the k most likely tokens; ``top_p`` keeps the smallest set whose probability reaches p (nucleus)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cum - sorted_logits.softmax(dim=-1) >= top_p  # keep tokens until p is reached
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
+    logits = filter_logits(logits, temperature, top_k, top_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
@@ -41,3 +32,41 @@ def check_sampling(
         raise ValueError(f"{flag}top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"{flag}top_p must be in (0, 1], got {top_p}")
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """fp32 logits ``(B, V)`` divided by ``temperature`` (> 0) with the tokens outside ``top_k`` /
+    ``top_p`` set to ``-inf``: the distribution :func:`sample_next_token` draws from, as logits."""
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p  # keep tokens until p is reached
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_with_uniforms(
+    logits: torch.Tensor,
+    uniforms: torch.Tensor | None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """logits ``(B, V)`` -> token ids ``(B,)`` from the same distribution as :func:`sample_next_token`,
+    drawn by inverting each row's CDF at a caller-supplied uniform ``uniforms`` ``(B,)`` in [0, 1).
+    Because the randomness is an input (one number per row), a row's draw depends only on its own
+    uniform, not on which rows share the batch or how a generator was consumed for them; one uniform
+    per row is also far cheaper than vocabulary-sized noise. ``temperature <= 0`` is greedy."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    cdf = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1).cumsum(dim=-1)
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1])[:, None]
+    # the first token whose cumulative probability exceeds the target (zero-probability tokens never)
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)

@@ -1,7 +1,8 @@
 """Rollouts: sample a group of completions per problem with the inference engine and score them.
 
-Each problem is generated on its own, with a seed derived from ``(run seed, step, problem index)``:
-its G samples share one prefill (``Engine.generate(n=G)``), and the samples do not depend on which
+All problems of a rollout are generated in one batch: each prompt is prefilled once and its G samples
+share that prefill, finished rows leave the batch (:mod:`fastgpt.engine`). Each problem samples from its
+own seed, derived from ``(run seed, step, global problem index)``, so its samples do not depend on which
 other problems are in the batch or on how many ranks split it. A run is therefore reproducible, and a
 2-rank run sees exactly the rollouts of a 1-rank run with the same global batch.
 """
@@ -65,9 +66,23 @@ class Rollout:
     finish_reasons: list[str]
     group_size: int
     timings: dict[str, float] = field(default_factory=dict)  # {"rollout_s", "reward_s"}: wall seconds
+    # (N * G, T-1) the sampler's log-probabilities of the response tokens, aligned like
+    # ``response_logprobs(policy, batch)`` (0 elsewhere); only with ``sample_rollout(logprobs=True)``
+    logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+def _response_aligned(batch: ResponseBatch, logprobs: list[list[float] | None]) -> torch.Tensor:
+    """Per-row completion log-probabilities placed where ``response_logprobs`` puts a response token's
+    log-probability: position ``t`` predicts ``ids[t + 1]``, so response token ``i`` of a row whose
+    prompt has ``p`` tokens sits at ``p - 1 + i``."""
+    out = torch.zeros(batch.ids.size(0), batch.ids.size(1) - 1)
+    for r, (lp, p) in enumerate(zip(logprobs, batch.prompt_lens.tolist())):
+        if lp:
+            out[r, p - 1 : p - 1 + len(lp)] = torch.tensor(lp)
+    return out
 
 
 def sample_rollout(
@@ -85,52 +100,64 @@ def sample_rollout(
     top_p: float | None = None,
     tools: bool = False,
     pad_id: int = 0,
+    logprobs: bool = False,
 ) -> Rollout:
     """Sample ``group_size`` completions of every problem and score them with ``reward_fn(text,
     problem, num_tokens) -> Reward``. ``first_index`` is the global index of ``problems[0]`` in this
-    step's batch (it seeds the sampling)."""
+    step's batch (it seeds the sampling).
+
+    All problems are generated in one batch (each prompt prefilled once, its G samples sharing the
+    prefill; finished rows leave the batch). Each problem's samples come from its own seed
+    (:func:`rollout_seed`), so they do not depend on which other problems share the batch or on how
+    many ranks split the step. ``logprobs=True`` also returns the sampler's own log-probabilities in
+    ``Rollout.logprobs``: equal to the training forward's when the engine decodes in the training
+    forward's dtype and kernels (docs/rl.md, Speed), so they can serve as the ``old_logprobs`` of
+    ``updates_per_batch > 1`` without a second forward."""
     fmt = engine.chat_format
-    generate_s = reward_s = 0.0
-    prompts, responses, trained = [], [], []
+    rendered = [fmt.render_prompt(list(problem.messages)) for problem in problems]
+    t0 = time.perf_counter()
+    groups = engine.generate(
+        rendered,
+        max_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        n=group_size,
+        seeds=[rollout_seed(seed, step, first_index + i) for i in range(len(problems))],
+        stop_ids=fmt.stop_ids,
+        tools=tools,
+        logprobs=logprobs,
+    )
+    t1 = time.perf_counter()
+    prompts, responses, trained, sample_logprobs = [], [], [], []
     texts, reasons, rewards, correct, lens = [], [], [], [], []
-    for i, problem in enumerate(problems):
-        prompt = fmt.render_prompt(list(problem.messages))
-        t0 = time.perf_counter()
-        group = engine.generate(
-            [prompt],
-            max_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            n=group_size,
-            seed=rollout_seed(seed, step, first_index + i),
-            stop_ids=fmt.stop_ids,
-            tools=tools,
-        )[0]
-        t1 = time.perf_counter()
-        generate_s += t1 - t0
+    for problem, prompt, group in zip(problems, rendered, groups):
         for completion in group:
             text = assistant_text(fmt, completion)
             reward = reward_fn(text, problem, len(completion.tokens))
             prompts.append(prompt)
             responses.append(completion.tokens)
             trained.append(completion.sampled or [1] * len(completion.tokens))
+            sample_logprobs.append(completion.logprobs)
             texts.append(text)
             reasons.append(completion.finish_reason)
             rewards.append(float(reward.total))
             correct.append(float(reward.correct))
             lens.append(len(completion.tokens))
-        reward_s += time.perf_counter() - t1
+    batch = collate_responses(prompts, responses, trained=trained, pad_id=pad_id)
+    old = _response_aligned(batch, sample_logprobs) if logprobs else None
+    timings = {"rollout_s": t1 - t0, "reward_s": time.perf_counter() - t1}
     return Rollout(
         problems=list(problems),
-        batch=collate_responses(prompts, responses, trained=trained, pad_id=pad_id),
+        batch=batch,
         rewards=torch.tensor(rewards),
         correct=torch.tensor(correct),
         completion_lens=torch.tensor(lens, dtype=torch.float32),
         texts=texts,
         finish_reasons=reasons,
         group_size=group_size,
-        timings={"rollout_s": generate_s, "reward_s": reward_s},
+        timings=timings,
+        logprobs=old,
     )
 
 
