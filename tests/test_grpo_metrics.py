@@ -14,7 +14,7 @@ import torch
 from fastgpt.grpo import GRPOConfig, GRPOStage, micro_batch_shape
 from fastgpt.model import from_pretrained
 from fastgpt.rl.advantages import group_advantages
-from fastgpt.rl.toy import digit_fraction, tiny_model_dir
+from fastgpt.rl.toy import tiny_model_dir
 from fastgpt.tasks import get_task
 from fastgpt.tokenizer import Tokenizer
 from fastgpt.train.trainer import Trainer
@@ -26,6 +26,11 @@ def _task(tmp_path: Path):
         "".join(json.dumps({"prompt": f"Say digits ({i}).", "answer": i}) + "\n" for i in range(40))
     )
     return get_task(str(path))
+
+
+def _graded(completion: str, problem=None) -> float:
+    """A reward that differs between almost any two samples, so every group has a signal."""
+    return sum(map(ord, completion)) % 97 / 97
 
 
 def _expected(model, reference, rollout, old, beta, eps, group_size):
@@ -68,6 +73,7 @@ def test_grpo_step_metrics_equal_the_formulas(tmp_path):
         batch_size=4,  # 8 rows -> 2 micro-batches per step
         max_new_tokens=10,
         beta=0.1,
+        clip_low=0.01,  # a narrow clip: the second (off-policy) update clips some tokens for sure
         updates_per_batch=2,
         max_steps=4,
         lr=3e-2,
@@ -77,7 +83,7 @@ def test_grpo_step_metrics_equal_the_formulas(tmp_path):
         eval_problems=2,
     )
     assert micro_batch_shape(cfg, 1) == (4, 2)
-    stage = GRPOStage(model, tokenizer, _task(tmp_path), cfg, correctness_fn=digit_fraction)
+    stage = GRPOStage(model, tokenizer, _task(tmp_path), cfg, correctness_fn=_graded)
     reference = from_pretrained(model_dir).eval()
     trainer = Trainer(cfg, model, micro_batch_size=4, grad_accum=2)
     trainer.begin(stage)
