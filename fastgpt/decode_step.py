@@ -52,6 +52,9 @@ MIN_STATIC_CACHE_LEN = 64
 COMPILE_MODES: dict[str, dict[str, bool]] = {
     "default": {"freezing": True, "cpp_wrapper": True},
     "max-autotune": {"freezing": True, "cpp_wrapper": True, "max_autotune_gemm": True},
+    # weights stay graph inputs (read at every call): a model trained between generations (RL rollouts)
+    # never recompiles; slower steps than frozen weights, no recompile after an optimizer step
+    "live": {"freezing": False, "cpp_wrapper": True},
 }
 
 
@@ -147,6 +150,8 @@ class CompiledDecodeStep:
     def drop_stale_graphs(self) -> None:
         """Forget the compiled graphs if the model's weights changed in place since they were compiled
         (their frozen copies are stale). Cheap; the engine calls it once per generation, not per token."""
+        if not COMPILE_MODES[self.mode]["freezing"]:
+            return  # the graphs read the weights at every call: never stale
         version = weights_version(self.model)
         if version != self._version:
             log.info("model weights changed since the decode step was compiled: recompiling")

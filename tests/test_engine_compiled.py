@@ -142,3 +142,32 @@ def test_static_cache_len_buckets():
     assert static_cache_len(128, 4096) == 128
     assert static_cache_len(300, 256) == 300  # never shorter than needed (the engine caps before)
     assert static_cache_len(130, 192) == 192
+
+
+def test_live_compiled_engine_does_not_recompile_after_an_optimizer_step_or_a_shrinking_batch():
+    """``compile="live"`` (RL rollouts): the weights are graph inputs, so an optimizer step changes the
+    tokens (the graph reads the new weights) without a recompile (dynamo's graph counter and the compile
+    time stay put), and rows leaving the batch within a bucket compile nothing new."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model()
+    engine = Engine(model, None, compile="live")
+    prompts = prompts_of([5, 9, 3, 7])
+    first = greedy(engine, prompts, 10)
+    assert first == greedy(Engine(model, None), prompts, 10)
+    graphs, seconds = counters["stats"]["unique_graphs"], engine.compile_seconds
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model.train()
+    model(torch.tensor(prompts_of([12])), torch.tensor(prompts_of([12], seed=2))).backward()
+    optimizer.step()
+    model.eval()
+    after = greedy(engine, prompts, 10)
+    assert after == greedy(Engine(model, None), prompts, 10) and after != first
+    assert counters["stats"]["unique_graphs"] == graphs and engine.compile_seconds == seconds
+    # three of four rows stop early: the batch shrinks to the 2- and 1-row buckets (new shapes) ...
+    stops = {after[0][1], after[1][1], after[2][1]} - set(after[3])
+    engine.generate(prompts, max_tokens=10, temperature=0, stop_ids=stops)
+    shrunk = counters["stats"]["unique_graphs"]
+    assert graphs < shrunk <= graphs + 2
+    engine.generate(prompts, max_tokens=10, temperature=0, stop_ids=stops)  # ... and reuses it
+    assert counters["stats"]["unique_graphs"] == shrunk

@@ -29,12 +29,26 @@ __all__ = [
 ]
 
 
-def make_rollout_engine(policy: torch.nn.Module, tokenizer: Any, *, chat_format: Any = None) -> Any:
+def make_rollout_engine(
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    chat_format: Any = None,
+    compile: bool | str = False,
+    dtype: torch.dtype | None = None,
+) -> Any:
     """The engine the RL stages (GRPO, PPO) sample rollouts and held-out answers from. One place to
-    choose how rollouts are generated, so the stages do not construct engines themselves."""
+    choose how rollouts are generated, so the stages do not construct engines themselves.
+
+    ``compile``: ``"live"`` (or ``True``) decodes through a compiled step that reads the current
+    weights, so optimizer steps never recompile it (:mod:`fastgpt.decode_step`); off by default, since on
+    CPU at rollout batch sizes the matmuls dominate and the compile costs more than it saves (docs/rl.md,
+    Speed). ``dtype``: decode with a copy of the weights in this dtype; by default the engine follows the
+    autocast dtype it is called under (the training loop's ``--dtype``)."""
     from fastgpt.engine import Engine
 
-    return Engine(policy, tokenizer, chat_format=chat_format)
+    mode = "live" if compile is True else compile
+    return Engine(policy, tokenizer, chat_format=chat_format, compile=mode, dtype=dtype)
 
 
 def assistant_text(chat_format: Any, completion: Any) -> str:
