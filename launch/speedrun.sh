@@ -46,12 +46,14 @@ case "$PRESET" in
   tiny)
     VOCAB=4096
     PRETRAIN=(--preset=tiny --time_budget_s=480 --eval_every=25 --eval_tokens=32768)
-    SFT=(--time_budget_s=180 --eval_every=25)
-    GRPO=(--task=chain_sum_easy --tools=true --group_size=8 --prompts_per_step=4 --max_new_tokens=64 --lr=5e-5
-          --time_budget_s=240 --eval_every=5 --eval_problems=40)
+    # SFT: the chat sets plus 1,500 training problems of the RL task, half answered through the
+    # calculator and half directly (task_practice): GRPO then discovers that the calculator pays
+    SFT=(--time_budget_s=180 --eval_every=25 "--data=chatterbot,identity,unknown,arithmetic*0.5,task_practice")
+    GRPO=(--task=chain_sum_easy --tools=true --group_size=8 --prompts_per_step=8 --max_new_tokens=40 --lr=1e-4
+          --time_budget_s=240 --eval_every=10 --eval_problems=100)
     # bpb on the same validation slice as pretraining's val_bpb (32,768 tokens), so the two compare
-    EVAL=(--tasks=bpb,chain_sum_easy,mc:shakespeare,mc:basics --problems=40 --pass_k=4 --samples=4
-          --max_new_tokens=64 --bpb_tokens=32768)
+    EVAL=(--tasks=bpb,chain_sum_easy,mc:shakespeare,mc:basics --problems=100 --pass_k=4 --samples=4
+          --max_new_tokens=40 --bpb_tokens=32768)
     ;;
   gpt2)
     VOCAB=8192
@@ -90,7 +92,7 @@ stage() {
 train() { ( MODULE="$1"; shift; source "$HERE/_torchrun.sh" "$@" ); }
 
 # shellcheck disable=SC2086  # the *_ARGS variables are word lists on purpose
-stage tokenizer fastgpt train-tokenizer --source shakespeare --vocab-size "$VOCAB" --out "$OUT/tokenizer" ${TOKENIZER_ARGS:-}
+stage tokenizer fastgpt train-tokenizer --source shakespeare --vocab_size "$VOCAB" --out "$OUT/tokenizer" ${TOKENIZER_ARGS:-}
 stage pretrain train fastgpt.pretrain "${PRETRAIN[@]}" --data=shakespeare --tokenizer="$OUT/tokenizer" \
   --out_dir="$OUT/pretrain" --progress=false ${PRETRAIN_ARGS:-}
 stage sft train fastgpt.sft "${SFT[@]}" --model="$OUT/pretrain/model" --out_dir="$OUT/sft" --progress=false ${SFT_ARGS:-}

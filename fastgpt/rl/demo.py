@@ -20,7 +20,8 @@ held-out accuracy should rise.
 What is written:
 
 - ``sft.jsonl``: one conversation per distinct *training* problem of the task (the held-out split is
-  never used), answered through the calculator or directly;
+  never used), answered through the calculator or directly (the conversations of the ``task_practice``
+  SFT set, which gives the speedrun's GRPO stage the same cold start);
 - ``init/``: a fresh tiny llama-family model with a BPE tokenizer trained on those conversations' text
   (fastgpt's chat special tokens included).
 """
@@ -35,27 +36,11 @@ from pathlib import Path
 
 import torch
 
-from fastgpt.conversation import calculator_call
+from fastgpt.sft_data.task_practice import practice_conversation as sft_conversation
 
 __all__ = ["main", "sft_conversation"]
 
 DEFAULT_OPTIONS = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
-
-
-def sft_conversation(problem, *, use_calculator: bool = True) -> list[dict]:
-    """A correct worked conversation of a problem: through a calculator call on its expression, or a
-    direct answer."""
-    if not use_calculator:
-        return [*problem.messages, {"role": "assistant", "content": f"#### {problem.answer}"}]
-    expression = problem.metadata.get("expression")
-    if not expression:
-        raise ValueError(f"problem {problem.key!r} has no expression to hand to the calculator")
-    return [
-        *problem.messages,
-        {"role": "assistant", "content": "", "tool_calls": [calculator_call(expression)]},
-        {"role": "tool", "content": problem.answer},
-        {"role": "assistant", "content": f"#### {problem.answer}"},
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,12 +2,14 @@
 
 Built-in sets (see each module's docstring for why it exists):
 
-==============  ==============================================================================
-``chatterbot``  general small talk, 2,026 conversations from chatterbot-corpus (fetched, cached)
-``identity``    "who are you / who made you", answered with the configured name and maker
-``unknown``     questions about made-up entities, answered "I don't know" instead of inventing
-``arithmetic``  arithmetic and word problems worked step by step with calculator tool calls
-==============  ==============================================================================
+=================  ===========================================================================
+``chatterbot``     general small talk, 2,026 conversations from chatterbot-corpus (fetched, cached)
+``identity``       "who are you / who made you", answered with the configured name and maker
+``unknown``        questions about made-up entities, answered "I don't know" instead of inventing
+``arithmetic``     arithmetic and word problems worked step by step with calculator tool calls
+``task_practice``  training problems of an RL task (default ``chain_sum_easy``), answered through the
+                   calculator or directly: the cold start GRPO needs (held-out problems never included)
+=================  ===========================================================================
 
 A mixture is written on the command line as comma-separated items, each a built-in name or a
 ``.jsonl``/``.json`` conversation file, optionally followed by ``*EPOCHS`` (a float: ``*2`` repeats
@@ -40,6 +42,7 @@ from fastgpt.conversation import Message, ReadStats, iter_conversations, read_co
 from fastgpt.sft_data.arithmetic import arithmetic_conversations
 from fastgpt.sft_data.chatterbot import chatterbot_conversations
 from fastgpt.sft_data.identity import identity_conversations
+from fastgpt.sft_data.task_practice import task_practice_conversations
 from fastgpt.sft_data.unknown import unknown_entity_conversations
 
 __all__ = ["BUILTIN", "DEFAULT_MIXTURE", "MixtureItem", "dump_jsonl", "load_mixture", "parse_mixture"]
@@ -49,6 +52,7 @@ BUILTIN: dict[str, Callable[..., list[list[Message]]]] = {
     "identity": identity_conversations,
     "unknown": unknown_entity_conversations,
     "arithmetic": arithmetic_conversations,
+    "task_practice": task_practice_conversations,
 }
 DEFAULT_MIXTURE = "chatterbot,identity,unknown,arithmetic"
 
