@@ -9,7 +9,8 @@ can pick, as dicts::
      "constexprs": {"BLOCK_H": 1024, ...},
      "num_warps": 4, "num_stages": 3,     # optional compile options
      "attrs": {(0,): [["tt.divisibility", 16]]},  # optional specialisation hints, as ASTSource takes
-     "archs": [90]}                       # optional: only these SM versions (default: all)
+     "archs": [90],                       # optional: only these SM versions (default: all)
+     "tensor_cores": True}                # optional: its SASS must hold HGMMA/HMMA (checked, see below)
 
 This script compiles each one with the real Triton compiler (``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", cap, 32))``), which catches what the CPU interpreter cannot: illegal ``tl.dot``
@@ -18,7 +19,15 @@ from the compiled metadata and the registers and per-thread stack (where spilled
 ``cuobjdump --dump-resource-usage`` (shipped inside the triton wheel), prints one table row per
 (kernel, config, arch), and exits non-zero on any compile error or shared memory over the limit.
 
-Run: ``python -m fastgpt.kernels.build_check [--markdown docs/aot_table.md] [--arch 90] [--match RE]``.
+For attention and cross-entropy (``SASS_MODULES``; ``--sass all`` for every kernel) it also counts SASS
+opcodes in ``cuobjdump -sass``: warpgroup MMA (``HGMMA``, sm_90) and ``HMMA`` (sm_80 and small tiles on
+sm_90) are tensor-core instructions, ``LDGSTS`` is cp.async, ``UTMALDG`` a TMA load, ``STL``/``LDL`` local
+memory traffic (spills). A config that declares ``"tensor_cores": True`` (every attention kernel with a
+``tl.dot``) fails the check when its SASS has no tensor-core instruction: a ``tl.dot`` lowered to FMAs runs
+an order of magnitude slower and nothing else would say so.
+
+Run: ``python -m fastgpt.kernels.build_check [--markdown FILE] [--summary FILE] [--arch 90] [--match RE]
+[--sass auto|all|none]``.
 
 The compiles run in worker processes started with ``TRITON_INTERPRET`` removed from their environment
 (the interpreter replaces ``@triton.jit`` functions, so a process that imported the kernels under it
@@ -44,6 +53,12 @@ ARCHS = (80, 90)
 # A100 (sm_80) 164 KB per SM / 163 KB per block; H100 (sm_90) 228 KB per SM / 227 KB per block.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 EXCLUDED_MODULES = {"build_check"}
+# Modules whose configs get SASS opcode counts by default (``--sass auto``): the tl.dot kernels and the
+# cross-entropy. Dumping SASS costs about a quarter of a compile, so the memory-bound kernels skip it.
+SASS_MODULES = {"attention", "cross_entropy"}
+# Opcodes counted in the SASS: tensor cores (warpgroup / warp MMA), cp.async, TMA loads, local memory.
+SASS_OPCODES = ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "STL", "LDL")
+_SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
 _COMPILE_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
@@ -58,10 +73,25 @@ class Row:
     spill: int | None = None
     seconds: float = 0.0
     error: str | None = None
+    sass: dict[str, int] | None = None  # opcode -> count (SASS_OPCODES), None when not dumped
+    tensor_cores: bool = False  # the config declares that its SASS must use tensor cores
 
     @property
     def over_limit(self) -> bool:
         return self.smem is not None and self.smem > SMEM_LIMIT[self.arch]
+
+    @property
+    def mma(self) -> int | None:
+        """Tensor-core instructions in the SASS (HGMMA + HMMA), None when the SASS was not dumped."""
+        return None if self.sass is None else self.sass["HGMMA"] + self.sass["HMMA"]
+
+    @property
+    def no_tensor_cores(self) -> bool:
+        return self.tensor_cores and self.error is None and not self.mma
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.over_limit or self.no_tensor_cores
 
     @property
     def status(self) -> str:
@@ -69,6 +99,8 @@ class Row:
             return "COMPILE ERROR"
         if self.over_limit:
             return f"SMEM > {SMEM_LIMIT[self.arch] // 1024} KB"
+        if self.no_tensor_cores:
+            return "NO TENSOR CORES"
         return "spills" if self.spill else "ok"
 
 
@@ -117,7 +149,29 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _compile_one(module: str, index: int, arch: int) -> Row:
+def sass_counts(cubin: bytes) -> dict[str, int]:
+    """How many of each ``SASS_OPCODES`` instruction ``cuobjdump -sass`` lists for ``cubin`` (opcode
+    modifiers such as ``HGMMA.64x64x16.F32.BF16`` count under the base opcode; predicated ones too)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run(
+            [_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    counts = dict.fromkeys(SASS_OPCODES, 0)
+    n_instructions = 0
+    for match in _SASS_INSTRUCTION.finditer(out):
+        n_instructions += 1
+        if match.group(1) in counts:
+            counts[match.group(1)] += 1
+    if n_instructions == 0:
+        raise RuntimeError("cuobjdump -sass listed no instructions")
+    return counts
+
+
+def _compile_one(module: str, index: int, arch: int, sass: str = "auto") -> Row:
     import importlib
 
     import triton
@@ -125,7 +179,9 @@ def _compile_one(module: str, index: int, arch: int) -> Row:
     from triton.compiler import ASTSource
 
     cfg = importlib.import_module(module).AOT_CONFIGS[index]
-    row = Row(module.rsplit(".", 1)[-1], cfg["name"], _describe(cfg), arch)
+    short = module.rsplit(".", 1)[-1]
+    row = Row(short, cfg["name"], _describe(cfg), arch, tensor_cores=bool(cfg.get("tensor_cores")))
+    dump_sass = sass == "all" or (sass == "auto" and (short in SASS_MODULES or row.tensor_cores))
     start = time.perf_counter()
     try:
         src = ASTSource(
@@ -138,6 +194,8 @@ def _compile_one(module: str, index: int, arch: int) -> Row:
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
         row.smem = int(compiled.metadata.shared)
         row.regs, row.spill = _resource_usage(compiled.asm["cubin"])
+        if dump_sass:
+            row.sass = sass_counts(compiled.asm["cubin"])
     except Exception as e:  # noqa: BLE001 - every failure becomes a table row and a non-zero exit
         lines = [line for line in str(e).strip().splitlines() if line.strip()]
         row.error = f"{type(e).__name__}: {lines[-1] if lines else ''}"[:300]
@@ -165,7 +223,7 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def run(modules: list[str], archs: list[int], match: str | None, jobs: int) -> list[Row]:
+def run(modules: list[str], archs: list[int], match: str | None, jobs: int, sass: str = "auto") -> list[Row]:
     """Compile every selected config in ``jobs`` spawned processes; rows in a stable order."""
     cache = tempfile.mkdtemp(prefix="fastgpt-aot-cache-")
     saved = dict(os.environ)
@@ -181,7 +239,7 @@ def run(modules: list[str], archs: list[int], match: str | None, jobs: int) -> l
             tasks = [
                 (m, i, arch) for m, i, _, _, only in configs for arch in archs if only is None or arch in only
             ]
-            futures = [pool.submit(_compile_one, *t) for t in tasks]
+            futures = [pool.submit(_compile_one, *t, sass) for t in tasks]
             rows = [f.result() for f in futures]
     finally:
         os.environ.clear()
@@ -199,7 +257,7 @@ def _fmt(value) -> str:
 
 
 def format_table(rows: list[Row], markdown: bool) -> str:
-    header = ["kernel", "config", "arch", "smem (B)", "regs", "spill/stack (B)", "status"]
+    header = ["kernel", "config", "arch", "smem (B)", "regs", "spill/stack (B)", *SASS_OPCODES, "status"]
     body = [
         [
             f"{r.module}.{r.kernel}",
@@ -208,6 +266,7 @@ def format_table(rows: list[Row], markdown: bool) -> str:
             _fmt(r.smem),
             _fmt(r.regs),
             _fmt(r.spill),
+            *(_fmt(None if r.sass is None else r.sass[op]) for op in SASS_OPCODES),
             r.status,
         ]
         for r in rows
@@ -229,6 +288,16 @@ def summary(rows: list[Row], seconds: float, jobs: int) -> str:
         f"{seconds:.1f} s on {jobs} processes: {errors} compile errors, {over} over the shared-memory "
         f"limit, {len(spills)} with spills"
     )
+    dumped = [r for r in rows if r.sass is not None]
+    if dumped:
+        expecting = [r for r in rows if r.tensor_cores]
+        text += (
+            f"\nSASS of {len(dumped)} compiles: {sum(r.mma > 0 for r in dumped)} with tensor-core instructions "
+            f"({sum(r.sass['HGMMA'] > 0 for r in dumped)} HGMMA, {sum(r.sass['HMMA'] > 0 for r in dumped)} HMMA), "
+            f"{sum(r.sass['LDGSTS'] > 0 for r in dumped)} with cp.async, {sum(r.sass['UTMALDG'] > 0 for r in dumped)} "
+            f"with TMA loads, {sum(r.sass['STL'] + r.sass['LDL'] > 0 for r in dumped)} with local-memory traffic; "
+            f"{sum(r.no_tensor_cores for r in expecting)} of {len(expecting)} tensor-core configs without them"
+        )
     if spills:
         text += "\nspilling: " + ", ".join(spills)
     for r in rows:
@@ -255,11 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", help="comma-separated modules to check instead of all fastgpt.kernels")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as markdown to FILE")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
+    parser.add_argument(
+        "--sass",
+        choices=("auto", "all", "none"),
+        default="auto",
+        help="count SASS opcodes: auto = attention, cross-entropy and configs that declare tensor_cores",
+    )
     args = parser.parse_args(argv)
 
     modules = args.modules.split(",") if args.modules else discover_modules()
     start = time.perf_counter()
-    rows = run(modules, args.arch, args.match, max(1, args.jobs))
+    rows = run(modules, args.arch, args.match, max(1, args.jobs), args.sass)
     seconds = time.perf_counter() - start
     if not rows:
         print(f"build_check: no AOT configs selected (modules: {', '.join(modules)})", file=sys.stderr)
@@ -269,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.markdown:
         _write_atomic(args.markdown, format_table(rows, markdown=True) + "\n")
-    return 1 if any(r.error or r.over_limit for r in rows) else 0
+    return 1 if any(r.failed for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -34,10 +34,22 @@ BROKEN_KERNELS = textwrap.dedent(
         tl.store(C + tile, tl.dot(a, a))
 
 
+    @triton.jit
+    def _ieee_dot_kernel(A, C, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tile = offs[:, None] * BLOCK + offs[None, :]
+        a = tl.load(A + tile)
+        tl.store(C + tile, tl.dot(a, a, input_precision="ieee"))
+
+
     AOT_CONFIGS = [
         {"name": "big_dot", "fn": _big_dot_kernel, "constexprs": {"BLOCK": 256}, "num_warps": 8,
          "signature": {"A": "*bf16", "B": "*bf16", "C": "*fp32", "BLOCK": "constexpr"}},
         {"name": "tiny_dot", "fn": _tiny_dot_kernel, "constexprs": {"BLOCK": 8},
+         "signature": {"A": "*bf16", "C": "*fp32", "BLOCK": "constexpr"}},
+        {"name": "ieee_dot", "fn": _ieee_dot_kernel, "constexprs": {"BLOCK": 64}, "tensor_cores": True,
+         "signature": {"A": "*fp32", "C": "*fp32", "BLOCK": "constexpr"}},
+        {"name": "bf16_dot", "fn": _tiny_dot_kernel, "constexprs": {"BLOCK": 64}, "tensor_cores": True,
          "signature": {"A": "*bf16", "C": "*fp32", "BLOCK": "constexpr"}},
     ]
     """
@@ -59,7 +71,7 @@ def test_build_check_reports_real_and_broken_kernels(tmp_path):
     cmd = [
         sys.executable, "-m", "fastgpt.kernels.build_check", "--arch", "90", "--jobs", "2",
         "--modules", "aot_broken_kernels,fastgpt.kernels.activations",
-        "--match", r"big_dot|tiny_dot|swiglu_fwd\[bf16 BLOCK_M=1 BLOCK_N=1024 ", "--markdown", str(table),
+        "--match", r"big_dot|tiny_dot|ieee_dot|bf16_dot|swiglu_fwd\[bf16 BLOCK_M=1 BLOCK_N=1024 ", "--markdown", str(table),
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -69,6 +81,8 @@ def test_build_check_reports_real_and_broken_kernels(tmp_path):
         "activations.swiglu_fwd",
         "aot_broken_kernels.big_dot",
         "aot_broken_kernels.tiny_dot",
+        "aot_broken_kernels.ieee_dot",
+        "aot_broken_kernels.bf16_dot",
     }
     good = rows["activations.swiglu_fwd"]
     assert good["arch"] == "sm_90" and good["status"] == "ok"
@@ -79,6 +93,15 @@ def test_build_check_reports_real_and_broken_kernels(tmp_path):
     big = rows["aot_broken_kernels.big_dot"]
     assert int(big["smem (B)"]) >= 2 * 256 * 256 * 2  # both bf16 operand tiles staged in shared memory
     assert big["status"] == "SMEM > 227 KB"
+
+    assert good["HGMMA"] == "-"  # SASS counted only for attention, cross-entropy and tensor_cores configs
+
+    # SASS evidence: a bf16 tl.dot becomes warpgroup MMA on sm_90; a full-precision fp32 dot runs on FMAs,
+    # which a config declaring tensor_cores must not do.
+    bf16_dot = rows["aot_broken_kernels.bf16_dot"]
+    assert int(bf16_dot["HGMMA"]) > 0 and bf16_dot["status"] == "ok"
+    ieee = rows["aot_broken_kernels.ieee_dot"]
+    assert ieee["HGMMA"] == ieee["HMMA"] == "0" and ieee["status"] == "NO TENSOR CORES"
 
     assert rows["aot_broken_kernels.tiny_dot"]["status"] == "COMPILE ERROR"
     assert "ERROR aot_broken_kernels.tiny_dot" in result.stdout and "K >= 16" in result.stdout
