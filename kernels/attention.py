@@ -1131,10 +1131,13 @@ def attention_triton(
 # ================================================================================= ahead-of-time builds
 _TRITON_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _ARCH_CAPABILITY = {"sm80": 80, "sm90": 90}
-# Feature variants compiled by the build check: the plain causal case (training), everything switched on
-# (the most registers and the most code), and non-causal (encoders, reward heads).
+# Feature variants compiled by the build check: every combination the model launches (it is always causal:
+# plain for inference and unpacked rows, documents for packed pretraining/SFT rows, a window for
+# sliding-window models, both), and non-causal (encoders, reward heads calling attention_triton directly).
 _AOT_VARIANTS = {
     "causal": dict(CAUSAL=True, HAS_DOCS=False, HAS_WINDOW=False),
+    "causal+docs": dict(CAUSAL=True, HAS_DOCS=True, HAS_WINDOW=False),
+    "causal+window": dict(CAUSAL=True, HAS_DOCS=False, HAS_WINDOW=True),
     "causal+docs+window": dict(CAUSAL=True, HAS_DOCS=True, HAS_WINDOW=True),
     "noncausal": dict(CAUSAL=False, HAS_DOCS=False, HAS_WINDOW=False),
 }
@@ -1146,7 +1149,8 @@ _KERNELS = {
 
 
 def _aot_signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
-    """Argument types as the launcher passes them (tensor element types, i32 sizes/strides, fp32 scales)."""
+    """Argument types as the launcher passes them (tensor element types, i32 sizes/strides, fp32 scales).
+    Without documents the launcher passes the fp32 LSE as placeholder document pointers (never read)."""
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -1154,7 +1158,7 @@ def _aot_signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
         elif name in ("LSE", "DELTA"):
             sig[name] = "*fp32"
         elif name in ("DOC", "TOK_LO", "TOK_HI"):
-            sig[name] = "*i32"
+            sig[name] = "*i32" if constexprs.get("HAS_DOCS") else "*fp32"
         elif name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV"):
             sig[name] = f"*{dtype}"
         elif name in ("qk_scale", "sm_scale"):
@@ -1173,8 +1177,9 @@ def _aot_attrs(fn, signature: dict[str, str]) -> dict:
 
 
 def _aot_entry(name: str, fn, dtype: str, constexprs: dict, options: dict, archs: list[int]) -> dict:
-    """One entry in the format of kernels/build_check.py, plus two keys it may use: ``attrs`` (pass to
-    ``ASTSource`` to compile what the JIT compiles) and ``archs`` (where the launcher picks this entry)."""
+    """One entry in the format of kernels/build_check.py, plus the keys it may use: ``attrs`` (pass to
+    ``ASTSource`` to compile what the JIT compiles), ``archs`` (where the launcher picks this entry) and
+    ``tensor_cores`` (the kernel's ``tl.dot`` must become HGMMA/HMMA: the build check fails otherwise)."""
     signature = _aot_signature(fn, dtype, constexprs)
     return {
         "name": name,
@@ -1184,6 +1189,7 @@ def _aot_entry(name: str, fn, dtype: str, constexprs: dict, options: dict, archs
         **options,  # num_warps, num_stages
         "attrs": _aot_attrs(fn, signature),
         "archs": archs,
+        "tensor_cores": fn is not _attn_bwd_preprocess_kernel,
     }
 
 
@@ -1201,7 +1207,7 @@ def aot_configs() -> list[dict]:
                     _attn_bwd_preprocess_kernel,
                     dtype,
                     constexprs,
-                    dict(num_warps=4, num_stages=1),
+                    dict(num_warps=4, num_stages=3),  # the launcher passes neither: triton's defaults
                     [80, 90],
                 )  # fmt: skip
             )
@@ -1224,6 +1230,29 @@ def aot_configs() -> list[dict]:
 
 
 AOT_CONFIGS = aot_configs()
+_ROLES = {fn.fn.__name__ if hasattr(fn, "fn") else fn.__name__: role for role, fn in _KERNELS.values()}
+
+
+def aot_gpu_launch(launch, arch: int):
+    """What a GPU of ``arch`` (80 or 90) launches for the call recorded as ``launch`` (a
+    :class:`fastgpt.kernels._launches.Launch`, recorded under the interpreter or on any GPU): the arch
+    family's tiles for the kernel's role and head dim, no interpreter upcast, and nothing at all for fp32
+    inputs (``fastgpt.ops`` sends fp32 attention on CUDA to SDPA; ``check_dtype`` refuses it)."""
+    from dataclasses import replace
+
+    types = dict(launch.signature)
+    if types.get("Q", types.get("O")) == "*fp32":  # every attention kernel takes Q, or O (preprocess)
+        return None
+    constexprs = dict(launch.constexprs)
+    options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages}
+    if "UPCAST" in constexprs:
+        constexprs.update(UPCAST=False, PRECISION="tf32")
+    role = _ROLES.get(launch.kernel)
+    if role is not None:
+        cfg = tile_configs(constexprs["HEAD_DIM"], {80: "sm80", 90: "sm90"}[arch])[role]
+        constexprs.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n)
+        options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    return replace(launch, constexprs=tuple(constexprs.items()), **options)
 
 
 # ========================================================================================== flash-attn

@@ -547,11 +547,12 @@ def layer_norm_triton(
 
 # ------------------------------------------------------------------------------ ahead-of-time configs
 def _aot_configs() -> list[dict]:
-    """Every (kernel, tile, flag) the launchers can pick, in bf16 and fp16 (weights in the same dtype as
-    the activations; statistics and partial sums are fp32 whatever the inputs)."""
+    """Every (kernel, tile, flag) the launchers can pick, in bf16, fp16 and fp32 (weights in the same dtype
+    as the activations; statistics and partial sums are fp32 whatever the inputs). fp32 is what training
+    under bf16/fp16 autocast launches: the residual stream and the norm weights stay fp32 there."""
     configs = []
     stats = ("RSTD", "MEAN", "DW_PARTIAL", "DB_PARTIAL")
-    for dt in ("bf16", "fp16"):
+    for dt in ("bf16", "fp16", "fp32"):
         for block_h in BLOCK_H_CHOICES:
             cfg = norm_block_config(block_h)
             tile = {"BLOCK_M": cfg.block_m, "BLOCK_H": cfg.block_h}
