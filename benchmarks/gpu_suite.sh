@@ -4,6 +4,10 @@
 # and fastgpt is installed from this tree without dependencies.
 #
 #   bash benchmarks/gpu_suite.sh [OUT_DIR]      # default: benchmarks/results/gpu (or $OUT when set)
+#   bash benchmarks/gpu_suite.sh --dry-run      # print the phases and their commands, run nothing
+#
+# The correctness phase (step 2) runs first: when a test fails the suite stops there, before any
+# benchmark, with one line per failing test ("FAILED tests/...::test - reason").
 #
 # Steps, each with its own time limit so one slow step cannot eat the others:
 #   1. the machine: nvidia-smi, torch/triton versions
@@ -13,29 +17,41 @@
 # Logs and tables go to OUT_DIR (kernels.csv/.md/.png, train.csv, *.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+dry=0
+if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
 out="${1:-${OUT:-benchmarks/results/gpu}}"
-mkdir -p "$out"
 py=${PYTHON:-python3}
+[ "$dry" -eq 1 ] || mkdir -p "$out"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 status=0
+last_rc=0
 step() {  # step NAME SECONDS CMD...: run with a limit, log to $out/NAME.log, remember failures
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s): $*"
+  if [ "$dry" -eq 1 ]; then return 0; fi
   timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "=== $name: exit $rc"
+  last_rc=$rc
   [ "$rc" -eq 0 ] || status=1
 }
 
 step machine 60 bash -c "nvidia-smi; $py -c 'import torch, triton; print(\"torch\", torch.__version__, \"triton\", triton.__version__, torch.cuda.get_device_name())'"
 # fastgpt itself, without touching the machine's packages (no index: nothing can be fetched there)
-$py -m pip install -q --no-deps --no-build-isolation --no-index -e . || status=1
+[ "$dry" -eq 1 ] || $py -m pip install -q --no-deps --no-build-isolation --no-index -e . || status=1
 
-step kernel_tests 180 env FASTGPT_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider \
+step kernel_tests 180 env FASTGPT_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider --tb=no -rfE -m "not slow" \
   tests/test_kernel_norms.py tests/test_kernel_rope.py tests/test_kernel_activations.py \
-  tests/test_kernel_attention.py tests/test_kernel_cross_entropy.py tests/test_ops_attention_math.py
+  tests/test_kernel_attention.py tests/test_kernel_cross_entropy.py tests/test_ops_attention_math.py \
+  tests/test_kernel_launches.py
+if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then  # correctness first: no benchmark of a wrong kernel
+  echo "gpu suite: correctness phase failed, benchmarks not run:"
+  grep -E '^(FAILED|ERROR) ' "$out/kernel_tests.log" || tail -n 5 "$out/kernel_tests.log"
+  exit 1
+fi
 step kernels_bench 180 $py benchmarks/kernels.py --quick --out "$out"
 step train_throughput 180 $py benchmarks/train_throughput.py --configs gpt2 llama-1b --batch 8 --seq 1024 \
   --dtype bf16 --compile true --reference false --device cuda --csv "$out/train.csv"
+[ "$dry" -eq 0 ] || { echo "gpu suite: dry run, nothing was run"; exit 0; }
 echo "gpu suite: $([ $status -eq 0 ] && echo all steps passed || echo SOME STEPS FAILED) (logs in $out)"
 exit $status
