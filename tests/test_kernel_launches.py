@@ -149,7 +149,7 @@ def _sft(tmp_path: Path) -> int:
     return main(
         [f"--model={base}", f"--out_dir={tmp_path / 'sft'}", "--data=identity", "--max_steps=1"]
         + ["--batch_size=2", "--seq_len=160", "--eval_every=0", "--progress=false", "--dtype=bf16"]
-        + ["--sample_tokens=0"]
+        + ["--sample_tokens=2"]
     )
 
 
