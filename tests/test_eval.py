@@ -228,10 +228,13 @@ class ArithmeticScript(torch.nn.Module):
                     int, re.findall(r"What is (\d+) plus (\d+)\?", self.tok.decode(idx[b].tolist()))[-1]
                 )
                 self.rows.append((self.tok.encode(f" #### {a + c + a % 2}") + [self.stop_id], 0))
-        elif len(self.rows) != idx.size(0):  # each prompt's prefill is shared by its n samples
-            n = idx.size(0) // len(self.rows)
-            self.rows = [row for row in self.rows for _ in range(n)]
         else:  # a decode step: each row's previous token was fed
+            if idx.size(0) > len(self.rows):  # each prompt's prefill is shared by its n samples
+                n = idx.size(0) // len(self.rows)
+                self.rows = [row for row in self.rows for _ in range(n)]
+            elif idx.size(0) < len(self.rows):  # continuous batching dropped the rows that stopped
+                self.rows = [(target, done) for target, done in self.rows if done < len(target) - 1]
+            assert len(self.rows) == idx.size(0), (len(self.rows), idx.size(0))
             self.rows = [(target, done + 1) for target, done in self.rows]
         for b, (target, done) in enumerate(self.rows):
             logits[b, -1] = -1e9

@@ -122,8 +122,7 @@ def test_raw_jsonl_data_with_its_own_text_field(tmp_path, capsys, monkeypatch):
         "".join(json.dumps({"body": f"the king speaks to the queen {i} times."}) + "\n" for i in range(400))
     )
     args = pretrain_args(rows, tmp_path / "out", max_steps=1, vocab_size=300)
-    assert "no 'text' field (fields: body); pick one with --text_field" in (err := _error(capsys, args))
-    assert "or --text_field (pretraining)" in err
+    assert "no 'text' field (fields: body); pick one with --text_field" in _error(capsys, args)
     with one_thread():
         assert main([*args, "--text_field=body"]) == 0
     assert "--txt_mode: expected file or blocks" in _error(capsys, [*args, "--txt_mode=lines"])
