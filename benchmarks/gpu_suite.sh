@@ -43,7 +43,7 @@ step machine 60 bash -c "nvidia-smi; $py -c 'import torch, triton; print(\"torch
 step kernel_tests 180 env FASTGPT_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider --tb=no -rfE -m "not slow" \
   tests/test_kernel_norms.py tests/test_kernel_rope.py tests/test_kernel_activations.py \
   tests/test_kernel_attention.py tests/test_kernel_cross_entropy.py tests/test_ops_attention_math.py \
-  tests/test_kernel_launches.py
+  tests/test_kernel_launches.py tests/test_ops_compile.py
 if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then  # correctness first: no benchmark of a wrong kernel
   echo "gpu suite: correctness phase failed, benchmarks not run:"
   grep -E '^(FAILED|ERROR) ' "$out/kernel_tests.log" || tail -n 5 "$out/kernel_tests.log"
