@@ -35,12 +35,12 @@ import torch
 
 from fastgpt.kernels.activations import gelu_tanh_reference, gelu_tanh_triton, swiglu_reference, swiglu_triton
 from fastgpt.kernels.attention import (
-    attention_flash_attn,
     attention_math,
     attention_naive,
     attention_reference,
     attention_triton,
 )
+from fastgpt.kernels.attention_flash_attn import attention_flash_attn
 from fastgpt.kernels.cross_entropy import (
     cross_entropy_reference,
     cross_entropy_triton,

@@ -22,28 +22,36 @@ def aot_config(
     *,
     fp32_pointers: tuple[str, ...] = (),
     i64_pointers: tuple[str, ...] = (),
+    i32_pointers: tuple[str, ...] = (),
     fp32_scalars: tuple[str, ...] = (),
+    i32_scalars: tuple[str, ...] = (),
     unaligned: tuple[str, ...] = (),
     num_warps: int = 4,
+    num_stages: int | None = None,
 ) -> dict:
     """One ``AOT_CONFIGS`` entry: ``fn``'s pointers in ``dtype`` (``"bf16"``/``"fp16"``) except those named
-    fp32 (statistics, partial sums) or i64 (targets)."""
+    fp32 (statistics, partial sums), i64 (targets) or i32 (document ids). ``i32_scalars`` names upper-case
+    arguments that are integers, not pointers (``T_Q``, ``H_KV``); ``num_stages`` is recorded only when
+    given (the launcher otherwise passes none and triton's default applies)."""
+    pointer_types = {
+        **dict.fromkeys(fp32_pointers, "*fp32"),
+        **dict.fromkeys(i64_pointers, "*i64"),
+        **dict.fromkeys(i32_pointers, "*i32"),
+    }
     signature, attrs = {}, {}
     for index, arg in enumerate(fn.arg_names):
         if arg in constexprs:
             signature[arg] = "constexpr"
         elif arg in fp32_scalars:
             signature[arg] = "fp32"
-        elif arg.isupper():
-            signature[arg] = (
-                "*fp32" if arg in fp32_pointers else "*i64" if arg in i64_pointers else f"*{dtype}"
-            )
+        elif arg.isupper() and arg not in i32_scalars:
+            signature[arg] = pointer_types.get(arg, f"*{dtype}")
             attrs[(index,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"
             if arg not in unaligned:
                 attrs[(index,)] = [["tt.divisibility", 16]]
-    return {
+    entry = {
         "name": name,
         "fn": fn,
         "signature": signature,
@@ -51,3 +59,6 @@ def aot_config(
         "attrs": attrs,
         "num_warps": num_warps,
     }
+    if num_stages is not None:
+        entry["num_stages"] = num_stages
+    return entry

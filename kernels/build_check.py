@@ -55,7 +55,7 @@ SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 EXCLUDED_MODULES = {"build_check"}
 # Modules whose configs get SASS opcode counts by default (``--sass auto``): the tl.dot kernels and the
 # cross-entropy. Dumping SASS costs about a quarter of a compile, so the memory-bound kernels skip it.
-SASS_MODULES = {"attention", "cross_entropy"}
+SASS_MODULES = {"attention", "attention_backward", "cross_entropy"}
 # Opcodes counted in the SASS: tensor cores (warpgroup / warp MMA), cp.async, TMA loads, local memory.
 SASS_OPCODES = ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "STL", "LDL")
 _SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")

@@ -26,17 +26,17 @@ import sys
 
 import pytest
 import torch
+from fastgpt.kernels._attention_tiles import _doc_extents
 from fastgpt.kernels.attention import (
     AOT_CONFIGS,
     SUPPORTED_HEAD_DIMS,
-    _doc_extents,
-    attention_flash_attn,
     attention_naive,
     attention_reference,
     attention_triton,
-    doc_ids_to_cu_seqlens,
     tile_configs,
 )
+from fastgpt.kernels.attention_backward import AOT_CONFIGS as BACKWARD_AOT_CONFIGS
+from fastgpt.kernels.attention_flash_attn import attention_flash_attn, doc_ids_to_cu_seqlens
 from kernel_modes import attention_dtype, attention_dtype_for, target_arch
 
 from fastgpt import ops
@@ -332,8 +332,8 @@ def test_flash_attn_wrapper_says_why_it_cannot_run_here():
 def test_aot_configs_cover_every_launch_choice():
     """Every (head dim, arch, kernel role) tile choice of the launcher appears in AOT_CONFIGS for both
     dtypes, with a signature naming every kernel argument."""
-    names = {e["name"] for e in AOT_CONFIGS}
-    for entry in AOT_CONFIGS:
+    names = {e["name"] for e in AOT_CONFIGS + BACKWARD_AOT_CONFIGS}
+    for entry in AOT_CONFIGS + BACKWARD_AOT_CONFIGS:
         assert list(entry["signature"]) == entry["fn"].arg_names
         assert all(entry["signature"][c] == "constexpr" for c in entry["constexprs"])
     kernels = {"fwd": "attn_fwd", "bwd_dkdv": "attn_bwd_dkdv", "bwd_dq": "attn_bwd_dq"}
@@ -354,8 +354,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fastgpt.kernels.attention import AOT_CONFIGS
+from fastgpt.kernels.attention_backward import AOT_CONFIGS as BACKWARD
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-for e in AOT_CONFIGS:
+for e in AOT_CONFIGS + BACKWARD:
     if " d128 bf16 sm90-tiles" in e["name"] and e["name"].endswith(" causal"):
         src = ASTSource(fn=e["fn"], signature=e["signature"], constexprs=e["constexprs"], attrs=e["attrs"])
         options = dict(num_warps=e["num_warps"], num_stages=e["num_stages"])

@@ -33,6 +33,7 @@ import test_kernel_norms as norms_tests
 import test_kernel_rope as rope_tests
 import torch
 from fastgpt.kernels import attention as attention_module
+from fastgpt.kernels import attention_backward as attention_backward_module
 from fastgpt.kernels._target import ARCH_ENV
 from fastgpt.kernels.attention import tile_configs
 from kernel_modes import TEST_DEVICE, target_arch
@@ -56,12 +57,12 @@ def arch(request, monkeypatch):
 def attention_tiles(monkeypatch):
     """The (BLOCK_M, BLOCK_N) of every attention kernel launch, seen at Triton's ``run`` (the launch)."""
     seen = {}
-    for role, name in (
-        ("fwd", "_attn_fwd_kernel"),
-        ("bwd_dkdv", "_attn_bwd_dkdv_kernel"),
-        ("bwd_dq", "_attn_bwd_dq_kernel"),
+    for role, module, name in (
+        ("fwd", attention_module, "_attn_fwd_kernel"),
+        ("bwd_dkdv", attention_backward_module, "_attn_bwd_dkdv_kernel"),
+        ("bwd_dq", attention_backward_module, "_attn_bwd_dq_kernel"),
     ):
-        kernel = getattr(attention_module, name)
+        kernel = getattr(module, name)
         run = kernel.run
 
         def observed(*args, _role=role, _run=run, **kwargs):
