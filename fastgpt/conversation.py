@@ -24,14 +24,17 @@ is skipped and counted (the first few reasons are kept for the log), or is a har
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BUILTIN_TOOLS",
     "CALCULATOR",
     "FASTGPT_CHAT_TEMPLATE",
+    "PYTHON",
     "ChatFormat",
     "ConversationError",
     "ConversationTooLong",
@@ -40,14 +43,23 @@ __all__ = [
     "ReadStats",
     "calculator_call",
     "iter_conversations",
+    "parse_tool_call_text",
+    "python_call",
     "read_conversations",
     "sharegpt_to_messages",
+    "tool_call",
     "tool_call_expression",
+    "tool_call_text",
     "validate_messages",
 ]
 
 ROLES = ("system", "user", "assistant", "tool")
 CALCULATOR = "calculator"
+PYTHON = "python"
+BUILTIN_TOOLS = (CALCULATOR, PYTHON)
+# the one string argument a built-in tool takes; fastgpt's format writes it bare (no JSON around it)
+TOOL_ARGUMENT = {CALCULATOR: "expression", PYTHON: "code"}
+_TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 Message = dict[str, Any]
 
@@ -57,14 +69,63 @@ class ConversationError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- validation
+def tool_call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-style tool call of ``name`` with ``arguments`` (an object)."""
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 def calculator_call(expression: str) -> dict[str, Any]:
     """An OpenAI-style tool call of the calculator on ``expression``."""
-    return {"type": "function", "function": {"name": CALCULATOR, "arguments": {"expression": expression}}}
+    return tool_call(CALCULATOR, {"expression": expression})
+
+
+def python_call(code: str) -> dict[str, Any]:
+    """An OpenAI-style tool call of the sandboxed Python tool on ``code``."""
+    return tool_call(PYTHON, {"code": code})
 
 
 def tool_call_expression(call: dict[str, Any]) -> str:
     """The calculator expression of a (validated) tool call."""
     return call["function"]["arguments"]["expression"]
+
+
+def tool_call_text(call: dict[str, Any]) -> str:
+    """What fastgpt's format writes between ``<|tool_call_start|>`` and ``<|tool_call_end|>`` for a
+    (validated) call: the calculator's expression bare (the format's first, calculator-only version,
+    so calculator data and checkpoints read and write the same tokens as before); any other tool as
+    its name, a newline, then its argument -- the bare ``code`` for ``python``, the arguments as JSON
+    for other tools::
+
+        12*7                      calculator
+        python\nprint(12*7)       python
+        get_weather\n{"city": "Paris"}
+
+    No calculator expression starts with ``NAME`` and a newline (a newline is a syntax error there),
+    so :func:`parse_tool_call_text` tells the two apart without ambiguity."""
+    fn = call["function"]
+    name, args = fn["name"], fn["arguments"]
+    if name == CALCULATOR:
+        return args["expression"]
+    if name in TOOL_ARGUMENT:  # a built-in tool's other arguments (none are defined) are not written
+        return f"{name}\n{args[TOOL_ARGUMENT[name]]}"
+    return f"{name}\n{json.dumps(args, ensure_ascii=False)}"
+
+
+def parse_tool_call_text(text: str) -> dict[str, Any]:
+    """The call that :func:`tool_call_text` wrote as ``text`` (what a model wrote between the call
+    tokens): ``NAME\nREST`` names a tool, anything else is a calculator expression. ``python``'s
+    REST is its code; another tool's REST is its JSON arguments, or, when it is not a JSON object,
+    ``{"input": REST}`` (a model's malformed arguments are shown to whoever runs the tool, not lost)."""
+    head, sep, rest = text.partition("\n")
+    if not sep or not _TOOL_NAME.fullmatch(head):
+        return calculator_call(text)
+    if head in TOOL_ARGUMENT:
+        return tool_call(head, {TOOL_ARGUMENT[head]: rest})
+    try:
+        args = json.loads(rest)
+    except json.JSONDecodeError:
+        args = None
+    return tool_call(head, args if isinstance(args, dict) else {"input": rest})
 
 
 def _normalize_tool_call(call: Any, where: str) -> dict[str, Any]:
@@ -83,8 +144,8 @@ def _normalize_tool_call(call: Any, where: str) -> dict[str, Any]:
             ) from None
     if not isinstance(args, dict):
         raise ConversationError(f"{where}: tool call arguments must be an object, got {type(args).__name__}")
-    if name == CALCULATOR and not isinstance(args.get("expression"), str):
-        raise ConversationError(f"{where}: calculator call needs a string 'expression' argument")
+    if name in TOOL_ARGUMENT and not isinstance(args.get(TOOL_ARGUMENT[name]), str):
+        raise ConversationError(f"{where}: {name} call needs a string {TOOL_ARGUMENT[name]!r} argument")
     out = {"type": "function", "function": {"name": name, "arguments": args}}
     if "id" in call:
         out["id"] = call["id"]
@@ -420,7 +481,7 @@ class ChatFormat:
             tok = tokens[i]
             if tok == self.tool_call_start_id and self.tool_call_end_id in tokens[i + 1 :]:
                 end = tokens.index(self.tool_call_end_id, i + 1)
-                call = calculator_call(decode(tokens[i + 1 : end]))
+                call = parse_tool_call_text(decode(tokens[i + 1 : end]))
                 messages.append({"role": "assistant", "content": decode(text), "tool_calls": [call]})
                 text, i = [], end + 1
                 if i < len(tokens) and tokens[i] == self.tool_output_start_id:
@@ -464,14 +525,16 @@ class SpecialTokenFormat(ChatFormat):
     """fastgpt's chat format, assembled from special-token ids (no string parsing)::
 
         <|bos|><|system_start|>S<|system_end|><|user_start|>U<|user_end|>
-        <|assistant_start|>A<|tool_call_start|>EXPR<|tool_call_end|><|tool_output_start|>R<|tool_output_end|>
+        <|assistant_start|>A<|tool_call_start|>CALL<|tool_call_end|><|tool_output_start|>R<|tool_output_end|>
         A2<|assistant_end|><|user_start|>...
 
-    (no newlines in reality). A tool call, its output and the reply after it are one assistant turn,
+    (no newlines in reality). CALL is :func:`tool_call_text`: a calculator expression bare (as in the
+    format's calculator-only first version), any other tool as ``NAME`` + newline + its argument
+    (``python\nprint(1)``). A tool call, its output and the reply after it are one assistant turn,
     exactly as the engine produces them: the model writes the call, the engine inserts the output and
     the model goes on. Loss mask: 1 on the assistant's text, tool calls and ``<|assistant_end|>``; 0 on
-    ``<|bos|>``, ``<|assistant_start|>``, system, user and tool-output tokens. Only the calculator tool is
-    supported, one call per assistant message (the engine runs each call as soon as it is written).
+    ``<|bos|>``, ``<|assistant_start|>``, system, user and tool-output tokens. One call per assistant
+    message (the engine runs each call as soon as it is written).
     """
 
     def __init__(self, tokenizer: Any):
@@ -511,13 +574,13 @@ class SpecialTokenFormat(ChatFormat):
                 if len(calls) > 1:
                     raise ConversationError(f"message {i}: fastgpt's format runs one tool call per message")
                 for call in calls:
-                    if call["function"]["name"] != CALCULATOR:
+                    name = call["function"]["name"]
+                    if name != CALCULATOR and not _TOOL_NAME.fullmatch(name):
                         raise ConversationError(
-                            f"message {i}: fastgpt's format knows the {CALCULATOR!r} tool only, "
-                            f"not {call['function']['name']!r}"
+                            f"message {i}: tool name {name!r} is not an identifier (letters, digits, _ . -)"
                         )
                     start, end = self.ids["tool_call"]
-                    add([start, *enc(tool_call_expression(call)), end], 1)
+                    add([start, *enc(tool_call_text(call)), end], 1)
                 if not calls:
                     add([self.ids["assistant"][1]], 1)
                     turn_ends.append(len(ids))
@@ -547,6 +610,31 @@ FASTGPT_CHAT_TEMPLATE = (
     "{% if message['content'] %}{{ message['content'] }}{% endif %}"
     "{% if message['tool_calls'] %}"
     "{% for call in message['tool_calls'] %}"
+    "<|tool_call_start|>"
+    "{% if call['function']['name'] == 'calculator' %}{{ call['function']['arguments']['expression'] }}"
+    "{% elif call['function']['name'] == 'python' %}python{{ '\\n' }}{{ call['function']['arguments']['code'] }}"
+    "{% else %}{{ call['function']['name'] }}{{ '\\n' }}{{ call['function']['arguments'] | tojson }}"
+    "{% endif %}"
+    "<|tool_call_end|>"
+    "{% endfor %}"
+    "{% else %}<|assistant_end|>{% endif %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt and messages[-1]['role'] == 'user' %}<|assistant_start|>{% endif %}"
+)
+# The calculator-only first version, as model dirs saved before named tools carry it: recognised as
+# fastgpt's format (it renders calculator calls exactly as the current one does).
+FASTGPT_CHAT_TEMPLATE_V1 = (
+    "<|bos|>"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system_start|>{{ message['content'] }}<|system_end|>"
+    "{% elif message['role'] == 'user' %}<|user_start|>{{ message['content'] }}<|user_end|>"
+    "{% elif message['role'] == 'tool' %}<|tool_output_start|>{{ message['content'] }}<|tool_output_end|>"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|assistant_start|>{% endif %}"
+    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message['tool_calls'] %}"
+    "{% for call in message['tool_calls'] %}"
     "<|tool_call_start|>{{ call['function']['arguments']['expression'] }}<|tool_call_end|>"
     "{% endfor %}"
     "{% else %}<|assistant_end|>{% endif %}"
@@ -554,3 +642,4 @@ FASTGPT_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt and messages[-1]['role'] == 'user' %}<|assistant_start|>{% endif %}"
 )
+FASTGPT_CHAT_TEMPLATES = (FASTGPT_CHAT_TEMPLATE, FASTGPT_CHAT_TEMPLATE_V1)

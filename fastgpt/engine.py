@@ -18,10 +18,14 @@ token's worth of compute instead of the whole sequence.
 - **Batched per-token work**: sampling, stop detection, the length limit and the detection of a tool
   call's start are tensor operations over the whole batch each step; Python touches only the rows that
   are inside a tool call, and each row's tokens are read back once at the end.
-- Tool use: when a row writes ``<|tool_call_start|> EXPR <|tool_call_end|>`` the engine evaluates EXPR with
-  the safe calculator (:mod:`fastgpt.tools`) and *forces* ``<|tool_output_start|> RESULT
-  <|tool_output_end|>`` into that row, one token per step alongside the other rows' sampled tokens;
-  then the model continues its turn. Forced tokens count toward ``max_tokens``.
+- Tool use: when a row writes ``<|tool_call_start|> CALL <|tool_call_end|>`` the engine reads the tool's
+  name from CALL (:func:`fastgpt.conversation.parse_tool_call_text`: ``python\nCODE``, or a bare
+  calculator expression), runs it from its registry (:data:`fastgpt.tools.TOOLS`: ``calculator``,
+  ``python``) and *forces* ``<|tool_output_start|> RESULT <|tool_output_end|>`` into that row, one
+  token per step alongside the other rows' sampled tokens; then the model continues its turn. Forced
+  tokens count toward ``max_tokens``. ``tools`` picks which registered tools run (``True``: all,
+  ``False``: none, or a set of names); a call of any other tool ends the row with
+  ``finish_reason="tool_calls"`` for the caller to run it.
 - Sampling: ``temperature`` (0 = greedy), ``top_k``, ``top_p``; each prompt has its own random stream
   (``seeds``, or ``seed + i`` for prompt ``i``) from which its ``n`` rows draw one uniform each per
   step, inverted through the row's CDF (:func:`fastgpt.model.sampling.sample_with_uniforms`).
@@ -44,14 +48,15 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from fastgpt.conversation import parse_tool_call_text
 from fastgpt.model.sampling import sample_with_uniforms
-from fastgpt.tools import calculate
+from fastgpt.tools import TOOLS, Tool, run_tool
 
 __all__ = ["Completion", "Engine", "batch_bucket"]
 
@@ -122,6 +127,7 @@ class Engine:
         chat_format: Any = None,
         compile: bool | str = False,
         dtype: torch.dtype | None = None,
+        tool_registry: Mapping[str, Tool] | None = None,
     ):
         """``compile`` (a :class:`fastgpt.GPT` only): ``True`` or ``"default"`` decodes through a
         ``torch.compile``d single-token step over a static-shape cache (:mod:`fastgpt.decode_step`),
@@ -133,7 +139,11 @@ class Engine:
         (``compile_seconds`` adds them up), so it is off by default.
 
         ``dtype``: decode with a copy of the weights in this dtype (refreshed when the model's weights
-        change); default: the model's dtype, or the autocast dtype when called under autocast."""
+        change); default: the model's dtype, or the autocast dtype when called under autocast.
+
+        ``tool_registry``: tool name -> callable (:mod:`fastgpt.tools`), the tools a generation's
+        ``tools`` may run; default: the built-in ones (:data:`fastgpt.tools.TOOLS`)."""
+        self.tool_registry = dict(TOOLS if tool_registry is None else tool_registry)
         self.model = model
         self.tokenizer = tokenizer
         self.dtype = dtype
@@ -177,7 +187,7 @@ class Engine:
         seeds: list[int] | None = None,
         n: int = 1,
         stop_ids: set[int] | None = None,
-        tools: bool = False,
+        tools: bool | Collection[str] = False,
         logprobs: bool = False,
     ) -> list[list[Completion]]:
         """``n`` completions for each prompt (a list of token-id lists); see the module docstring.
@@ -224,7 +234,7 @@ class Engine:
         seed: int | None = None,
         n: int = 1,
         stop_ids: set[int] | None = None,
-        tools: bool = False,
+        tools: bool | Collection[str] = False,
     ) -> Iterator[tuple[list[int | None], list[str | None]]]:
         """Batched streaming (for servers): after every decode step, the token each row produced
         (``None`` for a row already finished) and each row's finish reason (``None`` while it runs).
@@ -238,8 +248,8 @@ class Engine:
             yield new, list(state.reasons)
 
     def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Completion:
-        """The assistant's reply to ``messages``, rendered with the chat format (tools run when
-        ``tools=True``)."""
+        """The assistant's reply to ``messages``, rendered with the chat format (the tools named by
+        ``tools`` run: ``True`` for every registered one)."""
         fmt = self.chat_format
         prompt = fmt.render_prompt(messages)
         kwargs.setdefault("stop_ids", fmt.stop_ids)
@@ -253,8 +263,21 @@ class Engine:
         except (KeyError, ValueError):
             return None
 
+    def _active_tools(self, tools: bool | Collection[str]) -> dict[str, Tool]:
+        """The registered tools a generation runs: all (``True``), none (``False``) or those named."""
+        if tools is True:
+            return dict(self.tool_registry)
+        if not tools:
+            return {}
+        missing = [n for n in tools if n not in self.tool_registry]
+        if missing:
+            raise ValueError(
+                f"tools: {missing[0]!r} is not registered (have {', '.join(self.tool_registry)})"
+            )
+        return {n: self.tool_registry[n] for n in tools}
+
     def _stops_and_tools(
-        self, stop_ids: set[int] | None, tools: bool
+        self, stop_ids: set[int] | None, tools: Mapping[str, Tool]
     ) -> tuple[set[int], tuple[int, int] | None]:
         """Stop ids (given, else the chat format's) and the (call start, call end) ids to watch."""
         fmt = self._format_or_none()
@@ -325,6 +348,7 @@ class Engine:
                 f"a prompt of {longest} tokens leaves no room in the model's context of {self.context_len} tokens"
             )
         max_tokens = min(max_tokens, room)
+        tools = self._active_tools(tools)
         stops, tool_ids = self._stops_and_tools(stop_ids, tools)
         temperature, top_k, top_p, seed, seeds = sampling
         B = len(prompts)
@@ -448,12 +472,12 @@ class Engine:
         return {row: slot_of[row] for row in st.tools}
 
     def _tool_step(
-        self, st: _DecodeState, chosen: torch.Tensor, tool_slots: dict[int, int], tools: bool
+        self, st: _DecodeState, chosen: torch.Tensor, tool_slots: dict[int, int], tools: Mapping[str, Tool]
     ) -> list[tuple[int, str]]:
         """After a step, for the rows that were inside a tool call: extend the call being written; at
-        its end run it and queue its output (or, with ``tools`` off, finish the row with
-        ``"tool_calls"`` for the caller to run it); a row whose output was fed in full leaves the tool
-        state. Returns the ``(slot, reason)`` of rows that finished."""
+        its end run the named tool when it is in ``tools`` and queue its output (otherwise finish the
+        row with ``"tool_calls"`` for the caller to run it); a row whose output was fed in full leaves
+        the tool state. Returns the ``(slot, reason)`` of rows that finished."""
         fmt = self.chat_format
         finished = []
         for row, j in tool_slots.items():
@@ -467,11 +491,13 @@ class Engine:
                 tool.call = []
             elif tok != fmt.tool_call_end_id:
                 tool.call.append(tok)
-            elif not tools:
-                finished.append((j, "tool_calls"))  # the caller runs the tool
             else:
-                expression, tool.call = self.tokenizer.decode(tool.call), None
-                tool.forced = list(fmt.tool_output_ids(calculate(expression)))
+                call = parse_tool_call_text(self.tokenizer.decode(tool.call))
+                if call["function"]["name"] not in tools:
+                    finished.append((j, "tool_calls"))  # the caller runs the tool
+                else:
+                    tool.call = None
+                    tool.forced = list(fmt.tool_output_ids(run_tool(call, tools)))
         return finished
 
     def _completions(self, st: _DecodeState, logprobs: bool) -> list[Completion]:

@@ -1,5 +1,11 @@
 """The tools a model can call: the calculator (here) and sandboxed Python (:func:`run_python`, from
-:mod:`fastgpt.sandbox`).
+:mod:`fastgpt.sandbox`), and the registry that runs a call by its tool's name.
+
+A *tool* is a callable that takes the call's arguments as keyword arguments and returns the text the
+model is shown (it never raises for what a model wrote: errors are text too). :data:`TOOLS` holds the
+built-in ones, ``calculator(expression=...)`` and ``python(code=...)``; :func:`run_tool` runs an
+OpenAI-style call (:func:`fastgpt.conversation.tool_call`) against a registry and turns every failure
+(an unknown tool, missing arguments) into an ``error: ...`` line the model sees.
 
 A model that has learned to call the calculator writes an expression such as ``(12 + 7) * 3`` between
 its tool-call tokens; the engine evaluates it here and feeds the result back as tool-output tokens.
@@ -21,11 +27,24 @@ import ast
 import math
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from fastgpt.sandbox import ToolResult, run_python
 
-__all__ = ["CalculatorError", "ToolResult", "calculate", "evaluate", "format_number", "run_python"]
+__all__ = [
+    "TOOLS",
+    "CalculatorError",
+    "ToolResult",
+    "calculate",
+    "evaluate",
+    "format_number",
+    "parse_tool_names",
+    "python_tool",
+    "run_python",
+    "run_tool",
+    "tool_registry",
+]
 
 MAX_EXPRESSION_CHARS = 256
 MAX_SYNTAX_NODES = 128
@@ -201,3 +220,60 @@ def calculate(expression: str) -> str:
         return f"error: {e}"
     except RecursionError:
         return "error: expression too complex"
+
+
+# --------------------------------------------------------------------------------------------- registry
+MAX_TOOL_OUTPUT_CHARS = 2000  # what a model is shown of a Python cell's output (it costs context)
+PYTHON_TIMEOUT_S = 5.0
+
+
+def python_tool(code: str) -> str:
+    """The Python tool as a model sees it: :func:`run_python`'s output and error line
+    (:meth:`ToolResult.render`), cut to :data:`MAX_TOOL_OUTPUT_CHARS` characters (the first part and
+    a note saying how much was left out), because every character is forced into the model's context."""
+    text = run_python(code, timeout_s=PYTHON_TIMEOUT_S).render()
+    if len(text) > MAX_TOOL_OUTPUT_CHARS:
+        cut = len(text) - MAX_TOOL_OUTPUT_CHARS
+        text = f"{text[:MAX_TOOL_OUTPUT_CHARS]}\n... ({cut} more characters not shown)"
+    return text
+
+
+Tool = Callable[..., str]
+TOOLS: dict[str, Tool] = {"calculator": calculate, "python": python_tool}
+
+
+def parse_tool_names(spec: str | Iterable[str], *, flag: str = "--tools") -> tuple[str, ...]:
+    """``"python,calculator"`` (or a list of names) -> the names, each a built-in tool; ``""`` and
+    ``"none"`` -> no tools. A name that is not built in is a one-line error naming ``flag``."""
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n and n != "none"]
+    unknown = [n for n in names if n not in TOOLS]
+    if unknown:
+        raise ValueError(
+            f"{flag} names an unknown tool {unknown[0]!r}; expected a comma-separated list of "
+            f"{', '.join(TOOLS)} "
+            "(or 'none')"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def tool_registry(names: str | Iterable[str]) -> dict[str, Tool]:
+    """The built-in tools named by ``names`` (see :func:`parse_tool_names`)."""
+    return {n: TOOLS[n] for n in parse_tool_names(names)}
+
+
+def run_tool(call: Mapping[str, Any], registry: Mapping[str, Tool] | None = None) -> str:
+    """The text a model is shown for ``call`` (``{"function": {"name", "arguments"}}``) run against
+    ``registry`` (default: all built-in tools). Never raises for what the call says: an unknown tool
+    or arguments the tool does not take come back as ``error: ...``."""
+    registry = TOOLS if registry is None else registry
+    fn = call.get("function", {})
+    name, args = fn.get("name"), fn.get("arguments", {})
+    if name not in registry:
+        return f"error: unknown tool {name!r} (available: {', '.join(registry) or 'none'})"
+    if not isinstance(args, Mapping):
+        return f"error: {name} takes an object of arguments"
+    try:
+        return str(registry[name](**args))
+    except TypeError as e:  # missing or unexpected arguments
+        return f"error: {name}: {e}"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastgpt.chat.cli import StreamPrinter, chat_loop, read_message
-from fastgpt.conversation import SpecialTokenFormat, calculator_call
+from fastgpt.conversation import SpecialTokenFormat, calculator_call, python_call
 from fastgpt.tokenizer import Tokenizer
 
 
@@ -44,6 +44,49 @@ def test_stream_printer_shows_text_and_calculator_calls(tok):
         printer.feed(t)
     printer.flush()
     assert out.getvalue() == "Hello 日本語 [calculator: 12 * 7 = 84] so 84."
+
+
+def test_stream_printer_shows_named_tool_calls_and_calls_not_run(tok):
+    fmt = SpecialTokenFormat(tok)
+    msgs = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "Count: ", "tool_calls": [python_call('"hello".count("l")')]},
+        {"role": "tool", "content": "2\n"},
+        {"role": "assistant", "content": " so 2."},
+    ]
+    prompt = fmt.render_prompt(msgs[:1])
+    out = io.StringIO()
+    printer = StreamPrinter(tok, fmt, out)
+    for t in fmt.render(msgs)[0][len(prompt) :]:
+        printer.feed(t)
+    printer.finish()
+    assert out.getvalue() == 'Count: [python: "hello".count("l") = 2\n] so 2.'
+    # a call the engine handed back (its tool is not enabled) ends the reply, marked as not run
+    out = io.StringIO()
+    printer = StreamPrinter(tok, fmt, out)
+    for t in [fmt.tool_call_start_id, *tok.encode("python\n1+1"), fmt.tool_call_end_id]:
+        printer.feed(t)
+    printer.finish()
+    assert out.getvalue() == "[python: 1+1 = (not run)]"
+
+
+@pytest.mark.parametrize(
+    "flags, tools",
+    [
+        ([], ("calculator",)),
+        (["--tools", "python,calculator"], ("python", "calculator")),
+        (["--tools", "none"], ()),
+        (["--tools", "python", "--no_tools"], ()),
+    ],
+)
+def test_tools_flag_reaches_the_engine(tok, tmp_path, monkeypatch, capsys, flags, tools):
+    import fastgpt.chat.cli as chat_cli
+
+    engine = _RecordingEngine(tok)
+    monkeypatch.setattr(chat_cli, "_load", lambda args: engine)
+    assert chat_cli.main(["--model", str(tmp_path), "--prompt", "Hi", *flags]) == 0
+    assert engine.settings[0]["tools"] == tools
+    assert capsys.readouterr().out == "ok\n"
 
 
 class _RecordingEngine:
@@ -92,6 +135,7 @@ def test_mistyped_command_is_not_sent_to_the_model(tok):
         (["--top_p", "2"], "--top_p"),
         (["--top_k", "0"], "--top_k"),
         (["--max_tokens", "0"], "--max_tokens"),
+        (["--tools", "python,search"], "--tools"),
     ],
 )
 def test_sampling_flags_out_of_range_are_one_error_line(tmp_path, capsys, flags, named):

@@ -6,11 +6,16 @@ import pytest
 from fastgpt.chat.template import TemplateFormat, export_chat_template
 from fastgpt.conversation import (
     FASTGPT_CHAT_TEMPLATE,
+    FASTGPT_CHAT_TEMPLATE_V1,
     ChatFormat,
     ConversationError,
     ConversationTooLong,
     SpecialTokenFormat,
     calculator_call,
+    parse_tool_call_text,
+    python_call,
+    tool_call,
+    tool_call_text,
 )
 from fastgpt.tokenizer import Tokenizer
 
@@ -107,12 +112,75 @@ def test_prompt_and_reply_round_trip(tok):
         )
 
 
-def test_unsupported_tool_in_fastgpt_format(tok):
-    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
-    msgs = [{"role": "user", "content": "w?"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
-    msgs += [{"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}]
-    with pytest.raises(ConversationError, match="calculator"):
-        SpecialTokenFormat(tok).render(msgs)
+# several tools in one conversation: the calculator (written bare), python (name + bare code) and a
+# client's own tool (name + JSON arguments)
+MULTI_TOOL = [
+    {"role": "user", "content": "How many r's in strawberry, times 7? And the weather?"},
+    {
+        "role": "assistant",
+        "content": "Counting:",
+        "tool_calls": [python_call('s = "strawberry"\ns.count("r")')],
+    },
+    {"role": "tool", "content": "3"},
+    {"role": "assistant", "content": " Now times 7:", "tool_calls": [calculator_call("3*7")]},
+    {"role": "tool", "content": "21"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [tool_call("get_weather", {"city": "Paris", "days": 2})],
+    },
+    {"role": "tool", "content": "sunny"},
+    {"role": "assistant", "content": " 21, and sunny."},
+]
+
+
+def test_several_tools_round_trip_in_fastgpt_format(tok):
+    fmt = SpecialTokenFormat(tok)
+    prompt = fmt.render_prompt(MULTI_TOOL[:1])
+    full, mask = fmt.render(MULTI_TOOL)
+    reply = full[len(prompt) : -1]
+    assert fmt.parse_reply(reply) == MULTI_TOOL[1:]
+    # each call's tokens are trained (mask 1), each tool output is not
+    starts = [i for i, t in enumerate(full) if t == fmt.tool_call_start_id]
+    assert len(starts) == 3 and all(mask[i] == 1 for i in starts)
+    outputs = [i for i, t in enumerate(full) if t == fmt.tool_output_start_id]
+    assert all(mask[i] == 0 for i in outputs)
+    # what sits between the call tokens
+    texts = [tok.decode(full[a + 1 : full.index(fmt.tool_call_end_id, a)]) for a in starts]
+    assert texts == [
+        'python\ns = "strawberry"\ns.count("r")',
+        "3*7",
+        'get_weather\n{"city": "Paris", "days": 2}',
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, call",
+    [
+        ("12*7", calculator_call("12*7")),
+        ("calculator\n12*7", calculator_call("12*7")),
+        ("python\nprint(1)\nx = 2", python_call("print(1)\nx = 2")),
+        ('lookup\n{"q": "x"}', tool_call("lookup", {"q": "x"})),
+        ("lookup\nnot json", tool_call("lookup", {"input": "not json"})),
+        ("(1 +\n2)", calculator_call("(1 +\n2)")),  # no name line: the calculator's (invalid) expression
+    ],
+)
+def test_tool_call_text_parses_names(text, call):
+    assert parse_tool_call_text(text) == call
+    if "input" not in call["function"]["arguments"] and not text.startswith("calculator"):
+        assert tool_call_text(call) == text
+
+
+def test_calculator_calls_render_as_in_the_calculator_only_format(tok, tmp_path):
+    # a model dir saved before named tools carries the first template: still fastgpt's format, and a
+    # calculator conversation renders the same ids through it, through the current template and natively
+    tok.save(tmp_path)
+    export_chat_template(tmp_path, FASTGPT_CHAT_TEMPLATE_V1)
+    fmt = ChatFormat.for_model(tmp_path)
+    assert isinstance(fmt, SpecialTokenFormat)
+    old = TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE_V1).render(CONVERSATIONS[1])
+    new = TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE).render(CONVERSATIONS[1])
+    assert old == new == fmt.render(CONVERSATIONS[1])
 
 
 def test_exported_fastgpt_template_renders_the_same_ids_in_transformers(tok, tmp_path):
@@ -123,7 +191,7 @@ def test_exported_fastgpt_template_renders_the_same_ids_in_transformers(tok, tmp
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     fmt = ChatFormat.for_model(tmp_path)
     assert isinstance(fmt, SpecialTokenFormat)
-    for msgs in CONVERSATIONS:
+    for msgs in [*CONVERSATIONS, MULTI_TOOL]:
         ids = hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
         assert list(ids) == fmt.render(msgs)[0]
         prompt = hf.apply_chat_template(

@@ -4,7 +4,7 @@ scripted model for stop tokens and calculator tool calls."""
 import pytest
 import torch
 
-from fastgpt.conversation import SpecialTokenFormat
+from fastgpt.conversation import SpecialTokenFormat, python_call
 from fastgpt.engine import Engine
 from fastgpt.model import GPT, GPTConfig, sample_next_token
 from fastgpt.tokenizer import Tokenizer
@@ -170,6 +170,40 @@ def test_tool_call_without_tools_stops_for_the_caller(tokenizer):
     reply = engine.chat([{"role": "user", "content": "2+3?"}], max_tokens=30, tools=False)
     assert reply.finish_reason == "tool_calls"
     assert reply.tokens[-1] == fmt.tool_call_end_id
+
+
+def test_python_call_is_run_mid_generation(tokenizer):
+    fmt = SpecialTokenFormat(tokenizer)
+    code = '"strawberry".count("r")'
+    model = ScriptedModel(
+        tiny_model(tokenizer.vocab_size), calculator_script(fmt, tokenizer, f"python\n{code}")
+    )
+    engine = Engine(model, tokenizer, chat_format=fmt)
+    reply = engine.chat([{"role": "user", "content": "r's?"}], max_tokens=80, temperature=0, tools=["python"])
+    assert reply.finish_reason == "stop"
+    assert reply.text.endswith(" so the answer is 3\n")  # the cell's output, "3\n", copied by the model
+    messages = fmt.parse_reply(reply.tokens[:-1])
+    assert messages[0]["tool_calls"] == [python_call(code)]
+    assert messages[1] == {"role": "tool", "content": "3\n"}
+
+
+def test_a_call_of_a_tool_that_is_not_enabled_goes_to_the_caller(tokenizer):
+    fmt = SpecialTokenFormat(tokenizer)
+    model = ScriptedModel(tiny_model(tokenizer.vocab_size), calculator_script(fmt, tokenizer, "python\n1+1"))
+    seen = []
+    registry = {"calculator": calculate, "python": lambda code: seen.append(code) or "2"}
+    engine = Engine(model, tokenizer, chat_format=fmt, tool_registry=registry)
+    prompt = [{"role": "user", "content": "1+1?"}]
+    reply = engine.chat(prompt, max_tokens=40, temperature=0, tools=["calculator"])
+    assert reply.finish_reason == "tool_calls" and seen == []
+    assert fmt.parse_reply(reply.tokens)[0]["tool_calls"] == [python_call("1+1")]
+    # enabled, the registry's callable runs with the call's argument
+    model.history = []  # the script reads the reply from the row's first assistant start
+    reply = engine.chat(prompt, max_tokens=40, temperature=0, tools=True)
+    assert reply.finish_reason == "stop" and seen == ["1+1"]
+    assert reply.text.endswith(" so the answer is 2")
+    with pytest.raises(ValueError, match="'search' is not registered"):
+        engine.chat(prompt, max_tokens=4, tools=["search"])
 
 
 def test_prompt_longer_than_the_context_is_an_error(tokenizer):

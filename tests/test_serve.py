@@ -324,7 +324,15 @@ BAD = [
     ),
     ("unknown model", _chat(model="gpt-4"), 404, "model"),
     ("logprobs", _chat(logprobs=True), 400, "logprobs"),
-    ("unknown tool", _chat(tools=[{"type": "function", "function": {"name": "search"}}]), 400, "tools"),
+    ("unknown tool type", _chat(tools=[{"type": "browser"}]), 400, "tools"),
+    ("built-in tool the server does not run", _chat(tools=[{"type": "python"}]), 400, "tools"),
+    ("function tool without a name", _chat(tools=[{"type": "function", "function": {}}]), 400, "tools"),
+    (
+        "function name not an identifier",
+        _chat(tools=[{"type": "function", "function": {"name": "a b"}}]),
+        400,
+        "tools",
+    ),
     ("body too large", _chat(messages=[{"role": "user", "content": "x" * 30_000}]), 413, None),
 ]
 
@@ -517,6 +525,70 @@ def test_declared_calculator_returns_tool_calls_to_the_client(tool_server):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def tool_script(fmt: SpecialTokenFormat, tokenizer, call_text: str):
+    """Write the call ``call_text``; once a tool output is there, answer with it and stop. Without an
+    output (the call went to the client, who sends it back as a tool message) answer from the prompt's
+    last tool output."""
+    call = [fmt.tool_call_start_id, *tokenizer.encode(call_text), fmt.tool_call_end_id]
+    prefix = tokenizer.encode(" The answer is ")
+
+    def script(history: list[int]) -> int:
+        reply = history[len(history) - history[::-1].index(fmt.ids["assistant"][0]) :]
+        if fmt.tool_output_end_id in reply:
+            out_start, out_end = reply.index(fmt.tool_output_start_id), reply.index(fmt.tool_output_end_id)
+            target = prefix + reply[out_start + 1 : out_end] + [fmt.ids["assistant"][1]]
+            return target[min(len(reply) - out_end - 1, len(target) - 1)]
+        return call[min(len(reply), len(call) - 1)]
+
+    return script
+
+
+@pytest.fixture(scope="module")
+def python_server(engine, tokenizer):
+    """A model that calls python; a server that may run python (and the calculator)."""
+    fmt = SpecialTokenFormat(tokenizer)
+    model = ScriptedGPT(engine.model, tool_script(fmt, tokenizer, "python\nprint(6*7)"))
+    config = ServeConfig(
+        model_name=NAME, limits=LIMITS, max_batch_rows=8, server_tools=("calculator", "python")
+    )
+    with serve_in_thread(create_app(Engine(model, tokenizer), config)) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_declared_builtin_python_is_run_by_the_server(python_server):
+    r = python_server.chat.completions.create(
+        model=NAME, messages=QUESTION, tools=[{"type": "python"}], max_tokens=60, temperature=0
+    )
+    assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+    assert r.choices[0].message.content == "[python: print(6*7) = 42\n] The answer is 42\n"
+
+
+def test_python_declared_as_a_function_is_the_clients(python_server):
+    python_fn = {"type": "function", "function": {"name": "python", "parameters": {"type": "object"}}}
+    weather = {"type": "function", "function": {"name": "get_weather"}}
+    r = python_server.chat.completions.create(
+        model=NAME, messages=QUESTION, tools=[python_fn, weather], max_tokens=60, temperature=0
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "python" and json.loads(call.function.arguments) == {"code": "print(6*7)"}
+    # the client runs it and sends the output back; the model answers with it
+    history = QUESTION + [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "42"},
+    ]
+    final = python_server.chat.completions.create(
+        model=NAME, messages=history, tools=[python_fn, weather], max_tokens=40, temperature=0
+    )
+    assert final.choices[0].message.content == " The answer is 42"
+
+
+def test_without_a_tools_field_the_servers_tools_run(python_server):
+    r = python_server.chat.completions.create(model=NAME, messages=QUESTION, max_tokens=60, temperature=0)
+    assert r.choices[0].message.content == "[python: print(6*7) = 42\n] The answer is 42\n"
+
+
 # ------------------------------------------------------------------------------------------ the command
 def test_fastgpt_serve_command(engine, tokenizer, tmp_path):
     """``fastgpt serve --model DIR`` in its own process: loads the dir, binds, answers, shuts down."""
@@ -586,6 +658,7 @@ def test_fastgpt_serve_refuses_an_unusable_model_dir_in_one_line(engine, tokeniz
         (["--max_queue", "0"], "--max_queue"),
         (["--max_n", "16"], "--max_n 16 cannot exceed --max_batch_rows 8"),
         (["--port", "70000"], "--port"),
+        (["--tools", "python,shell"], "--tools names an unknown tool 'shell'"),
     ],
 )
 def test_fastgpt_serve_refuses_bad_limits_in_one_line_before_loading(tmp_path, capsys, flags, named):

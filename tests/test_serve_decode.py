@@ -132,4 +132,19 @@ def test_inline_calculator_rendering_and_stray_tool_tokens(tokenizer):
     # the client runs the tool: the call is captured, not shown
     dec = ReplyDecoder(tokenizer, fmt, tool_mode="client")
     assert "".join(dec.feed(t) for t in [*tokenizer.encode("Hm."), *call]) + dec.finish() == "Hm."
-    assert dec.tool_calls == ["12*7"]
+    assert dec.tool_calls == [{"name": "calculator", "arguments": {"expression": "12*7"}}]
+
+
+def test_server_run_tools_inline_and_the_clients_tools_returned(tokenizer):
+    from fastgpt.conversation import SpecialTokenFormat
+
+    fmt = SpecialTokenFormat(tokenizer)
+
+    def call(text):
+        return [fmt.tool_call_start_id, *tokenizer.encode(text), fmt.tool_call_end_id]
+
+    reply = [*call("python\nprint(2)"), *fmt.tool_output_ids("2\n"), *tokenizer.encode("ok")]
+    reply += call('lookup\n{"q": "a"}')
+    dec = ReplyDecoder(tokenizer, fmt, inline_tools={"python"})
+    assert "".join(dec.feed(t) for t in reply) + dec.finish() == "[python: print(2) = 2\n]ok"
+    assert dec.tool_calls == [{"name": "lookup", "arguments": {"q": "a"}}]

@@ -104,8 +104,9 @@ def test_batches_resume_exactly_and_split_across_ranks(examples, pack):
 
 
 def test_unrenderable_conversations_say_why_and_strict_refuses_them(tok):
-    """A valid OpenAI conversation calling a tool fastgpt's format cannot run is dropped with its reason
-    in the summary (it was a bare count), and is an error under --strict."""
+    """A valid OpenAI conversation fastgpt's format cannot render (two tool calls in one message: the
+    engine runs each call as it is written) is dropped with its reason in the summary (it was a bare
+    count), and is an error under --strict."""
     from fastgpt.conversation import ConversationError
     from fastgpt.sft_data.batching import RenderStats
 
@@ -115,10 +116,12 @@ def test_unrenderable_conversations_say_why_and_strict_refuses_them(tok):
             "role": "assistant",
             "content": "",
             "tool_calls": [
-                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+                for city in ("Paris", "Rome")
             ],
         },
         {"role": "tool", "content": "18 C"},
+        {"role": "tool", "content": "25 C"},
         {"role": "assistant", "content": "It is 18 C."},
     ]
     ok = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
@@ -127,9 +130,9 @@ def test_unrenderable_conversations_say_why_and_strict_refuses_them(tok):
     assert stats.dropped_unrenderable == 1
     assert stats.summary().endswith(
         ", 1 unrenderable (first reasons: the conversation starting 'Weather in Paris?': message 1: "
-        "fastgpt's format knows the 'calculator' tool only, not 'get_weather')"
+        "fastgpt's format runs one tool call per message)"
     )
-    with pytest.raises(ConversationError, match="starting 'Weather in Paris\\?': message 1: .*'get_weather'"):
+    with pytest.raises(ConversationError, match="starting 'Weather in Paris\\?': message 1: .*one tool call"):
         render_examples([ok, weather], SpecialTokenFormat(tok), SEQ, strict=True)
 
 

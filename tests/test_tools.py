@@ -110,3 +110,32 @@ def test_format_number():
     assert format_number(10**20) == str(10**20)
     assert format_number(1e20) == "1e+20"
     assert format_number(2 / 3) == "0.666666666667"
+
+
+# ------------------------------------------------------------------------------------------ registry
+def test_run_tool_by_name_and_its_errors():
+    from fastgpt.conversation import calculator_call, python_call, tool_call
+    from fastgpt.tools import run_tool, tool_registry
+
+    assert run_tool(calculator_call("6*7")) == "42"
+    assert run_tool(python_call('"strawberry".count("r")')) == "3\n"
+    only_calc = tool_registry("calculator")
+    assert run_tool(python_call("1"), only_calc) == "error: unknown tool 'python' (available: calculator)"
+    assert run_tool(tool_call("calculator", {"code": "1"}), only_calc).startswith("error: calculator: ")
+
+
+def test_parse_tool_names():
+    from fastgpt.tools import parse_tool_names
+
+    assert parse_tool_names("python, calculator,python") == ("python", "calculator")
+    assert parse_tool_names("none") == parse_tool_names("") == ()
+    with pytest.raises(ValueError, match="--tools names an unknown tool 'search'"):
+        parse_tool_names("python,search")
+
+
+def test_python_tool_output_is_cut_for_the_model():
+    from fastgpt.tools import MAX_TOOL_OUTPUT_CHARS, python_tool
+
+    text = python_tool("print('x' * 10_000)")
+    assert text.startswith("x" * MAX_TOOL_OUTPUT_CHARS)
+    assert text.endswith(f"... ({10_001 - MAX_TOOL_OUTPUT_CHARS} more characters not shown)")

@@ -5,13 +5,18 @@
 
 Interactive commands: ``/reset`` (forget the conversation), ``/temp 0.7`` (sampling temperature),
 ``/system TEXT`` (set the system message and reset), ``/quit``. Multi-line input: end a line with
-``\\`` to continue it, or enclose a block between two lines of ``\"\"\"``. Calculator calls the
-model makes are run and shown inline as ``[calculator: EXPR = RESULT]``.
+``\\`` to continue it, or enclose a block between two lines of ``\"\"\"``.
+
+Tools: ``--tools python,calculator`` names the tools the model may call (default ``calculator``;
+``none`` or ``--no_tools`` runs none). Calls are run as the model writes them and shown inline as
+``[calculator: EXPR = RESULT]`` or ``[python: CODE = OUTPUT]``; a call of a tool that is not enabled
+is shown as ``[NAME: ARGS = (not run)]`` and ends the reply.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +25,7 @@ from typing import Any, TextIO
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
+from fastgpt.tools import parse_tool_names
 
 __all__ = ["StreamPrinter", "main", "read_message"]
 
@@ -40,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling, in (0, 1]; default: off")
     p.add_argument("--max_tokens", type=int, default=256, help="most tokens in one reply")
     p.add_argument("--seed", type=int, default=None, help="a fixed seed gives the same replies again")
-    p.add_argument("--no_tools", action="store_true", help="do not run calculator calls")
+    p.add_argument(
+        "--tools",
+        default="calculator",
+        help="comma-separated tools the model may call, run as it writes the call: calculator, python "
+        "(sandboxed, docs/jagged.md); 'none' for no tools",
+    )
+    p.add_argument("--no_tools", action="store_true", help="run no tools (same as --tools none)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     p.add_argument(
@@ -80,14 +92,15 @@ def read_message(lines: Iterator[str], prompt: Callable[[str], None]) -> str | N
 
 class StreamPrinter:
     """Prints a streamed reply: text as soon as it decodes to whole characters, tool calls as
-    ``[calculator: EXPR = RESULT]``, nothing for the stop token."""
+    ``[NAME: ARGUMENT = OUTPUT]`` once the call is complete (its tool's name is its first line),
+    nothing for the stop token."""
 
     def __init__(self, tokenizer: Any, chat_format: Any, out: TextIO):
         self.tok, self.fmt, self.out = tokenizer, chat_format, out
         self.pending: list[int] = []  # text tokens not yet printed (an incomplete UTF-8 character)
+        self.call: list[int] | None = None  # tokens of the tool call being written
+        self.awaiting_output = False  # a call was shown; its output has not begun
         self.special = {
-            chat_format.tool_call_start_id: "[calculator: ",
-            chat_format.tool_call_end_id: " = ",
             chat_format.tool_output_start_id: "",
             chat_format.tool_output_end_id: "]",
         }
@@ -96,8 +109,18 @@ class StreamPrinter:
     def feed(self, token: int) -> None:
         if token in self.fmt.stop_ids:
             return
-        if token in self.special:
+        if token is not None and token == self.fmt.tool_call_start_id:
             self.flush()
+            self.call = []
+        elif self.call is not None:
+            if token == self.fmt.tool_call_end_id:
+                self._show_call(self.tok.decode(self.call))
+                self.call = None
+            else:
+                self.call.append(token)
+        elif token in self.special:
+            self.flush()
+            self.awaiting_output = False
             self.out.write(self.special[token])
         else:
             self.pending.append(token)
@@ -107,10 +130,29 @@ class StreamPrinter:
                 self.pending = []
         self.out.flush()
 
+    def _show_call(self, text: str) -> None:
+        from fastgpt.conversation import TOOL_ARGUMENT, parse_tool_call_text
+
+        fn = parse_tool_call_text(text)["function"]
+        name, args = fn["name"], fn["arguments"]
+        shown = args[TOOL_ARGUMENT[name]] if name in TOOL_ARGUMENT else json.dumps(args, ensure_ascii=False)
+        self.out.write(f"[{name}: {shown} = ")
+        self.awaiting_output = True
+
     def flush(self) -> None:
         if self.pending:
             self.out.write(self.tok.decode(self.pending))
             self.pending = []
+
+    def finish(self) -> None:
+        """End of the reply: the rest of the text; a call that was not run is marked as such."""
+        self.flush()
+        if self.call is not None:  # cut off inside a call (the length limit)
+            self.out.write(f"[tool call: {self.tok.decode(self.call)} (cut off)]")
+            self.call = None
+        elif self.awaiting_output:
+            self.out.write("(not run)]")
+            self.awaiting_output = False
 
 
 def base_model_note(model_dir: str | Path) -> str | None:
@@ -157,7 +199,7 @@ def _reply(engine, messages: list[dict], settings: dict, out: TextIO) -> list[di
     for token in engine.stream(fmt.render_prompt(messages), stop_ids=fmt.stop_ids, **settings):
         tokens.append(token)
         printer.feed(token)
-    printer.flush()
+    printer.finish()
     out.write("\n")
     out.flush()
     if tokens and tokens[-1] in fmt.stop_ids:
@@ -213,6 +255,7 @@ def check_args(args: argparse.Namespace) -> None:
     from fastgpt.model.sampling import check_sampling
 
     check_sampling(args.temperature, args.top_k, args.top_p, flag="--")
+    parse_tool_names(args.tools)
     if args.max_tokens < 1:
         raise ValueError(f"--max_tokens must be >= 1, got {args.max_tokens}")
 
@@ -221,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_args(args)
+        tools = () if args.no_tools else parse_tool_names(args.tools)
         engine = _load(args)
     except ValueError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
         print(f"fastgpt chat: error: {e}", file=sys.stderr)
@@ -231,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        tools=not args.no_tools and engine.chat_format.supports_tools,
+        tools=tools if engine.chat_format.supports_tools else (),
     )
     if args.prompt is not None:
         messages = [{"role": "system", "content": args.system}] if args.system else []

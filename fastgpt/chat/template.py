@@ -32,6 +32,7 @@ import numpy as np
 from fastgpt.conversation import (
     BOS,
     FASTGPT_CHAT_TEMPLATE,
+    FASTGPT_CHAT_TEMPLATES,
     FASTGPT_ROLE_TOKENS,
     ChatFormat,
     ConversationError,
@@ -265,7 +266,7 @@ def format_for(source: Any) -> ChatFormat:
         template = getattr(tokenizer, "chat_template", None) or getattr(tokenizer, "_chat_template", None)
         config = getattr(tokenizer, "_hf_config", None) or {}
         special = {k: t for k in _SPECIAL_KEYS if (t := _token_text(config.get(k))) is not None}
-    if template is None or template.strip() == FASTGPT_CHAT_TEMPLATE:
+    if template is None or template.strip() in FASTGPT_CHAT_TEMPLATES:
         if _has_fastgpt_tokens(tokenizer):
             return SpecialTokenFormat(tokenizer)
         if template is None:

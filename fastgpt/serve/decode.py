@@ -6,17 +6,22 @@ Three jobs the engine leaves to the server:
   tokenizers (SentencePiece) decode a token differently at the start of a string than after other text.
   :class:`IncrementalDetokenizer` re-decodes a short window of recent tokens and emits only the new,
   complete characters, so the streamed pieces always concatenate to the one-shot decode.
-- **Special tokens.** Chat-control tokens never reach the client. The calculator protocol is shown one of
-  two ways: ``inline`` (the server ran the tool; the reply reads ``[calculator: 12*7 = 84]``) or
-  ``client`` (the request declared the tool, so the call is returned as an OpenAI ``tool_calls`` entry
-  and the client runs it).
+- **Special tokens.** Chat-control tokens never reach the client. A tool call is held back until it is
+  complete (its first line names the tool, :func:`fastgpt.conversation.parse_tool_call_text`), then
+  shown one of two ways: ``inline`` when the server runs that tool (the reply reads
+  ``[calculator: 12*7 = 84]``, ``[python: CODE = OUTPUT]``), or returned as an OpenAI ``tool_calls``
+  entry for the client to run.
 - **Stop strings.** OpenAI's ``stop`` ends a choice before the first occurrence of any of its strings;
   text that might be the start of a stop string is held back until it is known not to be one.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from typing import Any
+
+from fastgpt.conversation import TOOL_ARGUMENT, parse_tool_call_text
 
 __all__ = ["IncrementalDetokenizer", "ReplyDecoder"]
 
@@ -50,7 +55,10 @@ class IncrementalDetokenizer:
 class ReplyDecoder:
     """The visible text (and client-side tool calls) of one choice, fed one token at a time.
 
-    ``chat_format`` is None for plain text completions. ``tool_mode``: ``inline`` | ``client``.
+    ``chat_format`` is None for plain text completions. ``inline_tools``: the names of the tools the
+    server runs (their calls and outputs are shown in the text); a call of any other tool goes to
+    :attr:`tool_calls` (``{"name", "arguments"}``) for the client. ``tool_mode`` is the shorthand:
+    ``inline`` (every call shown inline) or ``client`` (every call to the client).
     After :meth:`feed` returns, ``stopped`` tells whether a stop string ended the choice.
     """
 
@@ -60,51 +68,61 @@ class ReplyDecoder:
         chat_format: Any = None,
         stop: list[str] | None = None,
         tool_mode: str = "inline",
+        inline_tools: Collection[str] | None = None,
     ):
         if tool_mode not in ("inline", "client"):
             raise ValueError(f"tool_mode must be 'inline' or 'client', got {tool_mode!r}")
+        self._inline_all = inline_tools is None and tool_mode == "inline"
+        self._inline = frozenset(inline_tools or ())
         self.tokenizer = tokenizer
         self._text = IncrementalDetokenizer(tokenizer)
         self._stops = list(stop or [])
         self._held = ""  # decoded text not yet shown: it may be the start of a stop string
         self.content = ""  # everything shown so far
         self.stopped = False
-        self.tool_calls: list[str] = []  # expressions of client-side calculator calls
-        self._call: list[int] | None = None  # tokens of a client-side call being written
+        self.tool_calls: list[dict[str, Any]] = []  # client-side calls: {"name", "arguments"}
+        self._call: list[int] | None = None  # tokens of a call being written
         self._ignored = set(getattr(tokenizer, "special_tokens", {}).values())
-        # inline calculator protocol: token -> (state it is valid in, text shown, next state); the same
-        # token anywhere else (a model that writes a stray call end, say) is an ignored special token
+        # the tool output of an inline call: token -> (state it is valid in, text shown, next state);
+        # the same token anywhere else (a model that writes a stray output end, say) is an ignored
+        # special token
         self._markers: dict[int, tuple[str | None, str, str | None]] = {}
         self._tool_state: str | None = None
+        self._tools = False
         fmt = chat_format
         if fmt is not None:
             self._ignored |= set(fmt.stop_ids)
             if fmt.supports_tools:
+                self._tools = True
                 self._call_start, self._call_end = fmt.tool_call_start_id, fmt.tool_call_end_id
-                if tool_mode == "inline":
-                    self._markers = {
-                        fmt.tool_call_start_id: (None, "[calculator: ", "call"),
-                        fmt.tool_call_end_id: ("call", " = ", "await_output"),
-                        fmt.tool_output_start_id: ("await_output", "", "output"),
-                        fmt.tool_output_end_id: ("output", "]", None),
-                    }
-        self._client_tools = fmt is not None and fmt.supports_tools and tool_mode == "client"
+                self._markers = {
+                    fmt.tool_output_start_id: ("await_output", "", "output"),
+                    fmt.tool_output_end_id: ("output", "]", None),
+                }
 
     # -------------------------------------------------------------------------------------- feeding
     def feed(self, token: int) -> str:
         """The text this token adds to the visible reply ("" while text is held back)."""
         if self.stopped:
             return ""
-        if self._client_tools and token == self._call_start:
+        if self._tools and token == self._call_start and self._tool_state is None:
             self._call = []
             return self._show(self._text.flush())
         if self._call is not None:
-            if token == self._call_end:
-                self.tool_calls.append(self.tokenizer.decode(self._call))
-                self._call = None
-            else:
+            if token != self._call_end:
                 self._call.append(token)
-            return ""
+                return ""
+            fn = parse_tool_call_text(self.tokenizer.decode(self._call))["function"]
+            self._call = None
+            if not (self._inline_all or fn["name"] in self._inline):
+                self.tool_calls.append(fn)
+                return ""
+            name, args = fn["name"], fn["arguments"]
+            shown = (
+                args[TOOL_ARGUMENT[name]] if name in TOOL_ARGUMENT else json.dumps(args, ensure_ascii=False)
+            )
+            self._tool_state = "await_output"
+            return self._show(f"[{name}: {shown} = ")
         if token in self._markers and self._markers[token][0] == self._tool_state:
             _, text, self._tool_state = self._markers[token]
             return self._show(self._text.flush() + text)

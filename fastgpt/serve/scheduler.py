@@ -45,7 +45,7 @@ class BatchKey:
     top_p: float | None
     seed: int | None
     stop_ids: frozenset[int]
-    tools: bool  # the engine runs calculator calls itself
+    tools: frozenset[str]  # the tools the engine runs itself (fastgpt.tools names)
 
 
 @dataclass

@@ -9,9 +9,15 @@ server-sent events ending in ``data: [DONE]``), ``GET /v1/models``, ``GET /healt
 ``base_url="http://127.0.0.1:8000/v1"``. Requests are batched by :mod:`fastgpt.serve.scheduler`; the
 wire format and every 4xx answer live in :mod:`fastgpt.serve.protocol`.
 
-Calculator calls: when a request declares a function tool named ``calculator`` the model's calls come
-back as OpenAI ``tool_calls`` (``finish_reason="tool_calls"``) for the client to run; otherwise the
-server runs them itself and the reply shows them inline as ``[calculator: 12*7 = 84]``.
+Tools (docs/serving.md): the server runs built-in tools itself (``--tools``, default ``calculator``;
+``python`` is the sandboxed Python tool) and shows their calls inline as ``[calculator: 12*7 = 84]``.
+A request's ``tools`` field changes that per request: a *function* tool
+(``{"type": "function", "function": {"name": ...}}``) is the client's code, so the model's calls of it
+come back as OpenAI ``tool_calls`` (``finish_reason="tool_calls"``) for the client to run -- also when
+it is named ``calculator`` or ``python``; a *built-in* entry (``{"type": "python"}``,
+``{"type": "calculator"}``, as OpenAI declares its own hosted tools by type) asks the server to run that
+tool, and a request that declares tools gets only the built-ins it names run. A call of any tool the
+server does not run comes back as ``tool_calls``.
 
 The server binds to 127.0.0.1 unless told otherwise; with an API key every ``/v1`` route needs
 ``Authorization: Bearer KEY`` (compared in constant time). ``/`` and ``/health`` stay open (the page
@@ -39,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
+from fastgpt.conversation import BUILTIN_TOOLS
 from fastgpt.serve.decode import ReplyDecoder
 from fastgpt.serve.protocol import (
     APIError,
@@ -59,12 +66,12 @@ from fastgpt.serve.protocol import (
     usage,
 )
 from fastgpt.serve.scheduler import BatchKey, Done, Failed, GenerationJob, QueueFull, Scheduler, Step
+from fastgpt.tools import parse_tool_names
 
 __all__ = ["ServeConfig", "create_app", "main"]
 
 log = logging.getLogger("fastgpt.serve")
 STATIC = Path(__file__).parent / "static"
-CALCULATOR = "calculator"
 
 
 @dataclass
@@ -74,7 +81,13 @@ class ServeConfig:
     api_key: str | None = None
     max_batch_rows: int = 8
     max_queue: int = 64
-    server_tools: bool = True  # run calculator calls in the server unless the request declares the tool
+    # the built-in tools (fastgpt.tools.TOOLS) the server runs; True/False: the calculator / none
+    server_tools: bool | tuple[str, ...] = ("calculator",)
+
+    def tools_run(self) -> tuple[str, ...]:
+        if isinstance(self.server_tools, bool):
+            return ("calculator",) if self.server_tools else ()
+        return tuple(self.server_tools)
 
 
 # --------------------------------------------------------------------------------------------- app
@@ -195,13 +208,12 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
             raise APIError(
                 400, "this model has no chat format (no chat tokens or template); use /v1/completions"
             )
-        client_tools = _declared_calculator(req, chat_format)
+        run = _tools_to_run(req, chat_format, config.tools_run())
         prompt = _render_prompt(chat_format, req.messages)
         check_prompt(len(prompt), "messages")
-        server_tools = config.server_tools and not client_tools and chat_format.supports_tools
-        job = _job([prompt], req, limits, chat_format.stop_ids, server_tools)
+        job = _job([prompt], req, limits, chat_format.stop_ids, run)
         decoders = [
-            ReplyDecoder(tokenizer, chat_format, req.stop_strings(), "inline" if server_tools else "client")
+            ReplyDecoder(tokenizer, chat_format, req.stop_strings(), inline_tools=run)
             for _ in range(job.rows)
         ]
         submit(job)
@@ -219,7 +231,7 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
         prompts = [_prompt_ids(tokenizer, p, embedded) for p in req.prompts()]
         for p in prompts:
             check_prompt(len(p), "prompt")
-        job = _job(prompts, req, limits, {tokenizer.bos_id}, False)
+        job = _job(prompts, req, limits, {tokenizer.bos_id}, frozenset())
         decoders = [ReplyDecoder(tokenizer, None, req.stop_strings()) for _ in range(job.rows)]
         submit(job)
         reply = CompletionReply(job, decoders, config.model_name, sum(map(len, prompts)))
@@ -272,7 +284,7 @@ def _chat_format_or_none(engine: Any) -> Any:
 
 
 def _job(
-    prompts: list[list[int]], req: Any, limits: Limits, stop_ids: set[int], tools: bool
+    prompts: list[list[int]], req: Any, limits: Limits, stop_ids: set[int], tools: frozenset[str]
 ) -> GenerationJob:
     key = BatchKey(
         temperature=1.0 if req.temperature is None else float(req.temperature),
@@ -314,31 +326,53 @@ def _render_prompt(chat_format: Any, messages: list[Any]) -> list[int]:
         raise APIError(400, f"invalid 'messages': {e}", param="messages") from None
 
 
-def _declared_calculator(req: ChatRequest, chat_format: Any) -> bool:
-    """Whether the request declares the calculator tool (then calls go back to the client)."""
-    if not req.tools or req.tool_choice == "none":
-        return False
-    names = []
-    for i, tool in enumerate(req.tools):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or tool.get("type") != "function" or not isinstance(fn.get("name"), str):
+def _tools_to_run(req: ChatRequest, chat_format: Any, server_tools: tuple[str, ...]) -> frozenset[str]:
+    """The built-in tools the engine runs for this request (see the module docstring): the server's
+    own without a ``tools`` field (or with ``tool_choice: "none"``), else the built-ins it declares by
+    type. Checks every declared tool; its function tools need a chat format with tool tokens."""
+    from fastgpt.conversation import _TOOL_NAME
+
+    if not chat_format.supports_tools:
+        if req.tools and req.tool_choice != "none":
             raise APIError(
-                400, f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}", param="tools"
+                400, "this model's chat format has no tool tokens, so it cannot call tools", param="tools"
             )
-        names.append(fn["name"])
-    unknown = [n for n in names if n != CALCULATOR]
-    if unknown or not chat_format.supports_tools:
-        raise APIError(
-            400,
-            f"this model can call only the {CALCULATOR!r} tool"
-            + (
-                f", not {', '.join(map(repr, unknown))}"
-                if unknown
-                else " and its chat format has no tool tokens"
-            ),
-            param="tools",
-        )
-    return True
+        return frozenset()
+    if not req.tools or req.tool_choice == "none":
+        return frozenset(server_tools)
+    run = set()
+    for i, tool in enumerate(req.tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "function":
+            fn = tool.get("function")
+            if (
+                not isinstance(fn, dict)
+                or not isinstance(fn.get("name"), str)
+                or not _TOOL_NAME.fullmatch(fn["name"])
+            ):
+                raise APIError(
+                    400,
+                    f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}} with a name of "
+                    "letters, digits, '_', '.' or '-'",
+                    param="tools",
+                )
+        elif kind in server_tools:
+            run.add(kind)
+        elif isinstance(kind, str) and kind in BUILTIN_TOOLS:
+            raise APIError(
+                400,
+                f"tools[{i}]: this server does not run the {kind!r} tool (it runs: "
+                f"{', '.join(server_tools) or 'none'}; see fastgpt serve --tools)",
+                param="tools",
+            )
+        else:
+            raise APIError(
+                400,
+                f"tools[{i}]: unknown tool type {kind!r}; expected 'function' or a built-in tool "
+                f"({', '.join(BUILTIN_TOOLS)})",
+                param="tools",
+            )
+    return frozenset(run)
 
 
 # --------------------------------------------------------------------------------------------- replies
@@ -465,9 +499,9 @@ class ChatReply(_Reply):
             {
                 "id": new_id("call"),
                 "type": "function",
-                "function": {"name": CALCULATOR, "arguments": json.dumps({"expression": expr})},
+                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)},
             }
-            for expr in self.decoders[row].tool_calls
+            for c in self.decoders[row].tool_calls
         ]
 
     def _opening(self, row: int) -> dict[str, Any]:
@@ -569,7 +603,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--max_batch_rows", type=int, default=d.max_batch_rows, help="rows decoded together")
     g.add_argument("--max_queue", type=int, default=d.max_queue, help="waiting requests before answering 429")
-    p.add_argument("--no_tools", action="store_true", help="never run calculator calls in the server")
+    p.add_argument(
+        "--tools",
+        default="calculator",
+        help="built-in tools the server runs itself (comma-separated: calculator, python; 'none'); a "
+        "request's tools field narrows this (docs/serving.md)",
+    )
+    p.add_argument("--no_tools", action="store_true", help="run no tools in the server (--tools none)")
     p.add_argument("--log_level", default="info", help="debug | info | warning | error")
     return p
 
@@ -619,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastgpt serve: --model {args.model!r} is not a directory", file=sys.stderr)
         return 2
     problem = _check_limits(args)
+    try:
+        tools = parse_tool_names(args.tools)
+    except ValueError as e:
+        problem = problem or str(e)
     if problem:  # before the model loads
         print(f"fastgpt serve: error: {problem}", file=sys.stderr)
         return 2
@@ -635,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key=args.api_key or None,
         max_batch_rows=args.max_batch_rows,
         max_queue=args.max_queue,
-        server_tools=not args.no_tools,
+        server_tools=() if args.no_tools else tools,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
