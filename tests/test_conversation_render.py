@@ -289,3 +289,87 @@ def test_imported_vocabulary_renders_fastgpt_token_strings_as_text(tmp_path):
     Tokenizer.load(tmp_path).save(saved)
     (saved / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
     assert ChatFormat.for_model(saved).render_prompt(msgs) == ids
+
+
+# ------------------------------------------------------------------------------------------ tool calls as text
+def _reply_tokens(fmt, msgs, i):
+    """The tokens a model writes for assistant message ``i`` (the end-of-turn token and after excluded)."""
+    prompt = fmt.render_prompt(msgs[:i])
+    full = fmt.encode_text(fmt.render_text(msgs[: i + 1]))[0]
+    reply = full[len(prompt) :]
+    return reply[: reply.index(next(iter(fmt.stop_ids & set(reply))))]
+
+
+def test_chatml_tools_template_round_trips_several_tools(tok):
+    from fastgpt.chat.template import CHATML_TOOLS_TEMPLATE
+
+    fmt = TemplateFormat(tok, CHATML_TOOLS_TEMPLATE)
+    assert not fmt.supports_tools  # no tool tokens: the calls are text
+    assert fmt.tool_syntax == ("<tool_call>\n", "\n</tool_call>")
+    msgs = [
+        {"role": "user", "content": "r's in strawberry? weather?"},
+        {"role": "assistant", "content": "Counting.", "tool_calls": [python_call('"strawberry".count("r")')]},
+        {"role": "tool", "content": "3"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [calculator_call("3*7"), tool_call("get_weather", {"city": "Paris"})],
+        },
+        {"role": "tool", "content": "21"},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "3 r's; 21; sunny."},
+    ]
+    for i in (1, 3, 6):
+        assert fmt.parse_reply(_reply_tokens(fmt, msgs, i)) == [msgs[i]]
+    # the masked tokens of a call turn are the call text and the end of turn
+    ids, mask = fmt.render(msgs)
+    assert tok.decode([t for t, m in zip(ids, mask) if m]).startswith("Counting.<tool_call>\n{")
+
+
+def test_tool_calls_as_text_in_other_shapes(tok):
+    from fastgpt.chat.template import CHATML_TOOLS_TEMPLATE
+
+    fmt = TemplateFormat(tok, CHATML_TOOLS_TEMPLATE)
+    # SmolLM2-1.7B's trained shape: a JSON list of calls after one marker, no newlines
+    text = 'Sure.<tool_call>[{"name": "python", "arguments": {"code": "1+1"}}, {"name": "f", "arguments": "{}"}]</tool_call>'
+    assert fmt.split_tool_calls(text) == ("Sure.", [python_call("1+1"), tool_call("f", {})])
+    # a marker without valid JSON after it is text
+    assert fmt.split_tool_calls("I like <tool_call> tags") == ("I like <tool_call> tags", [])
+    # a template with another marker and "parameters" (Mistral-style): found by probing
+    mistral = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}<|im_start|>{{ m['content'] }}<|im_end|>"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{% if m['tool_calls'] %}[TOOL_CALLS]["
+        "{% for c in m['tool_calls'] %}{{ {'name': c['function']['name'], 'parameters': c['function']['arguments']} | tojson }}"
+        "{% endfor %}]{% endif %}<|im_end|>{% else %}<|im_start|>{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
+    )
+    fmt = TemplateFormat(tok, mistral)
+    assert fmt.tool_syntax == ("[TOOL_CALLS][", "]")
+    assert fmt.split_tool_calls('ok[TOOL_CALLS][{"name": "python", "parameters": {"code": "2"}}]') == (
+        "ok",
+        [python_call("2")],
+    )
+    # a template that renders no tool calls (SmolLM2's own) has no tool syntax
+    assert TemplateFormat(tok, CHATML).tool_syntax is None
+
+
+def test_chatml_tools_template_matches_transformers(tok, tmp_path):
+    import transformers  # a [dev] dependency: missing, the test fails rather than skips
+
+    from fastgpt.chat.template import CHATML_TOOLS_TEMPLATE
+
+    tok.save(tmp_path)
+    export_chat_template(tmp_path, CHATML_TOOLS_TEMPLATE)
+    fmt = ChatFormat.for_model(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    msgs = [
+        {"role": "user", "content": "r's?"},
+        {"role": "assistant", "content": "", "tool_calls": [python_call('"rr".count("r")')]},
+        {"role": "tool", "content": "2"},
+        {"role": "assistant", "content": "2"},
+    ]
+    assert fmt.render(msgs)[0] == list(
+        hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+    )
+    schema = {"type": "function", "function": {"name": "python", "parameters": {"type": "object"}}}
+    text = hf.apply_chat_template(msgs[:1], tools=[schema], tokenize=False, add_generation_prompt=True)
+    assert "You can call tools." in text and '"name": "python"' in text

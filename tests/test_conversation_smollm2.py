@@ -78,3 +78,52 @@ def test_smollm2_chat_template_parity(smollm2_dir):
             spans.append(cur)
         replies = [m["content"] for m in msgs if m["role"] == "assistant"]
         assert [hf.decode(s) for s in spans] == [r + "<|im_end|>" for r in replies]
+
+
+def test_smollm2_tool_calls_through_a_chat_template(smollm2_dir):
+    """The GGUF's template renders no tool calls; fastgpt's ChatML-with-tools template for SmolLM2 renders
+    them as transformers does and reads a model's calls of several tools back."""
+    from transformers import AutoTokenizer
+
+    from fastgpt.chat.template import CHATML_TOOLS_TEMPLATE, export_chat_template
+    from fastgpt.conversation import calculator_call, python_call, tool_call
+
+    assert ChatFormat.for_model(smollm2_dir).tool_syntax is None
+    saved = {
+        f: (smollm2_dir / f).read_bytes()
+        for f in ("chat_template.jinja", "tokenizer_config.json")
+        if (smollm2_dir / f).exists()
+    }
+    export_chat_template(smollm2_dir, CHATML_TOOLS_TEMPLATE)
+    try:
+        fmt = ChatFormat.for_model(smollm2_dir)
+        hf = AutoTokenizer.from_pretrained(smollm2_dir)
+        msgs = [
+            {"role": "user", "content": "How many r's in strawberry, times 7, and the weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": "Let me count.",
+                "tool_calls": [python_call('"strawberry".count("r")')],
+            },
+            {"role": "tool", "content": "3"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [calculator_call("3*7"), tool_call("get_weather", {"city": "Paris"})],
+            },
+            {"role": "tool", "content": "21"},
+            {"role": "tool", "content": "sunny"},
+            {"role": "assistant", "content": "3, 21, sunny."},
+        ]
+        ids, _ = fmt.render(msgs)
+        assert ids == list(hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+        for i in (1, 3):
+            prompt = fmt.render_prompt(msgs[:i])
+            full = fmt.encode_text(fmt.render_text(msgs[: i + 1]))[0]
+            reply = full[len(prompt) :]
+            reply = reply[: reply.index(hf.convert_tokens_to_ids("<|im_end|>"))]
+            assert fmt.parse_reply(reply) == [msgs[i]]
+    finally:  # the dir is shared with the other tests of this module
+        (smollm2_dir / "chat_template.jinja").unlink()
+        for f, data in saved.items():
+            (smollm2_dir / f).write_bytes(data)

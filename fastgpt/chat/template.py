@@ -14,6 +14,17 @@ instance) is refused with a clear error rather than masked wrongly.
 
 :func:`export_chat_template` writes a format's template into a model dir so that transformers renders
 the same ids as fastgpt.
+
+Tool calls in a template: a template that renders OpenAI ``tool_calls`` (``function.name`` and
+``function.arguments``) as JSON between two text markers -- ``<tool_call>{"name": ..., "arguments":
+...}</tool_call>`` (Hermes, Qwen2.5, SmolLM3, :data:`CHATML_TOOLS_TEMPLATE`), ``[TOOL_CALLS][...]``
+and the like -- is probed once: a call of a made-up tool is rendered and the text around its JSON
+becomes the markers (:attr:`TemplateFormat.tool_syntax`). :meth:`TemplateFormat.parse_reply` then
+reads the calls a model writes back into ``tool_calls`` (a JSON list of calls after one marker, as
+SmolLM2-1.7B was trained to write, is read too). Such calls are text, not special tokens, so the
+engine does not run them mid-generation: the caller does (``fastgpt chat`` runs its ``--tools`` and
+generates again; the server returns them to the client). SmolLM2's own template (the GGUF's) renders
+no tool calls; :data:`CHATML_TOOLS_TEMPLATE` is the same ChatML with them.
 """
 
 from __future__ import annotations
@@ -39,13 +50,66 @@ from fastgpt.conversation import (
     Message,
     SpecialTokenFormat,
     _Full,
+    tool_call,
 )
 
-__all__ = ["TemplateFormat", "compile_template", "export_chat_template", "format_for", "read_template"]
+__all__ = [
+    "CHATML_TOOLS_TEMPLATE",
+    "TemplateFormat",
+    "compile_template",
+    "export_chat_template",
+    "format_for",
+    "read_template",
+]
 
 TEMPLATE_FILE = "chat_template.jinja"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+# SmolLM2-135M-Instruct's ChatML (its default system prompt included: a conversation without tool calls
+# renders exactly as with the GGUF's template), plus tool calls as JSON between <tool_call> markers after
+# the assistant's text, one call per block; tool results are messages of role "tool". When the caller
+# passes ``tools`` (transformers' apply_chat_template(tools=...)), their JSON schemas are listed in the
+# system message.
+CHATML_TOOLS_TEMPLATE = r"""{%- for message in messages -%}
+{%- if loop.first and messages[0]['role'] != 'system' -%}
+{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face' }}
+{%- if tools -%}{{ '\n\nYou can call tools. Write each call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>. Tools:' }}{%- for t in tools -%}{{ '\n' + t | tojson }}{%- endfor -%}{%- endif -%}
+{{ '<|im_end|>\n' }}
+{%- endif -%}
+{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}
+{%- if message['role'] == 'system' and tools -%}{{ '\n\nYou can call tools. Write each call as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>. Tools:' }}{%- for t in tools -%}{{ '\n' + t | tojson }}{%- endfor -%}{%- endif -%}
+{%- if message['role'] == 'assistant' and message['tool_calls'] -%}
+{%- for call in message['tool_calls'] -%}
+{{ '<tool_call>\n' + {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson + '\n</tool_call>' }}
+{%- endfor -%}
+{%- endif -%}
+{{ '<|im_end|>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}
+"""
+_PROBE_TOOL = "fastgpt_probe_tool"
+_PROBE_ARGS = {"fastgpt_probe_argument": "fastgpt-probe-value"}
+
+
+def _calls_in(value: Any) -> list[dict[str, Any]] | None:
+    """The calls a decoded JSON value stands for: ``{"name", "arguments"|"parameters"}`` or a list of
+    them; None for anything else."""
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        args = item.get("arguments", item.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                args = {"input": args}
+        if not isinstance(args, dict):
+            return None
+        calls.append(tool_call(item["name"], args))
+    return calls or None
 
 
 # ----------------------------------------------------------------------------------------------- jinja
@@ -163,6 +227,8 @@ class TemplateFormat(ChatFormat):
         if all(text in self.added for text in names.values()) and "<|tool_call_start|>" in template:
             for attr, text in names.items():
                 setattr(self, attr, self.added[text])
+        # (text before a call's JSON, text after it) where the template writes tool calls as text
+        self.tool_syntax: tuple[str, str] | None = None if self.supports_tools else self._find_tool_syntax()
 
     def template(self) -> str:
         return self.source
@@ -185,6 +251,89 @@ class TemplateFormat(ChatFormat):
         if not stops:
             raise ValueError("cannot tell where an assistant turn ends in this chat template (no end token)")
         return stops
+
+    def _find_tool_syntax(self) -> tuple[str, str] | None:
+        """Render a call of a made-up tool and take the text around its JSON as the call markers; None
+        when the template does not write tool calls that way (or at all)."""
+        user = {"role": "user", "content": "hi"}
+        call = {"role": "assistant", "content": "", "tool_calls": [tool_call(_PROBE_TOOL, dict(_PROBE_ARGS))]}
+        try:
+            before = self.render_text([user], add_generation_prompt=True)
+            upto = self.render_text([user, call])
+        except Exception:  # noqa: BLE001 - a template that refuses tool calls has no tool syntax
+            return None
+        if not upto.startswith(before) or _PROBE_TOOL not in upto[len(before) :]:
+            return None
+        reply = upto[len(before) :]
+        name_at = reply.index(_PROBE_TOOL)
+        decoder = json.JSONDecoder()
+        for start in range(name_at, -1, -1):
+            if reply[start] not in "{[":
+                continue
+            try:
+                value, end = decoder.raw_decode(reply, start)
+            except json.JSONDecodeError:
+                continue
+            calls = _calls_in(value)
+            if end > name_at and calls is not None and len(calls) == 1:
+                if calls[0]["function"] == {"name": _PROBE_TOOL, "arguments": _PROBE_ARGS}:
+                    break
+        else:
+            return None
+        after = reply[end:]
+        ends = [after.find(s) for s in self._stop_strings if s in after]
+        after = after[: min(ends)] if ends else after
+        opening = reply[:start]
+        return (opening, after) if opening.strip() else None
+
+    def parse_reply(self, tokens: list[int]) -> list[Message]:
+        """As :meth:`ChatFormat.parse_reply`; for a template that writes tool calls as text
+        (:attr:`tool_syntax`), the calls in the reply become the message's ``tool_calls`` (the text
+        before the first call is its content). Text that only looks like a call (no valid JSON after
+        the marker) stays text."""
+        if self.tool_syntax is None:
+            return super().parse_reply(tokens)
+        text = self.tokenizer.decode(tokens)
+        content, calls = self.split_tool_calls(text)
+        message: Message = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        return [message]
+
+    def split_tool_calls(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        """``(content, calls)`` of an assistant reply's text under :attr:`tool_syntax`."""
+        if self.tool_syntax is None:
+            return text, []
+        opening, closing = self.tool_syntax
+        marker, close = opening.strip(), closing.strip()
+        lead = opening[: opening.index(marker)]  # what the template puts between the content and a call
+        decoder = json.JSONDecoder()
+        calls: list[dict[str, Any]] = []
+        first = None
+        pos = 0
+        while (at := text.find(marker, pos)) >= 0:
+            i = at + len(marker)
+            while i < len(text) and text[i].isspace():
+                i += 1
+            try:
+                value, end = decoder.raw_decode(text, i)
+            except json.JSONDecodeError:
+                break
+            found = _calls_in(value)
+            if found is None:
+                break
+            first = at if first is None else first
+            calls += found
+            pos = end
+            rest = text[pos:].lstrip()
+            if close and rest.startswith(close):
+                pos = len(text) - len(rest) + len(close)
+        if first is None:
+            return text, []
+        content = text[:first]
+        if lead and content.endswith(lead):
+            content = content[: -len(lead)]
+        return content, calls
 
     @cached_property
     def _byte_lengths(self) -> np.ndarray:
