@@ -269,3 +269,48 @@ def test_a_base_model_without_chat_tokens_is_refused_in_one_line(tok, tmp_path, 
     assert main(["--model", str(tmp_path), "--prompt", "Hi", "--max_tokens", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"model has {tok.bos_id + 1} token embeddings" in err, err
+
+
+class _ScriptedTextEngine:
+    """Stands in for the engine with a chat template that writes tool calls as text: each stream()
+    yields the next scripted reply (the loop that runs the calls is under test)."""
+
+    def __init__(self, tok, fmt, replies):
+        self.tokenizer, self.chat_format = tok, fmt
+        self.replies, self.prompts, self.settings = list(replies), [], []
+        self.tool_registry = {"python": lambda code: f"ran {code}", "calculator": lambda expression: "?"}
+
+    def stream(self, prompt, **kw):
+        self.prompts.append(prompt)
+        self.settings.append(dict(kw))
+        yield from self.tokenizer.encode(self.replies.pop(0))
+        yield self.tokenizer.token_id("<|im_end|>")
+
+
+def test_tool_calls_written_as_text_are_run_and_the_model_replies_again():
+    from fastgpt.chat.cli import _reply
+    from fastgpt.chat.template import CHATML_TOOLS_TEMPLATE, TemplateFormat
+
+    tok = Tokenizer.train(
+        ["Hello there 42 tool call python code " * 20],
+        vocab_size=300,
+        special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fmt = TemplateFormat(tok, CHATML_TOOLS_TEMPLATE)
+    call = '<tool_call>\n{"name": "python", "arguments": {"code": "6*7"}}\n</tool_call>'
+    engine = _ScriptedTextEngine(tok, fmt, ["Let me run it." + call, "It is 42."])
+    out = io.StringIO()
+    user = [{"role": "user", "content": "6*7?"}]
+    added = _reply(engine, user, {"tools": ("python",), "max_tokens": 50}, out)
+    assert added == [
+        {"role": "assistant", "content": "Let me run it.", "tool_calls": [python_call("6*7")]},
+        {"role": "tool", "content": "ran 6*7"},
+        {"role": "assistant", "content": "It is 42."},
+    ]
+    assert engine.prompts[1] == fmt.render_prompt(user + added[:2])
+    assert engine.settings[0]["tools"] == ()  # the engine cannot run text calls mid-reply
+    assert "[python: 6*7 = ran 6*7]\n" in out.getvalue()
+    # a call of a tool that is not enabled ends the reply without running it
+    engine = _ScriptedTextEngine(tok, fmt, ["x" + call])
+    added = _reply(engine, user, {"tools": ("calculator",), "max_tokens": 50}, io.StringIO())
+    assert len(added) == 1 and added[0]["tool_calls"] == [python_call("6*7")]

@@ -589,6 +589,78 @@ def test_without_a_tools_field_the_servers_tools_run(python_server):
     assert r.choices[0].message.content == "[python: print(6*7) = 42\n] The answer is 42\n"
 
 
+@pytest.fixture(scope="module")
+def template_server():
+    """A ChatML model whose template writes tool calls as text (CHATML_TOOLS_TEMPLATE): it calls
+    get_weather, and once a tool result is in the conversation it answers."""
+    from fastgpt.chat.template import CHATML_TOOLS_TEMPLATE, TemplateFormat
+
+    tok = Tokenizer.train(
+        [TEXT + " sunny weather Paris tool_call name arguments"],
+        vocab_size=300,
+        special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fmt = TemplateFormat(tok, CHATML_TOOLS_TEMPLATE)
+    im_start, im_end = tok.token_id("<|im_start|>"), tok.token_id("<|im_end|>")
+    header = tok.encode("assistant\n")
+    call = tok.encode(
+        'Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    )
+    answer = tok.encode("It is sunny.")
+    tool_header = tok.encode("tool\n")
+
+    def script(history: list[int]) -> int:
+        last = len(history) - history[::-1].index(im_start)
+        reply = history[last + len(header) :]
+        starts = [i for i, t in enumerate(history) if t == im_start]
+        after_tool = any(history[i + 1 : i + 1 + len(tool_header)] == tool_header for i in starts)
+        planned = (answer if after_tool else call) + [im_end]
+        return planned[min(len(reply), len(planned) - 1)]
+
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=512
+    )
+    engine = Engine(ScriptedGPT(GPT(config).eval(), script), tok, chat_format=fmt)
+    limits = Limits(max_prompt_tokens=300, max_tokens=200, default_max_tokens=16, max_n=4)
+    with serve_in_thread(create_app(engine, ServeConfig(model_name=NAME, limits=limits))) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_template_tool_calls_written_as_text_go_back_to_the_client(template_server):
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    r = template_server.chat.completions.create(
+        model=NAME, messages=ask, tools=[weather], max_tokens=200, temperature=0
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me look."
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    chunks = list(
+        template_server.chat.completions.create(
+            model=NAME, messages=ask, tools=[weather], max_tokens=200, temperature=0, stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Let me look."
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [tc.function.name for tc in calls] == ["get_weather"]
+    # the client runs it and sends the result back
+    history = ask + [
+        {"role": "assistant", "content": choice.message.content, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    final = template_server.chat.completions.create(
+        model=NAME, messages=history, tools=[weather], max_tokens=200, temperature=0
+    )
+    assert final.choices[0].message.content == "It is sunny." and final.choices[0].finish_reason == "stop"
+    # built-ins cannot run inside a reply written as text
+    with pytest.raises(openai.BadRequestError, match="as text"):
+        template_server.chat.completions.create(
+            model=NAME, messages=ask, tools=[{"type": "python"}], max_tokens=4
+        )
+
+
 # ------------------------------------------------------------------------------------------ the command
 def test_fastgpt_serve_command(engine, tokenizer, tmp_path):
     """``fastgpt serve --model DIR`` in its own process: loads the dir, binds, answers, shuts down."""

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
-from fastgpt.tools import parse_tool_names
+from fastgpt.tools import parse_tool_names, run_tool
 
 __all__ = ["StreamPrinter", "main", "read_message"]
 
@@ -131,13 +131,18 @@ class StreamPrinter:
         self.out.flush()
 
     def _show_call(self, text: str) -> None:
-        from fastgpt.conversation import TOOL_ARGUMENT, parse_tool_call_text
+        from fastgpt.conversation import parse_tool_call_text
 
-        fn = parse_tool_call_text(text)["function"]
+        self._show_call_text(parse_tool_call_text(text))
+        self.awaiting_output = True
+
+    def _show_call_text(self, call: dict) -> None:
+        from fastgpt.conversation import TOOL_ARGUMENT
+
+        fn = call["function"]
         name, args = fn["name"], fn["arguments"]
         shown = args[TOOL_ARGUMENT[name]] if name in TOOL_ARGUMENT else json.dumps(args, ensure_ascii=False)
         self.out.write(f"[{name}: {shown} = ")
-        self.awaiting_output = True
 
     def flush(self) -> None:
         if self.pending:
@@ -191,20 +196,45 @@ def _load(args: argparse.Namespace):
     )
 
 
+MAX_TOOL_ROUNDS = 4  # replies in a row that may call tools written as text, before the loop stops
+
+
 def _reply(engine, messages: list[dict], settings: dict, out: TextIO) -> list[dict]:
-    """Stream one assistant reply to ``out``; return the messages it adds to the history."""
+    """Stream one assistant reply to ``out``; return the messages it adds to the history.
+
+    In fastgpt's format the engine runs the enabled tools inside the reply. A chat template that
+    writes tool calls as text (``TemplateFormat.tool_syntax``) ends its turn after the calls: they are
+    run here, shown as ``[NAME: ARGUMENT = OUTPUT]``, added as tool messages, and the model replies
+    again (at most :data:`MAX_TOOL_ROUNDS` times); a call of a tool that is not enabled ends the reply."""
     fmt = engine.chat_format
-    printer = StreamPrinter(engine.tokenizer, fmt, out)
-    tokens = []
-    for token in engine.stream(fmt.render_prompt(messages), stop_ids=fmt.stop_ids, **settings):
-        tokens.append(token)
-        printer.feed(token)
-    printer.finish()
-    out.write("\n")
-    out.flush()
-    if tokens and tokens[-1] in fmt.stop_ids:
-        tokens = tokens[:-1]
-    return fmt.parse_reply(tokens)
+    enabled = tuple(settings.get("tools") or ())
+    text_tools = getattr(fmt, "tool_syntax", None) is not None and not fmt.supports_tools
+    stream_settings = {**settings, "tools": enabled if fmt.supports_tools else ()}
+    added: list[dict] = []
+    for _ in range(MAX_TOOL_ROUNDS + 1):
+        printer = StreamPrinter(engine.tokenizer, fmt, out)
+        tokens = []
+        prompt = fmt.render_prompt([*messages, *added])
+        for token in engine.stream(prompt, stop_ids=fmt.stop_ids, **stream_settings):
+            tokens.append(token)
+            printer.feed(token)
+        printer.finish()
+        out.write("\n")
+        out.flush()
+        if tokens and tokens[-1] in fmt.stop_ids:
+            tokens = tokens[:-1]
+        new = fmt.parse_reply(tokens)
+        added += new
+        calls = new[-1].get("tool_calls") if text_tools else None
+        if not calls or any(c["function"]["name"] not in enabled for c in calls):
+            return added
+        registry = {n: engine.tool_registry[n] for n in enabled}
+        for call in calls:
+            output = run_tool(call, registry)
+            printer._show_call_text(call)
+            out.write(f"{output}]\n")
+            added.append({"role": "tool", "content": output})
+    return added
 
 
 def chat_loop(engine, settings: dict, system: str | None, lines: Iterable[str], out: TextIO) -> None:
@@ -275,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        tools=tools if engine.chat_format.supports_tools else (),
+        tools=tools,
     )
     if args.prompt is not None:
         messages = [{"role": "system", "content": args.system}] if args.system else []

@@ -89,7 +89,14 @@ class ReplyDecoder:
         self._markers: dict[int, tuple[str | None, str, str | None]] = {}
         self._tool_state: str | None = None
         self._tools = False
+        # a chat template that writes calls as text: from its call marker on, text is captured (not
+        # shown) and read into tool_calls when the choice ends
+        self._fmt = chat_format
+        self._call_markers: list[str] = []
+        self._capture: str | None = None
         fmt = chat_format
+        if fmt is not None and not fmt.supports_tools and getattr(fmt, "tool_syntax", None) is not None:
+            self._call_markers = [fmt.tool_syntax[0].strip()]
         if fmt is not None:
             self._ignored |= set(fmt.stop_ids)
             if fmt.supports_tools:
@@ -138,19 +145,37 @@ class ReplyDecoder:
         out += self._held
         self.content += self._held
         self._held = ""
+        if self._capture is not None:
+            _, calls = self._fmt.split_tool_calls(self._capture)
+            if calls:
+                self.tool_calls += [c["function"] for c in calls]
+            else:  # only looked like a call: it is text
+                out += self._capture
+                self.content += self._capture
+            self._capture = None
         return out
 
     # -------------------------------------------------------------------------------------- stop strings
     def _show(self, text: str) -> str:
         if not text:
             return ""
-        if not self._stops:
+        if self._capture is not None:
+            self._capture += text
+            return ""
+        if not self._stops and not self._call_markers:
             self.content += text
             return text
         held = self._held + text
-        hits = [i for i in (held.find(s) for s in self._stops) if i >= 0]
+        hits = [
+            (i, s in self._stops) for s in (*self._stops, *self._call_markers) if (i := held.find(s)) >= 0
+        ]
         if hits:
-            out, self._held, self.stopped = held[: min(hits)], "", True
+            at, is_stop = min(hits)
+            out, self._held = held[:at], ""
+            if is_stop:
+                self.stopped = True
+            else:
+                self._capture = held[at:]
         else:
             keep = self._partial_stop_len(held)
             out, self._held = held[: len(held) - keep], held[len(held) - keep :]
@@ -160,7 +185,7 @@ class ReplyDecoder:
     def _partial_stop_len(self, text: str) -> int:
         """Length of the longest end of ``text`` that is the beginning of some stop string."""
         best = 0
-        for s in self._stops:
+        for s in (*self._stops, *self._call_markers):
             for k in range(min(len(s) - 1, len(text)), best, -1):
                 if text.endswith(s[:k]):
                     best = k

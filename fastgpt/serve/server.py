@@ -329,15 +329,22 @@ def _render_prompt(chat_format: Any, messages: list[Any]) -> list[int]:
 def _tools_to_run(req: ChatRequest, chat_format: Any, server_tools: tuple[str, ...]) -> frozenset[str]:
     """The built-in tools the engine runs for this request (see the module docstring): the server's
     own without a ``tools`` field (or with ``tool_choice: "none"``), else the built-ins it declares by
-    type. Checks every declared tool; its function tools need a chat format with tool tokens."""
+    type. Checks every declared tool. A chat template that writes calls as text (no tool tokens) can
+    return function calls to the client but not run built-ins mid-reply; one without tool syntax
+    cannot call tools at all."""
     from fastgpt.conversation import _TOOL_NAME
 
+    text_calls = getattr(chat_format, "tool_syntax", None) is not None
     if not chat_format.supports_tools:
-        if req.tools and req.tool_choice != "none":
+        if req.tools and req.tool_choice != "none" and not text_calls:
             raise APIError(
-                400, "this model's chat format has no tool tokens, so it cannot call tools", param="tools"
+                400,
+                "this model's chat format has no tool tokens or tool-call syntax, so it cannot call tools",
+                param="tools",
             )
-        return frozenset()
+        server_tools = ()  # nothing runs inside a reply written as text
+        if not text_calls:
+            return frozenset()
     if not req.tools or req.tool_choice == "none":
         return frozenset(server_tools)
     run = set()
@@ -359,11 +366,14 @@ def _tools_to_run(req: ChatRequest, chat_format: Any, server_tools: tuple[str, .
         elif kind in server_tools:
             run.add(kind)
         elif isinstance(kind, str) and kind in BUILTIN_TOOLS:
+            why = (
+                "this model's chat template writes tool calls as text, which the server returns to the "
+                "client instead of running them (declare it as a function tool)"
+                if not chat_format.supports_tools
+                else f"it runs: {', '.join(server_tools) or 'none'}; see fastgpt serve --tools"
+            )
             raise APIError(
-                400,
-                f"tools[{i}]: this server does not run the {kind!r} tool (it runs: "
-                f"{', '.join(server_tools) or 'none'}; see fastgpt serve --tools)",
-                param="tools",
+                400, f"tools[{i}]: this server does not run the {kind!r} tool ({why})", param="tools"
             )
         else:
             raise APIError(
@@ -411,8 +421,9 @@ class _Reply:
             out.append((row, text, self.finish[row]))
         for row, reason in step.finished:
             if self.finish[row] is None:
+                text = self.decoders[row].finish()  # first: it reads the calls of a reply written as text
                 self.finish[row] = self._reason(row, reason)
-                out.append((row, self.decoders[row].finish(), self.finish[row]))
+                out.append((row, text, self.finish[row]))
         return out
 
     def _reason(self, row: int, reason: str) -> str:
