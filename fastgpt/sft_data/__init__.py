@@ -9,6 +9,8 @@ Built-in sets (see each module's docstring for why it exists):
 ``arithmetic``     arithmetic and word problems worked step by step with calculator tool calls
 ``task_practice``  training problems of an RL task (default ``chain_sum_easy``), answered through the
                    calculator or directly: the cold start GRPO needs (held-out problems never included)
+``jagged_python``  counting, spelling, indexing, decimal comparison and multiplication (the jagged
+                   tasks' training problems) answered through a one-line Python tool call
 =================  ===========================================================================
 
 A mixture is written on the command line as comma-separated items, each a built-in name or a
@@ -42,6 +44,7 @@ from fastgpt.conversation import Message, ReadStats, iter_conversations, read_co
 from fastgpt.sft_data.arithmetic import arithmetic_conversations
 from fastgpt.sft_data.chatterbot import chatterbot_conversations
 from fastgpt.sft_data.identity import identity_conversations
+from fastgpt.sft_data.jagged_python import jagged_python_conversations
 from fastgpt.sft_data.task_practice import task_practice_conversations
 from fastgpt.sft_data.unknown import unknown_entity_conversations
 
@@ -53,6 +56,7 @@ BUILTIN: dict[str, Callable[..., list[list[Message]]]] = {
     "unknown": unknown_entity_conversations,
     "arithmetic": arithmetic_conversations,
     "task_practice": task_practice_conversations,
+    "jagged_python": jagged_python_conversations,
 }
 DEFAULT_MIXTURE = "chatterbot,identity,unknown,arithmetic"
 
