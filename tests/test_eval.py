@@ -280,6 +280,76 @@ def test_a_small_jsonl_task_scores_every_line_with_heldout_fraction_1(tokenizer,
     assert result["problems"] == 2
 
 
+class LetterCountToolScript(torch.nn.Module):
+    """A real tiny GPT whose reply is dictated by the tokens fed so far: it calls the Python tool on the
+    letter-count question's code, then answers ``#### `` + whatever the tool printed. Without the tool
+    run, the reply ends at the call (no answer); with it, every answer is right."""
+
+    def __init__(self, inner: GPT, tokenizer: Tokenizer):
+        from fastgpt.conversation import SpecialTokenFormat
+
+        super().__init__()
+        self.inner, self.config, self.tok = inner, inner.config, tokenizer
+        self.fmt = SpecialTokenFormat(tokenizer)
+        self.history: list[int] = []
+
+    def forward(self, idx, *, doc_ids=None, **kwargs):
+        assert idx.size(0) == 1, "one row at a time (batch_size=1)"
+        logits = self.inner(idx, doc_ids=doc_ids, **kwargs)
+        self.history = idx[0].tolist() if idx.size(1) > 1 else self.history + idx[0].tolist()
+        fmt, enc = self.fmt, self.tok.encode
+        start = len(self.history) - self.history[::-1].index(fmt.ids["assistant"][0])
+        reply = self.history[start:]
+        if fmt.tool_output_end_id in reply:
+            out_start, out_end = reply.index(fmt.tool_output_start_id), reply.index(fmt.tool_output_end_id)
+            planned = enc("#### ") + reply[out_start + 1 : out_end] + [fmt.ids["assistant"][1]]
+            nxt = planned[len(reply) - out_end - 1]
+        elif fmt.tool_call_end_id in reply:
+            nxt = 0  # the engine feeds the tool output now
+        else:
+            letter, word = re.findall(
+                r'letter "(\w)" appear in the word "(\w+)"', self.tok.decode(self.history)
+            )[-1]
+            call = [
+                fmt.tool_call_start_id,
+                *enc(f'python\nprint("{word}".count("{letter}"))'),
+                fmt.tool_call_end_id,
+            ]
+            nxt = call[len(reply)]
+        logits[0, -1] = -1e9
+        logits[0, -1, nxt] = 1e9
+        return logits
+
+
+def test_jagged_task_with_and_without_the_python_tool(tokenizer):
+    task = get_task("jagged_letter_count")
+    engine = Engine(tiny_gpt(tokenizer.vocab_size, seq_len=512), tokenizer)
+    engine.model = LetterCountToolScript(engine.model, tokenizer)
+    result = evaluate_task(
+        engine, task, chat=True, problems=3, max_new_tokens=60, batch_size=1, compare_tools=("python",)
+    )
+    assert result["greedy_accuracy"] == 0.0  # without tools the call is handed back: no answer
+    c = result["tools_comparison"]
+    assert c["tools"] == ["python"] and c["without_tools"] == 0.0
+    assert c["with_tools"] == 1.0 and c["tool_call_share"] == 1.0
+    assert c["examples"][0]["completion"].startswith("#### ")
+    # the main pass with tools: the comparison's other pass runs none
+    result = evaluate_task(
+        engine,
+        task,
+        chat=True,
+        problems=3,
+        max_new_tokens=60,
+        batch_size=1,
+        tools=["python"],
+        compare_tools=("python",),
+    )
+    assert result["greedy_accuracy"] == 1.0
+    assert (
+        result["tools_comparison"]["without_tools"] == 0.0 and result["tools_comparison"]["with_tools"] == 1.0
+    )
+
+
 # ------------------------------------------------------------------------------------------ the command
 def test_bpb_default_data_is_the_pretraining_data_behind_a_later_stage(tmp_path):
     # `fastgpt eval --model out/sft/model --tasks bpb` read the SFT run's own --data (its conversation
@@ -342,6 +412,32 @@ def test_eval_command_end_to_end(tokenizer, data_dir, tmp_path, capsys):
     assert 0 <= report["results"]["task:sums"]["greedy_accuracy"] <= 1
     printed = capsys.readouterr().out
     assert "| bpb" in printed and "mc:quiz" in printed and "greedy_accuracy" in printed
+    assert "without tools" not in printed  # a plain task: no comparison by default
+    # a jagged task on a chat model: with and without the python tool, both columns
+    jagged = tmp_path / "jagged.json"
+    argv = [
+        "--model",
+        str(model_dir),
+        "--tasks",
+        "jagged_word_length",
+        "--problems",
+        "2",
+        "--max_new_tokens",
+        "3",
+    ]
+    assert eval_main([*argv, "--chat", "yes", "--out", str(jagged)]) == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if "without tools" in line)
+    assert "with tools" in header and "replies calling a tool" in header
+    row = next(
+        line
+        for line in printed.splitlines()
+        if line.startswith("| task:jagged_word_length") and "python" in line
+    )
+    comparison = json.loads(jagged.read_text())["results"]["task:jagged_word_length"]["tools_comparison"]
+    assert set(comparison) >= {"without_tools", "with_tools", "tool_call_share"} and "%" in row
+    assert eval_main([*argv, "--chat", "yes", "--compare_tools", "none", "--out", str(jagged)]) == 0
+    assert "tools_comparison" not in json.loads(jagged.read_text())["results"]["task:jagged_word_length"]
     assert eval_main(["--model", str(tmp_path / "missing")]) == 2
     for bad in ("no_such_task", "mc:no_such_set", "mc:"):
         assert eval_main(["--model", str(model_dir), "--tasks", bad]) == 2
@@ -364,6 +460,7 @@ def test_eval_command_end_to_end(tokenizer, data_dir, tmp_path, capsys):
         (["--pass_k", "4", "--samples", "2"], "--samples"),
         (["--temperature", "-0.5"], "--temperature"),
         (["--out", "."], "--out"),
+        (["--compare_tools", "python,shell"], "--compare_tools"),
     ],
 )
 def test_eval_flags_out_of_range_fail_in_one_line_before_loading(tmp_path, capsys, flags, named):

@@ -15,6 +15,12 @@
 Chat models (a chat template in the model dir, or ``--chat yes``) get task and question prompts through
 their chat format; ``--chat no`` treats the model as a base model. Results print as a table and are
 written as JSON with ``--out``.
+
+With and without tools: the jagged tasks (``jagged_letter_count``, ``jagged_reverse``, ...; see
+docs/jagged.md) are scored twice on a chat model, without tools and with the sandboxed Python tool,
+and a second table shows both columns and the share of replies that called the tool
+(``--compare_tools auto``, the default; ``none`` turns it off; a list such as ``python,calculator``
+compares every task with those tools).
 """
 
 from __future__ import annotations
@@ -64,9 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature for pass@k")
     g.add_argument("--seed", type=int, default=0, help="seed of the pass@k samples")
     g.add_argument(
-        "--tools", action="store_true", help="run the calculator calls chat models make (as GRPO --tools)"
+        "--tools",
+        action="store_true",
+        help="run the tool calls chat models make (calculator, python; as GRPO --tools)",
+    )
+    g.add_argument(
+        "--compare_tools",
+        default="auto",
+        help="also score each task with these tools run: auto (the jagged tasks with python), none, "
+        "or a comma-separated list (calculator, python) for every task",
     )
     return p
+
+
+def compare_tools_for(spec: str, task_name: str) -> tuple[str, ...]:
+    """The tools ``--compare_tools`` compares ``task_name`` with (``()``: no comparison)."""
+    from fastgpt.tools import parse_tool_names
+
+    if spec == "auto":
+        return ("python",) if task_name.startswith("jagged_") else ()
+    return parse_tool_names(spec, flag="--compare_tools")
 
 
 def has_chat_template(model_dir: str | Path) -> bool:
@@ -165,6 +188,7 @@ def check_args(args: argparse.Namespace) -> None:
     from fastgpt.model.sampling import check_sampling
 
     check_sampling(args.temperature, flag="--")
+    compare_tools_for(args.compare_tools, "")
     if args.out and Path(args.out).is_dir():
         raise ValueError(f"--out {args.out!r} is a directory; give a file name such as eval.json")
 
@@ -222,6 +246,7 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
                 temperature=args.temperature,
                 seed=args.seed,
                 tools=args.tools,
+                compare_tools=compare_tools_for(args.compare_tools, task.name) if chat else (),
             )
             key = f"task:{task.name}"
         result["seconds"] = round(time.perf_counter() - t0, 2)
@@ -240,7 +265,8 @@ HEADLINE = {"bpb": ("bpb",), "mc": ("acc", "acc_norm", "chance"), "task": ("gree
 
 
 def table(report: dict[str, Any]) -> str:
-    """The results as a Markdown table: one row per metric."""
+    """The results as a Markdown table, one row per metric; then, when tasks were scored with and
+    without tools, a table with both columns and the share of with-tools replies that called a tool."""
     rows = [("eval", "metric", "value", "n")]
     for key, result in report["results"].items():
         kind = key.split(":", 1)[0]
@@ -250,7 +276,34 @@ def table(report: dict[str, Any]) -> str:
         for m in metrics:
             value = result[m]
             rows.append((key, m, f"{value:.4f}" if kind == "bpb" else f"{value:.1%}", f"{n:,}" if n else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    text = _markdown(rows)
+    compared = [(k, r["tools_comparison"]) for k, r in report["results"].items() if "tools_comparison" in r]
+    if compared:
+        rows = [("task", "without tools", "with tools", "tools", "replies calling a tool", "n")]
+        for key, c in compared:
+            n = f"{report['results'][key]['problems']:,}"
+            if "skipped" in c:
+                rows.append(
+                    (
+                        key,
+                        f"{report['results'][key]['greedy_accuracy']:.1%}",
+                        "n/a",
+                        ",".join(c["tools"]),
+                        c["skipped"],
+                        n,
+                    )
+                )
+                continue
+            share = "" if c["tool_call_share"] is None else f"{c['tool_call_share']:.1%}"
+            rows.append(
+                (key, f"{c['without_tools']:.1%}", f"{c['with_tools']:.1%}", ",".join(c["tools"]), share, n)
+            )
+        text += "\n\n" + _markdown(rows)
+    return text
+
+
+def _markdown(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)

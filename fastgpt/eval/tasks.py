@@ -4,7 +4,13 @@ The problems, answer extraction and verifier are the RL stage's own (``Task.spli
 ``Task.is_correct``), so "accuracy" here is the number GRPO moves. Prompts go through the model's chat
 format for chat models, and greedy accuracy is computed by GRPO's own held-out evaluation
 (:func:`fastgpt.rl.rollout.greedy_accuracy`); a base model gets the question as plain text. ``tools``
-(run calculator calls) is off by default, as in GRPO.
+(run the tool calls the model makes) is off by default, as in GRPO.
+
+With and without tools: ``compare_tools`` (e.g. ``("python",)``) adds a second greedy pass that
+differs only in the tools the engine runs, so one report says what the tool is worth on the task
+(:data:`fastgpt.tasks.jagged.JAGGED_TASKS` are the tasks it was made for: counting letters is hard on
+tokens and trivial in code). ``result["tools_comparison"]`` holds both accuracies and the share of
+with-tools replies that called a tool.
 
 pass@k uses the unbiased estimator of Chen et al. (2021): with ``n >= k`` samples of which ``c`` are
 correct, ``pass@k = 1 - C(n - c, k) / C(n, k)``, the chance that k samples drawn without replacement
@@ -14,6 +20,7 @@ from the n contain a correct one, averaged over problems.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["evaluate_task", "pass_at_k"]
@@ -53,14 +60,19 @@ def evaluate_task(
     samples: int | None = None,
     temperature: float = 0.8,
     seed: int = 0,
-    tools: bool = False,
+    tools: bool | Sequence[str] = False,
     examples: int = 3,
+    compare_tools: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Greedy accuracy on the first ``problems`` held-out problems of ``task``, and pass@``k`` from
     ``samples`` (default ``k``) sampled completions per problem when ``k > 0``.
 
-    Returns ``{"problems", "greedy_accuracy", "pass@k"?, "samples"?, "examples"}``; ``examples`` holds the
-    first few (question, completion, correct) triples for the report.
+    Returns ``{"problems", "greedy_accuracy", "pass@k"?, "samples"?, "examples", "tools_comparison"?}``;
+    ``examples`` holds the first few (question, completion, correct) triples for the report.
+    ``compare_tools`` (chat models): also ``tools_comparison = {"tools", "without_tools",
+    "with_tools", "tool_call_share", "examples"}``, the greedy accuracy with no tools and with those
+    tools run (one of the two is the main pass, as ``tools`` says), and the share of with-tools replies
+    that made a tool call; ``{"skipped": why}`` for a chat format without tool tokens.
     """
     heldout = task.split("heldout", problems)
     if not heldout:
@@ -86,12 +98,23 @@ def evaluate_task(
         "task": task.name,
         "problems": len(heldout),
         "greedy_accuracy": sum(correct) / len(heldout),
-        "tools": tools,
+        "tools": tools if isinstance(tools, bool) else list(tools),
         "examples": [
             {"question": p.question, "completion": t, "answer": p.answer, "correct": ok}
             for p, t, ok in list(zip(heldout, texts, correct))[:examples]
         ],
     }
+    if chat and compare_tools:
+        result["tools_comparison"] = _compare_tools(
+            engine,
+            task,
+            heldout,
+            result["greedy_accuracy"],
+            tools,
+            list(compare_tools),
+            max_new_tokens,
+            batch_size,
+        )
     if k > 0:
         n = samples or k
         if n < k:
@@ -106,3 +129,59 @@ def evaluate_task(
         result["samples"] = n
         result["temperature"] = temperature
     return result
+
+
+def _greedy_with_calls(
+    engine: Any, task: Any, problems: list[Any], tools: Any, max_new_tokens: int, batch_size: int
+) -> tuple[float, list[str], float]:
+    """Greedy accuracy, the assistant's texts and the share of replies that made a tool call (the
+    engine ran it, or handed it back): GRPO's held-out measurement plus the call count."""
+    from fastgpt.rl.rollout import assistant_text
+
+    fmt = engine.chat_format
+    prompts = [fmt.render_prompt(list(p.messages)) for p in problems]
+    completions = _generate(
+        engine,
+        prompts,
+        batch_size,
+        max_tokens=max_new_tokens,
+        temperature=0.0,
+        stop_ids=fmt.stop_ids,
+        tools=tools,
+    )
+    texts = [assistant_text(fmt, group[0]) for group in completions]
+    calls = sum(fmt.tool_call_start_id in group[0].tokens for group in completions)
+    return task.accuracy(texts, problems), texts, calls / max(len(problems), 1)
+
+
+def _compare_tools(
+    engine: Any,
+    task: Any,
+    heldout: list[Any],
+    main_accuracy: float,
+    main_tools: Any,
+    compare: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    if not engine.chat_format.supports_tools:
+        return {"tools": compare, "skipped": "the chat format has no tool-call tokens"}
+    if main_tools:  # the main pass ran tools: the other pass runs none
+        without, _, _ = _greedy_with_calls(engine, task, heldout, False, max_new_tokens, batch_size)
+        with_tools, texts, share = _greedy_with_calls(
+            engine, task, heldout, main_tools, max_new_tokens, batch_size
+        )
+    else:
+        without = main_accuracy
+        with_tools, texts, share = _greedy_with_calls(
+            engine, task, heldout, compare, max_new_tokens, batch_size
+        )
+    return {
+        "tools": compare
+        if not main_tools
+        else (list(engine.tool_registry) if main_tools is True else list(main_tools)),
+        "without_tools": without,
+        "with_tools": with_tools,
+        "tool_call_share": share,
+        "examples": [{"question": p.question, "completion": t} for p, t in list(zip(heldout, texts))[:2]],
+    }
