@@ -350,6 +350,18 @@ def test_jagged_task_with_and_without_the_python_tool(tokenizer):
     )
 
 
+def test_a_task_with_fewer_held_out_problems_than_asked_scores_all_it_has(tokenizer):
+    from fastgpt.tasks.base import in_heldout
+
+    task = get_task("jagged_reverse")
+    keys = {p.key for p in itertools.islice(task.candidates(), 20_000)}
+    held = {k for k in keys if in_heldout(k, task.heldout_fraction)}
+    assert 0 < len(held) < 100
+    engine = Engine(tiny_gpt(tokenizer.vocab_size, seq_len=256), tokenizer)
+    result = evaluate_task(engine, task, chat=True, problems=100, max_new_tokens=2, compare_tools=())
+    assert result["problems"] == len(held)
+
+
 # ------------------------------------------------------------------------------------------ the command
 def test_bpb_default_data_is_the_pretraining_data_behind_a_later_stage(tmp_path):
     # `fastgpt eval --model out/sft/model --tasks bpb` read the SFT run's own --data (its conversation

@@ -41,6 +41,30 @@ def _prompts(engine: Any, problems: list[Any], chat: bool) -> list[list[int]]:
     return [engine.tokenizer.encode(p.question.rstrip() + "\n", add_bos=True) for p in problems]
 
 
+def _heldout(task: Any, n: int) -> list[Any]:
+    """The first ``n`` held-out problems, or all of them when an endless generator has fewer distinct
+    ones (the word tasks of :mod:`fastgpt.tasks.jagged` hold out about 20): eval scores what exists
+    rather than refusing, and the result's ``problems`` says how many."""
+    from fastgpt.tasks.base import STALE_LIMIT, in_heldout
+
+    if task.finite:
+        return task.split("heldout", n)
+    out, seen, stale = [], set(), 0
+    for p in task.candidates():
+        if p.key in seen:
+            stale += 1
+            if stale > STALE_LIMIT:
+                break
+            continue
+        seen.add(p.key)
+        stale = 0
+        if in_heldout(p.key, task.heldout_fraction):
+            out.append(p)
+            if len(out) == n:
+                break
+    return out
+
+
 def _generate(engine: Any, prompts: list[list[int]], batch_size: int, **kw: Any) -> list[list[Any]]:
     out: list[list[Any]] = []
     for i in range(0, len(prompts), batch_size):
@@ -74,7 +98,7 @@ def evaluate_task(
     tools run (one of the two is the main pass, as ``tools`` says), and the share of with-tools replies
     that made a tool call; ``{"skipped": why}`` for a chat format without tool tokens.
     """
-    heldout = task.split("heldout", problems)
+    heldout = _heldout(task, problems)
     if not heldout:
         raise ValueError(
             f"task {task.name!r} has no held-out problems: a share of heldout_fraction="
