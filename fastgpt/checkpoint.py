@@ -216,7 +216,7 @@ def schedule_change_note(trainer: Any, saved: dict[str, Any]) -> str | None:
         progress = (
             trainer.step / cfg.max_steps
             if cfg.max_steps > 0
-            else trainer.elapsed / max(cfg.time_budget_s, 1e-9)
+            else trainer.elapsed / max(cfg.time_budget(), 1e-9)
         )
         return cfg.lr * lr_multiplier(cfg, trainer.step, progress)
 

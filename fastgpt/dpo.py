@@ -50,14 +50,14 @@ from fastgpt.rl.pairs import (
     collate_pairs,
 )
 from fastgpt.rl.sequences import response_logprobs
-from fastgpt.train.config import TrainConfig, parse_args
+from fastgpt.train.config import FitConfig, parse_args
 from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
 
 __all__ = ["DPOConfig", "DPOStage", "main", "pair_logprobs"]
 
 
 @dataclass
-class DPOConfig(TrainConfig):
+class DPOConfig(FitConfig):
     """DPO on preference pairs against a frozen reference (the starting ``--model=DIR``; docs/rl.md)."""
 
     model_flag = True

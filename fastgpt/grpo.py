@@ -53,14 +53,14 @@ from fastgpt.rl.losses import AGGREGATIONS, aggregate, clipped_policy_loss, kl_k
 from fastgpt.rl.rollout import Rollout, greedy_accuracy, make_rollout_engine, sample_rollout
 from fastgpt.rl.sequences import ResponseBatch, response_logprobs
 from fastgpt.tasks import RewardConfig, Task, TaskReward, get_task, load_reward_fn
-from fastgpt.train.config import TrainConfig, parse_args
+from fastgpt.train.config import LoopConfig, parse_args
 from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
 
 __all__ = ["GRPOConfig", "GRPOStage", "main", "micro_batch_shape", "train"]
 
 
 @dataclass
-class GRPOConfig(TrainConfig):
+class GRPOConfig(LoopConfig):
     """GRPO on a verifiable task (docs/rl.md): G samples per prompt, group-normalised advantages, a
     clipped policy loss with a k3 KL to the frozen starting model. ``--model=DIR`` is the policy to train."""
 
@@ -97,6 +97,7 @@ class GRPOConfig(TrainConfig):
     # --- evaluation --------------------------------------------------------------------------------
     eval_problems: int = 100  # held-out problems answered greedily at each evaluation
     eval_every: int = 10
+    sample_every: int = 0  # 0 disables periodic samples (a final sample is always printed)
     # --- optimisation defaults for finetuning ------------------------------------------------------
     lr: float = 1e-5
     min_lr: float = 1e-5

@@ -58,7 +58,7 @@ from fastgpt.rl.losses import clipped_policy_loss, value_loss
 from fastgpt.rl.rollout import make_rollout_engine, rollout_seed
 from fastgpt.rl.sequences import IGNORE, ResponseBatch, collate_responses, render_response
 from fastgpt.tasks.base import in_heldout
-from fastgpt.train.config import TrainConfig, parse_args
+from fastgpt.train.config import LoopConfig, parse_args
 from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
 
 __all__ = ["PPOConfig", "PPORollout", "PPOStage", "load_prompts", "main", "micro_batch_shape", "train"]
@@ -67,7 +67,7 @@ Prompt = tuple[dict[str, Any], ...]
 
 
 @dataclass
-class PPOConfig(TrainConfig):
+class PPOConfig(LoopConfig):
     """PPO (RLHF): the policy ``--model=DIR`` with a value head, a frozen reference and a reward model
     from ``fastgpt.reward`` (docs/rl.md)."""
 

@@ -42,13 +42,13 @@ from fastgpt.rl.pairs import (
     render_pairs,
 )
 from fastgpt.tasks.preferences import load_pairs, split_pairs
-from fastgpt.train.config import TrainConfig
+from fastgpt.train.config import FitConfig
 
 __all__ = ["RewardModelConfig", "RewardStage", "load_rendered_pairs", "main"]
 
 
 @dataclass
-class RewardModelConfig(TrainConfig):
+class RewardModelConfig(FitConfig):
     """A reward model: a scalar head on ``--model=DIR``, trained on preference pairs with the
     Bradley-Terry loss (docs/rl.md)."""
 

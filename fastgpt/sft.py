@@ -37,7 +37,7 @@ from fastgpt import dist
 from fastgpt.conversation import ChatFormat
 from fastgpt.sft_data import DEFAULT_MIXTURE, load_mixture
 from fastgpt.sft_data.batching import IGNORE, RenderStats, SFTBatches, collate, render_examples
-from fastgpt.train.config import TrainConfig, parse_args, run_config_of
+from fastgpt.train.config import SampleConfig, TokenRowsConfig, parse_args, run_config_of
 
 __all__ = ["SAMPLE_PROMPTS", "SFTConfig", "SFTStage", "build", "default_model_dir", "main", "sft_loss"]
 
@@ -54,14 +54,19 @@ DEFAULT_TIME_BUDGET_S = 180.0  # a few minutes on a CPU
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SFTConfig(SampleConfig, TokenRowsConfig):
     """SFT keys on top of the loop's. ``--model=DIR`` is accepted as ``--init_from=DIR`` (the model to
     finetune; empty: the latest pretraining output). Defaults finish in a few minutes on a CPU."""
 
-    help_hidden = ("preset", "vocab_size")  # the model comes from --model
     model_flag = True
+    unused = {
+        "preset": "the model comes from --model",
+        "vocab_size": "the tokenizer comes with --model",
+        "eval_tokens": "held-out loss is over --val_fraction of the conversations",
+    }
 
     out_dir: str = "out/sft"
+    tokenizer: str = ""  # a tokenizer dir to use instead of the model dir's own
     data: str = DEFAULT_MIXTURE  # built-in set names and/or .jsonl/.json files, or a mixture file
     pack: bool = True  # several conversations per row (attention kept apart by document ids)
     val_fraction: float = 0.05  # held-out conversations per set, for val_loss
@@ -78,6 +83,17 @@ class SFTConfig(TrainConfig):
     eval_every: int = 50
     sample_tokens: int = 96
     log_every: int = 10
+
+    def time_budget(self) -> float:
+        """``--time_budget_s``, or DEFAULT_TIME_BUDGET_S when neither it nor ``--max_steps`` is set
+        (``--max_steps`` alone is not cut short by a budget)."""
+        if self.max_steps <= 0 and self.time_budget_s <= 0:
+            return DEFAULT_TIME_BUDGET_S
+        return self.time_budget_s
+
+    def model_dir(self) -> str:
+        """The model to finetune: ``--model``, else the latest pretraining output."""
+        return self.init_from or str(default_model_dir())
 
 
 def default_model_dir(root: str | Path = "out") -> Path:
@@ -209,16 +225,14 @@ def build(cfg: SFTConfig):
     from fastgpt.train.trainer import Trainer
 
     info = dist.init_distributed(cfg.device)
-    if cfg.max_steps <= 0 and cfg.time_budget_s <= 0:  # --max_steps alone is not cut short by a budget
-        cfg.time_budget_s = DEFAULT_TIME_BUDGET_S
-    cfg.init_from = cfg.init_from or str(default_model_dir())
-    tokenizer = Tokenizer.load(cfg.tokenizer or cfg.init_from)
-    chat_format = ChatFormat.for_model(cfg.init_from if not cfg.tokenizer else tokenizer)
-    model = from_pretrained(cfg.init_from).train()
+    model_dir = cfg.model_dir()
+    tokenizer = Tokenizer.load(cfg.tokenizer or model_dir)
+    chat_format = ChatFormat.for_model(model_dir if not cfg.tokenizer else tokenizer)
+    model = from_pretrained(model_dir).train()
     used = max(chat_format.stop_ids | {chat_format.tool_call_end_id or 0})
     if model.config.vocab_size <= used:
         raise ValueError(
-            f"{cfg.init_from}: the model has {model.config.vocab_size} token embeddings but the chat format "
+            f"{model_dir}: the model has {model.config.vocab_size} token embeddings but the chat format "
             f"uses token id {used}; finetune a model trained with this tokenizer or one with a chat template"
         )
     seq_len = min(cfg.seq_len, model.config.max_seq_len)  # rows never exceed the model's context
@@ -227,7 +241,7 @@ def build(cfg: SFTConfig):
         model,
         tokenizer=tokenizer,
         stage_name="sft",
-        run_info={"chat_format": type(chat_format).__name__},
+        run_info={"chat_format": type(chat_format).__name__, "init_from": model_dir},
         seq_len=seq_len,
     )
     stage = SFTStage(
@@ -263,7 +277,7 @@ def _main(argv: list[str] | None = None) -> int:
     cfg = parse_args(SFTConfig, _model_alias(sys.argv[1:] if argv is None else argv))
     trainer, stage = build(cfg)
     trainer.print(
-        f"sft: {cfg.init_from} ({trainer.model.num_params() / 1e6:.2f}M params), chat format "
+        f"sft: {cfg.model_dir()} ({trainer.model.num_params() / 1e6:.2f}M params), chat format "
         f"{type(stage.chat_format).__name__}, {trainer.dist.world_size} rank(s) on {trainer.device}, "
         f"{trainer.autocast_dtype}, {'packed' if cfg.pack else 'padded'} rows of {trainer.seq_len} tokens"
     )

@@ -4,9 +4,12 @@ and the validation errors a user sees for bad values."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 
 import pytest
 
+from fastgpt.errors import UserError
 from fastgpt.model import GPTConfig
 from fastgpt.train.config import TrainConfig, parse_args
 
@@ -120,14 +123,17 @@ def test_validate_rejects_bad_settings(args, needle):
         cfg.validate()
 
 
-def test_auto_optimizer_is_muon_at_every_zero_stage_and_adamw_with_offload():
+def test_auto_optimizer_is_muon_at_every_zero_stage_and_adamw_with_offload(tmp_path):
     for zero in (0, 1, 2, 3):
         cfg = TrainConfig(optimizer="auto", zero=zero, max_steps=1)
         cfg.validate()
-        assert cfg.optimizer == "muon", zero
+        assert cfg.resolved_optimizer() == "muon", zero
+        assert cfg.optimizer == "auto"  # resolved where used, never written back
     cfg = TrainConfig(optimizer="auto", zero=2, offload=True, max_steps=1)
     cfg.validate()
-    assert cfg.optimizer == "adamw"
+    assert cfg.resolved_optimizer() == "adamw"
+    cfg.save(tmp_path / "config.json")  # config.json records what ran
+    assert json.loads((tmp_path / "config.json").read_text())["optimizer"] == "adamw"
     with pytest.raises(ValueError, match="--optimizer=muon does not run with --offload=true"):
         TrainConfig(optimizer="muon", zero=3, offload=True, max_steps=1).validate()
 
@@ -174,9 +180,7 @@ def test_every_stage_help_describes_each_key_it_shows(module, name, capsys):
             rows[key] = line.strip()
     shown = {k.split("=")[0].split(" ")[0] for k in rows}
     for f in dataclasses.fields(cls):
-        if f.name in (*cls.help_hidden, *cls.unused):
-            assert f"--{f.name}=" not in text, f"{name}: --{f.name} does nothing for this stage"
-        elif f.name == "init_from" and cls.model_flag:
+        if f.name == "init_from" and cls.model_flag:
             assert "--model" in shown and "--model=DIR (or --init_from=DIR" in text
         elif f.name != "model":
             assert f"--{f.name}" in shown, f"{name}: --{f.name} missing from --help"
@@ -217,3 +221,136 @@ def test_an_out_dir_that_is_a_file_names_the_flag(tmp_path, capsys):
     with pytest.raises(ValueError, match=f"but {afile} is a file"):
         TrainConfig(max_steps=1, out_dir=str(afile / "sub")).validate()
     TrainConfig(max_steps=1, out_dir=str(tmp_path / "new" / "dir")).validate()  # not there yet: fine
+
+
+def _stage_config(module: str, name: str) -> type:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+# keys each stage reads beyond the loop's (LoopConfig): the scoped configs must declare exactly these
+READS = {
+    "PretrainConfig": {"grad_accum", "seq_len", "total_batch_tokens", "sample_every", "sample_tokens"},
+    "SFTConfig": {"grad_accum", "seq_len", "total_batch_tokens", "sample_every", "sample_tokens"},
+    "DPOConfig": {"grad_accum"},
+    "RewardModelConfig": {"grad_accum"},
+    "GRPOConfig": {"sample_every"},
+    "PPOConfig": set(),
+}
+OTHER_STAGES_KEYS = {
+    "preset",
+    "vocab_size",
+    "eval_tokens",
+    "seq_len",
+    "total_batch_tokens",
+    "grad_accum",
+    "sample_every",
+    "sample_tokens",
+    "data",
+    "tokenizer",
+}
+
+
+@pytest.mark.parametrize("module,name", STAGES)
+def test_each_stage_help_lists_only_its_own_keys(module, name, capsys):
+    import dataclasses
+
+    cls = _stage_config(module, name)
+    with pytest.raises(SystemExit):
+        parse_args(cls, ["--help"])
+    text = capsys.readouterr().out
+    shown = set(re.findall(r"^  --(\w+)", text, flags=re.M))
+    own = {f.name for f in dataclasses.fields(cls)}
+    assert shown <= own | {"model"}, shown - own
+    for key in OTHER_STAGES_KEYS - own:
+        assert f"--{key}" not in shown, f"{name} --help shows --{key}, which it does not read"
+    assert READS[name] <= own, READS[name] - own
+
+
+@pytest.mark.parametrize(
+    "module,name,flag,nearest",
+    [
+        ("fastgpt.grpo", "GRPOConfig", "--seq_len=128", "--max_new_tokens"),  # named by the reason
+        ("fastgpt.grpo", "GRPOConfig", "--grad_accum=2", "--batch_size"),
+        ("fastgpt.ppo", "PPOConfig", "--sample_evry=5", "--save_every"),
+        ("fastgpt.dpo", "DPOConfig", "--seq_len=128", "--max_len"),
+        ("fastgpt.reward", "RewardModelConfig", "--total_batch_tokens=4096", "--batch_size"),
+        ("fastgpt.sft", "SFTConfig", "--vocab_size=100", "--model"),
+        ("fastgpt.sft", "SFTConfig", "--eval_tokens=100", "--val_fraction"),
+        ("fastgpt.pretrain", "PretrainConfig", "--max_len=100", "--max_steps"),
+    ],
+)
+def test_a_key_the_stage_does_not_have_is_one_line_naming_stage_and_nearest(module, name, flag, nearest):
+    cls = _stage_config(module, name)
+    with pytest.raises(UserError) as e:
+        parse_args(cls, [flag])
+    message = str(e.value)
+    assert "\n" not in message
+    stage = module.rsplit(".", 1)[1]
+    assert f"unknown option {flag.split('=')[0]} for {stage}" in message
+    assert nearest in message
+
+
+@pytest.mark.parametrize("module,name", [m for m in STAGES if m[1] != "PretrainConfig"])
+def test_architecture_overrides_are_refused_where_the_model_comes_from_a_dir(module, name):
+    with pytest.raises(
+        UserError, match=r"--model.n_layer for \w+ \(the architecture comes with the model dir"
+    ):
+        parse_args(_stage_config(module, name), ["--model.n_layer=2"])
+
+
+def test_validate_never_writes_the_config():
+    import dataclasses
+
+    for module, name in STAGES:
+        cls = _stage_config(module, name)
+        cfg = cls(max_steps=1, optimizer="auto") if name != "SFTConfig" else cls(optimizer="auto")
+        before = dataclasses.asdict(cfg)
+        cfg.validate()
+        assert dataclasses.asdict(cfg) == before, name
+
+
+def test_sft_default_budget_and_model_are_computed_not_written():
+    from fastgpt.sft import DEFAULT_TIME_BUDGET_S, SFTConfig
+
+    cfg = SFTConfig()
+    assert cfg.time_budget() == DEFAULT_TIME_BUDGET_S and cfg.time_budget_s == 0
+    assert SFTConfig(max_steps=5).time_budget() == 0  # --max_steps alone is not cut short
+    assert SFTConfig(init_from="m").model_dir() == "m" and cfg.init_from == ""
+
+
+def test_every_documented_stage_command_parses():
+    """The keys of every ``fastgpt <stage> ...`` / ``python -m fastgpt.<stage> ...`` line in README.md,
+    docs/ and launch/ are keys of that stage's config (arrays the launch scripts pass included)."""
+    import dataclasses
+    import importlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    classes = {m.rsplit(".", 1)[1]: _stage_config(m, n) for m, n in STAGES}
+    files = [
+        root / "README.md",
+        *sorted((root / "docs").rglob("*.md")),
+        *sorted((root / "launch").glob("*.sh")),
+    ]
+    arrays = {"PRETRAIN": "pretrain", "SFT": "sft", "GRPO": "grpo"}  # launch/speedrun.sh's per-stage flags
+    checked, bad = 0, []
+    for path in files:
+        text = path.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            m = re.search(r"fastgpt[ .](pretrain|sft|grpo|reward|dpo|ppo)\b(.*)", line)
+            a = re.match(r"\s*(PRETRAIN|SFT|GRPO)=\((.*)", line)
+            if not (m or a):
+                continue
+            stage, rest = (m.group(1), m.group(2)) if m else (arrays[a.group(1)], a.group(2))
+            names = {f.name for f in dataclasses.fields(classes[stage])} | {"help", "model"}
+            for key in re.findall(r"--([a-z_.]+)", re.split(r"[|;`]|&&", rest)[0]):
+                checked += 1
+                if key.split(".")[0] not in names or (
+                    key.startswith("model.") and "model" not in names - {"model"}
+                ):
+                    if not (key.startswith("model.") and stage == "pretrain"):
+                        bad.append(f"{path.name}: fastgpt {stage} --{key}")
+    assert checked > 50
+    assert not bad, bad

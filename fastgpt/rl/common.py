@@ -24,8 +24,9 @@ __all__ = [
     "normalize_argv",
 ]
 
-# TrainConfig keys GRPO and PPO do not use (``TrainConfig.unused``: setting one is an error): the model
-# comes from --model, the data from the task/prompts, and a step's shape from the rollout.
+# Keys of other stages that GRPO and PPO have no use for, and why (``LoopConfig.unused``: the unknown-key
+# error says why): the model comes from --model, the data from the task/prompts, a step's shape from the
+# rollout.
 RL_UNUSED = {
     "preset": "the model comes from --model",
     "vocab_size": "the tokenizer comes with --model",
@@ -36,9 +37,10 @@ RL_UNUSED = {
     "total_batch_tokens": "a step's rows follow --prompts_per_step and the rollout",
     "eval_tokens": "held-out evaluation answers problems, not tokens",
     "sample_tokens": "samples are answers of up to --max_new_tokens",
+    "max_len": "rows are prompt + completion, up to the prompt length + --max_new_tokens",
 }
 
-# ... and those the pair stages (reward model, DPO) do not use: rows are prompt + reply up to --max_len.
+# ... and those of the pair stages (reward model, DPO): rows are prompt + reply up to --max_len.
 PAIR_STAGE_UNUSED = {
     "preset": "the model comes from --model",
     "vocab_size": "the tokenizer comes with --model",
@@ -46,6 +48,8 @@ PAIR_STAGE_UNUSED = {
     "seq_len": "rows are prompt + reply, up to --max_len",
     "total_batch_tokens": "a step is --batch_size pairs x --grad_accum micro-batches per rank",
     "eval_tokens": "held-out evaluation scores held-out pairs (--heldout_fraction)",
+    "sample_every": "the stage prints no samples",
+    "sample_tokens": "the stage prints no samples",
 }
 
 

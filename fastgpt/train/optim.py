@@ -24,7 +24,7 @@ import torch
 import torch.distributed as torch_dist
 from torch.optim.adamw import adamw as adamw_update
 
-from fastgpt.train.config import TrainConfig
+from fastgpt.train.config import LoopConfig
 
 
 def newton_schulz_orthogonalize(
@@ -298,7 +298,7 @@ def shard_muon_for_zero(zero_optimizer: Any) -> bool:
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig, *, ns_dtype: torch.dtype = torch.float32
+    model: torch.nn.Module, cfg: LoopConfig, *, ns_dtype: torch.dtype = torch.float32
 ) -> torch.optim.Optimizer:
     """AdamW over ``model.param_groups`` or, for ``optimizer=muon``, one :class:`Muon` with the
     ``matrix`` groups on Muon (``muon_lr``) and the rest on AdamW (``lr``). Every group records its
@@ -310,7 +310,7 @@ def build_optimizer(
     device_type = next(model.parameters()).device.type
     fused = device_type in ("cpu", "cuda")
     adam = dict(betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-    if cfg.optimizer == "adamw":
+    if cfg.resolved_optimizer() == "adamw":
         for g in groups:
             g["base_lr"] = cfg.lr
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused, **adam)
@@ -322,7 +322,7 @@ def build_optimizer(
     return Muon(groups, ns_dtype=ns_dtype, fused=fused)
 
 
-def lr_multiplier(cfg: TrainConfig, step: int, progress: float) -> float:
+def lr_multiplier(cfg: LoopConfig, step: int, progress: float) -> float:
     """Multiplier of each group's ``base_lr`` at optimizer step ``step`` (0-based) with ``progress``
     in [0, 1] of the run: linear warmup over ``warmup_steps``, then cosine to ``min_lr``,
     warmup-stable-decay (constant, then linear decay over the last ``wsd_decay_frac``), or constant."""

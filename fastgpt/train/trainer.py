@@ -42,7 +42,8 @@ import torch
 
 from fastgpt import dist
 from fastgpt.model.gpt import set_activation_checkpointing
-from fastgpt.train.config import TrainConfig
+from fastgpt.errors import UserError
+from fastgpt.train.config import LoopConfig
 from fastgpt.train.metrics import MetricsLogger, peak_flops
 from fastgpt.train.optim import Muon, build_optimizer, lr_multiplier, shard_muon_for_zero
 
@@ -129,7 +130,7 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: LoopConfig,
         model: torch.nn.Module,
         *,
         tokenizer: Any = None,
@@ -147,17 +148,19 @@ class Trainer:
         self.autocast_dtype = resolve_dtype(cfg.dtype, self.device)
         torch.manual_seed(cfg.seed)
 
+        # a config without a group's keys (FitConfig, TokenRowsConfig) gets the values from its stage
         self.batch_size = micro_batch_size or cfg.batch_size
-        self.seq_len = seq_len or cfg.seq_len
-        self.grad_accum = grad_accum or cfg.grad_accum
+        self.seq_len = seq_len or getattr(cfg, "seq_len", 0)
+        self.grad_accum = grad_accum or getattr(cfg, "grad_accum", 1)
         per_step = self.batch_size * self.seq_len * self.dist.world_size
-        if grad_accum is None and cfg.total_batch_tokens > 0:
-            if cfg.total_batch_tokens % per_step != 0:
-                raise ValueError(
-                    f"--total_batch_tokens={cfg.total_batch_tokens} is not a multiple of batch_size*seq_len*ranks"
+        total_batch_tokens = getattr(cfg, "total_batch_tokens", 0)
+        if grad_accum is None and total_batch_tokens > 0:
+            if total_batch_tokens % per_step != 0:
+                raise UserError(
+                    f"--total_batch_tokens={total_batch_tokens} is not a multiple of batch_size*seq_len*ranks"
                     f" = {per_step}"
                 )
-            self.grad_accum = cfg.total_batch_tokens // per_step
+            self.grad_accum = total_batch_tokens // per_step
 
         self.use_deepspeed = cfg.zero >= 1 or self.dist.world_size > 1
         # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not
@@ -244,7 +247,7 @@ class Trainer:
         """Fraction of the run done, for the LR schedule: by steps, or by time when only a budget is set."""
         if self.cfg.max_steps > 0:
             return self.step / self.cfg.max_steps
-        return self.elapsed / self.cfg.time_budget_s
+        return self.elapsed / self.cfg.time_budget()
 
     def _set_lr(self) -> float:
         mult = lr_multiplier(self.cfg, self.step, self.progress())
@@ -371,7 +374,7 @@ class Trainer:
     def done(self) -> bool:
         if self.cfg.max_steps > 0 and self.step >= self.cfg.max_steps:
             return True
-        return self.cfg.time_budget_s > 0 and self.elapsed >= self.cfg.time_budget_s
+        return self.cfg.time_budget() > 0 and self.elapsed >= self.cfg.time_budget()
 
     def evaluate(self, stage: Any) -> dict[str, float]:
         if not hasattr(stage, "evaluate"):
@@ -402,7 +405,7 @@ class Trainer:
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
-            total = cfg.max_steps if cfg.max_steps > 0 else int(cfg.time_budget_s)
+            total = cfg.max_steps if cfg.max_steps > 0 else int(cfg.time_budget())
             self._bar = tqdm(
                 total=total,
                 initial=self.step if cfg.max_steps > 0 else int(self.elapsed),
@@ -470,7 +473,7 @@ class Trainer:
         if not self.done():
             if cfg.eval_every > 0 and self.step % cfg.eval_every == 0:
                 self._log_eval(stage, bar)
-            if cfg.sample_every > 0 and self.step % cfg.sample_every == 0:
+            if getattr(cfg, "sample_every", 0) > 0 and self.step % cfg.sample_every == 0:
                 self._log_samples(stage, bar)
             if cfg.save_every > 0 and self.step % cfg.save_every == 0:
                 checkpoint.save_checkpoint(self, stage)
