@@ -324,7 +324,6 @@ def test_every_documented_stage_command_parses():
     """The keys of every ``fastgpt <stage> ...`` / ``python -m fastgpt.<stage> ...`` line in README.md,
     docs/ and launch/ are keys of that stage's config (arrays the launch scripts pass included)."""
     import dataclasses
-    import importlib
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -354,3 +353,34 @@ def test_every_documented_stage_command_parses():
                         bad.append(f"{path.name}: fastgpt {stage} --{key}")
     assert checked > 50
     assert not bad, bad
+
+
+def test_sft_build_writes_nothing_into_its_config(tmp_path):
+    """Values SFT derives (its default budget, the model dir, the row length capped at the model's
+    context) reach the trainer and config.json, not the config object."""
+    from fastgpt.model import GPT
+    from fastgpt.sft import DEFAULT_TIME_BUDGET_S, SFTConfig, build
+    from fastgpt.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["What is 2 + 3? It is 5. Hello there, friend. " * 30], vocab_size=300)
+    config = GPTConfig.from_preset(
+        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=512
+    )
+    GPT(config).save_pretrained(tmp_path / "model")
+    tok.save(tmp_path / "model")
+    cfg = parse_args(
+        SFTConfig,
+        [
+            f"--init_from={tmp_path / 'model'}",
+            f"--out_dir={tmp_path / 'run'}",
+            "--data=identity",
+            "--seq_len=4096",
+        ],
+    )
+    before = dataclasses.asdict(cfg)
+    trainer, _ = build(cfg)
+    assert dataclasses.asdict(cfg) == before
+    assert trainer.seq_len == 512  # capped at the model's context, in the trainer only
+    assert trainer.cfg.time_budget() == DEFAULT_TIME_BUDGET_S
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["init_from"] == str(tmp_path / "model") and saved["seq_len_resolved"] == 512
