@@ -58,3 +58,18 @@ def test_training_stage_keys_accept_hyphens_with_a_warning(capsys):
     err = capsys.readouterr().err
     assert "warning: --max-steps is deprecated, use --max_steps" in err
     assert err.count("warning") == 1
+
+
+def test_the_rl_demo_speaks_the_same_dialect(capsys):
+    """``python -m fastgpt.rl.demo`` (not a subcommand) parses with the same parser as the tools."""
+    from fastgpt.rl import demo
+
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--help"])
+    assert e.value.code == 0
+    flags = re.findall(r"(?<![\w-])--[a-z][a-z0-9_.-]*", capsys.readouterr().out)
+    assert "--vocab_size" in flags and [f for f in flags if "-" in f[2:]] == []
+    with pytest.raises(SystemExit):  # parsed (with the warning), then stopped by an unknown flag
+        demo.main(["--vocab-size=64", "--no_such_flag"])
+    err = capsys.readouterr().err
+    assert "--vocab-size is deprecated, use --vocab_size" in err and "--no_such_flag" in err

@@ -28,7 +28,6 @@ What is written:
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import warnings
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from fastgpt.cli import ArgumentParser
 from fastgpt.sft_data.task_practice import practice_conversation as sft_conversation
 
 __all__ = ["main", "sft_conversation"]
@@ -44,8 +44,8 @@ DEFAULT_OPTIONS = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastgpt.rl.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="out/rl-demo")
+    parser = ArgumentParser(prog="python -m fastgpt.rl.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="out/rl-demo", help="output dir (tokenizer, SFT data, model)")
     parser.add_argument("--task", default="chain_sum")
     parser.add_argument("--task_options", default=json.dumps(DEFAULT_OPTIONS))
     parser.add_argument("--task_seed", type=int, default=0)
