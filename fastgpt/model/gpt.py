@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from fastgpt import ops
+from fastgpt.model import hf
 from fastgpt.model.config import GPTConfig
 from fastgpt.model.kv_cache import KVCache
 from fastgpt.model.sampling import sample_next_token
@@ -396,9 +397,7 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------------------ save
     def save_pretrained(self, path, *, dtype: torch.dtype | None = None) -> None:
         """Write the Hugging Face layout (``config.json`` + ``model.safetensors``) atomically."""
-        from fastgpt.model.hf import save_pretrained
-
-        save_pretrained(self, path, dtype=dtype)
+        hf.save_pretrained(self, path, dtype=dtype)
 
 
 def set_activation_checkpointing(module: nn.Module, enabled: bool = True) -> int:

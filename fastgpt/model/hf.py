@@ -15,12 +15,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fastgpt.model.config import GPTConfig
-from fastgpt.model.gpt import GPT
+
+if TYPE_CHECKING:  # annotations only: the model module saves through this one (GPT.save_pretrained)
+    from fastgpt.model.gpt import GPT
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral")
 # Buffers that some HF checkpoints carry and that are derived, not learned.
@@ -306,47 +308,6 @@ def check_device(device: torch.device | str | None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
     return dev
-
-
-def _run_dir_hint(path: Path) -> str:
-    """A training run's out_dir holds its own config.json (the run's) and the model in ``model/``:
-    the likeliest wrong path a user gives, so say where the model is."""
-    if (path / "model" / "config.json").is_file():
-        return f"; this looks like a run dir: its model is {path / 'model'}"
-    return ""
-
-
-def from_pretrained(
-    path: str | os.PathLike,
-    *,
-    dtype: torch.dtype | str | None = None,
-    device: torch.device | str | None = None,
-) -> GPT:
-    """Load a fastgpt or Hugging Face (gpt2 / llama / mistral) model directory; returns ``GPT`` in eval
-    mode, in ``dtype`` (default float32; names such as ``"bf16"`` are accepted) on ``device`` (default
-    CPU)."""
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
-    dtype, device = parse_dtype(dtype), check_device(device)
-    cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise ModelFormatError(f"{path}: not a model directory (no config.json){_run_dir_hint(path)}")
-    try:
-        hf = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFormatError(f"{cfg_file}: invalid JSON ({e})") from e
-    if "fastgpt" not in hf and "model_type" not in hf and _run_dir_hint(path):
-        raise ModelFormatError(f"{cfg_file}: a training run's config, not a model's{_run_dir_hint(path)}")
-    config = config_from_hf(hf, str(cfg_file))
-    with torch.device("meta"):
-        model = GPT(config)
-    model = model.to_empty(device="cpu")
-    model.init_rope_tables()  # non-persistent buffers are not in the checkpoint
-    load_hf_weights(model, _read_weights(path), str(path))
-    model = model.to(device=device, dtype=dtype or torch.float32)
-    model.init_rope_tables()  # keep the rotary tables in fp32 whatever the weights' dtype
-    return model.eval()
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
