@@ -354,8 +354,8 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------------ accounting
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Parameter count of the whole model, also while DeepSpeed ZeRO-3 holds each parameter as an
-        empty placeholder of this rank's partition (the full size is then ``ds_numel``; ``numel()``
-        gave 0, so a ZeRO-3 run printed 0.00M params and an MFU from the attention FLOPs alone)."""
+        empty placeholder of this rank's partition: the full size is then ``ds_numel`` (``numel()`` is
+        0), so counts and MFU are the same at every ZeRO stage."""
         n = sum(_full_numel(p) for p in self.parameters())
         if exclude_embeddings:
             n -= _full_numel(self.wte.weight) if self.lm_head is not None else 0

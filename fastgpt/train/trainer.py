@@ -532,7 +532,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release DeepSpeed's engine (ZeRO-3 hooks, optimizer buffers) before the process group goes:
-        left to interpreter exit, its teardown sometimes aborted the process (seen with ZeRO-3 on CPU)."""
+        its teardown at interpreter exit, after the process group is gone, can abort the process."""
         if self.engine is not None:
             self.engine.destroy()
             self.engine = None
