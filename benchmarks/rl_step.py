@@ -1,18 +1,31 @@
-"""RL rollout speed: fastgpt's rollout (``make_rollout_engine`` + ``sample_rollout``, the GRPO code path)
-against transformers' sampling ``generate`` on the same weights and prompts.
+"""RL step speed: one GRPO step (rollout, reward, advantages, the clipped policy-gradient loss forward
+and backward, optimizer step) through fastgpt's GRPO stage against the same step written directly on
+transformers, on the same weights, prompts and settings.
 
     fastgpt convert-gguf --smollm2 --out models/smollm2
     OMP_NUM_THREADS=2 python benchmarks/rl_step.py --model models/smollm2     # 4 prompts x 8, 48 tokens
     python benchmarks/rl_step.py --tiny                                        # random tiny model, seconds
 
 The prompts are small +/- questions written to a temporary ``.jsonl`` task (``fastgpt.tasks``); both
-sides sample ``group_size`` completions of each prompt at temperature 1 with at most ``max_new_tokens``
-new tokens and stop at the chat format's stop tokens. fastgpt generates the whole rollout in one batch
-(each prompt prefilled once); transformers runs ``generate(do_sample=True, num_return_sequences=G)`` on
-the left-padded batch of prompts. The two alternate for ``--repeats`` rounds; medians of wall seconds.
+sides see the same problems at each step.
 
-This is the rollout half of the GRPO step the issue asks to compare; the full step (loss
-forward/backward and optimizer step on both sides) is not measured here yet.
+- **fastgpt** runs :func:`fastgpt.grpo.step` on a :class:`fastgpt.grpo.GRPOStage` and a
+  :class:`fastgpt.train.trainer.Trainer`, the code path of ``fastgpt grpo`` (lr 1e-5, constant
+  schedule, no KL term, one update per rollout, ``--dtype=auto``), and reports the step's time split
+  (``time_rollout_s``, ``time_reward_s``, ``time_logprobs_s``, ``time_update_s``).
+- **transformers** is the plain loop one writes on ``LlamaForCausalLM``: ``generate`` with sampling
+  (temperature 1, ``num_return_sequences=G`` on the left-padded prompts, stop at the chat format's stop
+  tokens), the same reward and group-normalised advantages, one forward of the prompt + completion rows
+  (logits only over the completion, ``logits_to_keep``), the clipped ratio loss averaged over completion
+  tokens, backward, gradient clipping at 1.0 and ``torch.optim.AdamW`` (lr, betas 0.9/0.95, no decay:
+  fastgpt's settings). ``--hf_dtype``: ``fp32``, or ``bf16`` autocast for the loss forward/backward;
+  ``auto`` (default) is the dtype fastgpt's ``--dtype=auto`` picks on this device (fp32 on a CPU
+  without native bf16, where oneDNN emulates bf16 matmuls), so both sides compute in the same dtype.
+
+Each side trains its own copy of the model. One untimed warm-up step each, then ``--repeats``
+interleaved rounds (fastgpt, transformers, fastgpt, ...); medians of wall seconds per step, their ratio,
+fastgpt's median time split, and each side's rollout tokens per second (sampled tokens, up to and
+including the stop token, over the generation's wall time).
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import torch  # noqa: E402
+
+SPLIT_KEYS = ("time_rollout_s", "time_reward_s", "time_logprobs_s", "time_update_s")
 
 
 def write_task(path: Path, n: int, seed: int) -> Path:
@@ -60,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--hf_dtype", default="auto", choices=("auto", "fp32", "bf16"))
     args = parser.parse_args(argv)
 
     from transformers import LlamaForCausalLM
 
+    from fastgpt import grpo
     from fastgpt.rl.common import load_start
-    from fastgpt.rl.rollout import make_rollout_engine, sample_rollout
-    from fastgpt.tasks import RewardConfig, TaskReward, get_task
+    from fastgpt.train.config import parse_args
+    from fastgpt.train.trainer import Trainer, resolve_dtype
 
     tmp = Path(tempfile.mkdtemp(prefix="rl_step_"))
     if args.tiny:
@@ -80,66 +98,136 @@ def main(argv: list[str] | None = None) -> int:
                 f"error: --model={model_dir}: no config.json (fastgpt convert-gguf --smollm2 --out {model_dir})"
             )
             return 2
+    task_path = write_task(tmp / "task.jsonl", 200, args.seed)
+    G, rows = args.group_size, args.prompts * args.group_size
+
+    # ---- fastgpt: the GRPO stage and the training loop, built as `fastgpt grpo` builds them
+    flags = {
+        "init_from": model_dir, "task": task_path, "prompts_per_step": args.prompts, "group_size": G,
+        "max_new_tokens": args.max_new_tokens, "lr": args.lr, "min_lr": args.lr, "seed": args.seed,
+        "out_dir": tmp / "grpo", "max_steps": 10**6, "eval_every": 0, "log_every": 10**6,
+        "progress": "false", "resume": "never",
+    }  # fmt: skip
+    cfg = parse_args(grpo.GRPOConfig, [f"--{k}={v}" for k, v in flags.items()])
     policy, tokenizer, fmt = load_start(str(model_dir), stage="rl_step")
-    policy.eval()
-    task = get_task(str(write_task(tmp / "task.jsonl", 200, args.seed)), heldout_fraction=0.1)
-    problems = task.split("train", args.prompts)
-    reward = TaskReward(task, RewardConfig(max_tokens=args.max_new_tokens), log=lambda *_: None)
-    engine = make_rollout_engine(policy, tokenizer, chat_format=fmt)
-    hf = LlamaForCausalLM.from_pretrained(str(model_dir)).eval()
+    task = grpo.build_task(cfg)
+    dtype = resolve_dtype(cfg.dtype, torch.device("cpu"))
+    stage = grpo.GRPOStage(
+        policy, tokenizer, task, cfg, chat_format=fmt, autocast_dtype=dtype, log=lambda *_: None
+    )
+    trainer = Trainer(
+        cfg, policy, tokenizer=tokenizer, stage_name="grpo", micro_batch_size=stage.micro_rows,
+        grad_accum=stage.grad_accum,
+    )  # fmt: skip
+    trainer.begin(stage)
+    splits: list[dict[str, float]] = []
 
-    prompts = [fmt.render_prompt(list(p.messages)) for p in problems]
-    longest = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), longest, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, longest - len(p) :], mask[i, longest - len(p) :] = torch.tensor(p), 1
+    def run_fastgpt() -> tuple[float, float, int]:
+        t = time.perf_counter()
+        m = grpo.step(stage, trainer)
+        elapsed = time.perf_counter() - t
+        splits.append({k: m[k] for k in SPLIT_KEYS})
+        return elapsed, m["time_rollout_s"], int(round(m["completion_len"] * rows))
+
+    # ---- transformers: the plain loop on LlamaForCausalLM, same problems in the same order
+    hf_dtype = {"auto": dtype, "fp32": torch.float32, "bf16": torch.bfloat16}[args.hf_dtype]
+    hf = LlamaForCausalLM.from_pretrained(str(model_dir))
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    hf_problems = task.train_stream(seed=cfg.seed)
     stops = sorted(fmt.stop_ids)
+    hf_steps = [0]
 
-    def run_fastgpt(step: int) -> tuple[float, int]:
+    def run_transformers() -> tuple[float, float, int]:
+        problems = [next(hf_problems) for _ in range(args.prompts)]
+        prompts = [fmt.render_prompt(list(p.messages)) for p in problems]
+        longest = max(map(len, prompts))
+        ids = torch.zeros(len(prompts), longest, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, longest - len(p) :], mask[i, longest - len(p) :] = torch.tensor(p), 1
+        torch.manual_seed(args.seed * 1000 + hf_steps[0])
+        hf_steps[0] += 1
         t = time.perf_counter()
-        rollout = sample_rollout(
-            engine, problems, reward, group_size=args.group_size, max_new_tokens=args.max_new_tokens,
-            step=step, seed=args.seed,
-        )  # fmt: skip
-        return time.perf_counter() - t, int(rollout.completion_lens.sum())
-
-    def run_transformers(step: int) -> tuple[float, int]:
-        torch.manual_seed(args.seed * 1000 + step)
-        t = time.perf_counter()
+        hf.eval()
         with torch.no_grad():
             out = hf.generate(
                 input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                num_return_sequences=args.group_size, max_new_tokens=args.max_new_tokens,
-                eos_token_id=stops, pad_token_id=0,
+                num_return_sequences=G, max_new_tokens=args.max_new_tokens, eos_token_id=stops,
+                pad_token_id=0,
             )  # fmt: skip
-        elapsed = time.perf_counter() - t
-        new = out[:, longest:]
-        n_tokens = 0
-        for row in new.tolist():  # up to and including the first stop token
-            n_tokens += next((i + 1 for i, tok in enumerate(row) if tok in stops), len(row))
-        return elapsed, n_tokens
+        t_rollout = time.perf_counter() - t
+        completions = out[:, longest:]  # (N*G, W)
+        width = completions.size(1)
+        comp_mask = torch.zeros_like(completions)
+        rewards = []
+        for r, row in enumerate(completions.tolist()):  # up to and including the first stop token
+            n = next((i + 1 for i, tok in enumerate(row) if tok in stops), len(row))
+            comp_mask[r, :n] = 1
+            text = tokenizer.decode(row[: n - 1] if row[n - 1] in stops else row[:n])
+            rewards.append(float(stage.reward(text, problems[r // G], n).total))
+        grouped = torch.tensor(rewards).view(-1, G)
+        adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)
+        attention = torch.cat([mask.repeat_interleave(G, dim=0), comp_mask], dim=1)
+        positions = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: count from the prompt's start
+        hf.train()
+        with torch.autocast("cpu", dtype=hf_dtype, enabled=hf_dtype != torch.float32):
+            logits = hf(
+                input_ids=out, attention_mask=attention, position_ids=positions, logits_to_keep=width + 1
+            ).logits[:, :-1]  # position t predicts completion token t
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(2, completions[..., None]).squeeze(2)
+        ratio = torch.exp(logp - logp.detach())  # 1 on-policy, with the policy gradient as its derivative
+        a = adv.reshape(-1, 1)
+        surrogate = torch.minimum(ratio * a, ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_low) * a)
+        weight = comp_mask.float()
+        loss = -(surrogate * weight).sum() / weight.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t, t_rollout, int(comp_mask.sum())
 
-    times: dict[str, list[float]] = {"fastgpt": [], "transformers": []}
-    tokens: dict[str, list[int]] = {"fastgpt": [], "transformers": []}
-    run_fastgpt(-1), run_transformers(-1)  # warm-up (allocator, oneDNN primitives), not timed
+    sides = {"fastgpt": run_fastgpt, "transformers": run_transformers}
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    rollout_s: dict[str, list[float]] = {k: [] for k in sides}
+    tokens: dict[str, list[int]] = {k: [] for k in sides}
+    loads = [_load()]
+    for fn in sides.values():  # warm-up (allocator, oneDNN primitives, optimizer state), not timed
+        fn()
+    splits.clear()
     for step in range(args.repeats):
-        for name, fn in (("fastgpt", run_fastgpt), ("transformers", run_transformers)):
-            seconds, n = fn(step)
+        for name, fn in sides.items():
+            seconds, gen_s, n = fn()
             times[name].append(seconds)
+            rollout_s[name].append(gen_s)
             tokens[name].append(n)
-            print(f"round {step} {name}: {seconds:.2f}s, {n} tokens, {n / seconds:.0f} tok/s", flush=True)
-    rows = args.prompts * args.group_size
+            loads.append(_load())
+            print(
+                f"round {step} {name}: {seconds:.2f}s per step (rollout {gen_s:.2f}s, {n} tokens, "
+                f"{n / gen_s:.0f} tok/s), load {loads[-1]:.2f}",
+                flush=True,
+            )
     med = {k: statistics.median(v) for k, v in times.items()}
-    rate = {k: sum(tokens[k]) / sum(times[k]) for k in times}
     print(
-        f"rollout of {args.prompts} prompts x {args.group_size} samples ({rows} rows), <= {args.max_new_tokens} "
-        f"new tokens, {torch.get_num_threads()} threads, load {open('/proc/loadavg').read().split()[0]}"
+        f"GRPO step of {args.prompts} prompts x {G} samples ({rows} rows), <= {args.max_new_tokens} new tokens, "
+        f"{torch.get_num_threads()} threads, fastgpt dtype {str(dtype).removeprefix('torch.')}, transformers "
+        f"dtype {str(hf_dtype).removeprefix('torch.')}, load average {min(loads):.2f}-{max(loads):.2f}"
     )
-    for k in times:
-        print(f"{k}: median {med[k]:.2f}s per rollout, {rate[k]:.0f} sampled tok/s")
-    print(f"rollout ratio (transformers s / fastgpt s): {med['transformers'] / med['fastgpt']:.2f}x")
+    for k in sides:
+        rate = sum(tokens[k]) / sum(rollout_s[k])
+        print(
+            f"{k}: median {med[k]:.2f}s per step, rollout median {statistics.median(rollout_s[k]):.2f}s, "
+            f"{rate:.0f} rollout tok/s at batch {rows}"
+        )
+    split = {k: statistics.median(s[k] for s in splits) for k in SPLIT_KEYS}
+    print("fastgpt split (medians): " + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
+    print(f"step ratio (transformers s / fastgpt s): {med['transformers'] / med['fastgpt']:.2f}x")
     return 0
+
+
+def _load() -> float:
+    """The 1-minute load average (other processes sharing the cores)."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
 
 if __name__ == "__main__":

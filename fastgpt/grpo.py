@@ -56,7 +56,7 @@ from fastgpt.tasks import RewardConfig, Task, TaskReward, get_task, load_reward_
 from fastgpt.train.config import LoopConfig, parse_args
 from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
 
-__all__ = ["GRPOConfig", "GRPOStage", "main", "micro_batch_shape", "train"]
+__all__ = ["GRPOConfig", "GRPOStage", "main", "micro_batch_shape", "step", "train"]
 
 
 @dataclass
@@ -210,10 +210,26 @@ class GRPOStage:
                 top_p=cfg.top_p if cfg.top_p < 1.0 else None,
                 tools=cfg.tools,
                 pad_id=self.pad_id,
+                logprobs=self.reuse_sampler_logprobs,
             )
         self.policy.train(was_training)
         self.rollouts_done += 1
         return rollout
+
+    @property
+    def reuse_sampler_logprobs(self) -> bool:
+        """Whether the rollout's own sampling log-probabilities serve as ``old_logprobs`` (instead of a
+        forward of the policy over the rollout): only when they are needed (``updates_per_batch > 1``;
+        with one update the ratio's denominator is the current log-probability, detached) and when the
+        engine decodes in the training forward's dtype, fp32 (under bf16 autocast the engine's bf16
+        weight copy and autocast round differently). fp32 decode and the fp32 training forward then
+        agree up to float rounding (docs/rl.md, Speed)."""
+        return (
+            self.cfg.updates_per_batch > 1
+            and self.autocast_dtype == torch.float32
+            and self.engine.dtype in (None, torch.float32)
+            and next(self.policy.parameters()).dtype == torch.float32
+        )
 
     @torch.no_grad()
     def micro_batches(
@@ -221,8 +237,9 @@ class GRPOStage:
     ) -> list[dict[str, torch.Tensor]]:
         """The rollout cut into this rank's micro-batches, each with its rows' advantages, loss mask
         (zero-variance groups masked out with ``--drop_zero_var``), normaliser (``count``), and the
-        log-probabilities the loss compares against: the policy's now (``old_logprobs``, only when the
-        rollout is reused: ``updates_per_batch > 1``) and the reference's (``ref_logprobs``, ``beta > 0``)."""
+        log-probabilities the loss compares against: the policy's at rollout time (``old_logprobs``, only
+        when the rollout is reused: ``updates_per_batch > 1``; the sampler's own when
+        :attr:`reuse_sampler_logprobs`, else a forward) and the reference's (``ref_logprobs``, ``beta > 0``)."""
         cfg = self.cfg
         keep = torch.ones(len(rollout))
         if cfg.drop_zero_var:
@@ -254,9 +271,16 @@ class GRPOStage:
             }
             with self.autocast():
                 if cfg.updates_per_batch > 1:  # ratios are then taken against the policy at rollout time
-                    micro["old_logprobs"] = response_logprobs(self.policy, rows).float()
+                    if rollout.logprobs is not None:
+                        micro["old_logprobs"] = rollout.logprobs[index, :width].to(self.device)
+                    else:
+                        micro["old_logprobs"] = response_logprobs(
+                            self.policy, rows, share_prompts=True
+                        ).float()
                 if self.reference is not None:
-                    micro["ref_logprobs"] = response_logprobs(self.reference, rows).float()
+                    micro["ref_logprobs"] = response_logprobs(
+                        self.reference, rows, share_prompts=True
+                    ).float()
             out.append(micro)
         self.policy.train(was_training)
         return out
@@ -302,7 +326,7 @@ class GRPOStage:
         (k3 to the reference; 0 without one)."""
         cfg = self.cfg
         rows = ResponseBatch(batch["ids"], batch["response_mask"], batch["last"], batch["prompt_lens"])
-        logprobs = response_logprobs(model, rows).float()  # (b, T-1)
+        logprobs = response_logprobs(model, rows, share_prompts=True).float()  # (b, T-1)
         mask = batch["mask"]
         old = batch.get("old_logprobs", logprobs.detach())
         agg = dict(denominator=1.0, fixed_len=cfg.max_new_tokens)  # a sum: the loop normalises
@@ -380,32 +404,38 @@ def train(stage: GRPOStage, trainer: Trainer) -> dict[str, float]:
     optimizer step). A rollout reused for ``updates_per_batch`` steps has its times spread evenly over
     them, so each step's keys add up to that step's share of the wall time.
     """
-    cfg = stage.cfg
     trainer.begin(stage)  # resumes the weights, the optimizer and stage.rollouts_done
     while not trainer.done():
-        # 1. rollout: group_size samples of each of this rank's next problems, scored by the task's reward
-        rollout = stage.rollout()
-        # 2. advantages: each sample's reward against its own group's (zero_var: groups with no signal)
-        advantages, zero_var = group_advantages(
-            rollout.rewards, cfg.group_size, normalize_std=cfg.normalize_std
-        )
-        # 3. the log-probabilities the update compares against (old policy, reference), in micro-batches
-        t0 = time.perf_counter()
-        batches = stage.micro_batches(rollout, advantages, zero_var)
-        logprobs_s = time.perf_counter() - t0
-        stats = stage.rollout_metrics(rollout, zero_var)
-        share = 1.0 / cfg.updates_per_batch
-        timings = {
-            "time_rollout_s": rollout.timings.get("rollout_s", 0.0) * share,
-            "time_reward_s": rollout.timings.get("reward_s", 0.0) * share,
-            "time_logprobs_s": logprobs_s * share,
-        }
-        # 4. update: updates_per_batch optimizer steps on this rollout (after the first, off-policy)
-        for _ in range(cfg.updates_per_batch):
-            trainer.update(stage, batches, metrics=stats, timings=timings)
-            if trainer.done():
-                break
+        step(stage, trainer)
     return trainer.end(stage)
+
+
+def step(stage: GRPOStage, trainer: Trainer) -> dict[str, float]:
+    """One rollout and its ``updates_per_batch`` updates (the body of :func:`train`; also what
+    ``benchmarks/rl_step.py`` times). Returns the last update's metrics, time split included."""
+    cfg = stage.cfg
+    # 1. rollout: group_size samples of each of this rank's next problems, scored by the task's reward
+    rollout = stage.rollout()
+    # 2. advantages: each sample's reward against its own group's (zero_var: groups with no signal)
+    advantages, zero_var = group_advantages(rollout.rewards, cfg.group_size, normalize_std=cfg.normalize_std)
+    # 3. the log-probabilities the update compares against (old policy, reference), in micro-batches
+    t0 = time.perf_counter()
+    batches = stage.micro_batches(rollout, advantages, zero_var)
+    logprobs_s = time.perf_counter() - t0
+    stats = stage.rollout_metrics(rollout, zero_var)
+    share = 1.0 / cfg.updates_per_batch
+    timings = {
+        "time_rollout_s": rollout.timings.get("rollout_s", 0.0) * share,
+        "time_reward_s": rollout.timings.get("reward_s", 0.0) * share,
+        "time_logprobs_s": logprobs_s * share,
+    }
+    # 4. update: updates_per_batch optimizer steps on this rollout (after the first, off-policy)
+    last: dict[str, float] = {}
+    for _ in range(cfg.updates_per_batch):
+        last = trainer.update(stage, batches, metrics=stats, timings=timings)
+        if trainer.done():
+            break
+    return last
 
 
 def build_task(cfg: GRPOConfig) -> Task:

@@ -21,12 +21,15 @@ from typing import Any
 
 import torch
 
+from fastgpt.errors import UserError
+
 __all__ = [
     "IGNORE",
     "ResponseBatch",
     "collate_responses",
     "render_response",
     "response_logprobs",
+    "shared_prompt_logprobs",
 ]
 
 IGNORE = -100
@@ -111,10 +114,85 @@ def render_response(
     prefix = chat_format.render_prompt(list(prompt))
     full, _ = chat_format.render([*prompt, {"role": "assistant", "content": reply}])
     if full[: len(prefix)] != prefix:
-        raise ValueError("the chat format renders the prompt differently once a reply follows it")
+        raise UserError("the chat format renders the prompt differently once a reply follows it")
     return prefix, full[len(prefix) :]
 
 
-def response_logprobs(model: torch.nn.Module, batch: ResponseBatch) -> torch.Tensor:
-    """``(B, T-1)`` fp32 log-probabilities of the trained response tokens (0 elsewhere)."""
+def response_logprobs(
+    model: torch.nn.Module, batch: ResponseBatch, *, share_prompts: bool = False
+) -> torch.Tensor:
+    """``(B, T-1)`` fp32 log-probabilities of the trained response tokens (0 elsewhere).
+
+    ``share_prompts=True`` (GRPO: G samples of each prompt are consecutive rows) runs each distinct
+    prompt through the model once instead of once per row, when ``model`` is a plain
+    :class:`fastgpt.GPT` and consecutive rows share prompts (:func:`shared_prompt_logprobs`); otherwise,
+    and for a wrapped model (DeepSpeed, ``torch.compile``), the one full forward."""
+    if share_prompts:
+        out = shared_prompt_logprobs(model, batch)
+        if out is not None:
+            return out
     return model.token_logprobs(batch.inputs, batch.targets, ignore_index=IGNORE)
+
+
+def shared_prompt_logprobs(model: torch.nn.Module, batch: ResponseBatch) -> torch.Tensor | None:
+    """:func:`response_logprobs` computed with each run of consecutive rows that share a prompt
+    forwarding that prompt once: the prompts (without their last token) go through the model once
+    into a :class:`fastgpt.model.KVCache` (left-padded, as the inference engine prefills), the cache
+    rows are repeated for the rows that continue them, and each row's last prompt token plus its
+    response tokens run on top, attending to the shared keys/values. Gradients flow through the
+    cache, so the prompts' activations receive the summed gradient of all their rows: the same
+    log-probabilities and gradients as the full forward up to float rounding (tested), for the cost
+    of ``prompts x prompt length + rows x response length`` tokens instead of ``rows x (prompt +
+    response)``; the output head also runs only over the response positions.
+
+    Returns None where it does not apply: ``model`` is not a plain :class:`fastgpt.GPT` (wrapped
+    models keep their own forward), activation checkpointing is on (the cached path keeps every
+    block's activations), a prompt has a single token, or no two consecutive rows share a prompt."""
+    from fastgpt.model import GPT, KVCache
+
+    if type(model) is not GPT or model.activation_checkpointing:
+        return None
+    ids, device = batch.ids, batch.ids.device
+    B, T = ids.shape
+    plen = batch.prompt_lens.tolist()
+    if min(plen) < 2 or T < 2:
+        return None
+    starts, group = [0], [0]
+    for r in range(1, B):
+        same = plen[r] == plen[r - 1] and torch.equal(ids[r, : plen[r]], ids[r - 1, : plen[r]])
+        if not same:
+            starts.append(r)
+        group.append(len(starts) - 1)
+    if len(starts) == B:
+        return None
+    # ---- the distinct prompts minus their last token, left-padded, into a cache
+    pre = [plen[r] - 1 for r in starts]
+    longest = max(pre)
+    width = T - min(plen)  # response positions: row r predicts from input p_r - 1 to T - 2
+    prefix = torch.zeros(len(starts), longest, dtype=torch.long, device=device)
+    for u, r in enumerate(starts):
+        prefix[u, longest - pre[u] :] = ids[r, : pre[u]]
+    position_ids = doc_ids = None
+    if min(pre) < longest:
+        pad = torch.tensor([longest - n for n in pre], device=device)[:, None]
+        ar = torch.arange(longest, device=device)[None, :]
+        doc_ids = (ar >= pad).to(torch.int32)  # 0 on padding: never attended to
+        position_ids = (ar - pad).clamp(min=0)
+    cache = KVCache(model.config, len(starts), longest + width, device=device)
+    model.hidden_states(prefix, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache)
+    rows = KVCache(model.config, B, cache.max_len, device=device)
+    index = torch.tensor(group, device=device)
+    rows.k_layers = [k.index_select(0, index) for k in cache.k_layers]
+    rows.v_layers = [v.index_select(0, index) for v in cache.v_layers]
+    rows.doc_ids = None if cache.doc_ids is None else cache.doc_ids.index_select(0, index)
+    rows.next_pos, rows.pos = cache.next_pos.index_select(0, index), cache.pos
+    # ---- each row's last prompt token and response, on top of its prompt's keys/values
+    at = batch.prompt_lens.to(device)[:, None] - 1 + torch.arange(width, device=device)[None, :]
+    inside = at < T - 1
+    at = at.clamp(max=T - 2)
+    inputs = batch.inputs.gather(1, at).masked_fill(~inside, 0)
+    targets = batch.targets.gather(1, at).masked_fill(~inside, IGNORE)
+    nll = model(inputs, targets, kv_cache=rows, ignore_index=IGNORE, loss_reduction="none")  # (B, width)
+    out = torch.zeros(B, T - 1 + width, dtype=nll.dtype, device=device)
+    out = out.scatter(1, torch.where(inside, at, T - 1 + torch.arange(width, device=device)), -nll)
+    return out[:, : T - 1]

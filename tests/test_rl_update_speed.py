@@ -1,0 +1,93 @@
+"""The GRPO update's shortcuts give the numbers of the plain computation: prompts shared by a group go
+through the model once (same log-probabilities and gradients as the full forward), and the sampler's
+own log-probabilities stand in for the old-policy forward only where they equal it (fp32)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastgpt.grpo import GRPOConfig, GRPOStage
+from fastgpt.model import GPT, GPTConfig, from_pretrained
+from fastgpt.rl.advantages import group_advantages
+from fastgpt.rl.sequences import (
+    ResponseBatch,
+    collate_responses,
+    response_logprobs,
+    shared_prompt_logprobs,
+)
+from fastgpt.rl.toy import tiny_model_dir
+from fastgpt.tasks import get_task
+from fastgpt.tokenizer import Tokenizer
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_shared_prompts_give_the_full_forwards_logprobs_and_gradients(family):
+    torch.manual_seed(0)
+    config = GPTConfig(family=family, n_layer=2, n_head=4, n_kv_head=2 if family == "llama" else 4,
+                       n_embd=64, vocab_size=97, max_seq_len=64)  # fmt: skip
+    model = GPT(config)
+    # two groups of 3 rows with prompts of different lengths (left padding in the shared prefill),
+    # responses of different lengths, and an engine-inserted (untrained) token in one of them
+    prompts = [[5, 6, 7, 8, 9]] * 3 + [[11, 12, 13]] * 3
+    responses = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [20], [21, 22, 23, 24], [30, 31]]
+    trained = [[1] * len(r) for r in responses]
+    trained[2][1] = 0
+    batch = collate_responses(prompts, responses, trained=trained)
+    full = response_logprobs(model, batch)
+    full_grads = torch.autograd.grad(full.sum(), list(model.parameters()))
+    shared = shared_prompt_logprobs(model, batch)
+    assert shared is not None and shared.shape == full.shape
+    shared_grads = torch.autograd.grad(shared.sum(), list(model.parameters()))
+    assert torch.equal(shared != 0, full != 0)  # exactly the trained response tokens
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompts_do_not_apply_without_a_shared_prompt_or_to_a_wrapped_model():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=50, max_seq_len=32))
+    distinct = collate_responses([[1, 2, 3], [4, 5, 6]], [[7], [8, 9]])
+    assert shared_prompt_logprobs(model, distinct) is None
+    same = collate_responses([[1, 2, 3], [1, 2, 3]], [[7], [8, 9]])
+    assert shared_prompt_logprobs(torch.nn.Sequential(model), same) is None
+    torch.testing.assert_close(  # the dispatching entry point falls back to the full forward
+        response_logprobs(model, distinct, share_prompts=True), response_logprobs(model, distinct)
+    )
+
+
+def _stage(tmp_path: Path, dtype: torch.dtype) -> GRPOStage:
+    model_dir = tiny_model_dir(tmp_path / "m")
+    path = tmp_path / "task.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say ({i}).", "answer": i}) + "\n" for i in range(20)))
+    cfg = GRPOConfig(out_dir=str(tmp_path / "run"), group_size=4, prompts_per_step=2, batch_size=4,
+                     max_new_tokens=8, updates_per_batch=2, max_steps=2, progress=False, eval_every=0)  # fmt: skip
+    graded = lambda text, problem=None: sum(map(ord, text)) % 97 / 97  # noqa: E731
+    return GRPOStage(from_pretrained(model_dir), Tokenizer.load(model_dir), get_task(str(path)), cfg,
+                     correctness_fn=graded, autocast_dtype=dtype)  # fmt: skip
+
+
+def test_grpo_reuses_the_samplers_logprobs_as_old_logprobs_in_fp32_only(tmp_path):
+    stage = _stage(tmp_path, torch.float32)
+    assert stage.reuse_sampler_logprobs
+    rollout = stage.rollout()
+    assert rollout.logprobs is not None
+    advantages, zero_var = group_advantages(rollout.rewards, 4)
+    reused = stage.micro_batches(rollout, advantages, zero_var)
+    for micro in reused:  # what the forward of the policy would have given, on the trained tokens
+        rows = ResponseBatch(micro["ids"], micro["response_mask"], micro["last"], micro["prompt_lens"])
+        with torch.no_grad():
+            forward = response_logprobs(stage.policy, rows)
+        mask = micro["mask"].bool()
+        assert mask.any()
+        torch.testing.assert_close(micro["old_logprobs"][mask], forward[mask], atol=2e-4, rtol=0)
+        # and the loss and its metrics then equal those of the recomputed old log-probabilities
+        loss, metrics = stage.loss(stage.policy, micro)
+        again, metrics_again = stage.loss(stage.policy, {**micro, "old_logprobs": forward})
+        torch.testing.assert_close(loss, again, atol=1e-4, rtol=1e-4)
+        for k in metrics:
+            assert metrics[k][0] == pytest.approx(metrics_again[k][0], abs=1e-3), k
+    assert not _stage(tmp_path / "bf16", torch.bfloat16).reuse_sampler_logprobs  # bf16 rounds differently
