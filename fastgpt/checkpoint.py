@@ -33,6 +33,7 @@ import random
 import re
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,6 @@ def schedule_change_note(trainer: Any, saved: dict[str, Any]) -> str | None:
     }
     if not changed:
         return None
-    from dataclasses import replace
 
     from fastgpt.train.optim import lr_multiplier
 

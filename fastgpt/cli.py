@@ -15,6 +15,8 @@ import warnings
 from collections.abc import Collection, Iterator
 from typing import Any
 
+from fastgpt import __version__
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("fastgpt.tokenizer_cli", "show how a tokenizer splits text (coloured tokens and ids)"),
     "train-tokenizer": ("fastgpt.tokenizer_cli", "train a byte-level BPE tokenizer on a corpus"),
@@ -137,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from fastgpt import __version__
-
         print(f"fastgpt {__version__}")
         return 0
     name, rest = argv[0], argv[1:]

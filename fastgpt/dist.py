@@ -7,7 +7,9 @@ The backend is NCCL on CUDA and gloo on CPU (DeepSpeed on CPU ranks included).
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +77,6 @@ def _check_device(device: str) -> None:
 def init_single_process_group(device: torch.device) -> None:
     """A process group of one (rank 0 of 1) on a free loopback port, for DeepSpeed in a process that
     was started without torchrun (``python -m fastgpt.pretrain --zero=1``)."""
-    import socket
-
     if dist.is_initialized():
         return
     with socket.socket() as s:
@@ -190,8 +190,6 @@ def deepspeed_config(
     so DeepSpeed keeps fp32 weights and optimizer state (the same on CPU and GPU). ``muon``: the
     optimizer is fastgpt's Muon, which ZeRO does not know; it is allowed explicitly (its ZeRO partitions
     are handled by :func:`fastgpt.train.optim.shard_muon_for_zero`)."""
-    import json
-
     cfg: dict[str, Any] = {}
     if base_config is not None:
         with open(base_config) as f:

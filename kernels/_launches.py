@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import fastgpt.kernels as package
+
 ARCHS = (80, 90)
 DEFAULT_NUM_WARPS = 4  # triton's CUDAOptions defaults: what a launch without the keyword compiles with
 DEFAULT_NUM_STAGES = 3
@@ -76,8 +78,6 @@ class Launch:
 # ------------------------------------------------------------------------------------------- recording
 def kernel_modules() -> list[str]:
     """Every ``fastgpt.kernels.<op>`` module (the ones the build check compiles)."""
-    import fastgpt.kernels as package
-
     return [
         f"fastgpt.kernels.{m.name}"
         for m in pkgutil.iter_modules(package.__path__)

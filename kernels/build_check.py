@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import importlib
 import multiprocessing as mp
 import os
 import re
@@ -47,6 +48,8 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+import fastgpt.kernels as package
 
 ARCHS = (80, 90)
 # Shared memory one thread block may use (the SM has 1 KB more, reserved by the system):
@@ -116,8 +119,6 @@ def _describe(cfg: dict) -> str:
 
 def _list_configs(modules: list[str]) -> list[tuple[str, int, str, str, tuple[int, ...] | None]]:
     """``(module, index, kernel name, config description, archs or None)`` for every AOT config."""
-    import importlib
-
     out = []
     for name in modules:
         module = importlib.import_module(name)
@@ -172,8 +173,6 @@ def sass_counts(cubin: bytes) -> dict[str, int]:
 
 
 def _compile_one(module: str, index: int, arch: int, sass: str = "auto") -> Row:
-    import importlib
-
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -207,8 +206,6 @@ def _compile_one(module: str, index: int, arch: int, sass: str = "auto") -> Row:
 def discover_modules() -> list[str]:
     """Every ``fastgpt.kernels.<op>`` module (attention included when present), build_check excluded."""
     import pkgutil
-
-    import fastgpt.kernels as package
 
     return [
         f"fastgpt.kernels.{m.name}"

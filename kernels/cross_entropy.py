@@ -34,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 from fastgpt.kernels._aot import aot_config
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "AOT_CONFIGS",
@@ -219,8 +220,6 @@ def linear_cross_entropy_chunked(
     backward, so each chunk is activation-checkpointed (its logits are recomputed in the backward).
     Under autocast the GEMMs run in the autocast dtype, as ``F.linear`` would; gradients come back in
     each input's own dtype, the weight/bias gradients summed over chunks in fp32."""
-    from torch.utils.checkpoint import checkpoint
-
     _check_args(hidden, targets, reduction, softcap, "linear_cross_entropy")
     if chunk_size is None:
         vocab = weight.shape[0]

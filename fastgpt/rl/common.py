@@ -8,6 +8,8 @@ transformers read it directly.
 
 from __future__ import annotations
 
+import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +67,6 @@ def check_rl_zero(cfg: Any, stage: str) -> None:
 def normalize_argv(argv: list[str] | None) -> list[str]:
     """``--model=DIR`` (the stages' documented flag) is the loop config's ``--init_from=DIR``;
     ``--model.<field>=...`` architecture overrides are left alone. ``None`` reads ``sys.argv``."""
-    import sys
-
     out = []
     for arg in sys.argv[1:] if argv is None else argv:
         if arg.startswith("--model=") or arg == "--model":
@@ -102,8 +102,6 @@ def load_start(model_dir: str, *, stage: str) -> tuple[Any, Any, Any]:
 def frozen_copy(model: torch.nn.Module, *, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """A frozen copy of ``model`` for reference / reward scoring: eval mode, no gradients, optionally
     cast (bf16 halves its memory)."""
-    import copy
-
     frozen = copy.deepcopy(model).eval().requires_grad_(False)
     return frozen.to(dtype) if dtype is not None else frozen
 

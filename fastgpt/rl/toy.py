@@ -8,6 +8,7 @@ from the first step. These are for testing the machinery; docs/rl.md has the rea
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,6 @@ def tiny_model_dir(
 ) -> Path:
     """Write a tiny random llama-family model with a fastgpt tokenizer (chat special tokens included)
     to ``path`` and return it."""
-    import warnings
-
     from fastgpt.model import GPT, GPTConfig
     from fastgpt.tokenizer import Tokenizer
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fastgpt.conversation import ConversationError, sharegpt_to_messages
+from fastgpt.tasks import get_task
 from fastgpt.tasks.base import Problem, TaskError, in_heldout
 
 __all__ = [
@@ -238,8 +239,6 @@ def derived_pairs(problems: list[Problem], *, seed: int = 0) -> list[PreferenceP
 
 
 def _task_pairs(task_name: str, n: int, seed: int) -> list[PreferencePair]:
-    from fastgpt.tasks import get_task
-
     task = get_task(task_name, seed=seed, heldout_fraction=0.0)  # pairs are split later, by prompt
     return derived_pairs(task.split("train", n), seed=seed)
 

@@ -33,6 +33,7 @@ progress bar.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -41,8 +42,8 @@ from typing import Any
 import torch
 
 from fastgpt import dist
-from fastgpt.model.gpt import set_activation_checkpointing
 from fastgpt.errors import UserError
+from fastgpt.model.gpt import set_activation_checkpointing
 from fastgpt.train.config import LoopConfig
 from fastgpt.train.metrics import MetricsLogger, peak_flops
 from fastgpt.train.optim import Muon, build_optimizer, lr_multiplier, shard_muon_for_zero
@@ -515,8 +516,6 @@ class Trainer:
         samples = self.samples(stage)
         if samples and self.dist.is_main:
             with open(self.out_dir / "samples.jsonl", "a") as f:
-                import json
-
                 f.write(json.dumps({"step": self.step, "samples": samples}) + "\n")
             for s in samples:
                 self.print(str(s), bar=bar)
