@@ -168,7 +168,7 @@ def export_model(trainer: Any, path: Path) -> Path:
     model = trainer.model
     gathered: contextlib.AbstractContextManager = contextlib.nullcontext()
     if trainer.engine is not None and trainer.cfg.zero == 3:
-        import deepspeed
+        import deepspeed  # heavy, optional: deepspeed (multi-process and ZeRO runs only)
 
         gathered = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
     with gathered:
@@ -417,6 +417,7 @@ def _deepspeed_state_dict(ds_dir: Path) -> dict[str, torch.Tensor]:
     zero_to_fp32; stage 0 keeps the whole module in ``mp_rank_00_model_states.pt``."""
     tag_dir = ds_dir / "state"
     if any(tag_dir.glob("*optim_states.pt")):
+        # heavy, optional: deepspeed (multi-process and ZeRO runs only)
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(ds_dir), tag="state")

@@ -164,7 +164,7 @@ class DeepSpeedUnavailable(RuntimeError):
 def require_deepspeed():
     """Import DeepSpeed or fail with the install command."""
     try:
-        import deepspeed
+        import deepspeed  # heavy, optional: deepspeed (multi-process and ZeRO runs only)
     except ImportError as e:
         raise DeepSpeedUnavailable(
             f"--zero>=1 and multi-process training need DeepSpeed, which cannot be imported ({e}); "

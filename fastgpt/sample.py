@@ -32,7 +32,7 @@ def sample(
     device: str | None = None,
 ) -> list[list[str]]:
     """``n`` continuations (text after the prompt) for each prompt."""
-    import torch
+    import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
     from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained

@@ -173,7 +173,7 @@ def _tiktoken_encoder(ranks: dict[bytes, int], pattern: str) -> Any:
     """tiktoken's encoder for the same ranks and pattern (3-5x faster than HF tokenizers on CPU), or
     ``None`` where tiktoken is not installed."""
     try:
-        import tiktoken
+        import tiktoken  # heavy: tiktoken, only for the tiktoken engine
     except ImportError:  # pragma: no cover - tiktoken is a core dependency
         return None
     return tiktoken.Encoding("fastgpt", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})

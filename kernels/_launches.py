@@ -86,7 +86,7 @@ def kernel_modules() -> list[str]:
 
 
 def _is_kernel(value: Any) -> bool:
-    from triton.runtime.jit import KernelInterface
+    from triton.runtime.jit import KernelInterface  # heavy, optional: triton (GPU builds)
 
     return isinstance(value, KernelInterface) and hasattr(value, "arg_names") and hasattr(value, "fn")
 

@@ -129,7 +129,7 @@ def _list_configs(modules: list[str]) -> list[tuple[str, int, str, str, tuple[in
 
 
 def _cuobjdump() -> str:
-    import triton
+    import triton  # heavy, optional: triton (GPU builds)
 
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -173,7 +173,7 @@ def sass_counts(cubin: bytes) -> dict[str, int]:
 
 
 def _compile_one(module: str, index: int, arch: int, sass: str = "auto") -> Row:
-    import triton
+    import triton  # heavy, optional: triton (GPU builds)
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 

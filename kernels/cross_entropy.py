@@ -553,7 +553,7 @@ def _gathered(weight: torch.Tensor) -> Iterator[None]:
     if status is None or getattr(status, "name", "") != "NOT_AVAILABLE":
         yield
         return
-    import deepspeed
+    import deepspeed  # heavy, optional: deepspeed (multi-process and ZeRO runs only)
 
     with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
         yield

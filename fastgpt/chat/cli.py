@@ -175,7 +175,7 @@ def base_model_note(model_dir: str | Path) -> str | None:
 
 
 def _load(args: argparse.Namespace):
-    import torch
+    import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
     from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Engine

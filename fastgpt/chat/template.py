@@ -117,7 +117,7 @@ def compile_template(source: str):
     """A jinja template compiled as transformers compiles chat templates (sandboxed, trim/lstrip
     blocks, loop controls, ``raise_exception``, ``strftime_now``, non-escaping ``tojson``, and a
     ``{% generation %}`` tag that renders its body)."""
-    import jinja2
+    import jinja2  # heavy: jinja2, only when a template format is built
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

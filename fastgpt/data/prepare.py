@@ -282,7 +282,7 @@ def prepare(
 
 
 def _progress_bar(enabled: bool, total: int | None):
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # deferred: tqdm, only with a progress bar
 
     return tqdm(
         total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not enabled, file=sys.stderr

@@ -74,7 +74,7 @@ def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
-            import fcntl
+            import fcntl  # optional: fcntl (not on Windows)
 
             fcntl.flock(f, fcntl.LOCK_EX)
         except (ImportError, OSError):  # no flock here (Windows, some network filesystems)

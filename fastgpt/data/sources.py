@@ -189,7 +189,7 @@ def _read_jsonl(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[
 
 def _read_parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # optional: pyarrow (pip install 'fastgpt[data]'), parquet sources only
     except ImportError:
         raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
     try:
@@ -213,7 +213,7 @@ def _read_parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterato
 
 def _read_hf(spec: str, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
     try:
-        import datasets
+        import datasets  # optional: datasets (pip install 'fastgpt[data]'), HF dataset sources only
     except ImportError:
         raise DataError(
             f"hf:{spec}: Hugging Face sources need the datasets package (pip install datasets)"

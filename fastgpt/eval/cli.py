@@ -194,7 +194,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
-    import torch
+    import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
     from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Engine

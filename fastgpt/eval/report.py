@@ -308,7 +308,7 @@ def hardware() -> list[str]:
             + " / ".join(f"{x:.1f}" for x in os.getloadavg())
         )
     try:
-        import torch
+        import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         lines.append(f"GPUs: {len(gpus)} × {gpus[0]}" if gpus else "GPUs: none")
@@ -338,11 +338,11 @@ def plot_run(run: Run, out_png: Path) -> bool:
     if not panels:
         return False
     try:
-        import matplotlib
+        import matplotlib  # heavy, optional: matplotlib (pip install 'fastgpt[report]')
     except ImportError:
         return False
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy, optional: matplotlib (pip install 'fastgpt[report]')
 
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)

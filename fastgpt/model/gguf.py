@@ -54,7 +54,7 @@ def fetch_smollm2_gguf() -> Path:
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> Path:
     """Dequantize ``gguf_path`` and write a fastgpt/HF model dir with its tokenizer at ``out_dir``."""
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy, optional: transformers
     except ImportError as e:
         raise RuntimeError(
             "GGUF conversion needs transformers, accelerate and gguf: pip install fastgpt[dev]"

@@ -21,7 +21,7 @@ __all__ = ["serve_in_thread"]
 @contextmanager
 def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a daemon thread; yields ``http://host:port``; shuts down on exit."""
-    import uvicorn
+    import uvicorn  # optional: uvicorn (pip install 'fastgpt[serve]')
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -632,7 +632,7 @@ def default_model_name(model_dir: str | Path) -> str:
 
 
 def load_engine(model_dir: str, device: str | None = None, dtype: str | None = None) -> Any:
-    import torch
+    import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
     from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Engine
@@ -663,7 +663,7 @@ def _check_limits(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
+    import uvicorn  # optional: uvicorn (pip install 'fastgpt[serve]')
 
     args = build_parser().parse_args(argv)
     if not Path(args.model).is_dir():

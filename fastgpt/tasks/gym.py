@@ -42,7 +42,7 @@ _BLOCK = 10_000  # reasoning-gym datasets have a fixed size; we chain blocks of 
 
 def _import_reasoning_gym():
     try:
-        import reasoning_gym
+        import reasoning_gym  # optional: reasoning-gym (pip install 'fastgpt[rl]')
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise TaskError(
             "the reasoning-gym tasks need the `reasoning-gym` package: pip install 'fastgpt[rl]' "

@@ -133,7 +133,7 @@ class MetricsLogger:
         self.wandb_run = None
         if enabled and wandb:
             try:
-                import wandb as wb
+                import wandb as wb  # heavy, optional: wandb (--wandb=true only)
             except ImportError:
                 print("wandb is not installed; logging to metrics.jsonl only")
             else:

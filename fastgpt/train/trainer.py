@@ -404,7 +404,7 @@ class Trainer:
         checkpoint.maybe_resume(self, stage)
         self._bar = None
         if cfg.progress and self.dist.is_main:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # deferred: tqdm, only with a progress bar
 
             total = cfg.max_steps if cfg.max_steps > 0 else int(cfg.time_budget())
             self._bar = tqdm(
