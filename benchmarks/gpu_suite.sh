@@ -13,8 +13,10 @@
 #   1. the machine: nvidia-smi, torch/triton versions
 #   2. the kernel tests natively on the GPU (FASTGPT_TEST_DEVICE=cuda: no interpreter, bf16 tl.dot real)
 #   3. benchmarks/kernels.py --quick: every kernel vs torch eager / compile / SDPA / flash-attn / Liger
+#   3b. benchmarks/kernels.py --decode --quick: decode attention at batch 1/8/64, 1k and 32k cached
+#       tokens, vs SDPA and flash-attn's flash_attn_with_kvcache: GB/s, % of HBM (target >= 70 %)
 #   4. benchmarks/train_throughput.py: tokens/s and MFU of a training step, gpt2 and llama-1b presets
-# Logs and tables go to OUT_DIR (kernels.csv/.md/.png, train.csv, *.log).
+# Logs and tables go to OUT_DIR (kernels.csv/.md/.png, decode.csv/.md, train.csv, *.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dry=0
@@ -42,14 +44,16 @@ step machine 60 bash -c "nvidia-smi; $py -c 'import torch, triton; print(\"torch
 
 step kernel_tests 180 env FASTGPT_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider --tb=no -rfE -m "not slow" \
   tests/test_kernel_norms.py tests/test_kernel_rope.py tests/test_kernel_activations.py \
-  tests/test_kernel_attention.py tests/test_kernel_cross_entropy.py tests/test_ops_attention_math.py \
+  tests/test_kernel_attention.py tests/test_kernel_attention_decode.py tests/test_kernel_cross_entropy.py \
+  tests/test_ops_attention_math.py \
   tests/test_kernel_launches.py tests/test_ops_compile.py
 if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then  # correctness first: no benchmark of a wrong kernel
   echo "gpu suite: correctness phase failed, benchmarks not run:"
   grep -E '^(FAILED|ERROR) ' "$out/kernel_tests.log" || tail -n 5 "$out/kernel_tests.log"
   exit 1
 fi
-step kernels_bench 180 $py benchmarks/kernels.py --quick --out "$out"
+step kernels_bench 130 $py benchmarks/kernels.py --quick --out "$out"
+step decode_bench 50 $py benchmarks/kernels.py --decode --quick --out "$out"
 step train_throughput 180 $py benchmarks/train_throughput.py --configs gpt2 llama-1b --batch 8 --seq 1024 \
   --dtype bf16 --compile true --reference false --device cuda --csv "$out/train.csv"
 [ "$dry" -eq 0 ] || { echo "gpu suite: dry run, nothing was run"; exit 0; }

@@ -17,6 +17,7 @@ leaves the resident set; plus the median time of 5 more runs (a side note on a C
 then reported as unmeasured.
 
     python benchmarks/kernels.py [--out benchmarks/results] [--quick]
+    python benchmarks/kernels.py --decode [--quick]          # decode attention: GB/s and % of HBM
     TRITON_INTERPRET=1 python benchmarks/kernels.py --smoke   # every provider once, tiny, on CPU
 """
 
@@ -287,6 +288,135 @@ def attention_op(size: str) -> Op:
               lambda mode: ("flops", flops_fwd * {"fwd": 1, "fwd+bwd": 3.5}[mode]))  # fmt: skip
 
 
+# --------------------------------------------------------------------------------- decode attention
+# One new token per row against a KV cache (serving, chat, RL rollouts): memory-bound, so the figure of
+# merit is the cache read, K and V once (plus q and o), as GB/s and % of the card's HBM bandwidth.
+DECODE_SIZES = {  # batches, cached tokens, (query heads, K/V heads, head dim): llama-3-8B-like attention
+    "full": dict(batches=(1, 8, 64), cached=(1024, 4096, 16384, 32768), heads=(32, 8, 128)),
+    "quick": dict(batches=(1, 8, 64), cached=(1024, 32768), heads=(32, 8, 128)),
+    "smoke": dict(batches=(1, 2), cached=(40,), heads=(4, 2, 32)),
+}
+DECODE_TARGET_PCT = 70.0  # issue 13: decode at >= 70 % of HBM bandwidth
+HBM_TBPS = (("H100 PCIe", 2.0), ("H100", 3.35), ("H200", 4.8), ("A100", 2.04))  # device-name substring
+
+
+def hbm_tbps(device_name: str) -> float:
+    """Peak HBM bandwidth (TB/s) of the named card; an H100 SXM's for cards not in ``HBM_TBPS``."""
+    return next((tbps for key, tbps in HBM_TBPS if key in device_name), PEAK_TBPS)
+
+
+@dataclass(frozen=True)
+class DecodeCase:
+    batch: int
+    cached: int
+    hq: int
+    hkv: int
+    d: int
+
+    @property
+    def shape(self) -> str:
+        return f"B{self.batch} Tk{self.cached} Hq{self.hq} Hkv{self.hkv} D{self.d}"
+
+    def bytes(self, elem: int) -> int:
+        """Compulsory traffic of one decode step's attention: K and V once, q read and o written."""
+        return elem * (2 * self.batch * self.hkv * self.cached * self.d + 2 * self.batch * self.hq * self.d)
+
+
+def decode_cases(size: str) -> list[DecodeCase]:
+    cfg = DECODE_SIZES[size]
+    return [DecodeCase(b, t, *cfg["heads"]) for b in cfg["batches"] for t in cfg["cached"]]
+
+
+def decode_providers(case: DecodeCase, device, dtype) -> dict[str, Callable[[], torch.Tensor]]:
+    """Each provider's call for one decode step of ``case``. The cache is laid out as its owner keeps it:
+    fastgpt's ``KVCache`` buffers ``(B, Hkv, max_len, D)`` sliced to the cached length (and a left-padded
+    ``doc_ids`` row, as the engine batches prompts), flash-attn's ``(B, max_len, Hkv, D)`` with
+    ``cache_seqlens``; SDPA reads fastgpt's slices (what ``FASTGPT_ATTENTION=sdpa`` runs)."""
+    from fastgpt.kernels.attention import attention_reference, attention_triton
+    from fastgpt.kernels.attention_decode import attention_decode
+
+    B, T, max_len = case.batch, case.cached, case.cached + 64
+    q = torch.randn(B, case.hq, 1, case.d, device=device, dtype=dtype)
+    k_buf, v_buf = (torch.randn(B, case.hkv, max_len, case.d, device=device, dtype=dtype) for _ in "kv")
+    k, v = k_buf[:, :, :T], v_buf[:, :, :T]
+    doc = torch.ones(B, max_len, dtype=torch.int32, device=device)
+    doc[B // 2 :, : T // 8] = 0  # half the rows padded on the left by an eighth of the cache
+    providers = {
+        "fastgpt-triton": lambda: attention_decode(q, k, v),
+        "fastgpt-triton doc_ids": lambda: attention_decode(q, k, v, doc_ids=doc[:, :T]),
+        "fastgpt-triton training fwd": lambda: attention_triton(q, k, v),
+        "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=case.hq != case.hkv),
+        "sdpa doc_ids": lambda: attention_reference(q, k, v, doc_ids=doc[:, :T]),
+    }
+    try:
+        from flash_attn import flash_attn_with_kvcache
+
+        fa_k, fa_v = (x.transpose(1, 2).contiguous() for x in (k_buf, v_buf))
+        seqlens = torch.full((B,), T, dtype=torch.int32, device=device)
+        fa_q = q.transpose(1, 2).contiguous()
+        providers["flash-attn kvcache"] = lambda: flash_attn_with_kvcache(
+            fa_q, fa_k, fa_v, cache_seqlens=seqlens, causal=True
+        ).transpose(1, 2)
+    except ImportError:
+        pass
+    return providers
+
+
+def run_decode(size: str) -> list[Row]:
+    """Every provider on every case: the median time (``do_bench``) on CUDA, and its largest difference
+    from SDPA's output (with the same left-padding mask for the ``doc_ids`` providers); on CPU (``--smoke``, interpreter for the Triton providers) one call each."""
+    cuda = torch.cuda.is_available() and size != "smoke"
+    device, dtype = (torch.device("cuda"), torch.bfloat16) if cuda else (torch.device("cpu"), torch.float32)
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    tbps = hbm_tbps(name)
+    rows = []
+    for case in decode_cases(size):
+        providers = decode_providers(case, device, dtype)
+        with torch.no_grad():
+            want = {ref: providers[ref]().float() for ref in ("sdpa", "sdpa doc_ids")}
+            for provider, fn in providers.items():
+                row = Row(
+                    "decode_attention", provider, "fwd", case.shape, str(dtype).replace("torch.", ""), name
+                )
+                try:
+                    ref = "sdpa doc_ids" if "doc_ids" in provider else "sdpa"
+                    err = (fn().float() - want[ref]).abs().max().item()
+                    if cuda:
+                        import triton.testing
+
+                        row.ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+                        row.gbps = case.bytes(dtype.itemsize) / row.ms / 1e6
+                        row.pct_peak = 100 * row.gbps / (tbps * 1000)
+                        met = "met" if row.pct_peak >= DECODE_TARGET_PCT else "NOT met"
+                        row.note = f"target >= {DECODE_TARGET_PCT:.0f} % of {tbps} TB/s: {met}; "
+                    row.note += f"max|diff vs {ref}| {err:.2g}"
+                except Exception as e:  # noqa: BLE001 - one failing provider must not hide the others
+                    row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                rows.append(row)
+                print(f"{case.shape:32s} {provider:28s} {_fmt(row.ms)} ms {_fmt(row.gbps)} GB/s "
+                      f"{_fmt(row.pct_peak)} %  {row.note}", flush=True)  # fmt: skip
+        del providers
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def write_decode_report(rows: list[Row], out_dir: str) -> None:
+    """``decode.csv`` and ``decode.md``: one row per (case, provider)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "decode.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    lines = ["| shape | provider | ms | GB/s | % HBM | note |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r.shape} | {r.provider} | {_fmt(r.ms)} | {_fmt(r.gbps)} | {_fmt(r.pct_peak)} | {r.note} |"
+        for r in rows
+    ]
+    with open(os.path.join(out_dir, "decode.md"), "w") as f:
+        f.write(f"decode attention on {rows[0].device}, {rows[0].dtype}\n\n" + "\n".join(lines) + "\n")
+
+
 # ------------------------------------------------------------------------------------------ GPU run
 def measure(op: Op, name: str, provider: Provider, device, dtype) -> list[Row]:
     import triton.testing
@@ -501,11 +631,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller GPU shapes")
     parser.add_argument("--smoke", action="store_true", help="run every provider once at tiny CPU shapes")
     parser.add_argument("--ops", nargs="*", help="only these ops (GPU run)")
+    parser.add_argument(
+        "--decode",
+        action="store_true",
+        help="the decode-attention benchmark instead (batch 1/8/64, 1k-32k cached tokens; decode.csv/.md)",
+    )
     parser.add_argument("--_rss-worker", nargs=2, metavar=("METHOD", "VOCAB"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._rss_worker:
         _rss_worker(args._rss_worker[0], int(args._rss_worker[1]))
         return 0
+    if args.decode:
+        if not torch.cuda.is_available() and not args.smoke:
+            print("decode benchmark: GPU numbers unmeasured (no CUDA device here); cases:")
+            for case in decode_cases("quick" if args.quick else "full"):
+                print(f"  {case.shape}: {case.bytes(2) / 1e6:.1f} MB of compulsory traffic in bf16")
+            return 0
+        rows = run_decode("smoke" if args.smoke else "quick" if args.quick else "full")
+        write_decode_report(rows, args.out)
+        print(f"wrote {args.out}/decode.{{csv,md}}")
+        return 1 if any("Error" in r.note for r in rows) else 0
     if args.smoke:
         return run_smoke()
     if torch.cuda.is_available():

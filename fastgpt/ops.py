@@ -40,6 +40,7 @@ from fastgpt.kernels.attention import (
     attention_reference,
     attention_triton,
 )
+from fastgpt.kernels.attention_decode import DECODE_MAX_QUERIES, attention_decode
 from fastgpt.kernels.attention_flash_attn import attention_flash_attn
 from fastgpt.kernels.cross_entropy import (
     cross_entropy_reference,
@@ -192,7 +193,19 @@ def attention(
     if backend == "flash_attn":
         return attention_flash_attn(q, k, v, **kwargs)
     _check_triton_can_run(q)
+    if use_decode_attention(q, k, v):
+        return attention_decode(q, k, v, **kwargs)
     return attention_triton(q, k, v, **kwargs)
+
+
+def use_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton backend runs the split-KV decode kernel (``fastgpt.kernels.attention_decode``)
+    instead of the training forward: at most ``DECODE_MAX_QUERIES`` queries, no more than the keys, and
+    no gradient needed (the decode kernel has no backward). That is every decode step and short prefill
+    of generation (chat, the server, RL rollouts): there the forward's 128-row query tiles would hold
+    one row each and read each K/V head once per query head."""
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return q.shape[2] <= DECODE_MAX_QUERIES and q.shape[2] <= k.shape[2] and not needs_grad
 
 
 # ------------------------------------------------------------------------------------------------ norms

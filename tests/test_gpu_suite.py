@@ -16,7 +16,7 @@ def test_dry_run_lists_the_correctness_phase_before_the_benchmarks(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     phases = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("=== ")]
-    assert phases == ["machine", "kernel_tests", "kernels_bench", "train_throughput"]
+    assert phases == ["machine", "kernel_tests", "kernels_bench", "decode_bench", "train_throughput"]
     assert "FASTGPT_TEST_DEVICE=cuda" in proc.stdout and not (tmp_path / "out").exists()
 
 
