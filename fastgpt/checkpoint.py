@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from fastgpt import cli, dist
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.train.optim import lr_multiplier
 
 __all__ = [
     "CheckpointError",
@@ -209,8 +211,6 @@ def schedule_change_note(trainer: Any, saved: dict[str, Any]) -> str | None:
     }
     if not changed:
         return None
-
-    from fastgpt.train.optim import lr_multiplier
 
     def lr_at(cfg: Any) -> float:
         progress = (
@@ -430,8 +430,6 @@ def _deepspeed_state_dict(ds_dir: Path) -> dict[str, torch.Tensor]:
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
     """Consolidate a checkpoint (any ZeRO stage, any world size) into an HF-layout model dir with its
     tokenizer files, ready for ``fastgpt.from_pretrained`` and transformers."""
-    from fastgpt.model import GPT, GPTConfig
-
     ckpt, out = Path(ckpt), Path(out)
     meta, _ = _read_meta(ckpt)
     model = GPT(GPTConfig.from_dict(meta["model_config"]))

@@ -57,7 +57,10 @@ from fastgpt.rl.heads import PolicyWithValue, ScalarHeadModel
 from fastgpt.rl.losses import clipped_policy_loss, value_loss
 from fastgpt.rl.rollout import make_rollout_engine, rollout_seed
 from fastgpt.rl.sequences import IGNORE, ResponseBatch, collate_responses, render_response
-from fastgpt.tasks.base import in_heldout
+from fastgpt.stage_cli import run_stage
+from fastgpt.tasks import BUILTIN_TASKS, get_task
+from fastgpt.tasks.base import in_heldout, user_prompt
+from fastgpt.tasks.preferences import load_pairs
 from fastgpt.train.config import LoopConfig, parse_args
 from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
 
@@ -120,10 +123,6 @@ class PPOConfig(LoopConfig):
 def load_prompts(spec: str, *, seed: int = 0, log: Callable[[str], Any] = print) -> list[Prompt]:
     """Prompts for PPO: a built-in task (its problems' prompts), a preference source (its pairs'
     prompts, deduplicated), or a ``.jsonl`` whose records have a ``prompt`` (string or messages)."""
-    from fastgpt.tasks import BUILTIN_TASKS, get_task
-    from fastgpt.tasks.base import user_prompt
-    from fastgpt.tasks.preferences import load_pairs
-
     if spec in BUILTIN_TASKS:
         task = get_task(spec, heldout_fraction=0.0)
         return [p.messages for p in (task.split("train") if task.finite else task.split("train", 2000))]
@@ -557,8 +556,6 @@ def _main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m fastgpt.ppo [--key=value ...]``: a bad key, value, model dir or data file ends with
     one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
-    from fastgpt.stage_cli import run_stage
-
     return run_stage("ppo", lambda: _main(argv))
 
 

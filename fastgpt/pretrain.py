@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from fastgpt import dist
+from fastgpt.data import ShardLoader, check_tokenizer, resolve_pretrain_data
+from fastgpt.model import GPT, from_pretrained
+from fastgpt.stage_cli import run_stage
+from fastgpt.tokenizer import Tokenizer
 from fastgpt.train.config import TrainConfig, parse_args
+from fastgpt.train.trainer import Trainer
 
 SAMPLE_PROMPTS = ["ROMEO:", "To be, or not to be", "The king"]
 
@@ -67,8 +72,6 @@ class PretrainStage:
     """Batches, loss, evaluation and samples for pretraining (see the module docstring)."""
 
     def __init__(self, cfg: PretrainConfig, data_dir, tokenizer, *, rank: int, world_size: int):
-        from fastgpt.data import ShardLoader, check_tokenizer
-
         self.cfg, self.tokenizer = cfg, tokenizer
         self.loader = ShardLoader(
             data_dir,
@@ -163,11 +166,6 @@ def document_vocab_size(tokenizer: Any) -> int:
 
 def build(cfg: PretrainConfig):
     """Data, tokenizer, model, trainer and stage for ``cfg`` (rank 0 prepares data first)."""
-    from fastgpt.data import resolve_pretrain_data
-    from fastgpt.model import GPT, from_pretrained
-    from fastgpt.tokenizer import Tokenizer
-    from fastgpt.train.trainer import Trainer
-
     _check_not_bare_shards(cfg.data)
     if cfg.txt_mode not in ("file", "blocks"):
         raise ValueError(f"--txt_mode: expected file or blocks, got {cfg.txt_mode!r}")
@@ -232,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m fastgpt.pretrain [--key=value ...]``; bad settings, data or checkpoints end with one
     ``error:`` line and exit status 2 (a run stopped by NaN/inf losses: 1), as every stage
     (:func:`fastgpt.stage_cli.run_stage`)."""
-    from fastgpt.stage_cli import run_stage
 
     def body() -> None:
         cfg = parse_args(PretrainConfig, sys.argv[1:] if argv is None else argv)

@@ -41,8 +41,10 @@ from fastgpt.rl.pairs import (
     pair_batches,
     render_pairs,
 )
+from fastgpt.stage_cli import run_stage
 from fastgpt.tasks.preferences import load_pairs, split_pairs
-from fastgpt.train.config import FitConfig
+from fastgpt.train.config import FitConfig, parse_args
+from fastgpt.train.trainer import Trainer
 
 __all__ = ["RewardModelConfig", "RewardStage", "load_rendered_pairs", "main"]
 
@@ -169,9 +171,6 @@ class RewardStage:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from fastgpt.train.config import parse_args
-    from fastgpt.train.trainer import Trainer
-
     cfg = parse_args(RewardModelConfig, normalize_argv(argv))
     info = dist.init_distributed(cfg.device)
     log = print if info.is_main else (lambda *_: None)
@@ -201,8 +200,6 @@ def _main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m fastgpt.reward [--key=value ...]``: a bad key, value, model dir or data file ends with
     one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
-    from fastgpt.stage_cli import run_stage
-
     return run_stage("reward", lambda: _main(argv))
 
 

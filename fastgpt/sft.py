@@ -34,10 +34,16 @@ from typing import Any
 import torch
 
 from fastgpt import dist
+from fastgpt.chat.template import export_chat_template
 from fastgpt.conversation import ChatFormat
+from fastgpt.engine import Engine
+from fastgpt.model import from_pretrained
 from fastgpt.sft_data import DEFAULT_MIXTURE, load_mixture
 from fastgpt.sft_data.batching import IGNORE, RenderStats, SFTBatches, collate, render_examples
+from fastgpt.stage_cli import run_stage
+from fastgpt.tokenizer import Tokenizer
 from fastgpt.train.config import SampleConfig, TokenRowsConfig, parse_args, run_config_of
+from fastgpt.train.trainer import Trainer
 
 __all__ = ["SAMPLE_PROMPTS", "SFTConfig", "SFTStage", "build", "default_model_dir", "main", "sft_loss"]
 
@@ -196,8 +202,6 @@ class SFTStage:
 
     def samples(self, model: torch.nn.Module) -> list[str]:
         """Greedy replies to :data:`SAMPLE_PROMPTS` (calculator calls run)."""
-        from fastgpt.engine import Engine
-
         engine = Engine(model, self.tokenizer, chat_format=self.chat_format)
         tools = self.chat_format.supports_tools
         out = []
@@ -220,10 +224,6 @@ class SFTStage:
 
 def build(cfg: SFTConfig):
     """Model, tokenizer, chat format, trainer and stage for ``cfg``."""
-    from fastgpt.model import from_pretrained
-    from fastgpt.tokenizer import Tokenizer
-    from fastgpt.train.trainer import Trainer
-
     info = dist.init_distributed(cfg.device)
     model_dir = cfg.model_dir()
     tokenizer = Tokenizer.load(cfg.tokenizer or model_dir)
@@ -272,8 +272,6 @@ def _model_alias(argv: list[str]) -> list[str]:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from fastgpt.chat.template import export_chat_template
-
     cfg = parse_args(SFTConfig, _model_alias(sys.argv[1:] if argv is None else argv))
     trainer, stage = build(cfg)
     trainer.print(
@@ -300,8 +298,6 @@ def _main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m fastgpt.sft [--key=value ...]``: a bad key, value, model dir or data file ends with
     one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
-    from fastgpt.stage_cli import run_stage
-
     return run_stage("sft", lambda: _main(argv))
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastgpt.data import ShardLoader, resolve_pretrain_data
+
 __all__ = ["bits_per_byte", "evaluate_bpb"]
 
 
@@ -67,8 +69,6 @@ def evaluate_bpb(
     text files; see :func:`fastgpt.data.resolve_pretrain_data`), tokenized with the model's tokenizer.
     Windows are ``seq_len`` tokens (default: the model's context, or ``max_tokens`` when that is fewer,
     so a small budget still scores something on a long-context model)."""
-    from fastgpt.data import ShardLoader, resolve_pretrain_data
-
     data_dir, _ = resolve_pretrain_data(data, tokenizer, cache_dir=cache_dir, progress=False)
     seq_len = seq_len or min(int(model.config.max_seq_len), max_tokens)
     loader = ShardLoader(data_dir, "val", batch_size=batch_size, seq_len=seq_len)

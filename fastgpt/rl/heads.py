@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastgpt.model import from_pretrained
+
 __all__ = ["HEAD_FILE", "PolicyWithValue", "ScalarHeadModel"]
 
 HEAD_FILE = "score_head.safetensors"
@@ -104,8 +106,6 @@ class ScalarHeadModel(nn.Module):
         """A scalar-head model from a model dir: its saved head when it has one, else a fresh head on the
         language model (``require_head=True`` makes a missing head an error: a reward model must be trained)."""
         from safetensors.torch import load_file
-
-        from fastgpt.model import from_pretrained
 
         path = Path(path)
         has_head = (path / HEAD_FILE).is_file()

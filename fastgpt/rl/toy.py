@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+from fastgpt.model import GPT, GPTConfig
+from fastgpt.tokenizer import Tokenizer
+
 __all__ = ["TOY_TEXT", "digit_fraction", "tiny_model_dir"]
 
 TOY_TEXT = (
@@ -39,9 +42,6 @@ def tiny_model_dir(
 ) -> Path:
     """Write a tiny random llama-family model with a fastgpt tokenizer (chat special tokens included)
     to ``path`` and return it."""
-    from fastgpt.model import GPT, GPTConfig
-    from fastgpt.tokenizer import Tokenizer
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a toy corpus supports fewer merges than asked for
         tokenizer = Tokenizer.train([TOY_TEXT * 20], vocab_size=vocab_size)
