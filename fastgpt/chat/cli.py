@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
+from fastgpt.conversation import TOOL_ARGUMENT, ChatFormat, parse_tool_call_text
 from fastgpt.tools import parse_tool_names, run_tool
 
 __all__ = ["StreamPrinter", "main", "read_message"]
@@ -131,14 +132,10 @@ class StreamPrinter:
         self.out.flush()
 
     def _show_call(self, text: str) -> None:
-        from fastgpt.conversation import parse_tool_call_text
-
         self._show_call_text(parse_tool_call_text(text))
         self.awaiting_output = True
 
     def _show_call_text(self, call: dict) -> None:
-        from fastgpt.conversation import TOOL_ARGUMENT
-
         fn = call["function"]
         name, args = fn["name"], fn["arguments"]
         shown = args[TOOL_ARGUMENT[name]] if name in TOOL_ARGUMENT else json.dumps(args, ensure_ascii=False)
@@ -177,7 +174,6 @@ def base_model_note(model_dir: str | Path) -> str | None:
 def _load(args: argparse.Namespace):
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer

@@ -18,12 +18,14 @@ tokenizer that produced its ids, so a training run can copy it into its model di
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from fastgpt.data.corpora import BUILTIN_CORPORA
 from fastgpt.data.errors import DataError
 from fastgpt.data.fetch import cache_dir as default_cache_dir
 from fastgpt.data.manifest import MANIFEST, check_tokenizer, read_manifest
@@ -47,8 +49,6 @@ def _file_digest(path: str) -> str:
 def source_fingerprint(sources: list[Source], options: ReadOptions) -> str:
     """A hash of the text the sources hold: file contents, built-in archive checksums, HF specs
     (a streamed dataset is identified by its name only), plus the reading options."""
-    from fastgpt.data.corpora import BUILTIN_CORPORA
-
     h = hashlib.sha256(f"{options.text_field}|{options.txt_mode}".encode())
     for s in sources:
         if s.kind == "builtin":
@@ -74,8 +74,6 @@ def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
-            import fcntl  # optional: fcntl (not on Windows)
-
             fcntl.flock(f, fcntl.LOCK_EX)
         except (ImportError, OSError):  # no flock here (Windows, some network filesystems)
             pass
@@ -122,8 +120,6 @@ def resolve_pretrain_data(
             tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
             check_tokenizer(manifest, tok)
         return Path(single), Path(single) / manifest["tokenizer"].get("dir", TOKENIZER_DIR)
-
-    from fastgpt.data.corpora import BUILTIN_CORPORA
 
     options = ReadOptions(text_field=text_field, txt_mode=txt_mode)
     sources = expand_sources(data)

@@ -35,6 +35,10 @@ from typing import Any
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
+from fastgpt.conversation import ChatFormat
+from fastgpt.eval.tasks import evaluate_task
+from fastgpt.tasks import BUILTIN_TASKS, get_task
+from fastgpt.tools import parse_tool_names
 
 __all__ = ["main", "run_eval"]
 
@@ -85,8 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def compare_tools_for(spec: str, task_name: str) -> tuple[str, ...]:
     """The tools ``--compare_tools`` compares ``task_name`` with (``()``: no comparison)."""
-    from fastgpt.tools import parse_tool_names
-
     if spec == "auto":
         return ("python",) if task_name.startswith("jagged_") else ()
     return parse_tool_names(spec, flag="--compare_tools")
@@ -160,7 +162,6 @@ def task_options(text: str) -> dict[str, Any]:
 def check_tasks(tasks: list[tuple[str, str]], options: dict[str, Any]) -> None:
     """Build every task and read every multiple-choice file once, so a typo fails in seconds."""
     from fastgpt.eval.multiple_choice import load_mc
-    from fastgpt.tasks import BUILTIN_TASKS, get_task
 
     for kind, name in tasks:
         if kind == "mc":
@@ -196,7 +197,6 @@ def check_args(args: argparse.Namespace) -> None:
 def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
@@ -229,9 +229,6 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
             result = evaluate_mc(model, tokenizer, items, chat_format=chat_format)
             key = f"mc:{set_name}"
         else:
-            from fastgpt.eval.tasks import evaluate_task
-            from fastgpt.tasks import get_task
-
             task = get_task(name, **task_options(args.task_options))
             log(f"eval: task {task.name!r} (up to {args.problems} held-out problems) ...")
             result = evaluate_task(

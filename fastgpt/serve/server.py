@@ -45,7 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
-from fastgpt.conversation import BUILTIN_TOOLS
+from fastgpt.conversation import _TOOL_NAME, BUILTIN_TOOLS, ChatFormat, ConversationError
 from fastgpt.serve.decode import ReplyDecoder
 from fastgpt.serve.protocol import (
     APIError,
@@ -311,8 +311,6 @@ def _text_content(content: Any, where: str) -> Any:
 
 
 def _render_prompt(chat_format: Any, messages: list[Any]) -> list[int]:
-    from fastgpt.conversation import ConversationError
-
     normalized = []
     for i, m in enumerate(messages):
         if isinstance(m, dict) and "content" in m:
@@ -332,8 +330,6 @@ def _tools_to_run(req: ChatRequest, chat_format: Any, server_tools: tuple[str, .
     type. Checks every declared tool. A chat template that writes calls as text (no tool tokens) can
     return function calls to the client but not run built-ins mid-reply; one without tool syntax
     cannot call tools at all."""
-    from fastgpt.conversation import _TOOL_NAME
-
     text_calls = getattr(chat_format, "tool_syntax", None) is not None
     if not chat_format.supports_tools:
         if req.tools and req.tool_choice != "none" and not text_calls:
@@ -634,7 +630,6 @@ def default_model_name(model_dir: str | Path) -> str:
 def load_engine(model_dir: str, device: str | None = None, dtype: str | None = None) -> Any:
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer

@@ -11,6 +11,10 @@ from typing import Any
 
 from fastgpt.tasks.base import SPLITS, Problem, Task, TaskError, in_heldout, user_prompt
 from fastgpt.tasks.extract import extract_answer, numbers_equal, parse_number
+from fastgpt.tasks.game24 import Game24Task
+from fastgpt.tasks.gym import GYM_TASKS, ReasoningGymTask
+from fastgpt.tasks.jagged import JaggedTask
+from fastgpt.tasks.jsonl import JsonlTask
 from fastgpt.tasks.rewards import (
     Reward,
     RewardConfig,
@@ -59,19 +63,12 @@ def get_task(spec: str, **options: Any) -> Task:
     ``system``, generator options such as ``max_digits`` for reasoning-gym tasks, ``match`` for jsonl).
     """
     if spec.endswith(".jsonl") or Path(spec).is_file():
-        from fastgpt.tasks.jsonl import JsonlTask
-
         return JsonlTask(spec, **options)
     if spec == "game24":
-        from fastgpt.tasks.game24 import Game24Task
-
         options.pop("seed", None)  # a fixed puzzle list: nothing to seed
         return Game24Task(**options)
     if spec.startswith("jagged_"):  # spelling, counting and digit tasks: fastgpt.tasks.jagged
-        from fastgpt.tasks.jagged import JaggedTask
-
         return JaggedTask(spec, **options)
-    from fastgpt.tasks.gym import GYM_TASKS, ReasoningGymTask
 
     if spec in GYM_TASKS:
         return ReasoningGymTask(spec, **options)
