@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from fastgpt import cli, dist
+from fastgpt.errors import UserError, report_user_error
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.train.optim import lr_multiplier
 
@@ -60,7 +61,7 @@ COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be resumed from or exported (the message says which file and why)."""
 
 
@@ -479,7 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = export_checkpoint(ckpt, args.out)
     except CheckpointError as e:
-        print(f"fastgpt export: error: {e}", file=sys.stderr)
-        return 2
+        return report_user_error("export", e)
     print(f"exported {ckpt} -> {path}")
     return 0

@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 from fastgpt import __version__
+from fastgpt.errors import UserError, report_user_error
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("fastgpt.tokenizer_cli", "show how a tokenizer splits text (coloured tokens and ids)"),
@@ -168,7 +169,10 @@ def _run(name: str, rest: list[str]) -> int:
             return 2
         raise
     entry = getattr(module, f"main_{name.replace('-', '_')}", None) or module.main
-    return int(entry(rest) or 0)
+    try:
+        return int(entry(rest) or 0)
+    except UserError as e:  # one a command did not report itself: still one line, not a traceback
+        return report_user_error(name, e)
 
 
 if __name__ == "__main__":

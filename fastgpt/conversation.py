@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastgpt.errors import UserError
+
 __all__ = [
     "BUILTIN_TOOLS",
     "CALCULATOR",
@@ -64,7 +66,7 @@ _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 Message = dict[str, Any]
 
 
-class ConversationError(ValueError):
+class ConversationError(UserError):
     """A conversation that breaks the format; the message names the message index and the rule."""
 
 

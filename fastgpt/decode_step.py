@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from fastgpt import ops
+from fastgpt.errors import UserError
 from fastgpt.model.kv_cache import KVCache
 
 __all__ = ["COMPILE_MODES", "CompiledDecodeStep", "decode_step", "static_cache_len"]
@@ -140,7 +141,7 @@ class CompiledDecodeStep:
 
     def __init__(self, model: torch.nn.Module, mode: str = "default"):
         if mode not in COMPILE_MODES:
-            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
+            raise UserError(f"compile mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
         self.model = model
         self.mode = mode
         self.compile_seconds = 0.0

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fastgpt.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -67,11 +69,11 @@ def _check_device(device: str) -> None:
     try:
         kind = torch.device(device).type
     except RuntimeError:
-        raise ValueError(f"--device={device}: expected auto, cpu, cuda or cuda:N") from None
+        raise UserError(f"--device={device}: expected auto, cpu, cuda or cuda:N") from None
     if kind not in ("cpu", "cuda"):
-        raise ValueError(f"--device={device}: training runs on auto, cpu, cuda or cuda:N")
+        raise UserError(f"--device={device}: training runs on auto, cpu, cuda or cuda:N")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={device}: CUDA is not available on this machine (use auto or cpu)")
+        raise UserError(f"--device={device}: CUDA is not available on this machine (use auto or cpu)")
 
 
 def init_single_process_group(device: torch.device) -> None:
@@ -157,7 +159,7 @@ def destroy(wait_for_peers: bool = False) -> None:
     _info = None
 
 
-class DeepSpeedUnavailable(RuntimeError):
+class DeepSpeedUnavailable(UserError, RuntimeError):
     """DeepSpeed is needed (``--zero>=1`` or several processes) but cannot be imported."""
 
 

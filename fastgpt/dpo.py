@@ -32,15 +32,9 @@ from typing import Any
 import torch
 
 from fastgpt import dist
+from fastgpt.errors import UserError
 from fastgpt.reward import load_rendered_pairs
-from fastgpt.rl.common import (
-    PAIR_STAGE_UNUSED,
-    export_final,
-    frozen_copy,
-    load_start,
-    log_baseline,
-    normalize_argv,
-)
+from fastgpt.rl.common import PAIR_STAGE_UNUSED, frozen_copy, load_start
 from fastgpt.rl.losses import DPO_LOSS_TYPES, dpo_loss
 from fastgpt.rl.pairs import (
     PairOrder,
@@ -48,10 +42,12 @@ from fastgpt.rl.pairs import (
     as_response_batch,
     batch_dict,
     collate_pairs,
+    heldout_means,
 )
 from fastgpt.rl.sequences import response_logprobs
+from fastgpt.stage_cli import normalize_argv, rank_context, stage_main, train_stage
 from fastgpt.train.config import FitConfig, parse_args
-from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
+from fastgpt.train.trainer import Trainer, autocast_context
 
 __all__ = ["DPOConfig", "DPOStage", "main", "pair_logprobs"]
 
@@ -85,9 +81,9 @@ class DPOConfig(FitConfig):
     def validate(self) -> None:
         super().validate()
         if self.loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"--loss_type: expected one of {DPO_LOSS_TYPES}, got {self.loss_type!r}")
+            raise UserError(f"--loss_type: expected one of {DPO_LOSS_TYPES}, got {self.loss_type!r}")
         if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:
-            raise ValueError("--beta must be > 0 and --label_smoothing in [0, 0.5)")
+            raise UserError("--beta must be > 0 and --label_smoothing in [0, 0.5)")
 
 
 def pair_logprobs(
@@ -211,28 +207,27 @@ class DPOStage:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Held-out loss, margin, reward accuracy and log-probabilities, over all ranks."""
-        names = ["loss", "margin", "accuracy", "chosen_logp", "rejected_logp"]
-        sums = torch.zeros(len(names) + 1, dtype=torch.float64)
-        mine = list(range(self.rank, len(self.heldout), self.world_size))
+        """Held-out loss, margin, log-probabilities and reward accuracy, over all ranks."""
         device = next(model.parameters()).device
-        for start in range(0, len(mine), self.cfg.batch_size):
-            index = mine[start : start + self.cfg.batch_size]
-            batch = batch_dict(collate_pairs([self.heldout[i] for i in index], pad_id=self.pad_id).to(device))
+
+        def measure(batch: dict[str, torch.Tensor], index: list[int]) -> dict[str, float]:
             if self.ref_heldout is not None:
                 batch["ref"] = self.ref_heldout[index].to(device)
             loss, stats = self._loss(model, batch)
-            n = len(index)
-            values = [float(loss) * n] + [float(stats[k].float().sum()) for k in names[1:]]
-            sums += torch.tensor([*values, n], dtype=torch.float64)
-        sums = dist.all_reduce_sum(sums).tolist()
-        if sums[-1] == 0:  # no held-out pairs: nothing measured (not a false 0)
-            return {}
-        n = sums[-1]
-        out = {f"heldout_{k}": v / n for k, v in zip(names, sums)}
-        out["heldout_reward_accuracy"] = out.pop("heldout_accuracy")
-        out["heldout_pairs"] = sums[-1]
-        return out
+            stats["reward_accuracy"] = stats.pop("accuracy")
+            return {"loss": float(loss) * len(index), **{k: float(v.float().sum()) for k, v in stats.items()}}
+
+        names = ["loss", "margin", "chosen_logp", "rejected_logp", "reward_accuracy"]
+        return heldout_means(
+            self.heldout,
+            names,
+            measure,
+            batch_size=self.cfg.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            pad_id=self.pad_id,
+            device=device,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return self.order.state_dict()
@@ -241,40 +236,20 @@ class DPOStage:
         self.order.load_state_dict(state)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> None:
     cfg = parse_args(DPOConfig, normalize_argv(argv))
-    info = dist.init_distributed(cfg.device)
-    log = print if info.is_main else (lambda *_: None)
+    ctx = rank_context(cfg)
     model, tokenizer, chat_format = load_start(cfg.init_from, stage="dpo")
     max_len = min(cfg.max_len, model.config.max_seq_len)
-    train, heldout = load_rendered_pairs(cfg, chat_format, log, max_len=max_len)
-    stage = DPOStage(
-        model,
-        train,
-        heldout,
-        cfg,
-        rank=info.rank,
-        world_size=info.world_size,
-        device=info.device,
-        autocast_dtype=resolve_dtype(cfg.dtype, info.device),
-        log=log,
-    )
+    train, heldout = load_rendered_pairs(cfg, chat_format, ctx["log"], max_len=max_len)
+    stage = DPOStage(model, train, heldout, cfg, **ctx)
     trainer = Trainer(
         cfg, model, tokenizer=tokenizer, stage_name="dpo", run_info={"data": cfg.data}, seq_len=max_len
     )
-    log_baseline(trainer, stage)
-    last = trainer.fit(stage)
-    export_final(trainer, chat_format, last)
-    trainer.close()
-    return 0
+    train_stage(trainer, stage, chat_format=chat_format)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fastgpt.dpo [--key=value ...]``: a bad key, value, model dir or data file ends with
-    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
-    from fastgpt.stage_cli import run_stage
-
-    return run_stage("dpo", lambda: _main(argv))
+main = stage_main("dpo", _main)
 
 
 if __name__ == "__main__":

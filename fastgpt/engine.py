@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from fastgpt.conversation import parse_tool_call_text
+from fastgpt.errors import UserError
 from fastgpt.model.sampling import sample_with_uniforms
 from fastgpt.tools import TOOLS, Tool, run_tool
 
@@ -271,9 +272,7 @@ class Engine:
             return {}
         missing = [n for n in tools if n not in self.tool_registry]
         if missing:
-            raise ValueError(
-                f"tools: {missing[0]!r} is not registered (have {', '.join(self.tool_registry)})"
-            )
+            raise UserError(f"tools: {missing[0]!r} is not registered (have {', '.join(self.tool_registry)})")
         return {n: self.tool_registry[n] for n in tools}
 
     def _stops_and_tools(
@@ -285,7 +284,7 @@ class Engine:
             stop_ids = fmt.stop_ids if fmt is not None else set()
         if fmt is None or not fmt.supports_tools:
             if tools:
-                raise ValueError("tools=True but the chat format has no tool-call tokens")
+                raise UserError("tools=True but the chat format has no tool-call tokens")
             return set(stop_ids), None
         return set(stop_ids), (fmt.tool_call_start_id, fmt.tool_call_end_id)
 
@@ -344,7 +343,7 @@ class Engine:
         longest = max(lengths)
         room = self.context_len - longest
         if room <= 0:
-            raise ValueError(
+            raise UserError(
                 f"a prompt of {longest} tokens leaves no room in the model's context of {self.context_len} tokens"
             )
         max_tokens = min(max_tokens, room)

@@ -39,22 +39,16 @@ from typing import Any
 import torch
 
 from fastgpt import dist
+from fastgpt.errors import UserError
 from fastgpt.rl.advantages import group_advantages
-from fastgpt.rl.common import (
-    RL_UNUSED,
-    check_rl_zero,
-    export_final,
-    frozen_copy,
-    load_start,
-    log_baseline,
-    normalize_argv,
-)
+from fastgpt.rl.common import RL_UNUSED, check_rl_zero, frozen_copy, load_start
 from fastgpt.rl.losses import AGGREGATIONS, aggregate, clipped_policy_loss, kl_k3
 from fastgpt.rl.rollout import Rollout, greedy_accuracy, make_rollout_engine, sample_rollout
 from fastgpt.rl.sequences import ResponseBatch, response_logprobs
+from fastgpt.stage_cli import normalize_argv, rank_context, stage_main, train_stage
 from fastgpt.tasks import RewardConfig, Task, TaskReward, get_task, load_reward_fn
 from fastgpt.train.config import LoopConfig, parse_args
-from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
+from fastgpt.train.trainer import Trainer, autocast_context
 
 __all__ = ["GRPOConfig", "GRPOStage", "main", "micro_batch_shape", "step", "train"]
 
@@ -109,11 +103,11 @@ class GRPOConfig(LoopConfig):
     def validate(self) -> None:
         super().validate()
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"--aggregation: expected one of {AGGREGATIONS}, got {self.aggregation!r}")
+            raise UserError(f"--aggregation: expected one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.group_size < 2:
-            raise ValueError(f"--group_size: GRPO needs at least 2 samples per prompt, got {self.group_size}")
+            raise UserError(f"--group_size: GRPO needs at least 2 samples per prompt, got {self.group_size}")
         if self.beta < 0 or self.updates_per_batch < 1 or self.max_new_tokens < 1:
-            raise ValueError("--beta must be >= 0, --updates_per_batch and --max_new_tokens >= 1")
+            raise UserError("--beta must be >= 0, --updates_per_batch and --max_new_tokens >= 1")
         check_rl_zero(self, "grpo")
 
 
@@ -121,13 +115,13 @@ def micro_batch_shape(cfg: GRPOConfig, world_size: int) -> tuple[int, int]:
     """``(rows per micro-batch, micro-batches per optimizer step)`` of one rank: a rank's rollout is
     ``prompts_per_step / world_size * group_size`` rows, cut into ``--batch_size`` rows (0: one piece)."""
     if cfg.prompts_per_step % world_size:
-        raise ValueError(
+        raise UserError(
             f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
         )
     rows = cfg.prompts_per_step // world_size * cfg.group_size
     micro_rows = cfg.batch_size or rows
     if rows % micro_rows:
-        raise ValueError(f"--batch_size={cfg.batch_size} must divide the {rows} rollout rows of a rank")
+        raise UserError(f"--batch_size={cfg.batch_size} must divide the {rows} rollout rows of a rank")
     return micro_rows, rows // micro_rows
 
 
@@ -446,31 +440,20 @@ def build_task(cfg: GRPOConfig) -> Task:
         try:
             extra = json.loads(cfg.task_options)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--task_options={cfg.task_options!r}: not a JSON object ({e.msg})") from None
+            raise UserError(f"--task_options={cfg.task_options!r}: not a JSON object ({e.msg})") from None
         if not isinstance(extra, dict):
-            raise ValueError(f"--task_options={cfg.task_options!r}: expected a JSON object")
+            raise UserError(f"--task_options={cfg.task_options!r}: expected a JSON object")
         options.update(extra)
     return get_task(cfg.task, **options)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> None:
     cfg = parse_args(GRPOConfig, normalize_argv(argv))
-    info = dist.init_distributed(cfg.device)
+    ctx = rank_context(cfg)
+    log = ctx["log"]
     model, tokenizer, chat_format = load_start(cfg.init_from, stage="grpo")
     task = build_task(cfg)
-    log = print if info.is_main else (lambda *_: None)
-    stage = GRPOStage(
-        model,
-        tokenizer,
-        task,
-        cfg,
-        chat_format=chat_format,
-        rank=info.rank,
-        world_size=info.world_size,
-        device=info.device,
-        autocast_dtype=resolve_dtype(cfg.dtype, info.device),
-        log=log,
-    )
+    stage = GRPOStage(model, tokenizer, task, cfg, chat_format=chat_format, **ctx)
     trainer = Trainer(
         cfg,
         model,
@@ -495,19 +478,10 @@ def _main(argv: list[str] | None = None) -> int:
             f"moves in steps of {1 / len(stage.heldout):.2f} (raise --heldout_fraction={cfg.heldout_fraction} "
             "for a steadier measure)"
         )
-    log_baseline(trainer, stage)
-    last = train(stage, trainer)
-    export_final(trainer, chat_format, last)
-    trainer.close()
-    return 0
+    train_stage(trainer, stage, loop=train, chat_format=chat_format)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fastgpt.grpo [--key=value ...]``: a bad key, value, model dir or data file ends with
-    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
-    from fastgpt.stage_cli import run_stage
-
-    return run_stage("grpo", lambda: _main(argv))
+main = stage_main("grpo", _main)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 
 import torch
 
+from fastgpt.errors import UserError
 from fastgpt.kernels.activations import gelu_tanh_reference, gelu_tanh_triton, swiglu_reference, swiglu_triton
 from fastgpt.kernels.attention import (
     attention_math,
@@ -72,7 +73,7 @@ MATH_ATTENTION_MAX_SCORES = 2**24
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
     return value
 
 

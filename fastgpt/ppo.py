@@ -43,26 +43,19 @@ import torch
 
 from fastgpt import dist
 from fastgpt.conversation import ChatFormat
+from fastgpt.errors import UserError
 from fastgpt.rl.advantages import gae, masked_whiten
-from fastgpt.rl.common import (
-    RL_UNUSED,
-    check_rl_zero,
-    export_final,
-    frozen_copy,
-    load_start,
-    log_baseline,
-    normalize_argv,
-)
+from fastgpt.rl.common import RL_UNUSED, check_rl_zero, frozen_copy, load_start
 from fastgpt.rl.heads import PolicyWithValue, ScalarHeadModel
 from fastgpt.rl.losses import clipped_policy_loss, value_loss
 from fastgpt.rl.rollout import make_rollout_engine, rollout_seed
 from fastgpt.rl.sequences import IGNORE, ResponseBatch, collate_responses, render_response
-from fastgpt.stage_cli import run_stage
+from fastgpt.stage_cli import normalize_argv, rank_context, stage_main, train_stage
 from fastgpt.tasks import BUILTIN_TASKS, get_task
 from fastgpt.tasks.base import in_heldout, user_prompt
 from fastgpt.tasks.preferences import load_pairs
 from fastgpt.train.config import LoopConfig, parse_args
-from fastgpt.train.trainer import Trainer, autocast_context, resolve_dtype
+from fastgpt.train.trainer import Trainer, autocast_context
 
 __all__ = ["PPOConfig", "PPORollout", "PPOStage", "load_prompts", "main", "micro_batch_shape", "train"]
 
@@ -112,11 +105,11 @@ class PPOConfig(LoopConfig):
     def validate(self) -> None:
         super().validate()
         if self.critic not in ("shared", "separate"):
-            raise ValueError(f"--critic: expected shared or separate, got {self.critic!r}")
+            raise UserError(f"--critic: expected shared or separate, got {self.critic!r}")
         if self.frozen_dtype not in ("fp32", "bf16"):
-            raise ValueError(f"--frozen_dtype: expected fp32 or bf16, got {self.frozen_dtype!r}")
+            raise UserError(f"--frozen_dtype: expected fp32 or bf16, got {self.frozen_dtype!r}")
         if self.ppo_epochs < 1 or self.num_minibatches < 1 or self.kl_coef < 0:
-            raise ValueError("--ppo_epochs and --num_minibatches must be >= 1, --kl_coef >= 0")
+            raise UserError("--ppo_epochs and --num_minibatches must be >= 1, --kl_coef >= 0")
         check_rl_zero(self, "ppo")
 
 
@@ -142,7 +135,7 @@ def load_prompts(spec: str, *, seed: int = 0, log: Callable[[str], Any] = print)
                 elif isinstance(prompt, list) and prompt and prompt[-1].get("role") == "user":
                     prompts.append(tuple(prompt))
                 else:
-                    raise ValueError(
+                    raise UserError(
                         f"{path}:{line_no}: missing field 'prompt' (a string or a messages list ending with a user turn)"
                     )
             return prompts
@@ -159,18 +152,16 @@ def micro_batch_shape(cfg: PPOConfig, world_size: int) -> tuple[int, int]:
     (``prompts_per_step / world_size`` replies) is cut into ``--num_minibatches`` minibatches (one
     optimizer step each), each into micro-batches of ``--batch_size`` rows (0: a whole minibatch)."""
     if cfg.prompts_per_step % world_size:
-        raise ValueError(
+        raise UserError(
             f"--prompts_per_step={cfg.prompts_per_step} must be a multiple of the {world_size} ranks"
         )
     local = cfg.prompts_per_step // world_size
     if local % cfg.num_minibatches:
-        raise ValueError("--prompts_per_step / ranks must be a multiple of --num_minibatches")
+        raise UserError("--prompts_per_step / ranks must be a multiple of --num_minibatches")
     minibatch_rows = local // cfg.num_minibatches
     micro_rows = cfg.batch_size or minibatch_rows
     if minibatch_rows % micro_rows:
-        raise ValueError(
-            f"--batch_size={cfg.batch_size} must divide the {minibatch_rows} rows of a minibatch"
-        )
+        raise UserError(f"--batch_size={cfg.batch_size} must divide the {minibatch_rows} rows of a minibatch")
     return micro_rows, minibatch_rows // micro_rows
 
 
@@ -238,7 +229,7 @@ class PPOStage:
             : cfg.eval_prompts
         ]
         if not self.train_prompts:
-            raise ValueError("ppo: no training prompts left")
+            raise UserError("ppo: no training prompts left")
         self.local_prompts = cfg.prompts_per_step // world_size
         self.rollouts_done = 0
         self._prompt_stream = self._prompts_forever()
@@ -506,12 +497,12 @@ def train(stage: PPOStage, trainer: Trainer) -> dict[str, float]:
     return trainer.end(stage)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> None:
     cfg = parse_args(PPOConfig, normalize_argv(argv))
-    info = dist.init_distributed(cfg.device)
-    log = print if info.is_main else (lambda *_: None)
+    ctx = rank_context(cfg)
+    log = ctx["log"]
     if not cfg.reward_model:
-        raise ValueError("--reward_model=DIR is required (train one with python -m fastgpt.reward)")
+        raise UserError("--reward_model=DIR is required (train one with python -m fastgpt.reward)")
     policy, tokenizer, chat_format = load_start(cfg.init_from, stage="ppo")
     reward_model = ScalarHeadModel.from_pretrained(cfg.reward_model, require_head=True)
     critic = None
@@ -527,11 +518,7 @@ def _main(argv: list[str] | None = None) -> int:
         reward_model,
         ChatFormat.for_model(cfg.reward_model),
         cfg,
-        rank=info.rank,
-        world_size=info.world_size,
-        device=info.device,
-        autocast_dtype=resolve_dtype(cfg.dtype, info.device),
-        log=log,
+        **ctx,
     )
     trainer = Trainer(
         cfg,
@@ -546,17 +533,10 @@ def _main(argv: list[str] | None = None) -> int:
         f"ppo: {len(stage.train_prompts)} train / {len(stage.heldout_prompts)} held-out prompts; "
         f"{cfg.prompts_per_step} per rollout, {cfg.ppo_epochs} epochs x {cfg.num_minibatches} minibatches"
     )
-    log_baseline(trainer, stage)
-    last = train(stage, trainer)
-    export_final(trainer, chat_format, last)
-    trainer.close()
-    return 0
+    train_stage(trainer, stage, loop=train, chat_format=chat_format)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fastgpt.ppo [--key=value ...]``: a bad key, value, model dir or data file ends with
-    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
-    return run_stage("ppo", lambda: _main(argv))
+main = stage_main("ppo", _main)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ import torch
 
 from fastgpt import dist
 from fastgpt.data import ShardLoader, check_tokenizer, resolve_pretrain_data
+from fastgpt.errors import UserError
 from fastgpt.model import GPT, from_pretrained
-from fastgpt.stage_cli import run_stage
+from fastgpt.stage_cli import stage_main, train_stage
 from fastgpt.tokenizer import Tokenizer
 from fastgpt.train.config import TrainConfig, parse_args
 from fastgpt.train.trainer import Trainer
@@ -150,7 +151,7 @@ def _check_not_bare_shards(data: str) -> None:
     """A dir of token shards that lost its manifest would otherwise be read as raw text sources."""
     path = Path(data)
     if path.is_dir() and not (path / "manifest.json").exists() and any(path.glob("*.bin")):
-        raise ValueError(
+        raise UserError(
             f"--data={data}: holds token shards (*.bin) but no manifest.json, so neither the tokenizer nor "
             "the splits are known; re-create it with `fastgpt prepare` (or point --data at the raw text)"
         )
@@ -168,7 +169,7 @@ def build(cfg: PretrainConfig):
     """Data, tokenizer, model, trainer and stage for ``cfg`` (rank 0 prepares data first)."""
     _check_not_bare_shards(cfg.data)
     if cfg.txt_mode not in ("file", "blocks"):
-        raise ValueError(f"--txt_mode: expected file or blocks, got {cfg.txt_mode!r}")
+        raise UserError(f"--txt_mode: expected file or blocks, got {cfg.txt_mode!r}")
     reading = {"text_field": cfg.text_field, "txt_mode": cfg.txt_mode}
     info = dist.init_distributed(cfg.device)
     tokenizer_arg = cfg.tokenizer or (cfg.init_from or None)
@@ -187,7 +188,7 @@ def build(cfg: PretrainConfig):
         model = GPT(cfg.model_config(vocab_size=tokenizer.vocab_size))
     needed = document_vocab_size(tokenizer)
     if model.config.vocab_size < needed:
-        raise ValueError(
+        raise UserError(
             f"the model's vocab_size ({model.config.vocab_size}) is smaller than the {needed} ids the "
             f"tokenizer can put in a document ({tokenizer_dir})"
         )
@@ -213,30 +214,25 @@ def run(cfg: PretrainConfig) -> dict[str, float]:
     )
     if not stage.has_val:
         trainer.print(stage.no_val_reason)
-    last = trainer.fit(stage)
-    trainer.print(
-        f"done: step {trainer.step}, {trainer.tokens:,} tokens in {trainer.elapsed:.0f}s; "
-        + " ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_"))
+
+    def sample_lines(samples: list[str]) -> list[str]:
+        return [
+            f"\n--- sample ({repr(prompt) if prompt else 'no prompt'}) ---\n{text}"
+            for prompt, text in zip(sample_prompts(cfg), samples)
+        ]
+
+    return train_stage(
+        trainer, stage, baseline=False, use=None, metrics_line=False, sample_lines=sample_lines
     )
-    trainer.print(f"model written to {trainer.out_dir / 'model'}")
-    samples = trainer.samples(stage)
-    for prompt, text in zip(sample_prompts(cfg), samples):
-        trainer.print(f"\n--- sample ({repr(prompt) if prompt else 'no prompt'}) ---\n{text}")
-    trainer.close()
-    return last
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fastgpt.pretrain [--key=value ...]``; bad settings, data or checkpoints end with one
-    ``error:`` line and exit status 2 (a run stopped by NaN/inf losses: 1), as every stage
-    (:func:`fastgpt.stage_cli.run_stage`)."""
+def _main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(PretrainConfig, sys.argv[1:] if argv is None else argv)
+    cfg.validate()
+    run(cfg)
 
-    def body() -> None:
-        cfg = parse_args(PretrainConfig, sys.argv[1:] if argv is None else argv)
-        cfg.validate()
-        run(cfg)
 
-    return run_stage("pretrain", body)
+main = stage_main("pretrain", _main)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from fastgpt import dist
-from fastgpt.rl.common import PAIR_STAGE_UNUSED, export_final, load_start, log_baseline, normalize_argv
+from fastgpt.rl.common import PAIR_STAGE_UNUSED, load_start
 from fastgpt.rl.heads import ScalarHeadModel
 from fastgpt.rl.losses import bradley_terry_loss
 from fastgpt.rl.pairs import (
@@ -38,10 +38,10 @@ from fastgpt.rl.pairs import (
     as_response_batch,
     batch_dict,
     collate_pairs,
-    pair_batches,
+    heldout_means,
     render_pairs,
 )
-from fastgpt.stage_cli import run_stage
+from fastgpt.stage_cli import normalize_argv, stage_main, train_stage
 from fastgpt.tasks.preferences import load_pairs, split_pairs
 from fastgpt.train.config import FitConfig, parse_args
 from fastgpt.train.trainer import Trainer
@@ -141,27 +141,26 @@ class RewardStage:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Held-out pair accuracy, loss and mean score margin, over all ranks."""
-        mine = self.heldout[self.rank :: self.world_size]
-        sums = torch.zeros(4, dtype=torch.float64)  # correct, loss, margin, pairs
-        for _, rows in pair_batches(mine, self.batch_size, pad_id=self.pad_id):
-            rows = rows.to(next(model.parameters()).device)
-            batch = batch_dict(rows)
+
+        def measure(batch: dict[str, torch.Tensor], index: list[int]) -> dict[str, float]:
             chosen, rejected = self.scores(model, batch)
             loss, _ = bradley_terry_loss(chosen.float(), rejected.float())
-            n = chosen.numel()
-            sums += torch.tensor(
-                [float((chosen > rejected).sum()), float(loss) * n, float((chosen - rejected).sum()), n]
-            )
-        sums = dist.all_reduce_sum(sums).tolist()
-        if sums[3] == 0:  # no held-out pairs: nothing measured (not a false 0)
-            return {}
-        n = sums[3]
-        return {
-            "heldout_pair_accuracy": sums[0] / n,
-            "heldout_loss": sums[1] / n,
-            "heldout_margin": sums[2] / n,
-            "heldout_pairs": sums[3],
-        }
+            return {
+                "pair_accuracy": float((chosen > rejected).sum()),
+                "loss": float(loss) * len(index),
+                "margin": float((chosen - rejected).sum()),
+            }
+
+        return heldout_means(
+            self.heldout,
+            ["pair_accuracy", "loss", "margin"],
+            measure,
+            batch_size=self.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            pad_id=self.pad_id,
+            device=next(model.parameters()).device,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return self.order.state_dict()
@@ -170,7 +169,7 @@ class RewardStage:
         self.order.load_state_dict(state)
 
 
-def _main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> None:
     cfg = parse_args(RewardModelConfig, normalize_argv(argv))
     info = dist.init_distributed(cfg.device)
     log = print if info.is_main else (lambda *_: None)
@@ -184,23 +183,16 @@ def _main(argv: list[str] | None = None) -> int:
     trainer = Trainer(
         cfg, model, tokenizer=tokenizer, stage_name="reward", run_info={"data": cfg.data}, seq_len=max_len
     )
-    log_baseline(trainer, stage)
-    last = trainer.fit(stage)
-    export_final(
+    train_stage(
         trainer,
-        chat_format,
-        last,
+        stage,
+        chat_format=chat_format,
         use="a reward model: fastgpt.rl.heads.ScalarHeadModel.from_pretrained, or fastgpt ppo --reward_model="
         + str(trainer.out_dir / "model"),
     )
-    trainer.close()
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fastgpt.reward [--key=value ...]``: a bad key, value, model dir or data file ends with
-    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
-    return run_stage("reward", lambda: _main(argv))
+main = stage_main("reward", _main)
 
 
 if __name__ == "__main__":

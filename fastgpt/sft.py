@@ -25,7 +25,6 @@ chat template, so ``fastgpt chat --model out_dir/model`` and transformers both u
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +33,13 @@ from typing import Any
 import torch
 
 from fastgpt import dist
-from fastgpt.chat.template import export_chat_template
 from fastgpt.conversation import ChatFormat
 from fastgpt.engine import Engine
+from fastgpt.errors import UserError
 from fastgpt.model import from_pretrained
 from fastgpt.sft_data import DEFAULT_MIXTURE, load_mixture
 from fastgpt.sft_data.batching import IGNORE, RenderStats, SFTBatches, collate, render_examples
-from fastgpt.stage_cli import run_stage
+from fastgpt.stage_cli import normalize_argv, stage_main, train_stage
 from fastgpt.tokenizer import Tokenizer
 from fastgpt.train.config import SampleConfig, TokenRowsConfig, parse_args, run_config_of
 from fastgpt.train.trainer import Trainer
@@ -231,7 +230,7 @@ def build(cfg: SFTConfig):
     model = from_pretrained(model_dir).train()
     used = max(chat_format.stop_ids | {chat_format.tool_call_end_id or 0})
     if model.config.vocab_size <= used:
-        raise ValueError(
+        raise UserError(
             f"{model_dir}: the model has {model.config.vocab_size} token embeddings but the chat format "
             f"uses token id {used}; finetune a model trained with this tokenizer or one with a chat template"
         )
@@ -264,41 +263,25 @@ def build(cfg: SFTConfig):
     return trainer, stage
 
 
-def _model_alias(argv: list[str]) -> list[str]:
-    """``--model=DIR`` (the issue's spelling) -> ``--init_from=DIR``; ``--model.<field>`` untouched."""
-    return [
-        "--init_from" + a[len("--model") :] if a == "--model" or a.startswith("--model=") else a for a in argv
-    ]
-
-
-def _main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(SFTConfig, _model_alias(sys.argv[1:] if argv is None else argv))
+def _main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(SFTConfig, normalize_argv(argv))
     trainer, stage = build(cfg)
     trainer.print(
         f"sft: {cfg.model_dir()} ({trainer.model.num_params() / 1e6:.2f}M params), chat format "
         f"{type(stage.chat_format).__name__}, {trainer.dist.world_size} rank(s) on {trainer.device}, "
         f"{trainer.autocast_dtype}, {'packed' if cfg.pack else 'padded'} rows of {trainer.seq_len} tokens"
     )
-    last = trainer.fit(stage)
-    model_dir = trainer.out_dir / "model"
-    if trainer.dist.is_main:
-        export_chat_template(model_dir, stage.chat_format)
-    trainer.print(
-        f"done: step {trainer.step}, {trainer.tokens:,} tokens in {trainer.elapsed:.0f}s; "
-        + " ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_"))
+    train_stage(
+        trainer,
+        stage,
+        baseline=False,
+        chat_format=stage.chat_format,
+        metrics_line=False,
+        sample_lines=lambda samples: [str(s) for s in samples],
     )
-    trainer.print(f"model written to {model_dir} (chat: fastgpt chat --model {model_dir})")
-    for line in trainer.samples(stage):
-        trainer.print(line)
-    trainer.close()
-    dist.destroy(wait_for_peers=True)
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fastgpt.sft [--key=value ...]``: a bad key, value, model dir or data file ends with
-    one ``error:`` line and exit status 2 (:func:`fastgpt.stage_cli.run_stage`)."""
-    return run_stage("sft", lambda: _main(argv))
+main = stage_main("sft", _main)
 
 
 if __name__ == "__main__":

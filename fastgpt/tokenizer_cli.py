@@ -15,8 +15,7 @@ from pathlib import Path
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
-from fastgpt.data.errors import DataError
-from fastgpt.data.sources import ReadOptions, expand_sources, iter_documents
+from fastgpt.errors import report_user_error
 from fastgpt.tokenizer import NAMED_VOCABS, Tokenizer, TokenizerError
 
 __all__ = ["main", "main_tokenize", "main_train_tokenizer", "render_tokens"]
@@ -76,8 +75,7 @@ def main_tokenize(argv: list[str] | None = None) -> int:
     try:
         tok = Tokenizer.load(args.vocab)
     except TokenizerError as e:
-        print(f"fastgpt tokenize: error: {e}", file=sys.stderr)
-        return 1
+        return report_user_error("tokenize", e, status=1)
     ids = tok.encode(text)
     if args.ids_only:
         print(" ".join(map(str, ids)))
@@ -117,6 +115,9 @@ def main_train_tokenizer(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_chars", type=float, default=2e9, help="train on at most this much text")
     args = parser.parse_args(argv)
 
+    from fastgpt.data.errors import DataError
+    from fastgpt.data.sources import ReadOptions, expand_sources, iter_documents
+
     seen = {"chars": 0}
 
     def texts():
@@ -133,8 +134,7 @@ def main_train_tokenizer(argv: list[str] | None = None) -> int:
         tok = Tokenizer.train(texts(), vocab_size=args.vocab_size, show_progress=sys.stderr.isatty())
         tok.save(args.out)
     except (DataError, TokenizerError) as e:
-        print(f"fastgpt train-tokenizer: error: {e}", file=sys.stderr)
-        return 1
+        return report_user_error("train-tokenizer", e, status=1)
     print(
         f"{args.out}: {tok.vocab_size:,} tokens trained on {seen['chars']:,} characters in "
         f"{time.perf_counter() - start:.1f}s (hash {tok.hash[:12]})"

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from fastgpt.errors import UserError
 from fastgpt.sandbox import ToolResult, run_python
 
 __all__ = [
@@ -54,7 +55,7 @@ TIME_LIMIT_S = 0.05
 Number = int | float
 
 
-class CalculatorError(ValueError):
+class CalculatorError(UserError):
     """An expression the calculator refuses or cannot evaluate; the message is shown to the model."""
 
 
@@ -249,7 +250,7 @@ def parse_tool_names(spec: str | Iterable[str], *, flag: str = "--tools") -> tup
     names = [n for n in names if n and n != "none"]
     unknown = [n for n in names if n not in TOOLS]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"{flag} names an unknown tool {unknown[0]!r}; expected a comma-separated list of "
             f"{', '.join(TOOLS)} "
             "(or 'none')"

@@ -480,7 +480,7 @@ def test_eval_flags_out_of_range_fail_in_one_line_before_loading(tmp_path, capsy
     # a model load, a whole evaluation, or never: --pass_k -1 ran, --out DIR crashed after the eval)
     assert eval_main(["--model", str(tmp_path), "--tasks", "chain_sum_easy", *flags]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("fastgpt eval: " + named) and "\n" not in err
+    assert err.startswith("fastgpt eval: error: " + named) and "\n" not in err
 
 
 def test_eval_unknown_task_names_every_kind_of_eval(tmp_path, capsys):

@@ -1,6 +1,6 @@
-"""The SFT and RL commands (``python -m fastgpt.sft|grpo|reward|ppo|dpo``) answer a user's mistake with
-one ``error:`` line naming the key or path and exit status 2, as ``fastgpt pretrain`` does, never a
-traceback."""
+"""The stage commands (``python -m fastgpt.pretrain|sft|grpo|reward|ppo|dpo``) answer a user's mistake
+(a :class:`fastgpt.errors.UserError`) with one ``error:`` line naming the key or path and exit status 2;
+any other exception is a bug and keeps its traceback (``FASTGPT_DEBUG=1``: user errors too)."""
 
 from __future__ import annotations
 
@@ -101,3 +101,75 @@ def test_every_rank_reports_its_error(stage, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert importlib.import_module(f"fastgpt.{stage}").main(["--max_step=3", f"--out_dir={tmp_path}"]) == 2
     assert capsys.readouterr().err.startswith(f"fastgpt {stage}: error: unknown option --max_step")
+
+
+# --- user errors apart from bugs (fastgpt.errors.UserError) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stage", "loader", "bug"),
+    [
+        ("dpo", "fastgpt.rl.common", ValueError),
+        ("grpo", "fastgpt.rl.common", IndexError),
+        ("sft", "fastgpt.sft", KeyError),
+    ],
+)
+def test_a_bug_inside_the_library_keeps_its_traceback(
+    stage, loader, bug, run_dir, capsys, tmp_path, monkeypatch
+):
+    """An exception that is not a UserError (here from loading the model) is a bug: it propagates (Python
+    prints its traceback) instead of reading like a bad flag."""
+
+    def broken(*args, **kwargs):
+        raise bug("not enough values to unpack (expected 3, got 2)")
+
+    monkeypatch.setattr(f"{loader}.from_pretrained", broken)
+    with pytest.raises(bug, match="not enough values to unpack"):
+        importlib.import_module(f"fastgpt.{stage}").main(
+            [f"--model={run_dir / 'model'}", "--max_steps=1", f"--out_dir={tmp_path}"]
+        )
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_fastgpt_debug_shows_the_traceback_of_a_user_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTGPT_DEBUG", "1")
+    assert importlib.import_module("fastgpt.dpo").main(["--max_step=3", f"--out_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last)") and "UserError" in err
+    assert err.splitlines()[-1].startswith("fastgpt dpo: error: unknown option --max_step")
+    monkeypatch.setenv("FASTGPT_DEBUG", "0")  # "0" is off
+    _error(capsys, "dpo", ["--max_step=3", f"--out_dir={tmp_path}"])
+
+
+def test_a_tool_command_reports_user_errors_in_one_line_and_bugs_with_a_traceback(
+    tmp_path, capsys, monkeypatch
+):
+    from fastgpt.chat import cli as chat_cli
+
+    assert chat_cli.main(["--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastgpt chat: error: ") and err.count("\n") == 1 and "nope" in err
+    monkeypatch.setenv("FASTGPT_DEBUG", "1")
+    assert chat_cli.main(["--model", str(tmp_path / "nope")]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+    def broken(args):
+        raise ValueError("an internal mistake")
+
+    monkeypatch.setattr(chat_cli, "_load", broken)
+    with pytest.raises(ValueError, match="an internal mistake"):
+        chat_cli.main(["--model", str(tmp_path)])
+
+
+def test_the_fastgpt_command_reports_a_user_error_a_command_let_through(capsys, monkeypatch):
+    """``fastgpt <command>``: a UserError that escapes a command's own handling is still one line."""
+    from fastgpt import cli
+    from fastgpt.errors import UserError
+    from fastgpt.eval import report
+
+    def main(argv):
+        raise UserError("--runs: nothing to report")
+
+    monkeypatch.setattr(report, "main", main)
+    assert cli.main(["report"]) == 2
+    assert capsys.readouterr().err == "fastgpt report: error: --runs: nothing to report\n"

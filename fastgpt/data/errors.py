@@ -3,10 +3,12 @@ expected, so a bad input fails loudly at the point it is read."""
 
 from __future__ import annotations
 
+from fastgpt.errors import UserError
+
 __all__ = ["DataError", "TokenizerMismatchError"]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Unusable data input: a missing or empty source, a bad record, a corrupt shard or manifest."""
 
 

@@ -31,8 +31,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastgpt.data.corpora import BUILTIN_CORPORA, corpus_documents
 from fastgpt.data.errors import DataError
+from fastgpt.errors import UserError
 
 __all__ = ["ReadOptions", "ReadStats", "Source", "expand_sources", "iter_documents"]
 
@@ -52,7 +52,7 @@ class ReadOptions:
 
     def __post_init__(self) -> None:
         if self.txt_mode not in ("file", "blocks"):
-            raise ValueError(f"txt_mode must be 'file' or 'blocks', got {self.txt_mode!r}")
+            raise UserError(f"txt_mode must be 'file' or 'blocks', got {self.txt_mode!r}")
 
 
 @dataclass
@@ -87,6 +87,8 @@ def expand_sources(
     sources: str | os.PathLike | Source | Sequence[str | os.PathLike | Source],
 ) -> list[Source]:
     """Resolve names, paths, dirs and globs into an ordered list of concrete sources."""
+    from fastgpt.data.corpora import BUILTIN_CORPORA
+
     if isinstance(sources, (str, os.PathLike, Source)):
         sources = [sources]
     out: list[Source] = []
@@ -241,6 +243,8 @@ def iter_documents(
     """Every document of every source, in order. A source that yields no text is an error, except a
     file found through a directory or glob: it is skipped with a warning (``stats.empty_files``) unless
     none of that directory's / glob's files holds text."""
+    from fastgpt.data.corpora import corpus_documents
+
     options = options or ReadOptions()
     stats = stats if stats is not None else ReadStats()
     readers = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fastgpt.data import ShardLoader, resolve_pretrain_data
+from fastgpt.errors import UserError
 
 __all__ = ["bits_per_byte", "evaluate_bpb"]
 
@@ -46,7 +47,7 @@ def bits_per_byte(
         total_tokens += int((nbytes > 0).sum())
         total_bytes += int(nbytes.sum())
     if total_bytes == 0:
-        raise ValueError("no bytes to score: the evaluation slice is empty or holds only special tokens")
+        raise UserError("no bytes to score: the evaluation slice is empty or holds only special tokens")
     return {
         "bpb": total_loss / math.log(2) / total_bytes,
         "loss": total_loss / max(total_tokens, 1),

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from fastgpt.errors import UserError
 from fastgpt.eval.mc_sets import BUILTIN_MC
 
 __all__ = ["MCItem", "choice_logprobs", "evaluate_mc", "load_mc", "score_items"]
@@ -40,7 +41,7 @@ class MCItem:
     style: str  # "question" | "cloze"
 
 
-class MCError(ValueError):
+class MCError(UserError):
     """A malformed multiple-choice file; the message names the line and the field."""
 
 

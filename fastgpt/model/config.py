@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastgpt.errors import UserError
+
 FAMILIES = ("gpt2", "llama")
 
 
@@ -42,7 +44,7 @@ class GPTConfig:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
             if self.n_head <= 0 or self.n_embd % self.n_head != 0:
-                raise ValueError(
+                raise UserError(
                     f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
                 )
             self.head_dim = self.n_embd // self.n_head
@@ -96,13 +98,13 @@ class GPTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"GPTConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+            raise UserError(f"GPTConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
         return cls(**d)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:
         if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+            raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fastgpt.errors import UserError
 from fastgpt.model.config import GPTConfig
 
 if TYPE_CHECKING:  # annotations only: the model module saves through this one (GPT.save_pretrained)
@@ -29,7 +30,7 @@ SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral")
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(UserError):
     """A model directory that fastgpt cannot load, with the file/tensor and what was expected."""
 
 
@@ -292,7 +293,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     try:
         return DTYPE_NAMES[str(dtype).lower().removeprefix("torch.")]
     except KeyError:
-        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPE_NAMES)}") from None
+        raise UserError(f"dtype {dtype!r}: expected one of {', '.join(DTYPE_NAMES)}") from None
 
 
 def check_device(device: torch.device | str | None) -> torch.device:
@@ -301,12 +302,12 @@ def check_device(device: torch.device | str | None) -> torch.device:
     try:
         dev = torch.device(device or "cpu")
     except RuntimeError as e:
-        raise ValueError(f"device {device!r}: {e} (expected cpu, cuda or cuda:N)") from None
+        raise UserError(f"device {device!r}: {e} (expected cpu, cuda or cuda:N)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
+            raise UserError(f"device {device!r}: CUDA is not available on this machine (use cpu)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+            raise UserError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
     return dev
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fastgpt.errors import UserError
+
 
 def sample_next_token(
     logits: torch.Tensor,
@@ -27,11 +29,11 @@ def check_sampling(
     """Sampling settings in range, checked before a model is loaded: one ``ValueError`` naming the
     setting (``flag="--"`` for a command's flags)."""
     if temperature < 0:
-        raise ValueError(f"{flag}temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise UserError(f"{flag}temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"{flag}top_k must be >= 1, got {top_k}")
+        raise UserError(f"{flag}top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"{flag}top_p must be in (0, 1], got {top_p}")
+        raise UserError(f"{flag}top_p must be in (0, 1], got {top_p}")
 
 
 def filter_logits(

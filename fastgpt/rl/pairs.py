@@ -13,12 +13,14 @@ ranks, and ``state_dict`` resumes at exactly the next batch.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from fastgpt import dist
+from fastgpt.errors import UserError
 from fastgpt.rl.sequences import ResponseBatch, collate_responses, render_response
 from fastgpt.tasks.preferences import PreferencePair
 
@@ -29,7 +31,7 @@ __all__ = [
     "as_response_batch",
     "batch_dict",
     "collate_pairs",
-    "pair_batches",
+    "heldout_means",
     "render_pairs",
 ]
 
@@ -104,7 +106,7 @@ class PairOrder:
 
     def __init__(self, n: int, *, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         if n < batch_size * world_size:
-            raise ValueError(
+            raise UserError(
                 f"{n} training pairs cannot fill a global batch of {batch_size} x {world_size} ranks"
             )
         self.n, self.batch_size, self.seed = n, batch_size, seed
@@ -134,12 +136,38 @@ class PairOrder:
         self._order = self._permutation()
 
 
-def pair_batches(
-    pairs: Sequence[RenderedPair], batch_size: int, *, pad_id: int = 0
-) -> Iterator[tuple[int, ResponseBatch]]:
-    """``(first index, batch)`` over ``pairs`` in order (evaluation)."""
-    for start in range(0, len(pairs), batch_size):
-        yield start, collate_pairs(pairs[start : start + batch_size], pad_id=pad_id)
+def heldout_means(
+    pairs: Sequence[RenderedPair],
+    names: Sequence[str],
+    measure: Callable[[dict[str, torch.Tensor], list[int]], dict[str, float]],
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pad_id: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """The held-out evaluation of the pair stages (reward model, DPO): per-pair means over all ranks.
+
+    This rank scores the pairs ``rank::world_size`` in batches of ``batch_size`` (a :func:`batch_dict`
+    on ``device``); ``measure(batch, index)`` returns, for each name in ``names``, the *sum* over the
+    batch's pairs (``index``: their positions in ``pairs``). The sums are added over batches and ranks
+    and divided by the number of pairs: ``{"heldout_<name>": mean, ..., "heldout_pairs": n}``, in the
+    order of ``names``. With no held-out pairs at all the result is ``{}`` (nothing measured, not a 0).
+    Every rank must call it (a collective), with or without pairs of its own.
+    """
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+    mine = list(range(rank, len(pairs), world_size))
+    for start in range(0, len(mine), batch_size):
+        index = mine[start : start + batch_size]
+        batch = batch_dict(collate_pairs([pairs[i] for i in index], pad_id=pad_id).to(device))
+        values = measure(batch, index)
+        sums += torch.tensor([*(float(values[k]) for k in names), len(index)], dtype=torch.float64)
+    totals = dist.all_reduce_sum(sums).tolist()
+    n = totals[-1]
+    if n == 0:
+        return {}
+    return {**{f"heldout_{k}": v / n for k, v in zip(names, totals)}, "heldout_pairs": n}
 
 
 def batch_dict(batch: ResponseBatch, **extra: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -234,6 +234,34 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _body(
+    object_: str,
+    id_: str,
+    model: str,
+    created: int,
+    choices: list[dict[str, Any]],
+    usage_: dict[str, int] | None,
+) -> dict[str, Any]:
+    """The fields every completion response and stream chunk has (``usage`` only when given)."""
+    body = {
+        "id": id_,
+        "object": object_,
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+    }
+    if usage_ is not None:
+        body["usage"] = usage_
+    return body
+
+
+def _choice(index: int, field: str, value: Any, finish_reason: str | None) -> dict[str, Any]:
+    """One entry of ``choices``: ``field`` is ``message`` / ``text`` (responses) or ``delta`` / ``text``
+    (chunks)."""
+    return {"index": index, field: value, "logprobs": None, "finish_reason": finish_reason}
+
+
 def chat_response(
     id_: str,
     model: str,
@@ -243,18 +271,8 @@ def chat_response(
     completion_tokens: int,
 ) -> dict[str, Any]:
     """``choices``: ``{"message": {...}, "finish_reason": ...}`` in index order."""
-    return {
-        "id": id_,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {"index": i, "message": c["message"], "logprobs": None, "finish_reason": c["finish_reason"]}
-            for i, c in enumerate(choices)
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    listed = [_choice(i, "message", c["message"], c["finish_reason"]) for i, c in enumerate(choices)]
+    return _body("chat.completion", id_, model, created, listed, usage(prompt_tokens, completion_tokens))
 
 
 def chat_chunk(
@@ -267,22 +285,8 @@ def chat_chunk(
     usage_: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk``; ``index=None`` gives the final usage-only chunk (no choices)."""
-    choices = (
-        []
-        if index is None
-        else [{"index": index, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}]
-    )
-    chunk = {
-        "id": id_,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": choices,
-    }
-    if usage_ is not None:
-        chunk["usage"] = usage_
-    return chunk
+    choices = [] if index is None else [_choice(index, "delta", delta or {}, finish_reason)]
+    return _body("chat.completion.chunk", id_, model, created, choices, usage_)
 
 
 def completion_response(
@@ -294,18 +298,8 @@ def completion_response(
     completion_tokens: int,
 ) -> dict[str, Any]:
     """``choices``: ``{"text": ..., "finish_reason": ...}`` in index order."""
-    return {
-        "id": id_,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [
-            {"index": i, "text": c["text"], "logprobs": None, "finish_reason": c["finish_reason"]}
-            for i, c in enumerate(choices)
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    listed = [_choice(i, "text", c["text"], c["finish_reason"]) for i, c in enumerate(choices)]
+    return _body("text_completion", id_, model, created, listed, usage(prompt_tokens, completion_tokens))
 
 
 def completion_chunk(
@@ -317,22 +311,9 @@ def completion_chunk(
     finish_reason: str | None = None,
     usage_: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    choices = (
-        []
-        if index is None
-        else [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}]
-    )
-    chunk = {
-        "id": id_,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": choices,
-    }
-    if usage_ is not None:
-        chunk["usage"] = usage_
-    return chunk
+    """One ``text_completion`` stream chunk; ``index=None`` gives the final usage-only chunk."""
+    choices = [] if index is None else [_choice(index, "text", text, finish_reason)]
+    return _body("text_completion", id_, model, created, choices, usage_)
 
 
 def model_card(name: str, created: int) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from fastgpt.conversation import Message, ReadStats, iter_conversations, read_conversations
+from fastgpt.errors import UserError
 from fastgpt.sft_data.arithmetic import arithmetic_conversations
 from fastgpt.sft_data.chatterbot import chatterbot_conversations
 from fastgpt.sft_data.identity import identity_conversations
@@ -72,7 +73,7 @@ class MixtureItem:
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
-            raise ValueError(f"mixture item {self.source!r}: epochs must be > 0, got {self.epochs}")
+            raise UserError(f"mixture item {self.source!r}: epochs must be > 0, got {self.epochs}")
 
 
 def _is_mixture_file(path: Path) -> bool:
@@ -88,7 +89,7 @@ def parse_mixture(spec: str) -> list[MixtureItem]:
     """A mixture from its command-line form or from a mixture file (see the module docstring)."""
     spec = spec.strip()
     if not spec:
-        raise ValueError("empty --data: give built-in set names and/or conversation files")
+        raise UserError("empty --data: give built-in set names and/or conversation files")
     path = Path(spec)
     if "," not in spec and _is_mixture_file(path):
         import yaml
@@ -98,11 +99,11 @@ def parse_mixture(spec: str) -> list[MixtureItem]:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
         entries = config.get("datasets") if isinstance(config, dict) else None
         if not isinstance(entries, list) or not entries:
-            raise ValueError(f"{path}: a mixture file needs a non-empty 'datasets' list")
+            raise UserError(f"{path}: a mixture file needs a non-empty 'datasets' list")
         items = []
         for k, e in enumerate(entries):
             if not isinstance(e, dict) or ("name" in e) == ("path" in e):
-                raise ValueError(f"{path}: datasets[{k}] needs exactly one of 'name' or 'path'")
+                raise UserError(f"{path}: datasets[{k}] needs exactly one of 'name' or 'path'")
             source = e.get("name") or str(
                 (path.parent / e["path"]) if not Path(e["path"]).is_absolute() else e["path"]
             )
@@ -114,7 +115,7 @@ def parse_mixture(spec: str) -> list[MixtureItem]:
         try:
             n_epochs = float(epochs) if epochs else 1.0
         except ValueError:
-            raise ValueError(f"--data item {part!r}: expected NAME_OR_PATH or NAME_OR_PATH*EPOCHS") from None
+            raise UserError(f"--data item {part!r}: expected NAME_OR_PATH or NAME_OR_PATH*EPOCHS") from None
         items.append(MixtureItem(source.strip(), n_epochs))
     return items
 
@@ -125,7 +126,7 @@ def _load_item(item: MixtureItem, *, defaults: dict[str, Any], strict: bool, log
         params = inspect.signature(fn).parameters
         unknown = set(item.options) - set(params)
         if unknown:
-            raise ValueError(f"built-in set {item.source!r} has no option(s) {sorted(unknown)}")
+            raise UserError(f"built-in set {item.source!r} has no option(s) {sorted(unknown)}")
         kwargs = {k: v for k, v in defaults.items() if k in params} | item.options
         stats = ReadStats()
         pairs = ((item.source, c) for c in fn(**kwargs))
@@ -133,14 +134,14 @@ def _load_item(item: MixtureItem, *, defaults: dict[str, Any], strict: bool, log
     else:
         path = Path(item.source)
         if not path.exists():
-            raise ValueError(
+            raise UserError(
                 f"--data item {item.source!r} is neither a built-in set ({', '.join(BUILTIN)}) nor an existing file"
             )
         stats = ReadStats()
         conversations = read_conversations(path, strict=strict, stats=stats)
     log(stats.summary(item.source))
     if not conversations:
-        raise ValueError(f"{item.source}: no usable conversations")
+        raise UserError(f"{item.source}: no usable conversations")
     return conversations
 
 

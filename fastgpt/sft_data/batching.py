@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from fastgpt.conversation import ChatFormat, ConversationError, ConversationTooLong, Message
+from fastgpt.errors import UserError
 
 __all__ = ["Example", "RenderStats", "SFTBatches", "collate", "eval_batches", "render_examples"]
 
@@ -152,7 +153,7 @@ class SFTBatches:
         pad_id: int = 0,
     ):
         if not examples:
-            raise ValueError("no training examples")
+            raise UserError("no training examples")
         if any(len(e) > seq_len for e in examples):
             raise ValueError(f"an example is longer than seq_len={seq_len}; render with the same seq_len")
         self.examples, self.batch_size, self.seq_len, self.pack = examples, batch_size, seq_len, pack

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fastgpt.conversation import Message
 from fastgpt.data.fetch import PackageFile, fetch, read_members
+from fastgpt.errors import UserError
 
 __all__ = ["CORPUS_WHEEL", "chatterbot_conversations"]
 
@@ -43,7 +44,7 @@ def chatterbot_conversations(wheel: Path | None = None, language: str = "english
     prefix = f"chatterbot_corpus/data/{language}/"
     files = read_members(wheel, lambda name: name.startswith(prefix) and name.endswith(".yml"))
     if not files:
-        raise ValueError(f"{wheel}: no {language!r} conversations in the corpus")
+        raise UserError(f"{wheel}: no {language!r} conversations in the corpus")
     out: list[list[Message]] = []
     for name in sorted(files):
         data = yaml.safe_load(files[name]) or {}

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastgpt.conversation import Message, python_call
-from fastgpt.tasks.base import in_heldout
-from fastgpt.tasks.jagged import JAGGED_TASKS, JaggedTask
+from fastgpt.errors import UserError
 
 __all__ = ["LEADS", "jagged_python_conversation", "jagged_python_conversations"]
 
@@ -80,20 +79,7 @@ def jagged_python_conversation(problem: Any, *, use_tool: bool = True) -> list[M
 def _training_problems(task: Any, k: int) -> list[Any]:
     """Up to ``k`` distinct training problems of ``task`` (the same hash rule as ``task.split``),
     fewer when the generator runs out (the word tasks have about 150)."""
-    out, seen, stale = [], set(), 0
-    for p in task.candidates():
-        if p.key in seen:
-            stale += 1
-            if stale > STALE_LIMIT:
-                break
-            continue
-        seen.add(p.key)
-        stale = 0
-        if not in_heldout(p.key, task.heldout_fraction):
-            out.append(p)
-            if len(out) == k:
-                break
-    return out
+    return task.split("train", k, up_to=True, stale_limit=STALE_LIMIT)
 
 
 def jagged_python_conversations(
@@ -110,12 +96,14 @@ def jagged_python_conversations(
     problems than its share (the word tasks have about 150) gives what it has and the others fill in. ``direct_fraction`` of them (drawn with ``seed``)
     answer without the tool, for an RL cold start that needs both behaviours. ``heldout_fraction``
     must be the one the eval/RL side uses (the tasks' default 0.1) for the split to be the same."""
+    from fastgpt.tasks.jagged import JAGGED_TASKS, JaggedTask
+
     if not 0.0 <= direct_fraction <= 1.0:
-        raise ValueError(f"jagged_python: direct_fraction must be in [0, 1], got {direct_fraction}")
+        raise UserError(f"jagged_python: direct_fraction must be in [0, 1], got {direct_fraction}")
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks or JAGGED_TASKS)
     unknown = [t for t in names if t not in JAGGED_TASKS]
     if unknown or not names:
-        raise ValueError(
+        raise UserError(
             f"jagged_python: tasks must be among {', '.join(JAGGED_TASKS)}, got {unknown or names}"
         )
     pools = [

@@ -23,7 +23,7 @@ import random
 from typing import Any
 
 from fastgpt.conversation import Message, calculator_call
-from fastgpt.tasks import get_task
+from fastgpt.errors import UserError
 from fastgpt.tools import calculate
 
 __all__ = ["DEFAULT_TASK", "practice_conversation", "task_practice_conversations"]
@@ -68,7 +68,8 @@ def task_practice_conversations(
     (drawn with ``seed``), directly. ``heldout_fraction`` must be the one the RL stage uses (GRPO's
     default 0.1) for the split to be the same."""
     if not 0.0 <= direct_fraction <= 1.0:
-        raise ValueError(f"task_practice: direct_fraction must be in [0, 1], got {direct_fraction}")
+        raise UserError(f"task_practice: direct_fraction must be in [0, 1], got {direct_fraction}")
+    from fastgpt.tasks import get_task
 
     options = json.loads(task_options) if isinstance(task_options, str) else dict(task_options or {})
     problems = get_task(task, seed=task_seed, heldout_fraction=heldout_fraction, **options).split("train", n)

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastgpt.errors import UserError
 from fastgpt.tasks.extract import extract_answer
 
 __all__ = ["SPLITS", "Problem", "Task", "TaskError", "in_heldout", "user_prompt"]
@@ -33,7 +34,7 @@ STALE_LIMIT = 20_000  # repeated problems in a row after which an endless genera
 Message = dict[str, Any]
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     """Bad task input (file, field, name); the message names where and what was expected."""
 
 
@@ -99,9 +100,13 @@ class Task(ABC):
     def is_correct(self, completion: str, problem: Problem) -> bool:
         return bool(self.verify(self.extract(completion), problem))
 
-    def split(self, name: str, n: int | None = None) -> list[Problem]:
+    def split(
+        self, name: str, n: int | None = None, *, up_to: bool = False, stale_limit: int = STALE_LIMIT
+    ) -> list[Problem]:
         """The first ``n`` distinct problems of a split (all of them for a finite task when ``n`` is
-        None). An endless generator that stops producing new problems before ``n`` is an error."""
+        None). An endless generator that stops producing new problems before ``n`` (``stale_limit``
+        repeats in a row) is an error, or with ``up_to=True`` gives the ones it produced (an evaluation
+        scores what exists)."""
         if name not in SPLITS:
             raise TaskError(f"unknown split {name!r}; expected one of {SPLITS}")
         if n is None and not self.finite:
@@ -113,7 +118,9 @@ class Task(ABC):
         for p in self.candidates():
             if p.key in seen:  # generators repeat small problems; a split lists each once
                 stale += 1
-                if stale > STALE_LIMIT:
+                if stale > stale_limit:
+                    if up_to:
+                        break
                     raise TaskError(
                         f"task {self.name!r} has only {len(out)} distinct {name} problems "
                         f"({len(seen)} in all), fewer than the {n} asked for: ask for fewer, raise "

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fastgpt.conversation import ConversationError, sharegpt_to_messages
-from fastgpt.data.corpora import LLAMAFACTORY
-from fastgpt.data.fetch import fetch, read_members
+from fastgpt.errors import UserError
 from fastgpt.tasks import get_task
 from fastgpt.tasks.base import Problem, TaskError, in_heldout
 
@@ -93,7 +92,7 @@ def _reply_text(value: Any, field_name: str) -> str:
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
         # TRL's conversational form with an explicit prompt: "chosen": [{"role": "assistant", ...}]
         if value[0].get("role", "assistant") not in ("assistant", "gpt"):
-            raise ValueError(f"field {field_name!r}: the reply must be an assistant message")
+            raise UserError(f"field {field_name!r}: the reply must be an assistant message")
         value = value[0]
     if isinstance(value, str):
         return value
@@ -102,7 +101,7 @@ def _reply_text(value: Any, field_name: str) -> str:
             return value["content"]
         if isinstance(value.get("value"), str):
             return value["value"]
-    raise ValueError(
+    raise UserError(
         f"field {field_name!r} must be a string, a message or a list of one assistant message, "
         f"got {type(value).__name__}" + (f" of {len(value)}" if isinstance(value, list) else "")
     )
@@ -114,21 +113,21 @@ def _prompt_messages(value: Any) -> tuple[Message, ...]:
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
         messages = tuple({"role": m.get("role"), "content": m.get("content")} for m in value)
         if any(not isinstance(m["content"], str) for m in messages):
-            raise ValueError("prompt messages need string 'content'")
+            raise UserError("prompt messages need string 'content'")
         if messages[-1]["role"] != "user":
-            raise ValueError("the prompt must end with a user message")
+            raise UserError("the prompt must end with a user message")
         return messages
-    raise ValueError("field 'prompt' must be a question string or a messages list")
+    raise UserError("field 'prompt' must be a question string or a messages list")
 
 
 def _record_to_pair(record: Any) -> PreferencePair:
     if isinstance(record, ValueError):  # the reader could not parse the line
         raise record
     if not isinstance(record, dict):
-        raise ValueError("expected a JSON object")
+        raise UserError("expected a JSON object")
     for name in ("chosen", "rejected"):
         if name not in record:
-            raise ValueError(f"missing field {name!r}")
+            raise UserError(f"missing field {name!r}")
     chosen, rejected = record["chosen"], record["rejected"]
     if "prompt" in record:
         prompt = _prompt_messages(record["prompt"])
@@ -136,16 +135,16 @@ def _record_to_pair(record: Any) -> PreferencePair:
         try:
             prompt = _prompt_messages(sharegpt_to_messages(record))
         except ConversationError as e:
-            raise ValueError(str(e)) from None
+            raise UserError(str(e)) from None
         if isinstance(chosen, list) or isinstance(rejected, list):
-            raise ValueError("ShareGPT pairs need a single chosen/rejected turn")
+            raise UserError("ShareGPT pairs need a single chosen/rejected turn")
     elif isinstance(chosen, list) and isinstance(rejected, list):
         if not chosen or not rejected or chosen[:-1] != rejected[:-1]:
-            raise ValueError("chosen and rejected conversations must agree up to the final reply")
+            raise UserError("chosen and rejected conversations must agree up to the final reply")
         prompt = _prompt_messages(chosen[:-1])
         chosen, rejected = chosen[-1], rejected[-1]
     else:
-        raise ValueError("missing field 'prompt' (or 'conversations', or full chosen/rejected conversations)")
+        raise UserError("missing field 'prompt' (or 'conversations', or full chosen/rejected conversations)")
     return PreferencePair(prompt, _reply_text(chosen, "chosen"), _reply_text(rejected, "rejected"))
 
 
@@ -196,6 +195,9 @@ def _file_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- built-ins
 def _llamafactory_records() -> Iterator[tuple[str, Any]]:
+    from fastgpt.data.corpora import LLAMAFACTORY
+    from fastgpt.data.fetch import fetch, read_members
+
     member = "llamafactory-0.9.5/data/dpo_en_demo.json"
     files = read_members(fetch(LLAMAFACTORY), lambda name: name == member)
     if member not in files:

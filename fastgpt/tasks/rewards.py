@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fastgpt.errors import UserError
 from fastgpt.tasks.base import Problem, Task, TaskError
 
 __all__ = [
@@ -51,14 +52,14 @@ _FORMATS = {
 def format_ok(completion: str, style: str = "hash") -> bool:
     """Whether the completion has the expected reasoning-then-answer shape."""
     if style not in _FORMATS:
-        raise ValueError(f"format_style={style!r}: expected one of {FORMAT_STYLES}")
+        raise UserError(f"format_style={style!r}: expected one of {FORMAT_STYLES}")
     return _FORMATS[style].match(completion) is not None
 
 
 def overlong_penalty(num_tokens: int, max_tokens: int, buffer: int) -> float:
     """DAPO's soft overlong penalty in [-1, 0] (see the module docstring)."""
     if max_tokens <= 0 or buffer < 0:
-        raise ValueError(f"need max_tokens > 0 and buffer >= 0 (got {max_tokens}, {buffer})")
+        raise UserError(f"need max_tokens > 0 and buffer >= 0 (got {max_tokens}, {buffer})")
     free = max_tokens - buffer
     if num_tokens <= free:
         return 0.0
@@ -78,7 +79,7 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         if self.format_style not in FORMAT_STYLES:
-            raise ValueError(f"format_style={self.format_style!r}: expected one of {FORMAT_STYLES}")
+            raise UserError(f"format_style={self.format_style!r}: expected one of {FORMAT_STYLES}")
 
 
 @dataclass

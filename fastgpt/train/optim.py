@@ -24,6 +24,7 @@ import torch
 import torch.distributed as torch_dist
 from torch.optim.adamw import adamw as adamw_update
 
+from fastgpt.errors import UserError
 from fastgpt.train.config import LoopConfig
 
 
@@ -257,7 +258,7 @@ def shard_muon_for_zero(zero_optimizer: Any) -> bool:
     layouts: dict[int, ZeroMuonLayout] = {}
     if hasattr(zero_optimizer, "round_robin_bit16_offsets"):  # ZeRO-1/2
         if getattr(zero_optimizer, "cpu_offload", False):
-            raise ValueError("Muon under ZeRO does not support --offload=true")
+            raise UserError("Muon under ZeRO does not support --offload=true")
         for i, group in enumerate(muon.param_groups):
             if not group["use_muon"]:
                 continue
@@ -274,7 +275,7 @@ def shard_muon_for_zero(zero_optimizer: Any) -> bool:
     elif hasattr(zero_optimizer, "fp32_partitioned_groups_flat"):  # ZeRO-3
         z = zero_optimizer
         if getattr(z, "offload_optimizer", False) or getattr(z, "offload_param", False):
-            raise ValueError("Muon under ZeRO does not support --offload=true")
+            raise UserError("Muon under ZeRO does not support --offload=true")
         for sid, params in enumerate(zero_optimizer.fp16_groups):
             if not muon.param_groups[zero_optimizer.sub_group_to_group_id[sid]]["use_muon"]:
                 continue
