@@ -42,7 +42,6 @@ from fastgpt.data.errors import DataError
 from fastgpt.data.manifest import FORMAT, MANIFEST, VERSION, read_manifest, write_json_atomic
 from fastgpt.data.shards import ShardError, dtype_for_vocab, read_header, write_shard
 from fastgpt.data.sources import ReadOptions, ReadStats, Source, expand_sources, iter_documents
-from fastgpt.errors import report_user_error
 
 __all__ = ["PrepareResult", "main", "prepare"]
 
@@ -77,7 +76,7 @@ _worker_tokenizer = None
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
     if _worker_tokenizer is None:  # spawned (not forked): load it
-        from fastgpt.tokenizer import Tokenizer
+        from fastgpt.tokenizer import Tokenizer  # heavy: loads tokenizers, numpy; deferred until used
 
         _worker_tokenizer = Tokenizer.load(tokenizer_dir)
 
@@ -232,7 +231,7 @@ def prepare(
 ) -> PrepareResult:
     """Tokenize ``sources`` with ``tokenizer`` (a :class:`fastgpt.Tokenizer` or anything
     ``Tokenizer.load`` accepts) into shards in ``out_dir``; see the module docstring."""
-    from fastgpt.tokenizer import Tokenizer
+    from fastgpt.tokenizer import Tokenizer  # heavy: loads tokenizers, numpy; deferred until used
 
     t0 = time.perf_counter()
     check_settings(out_dir, val_fraction, chunk_mb)
@@ -366,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    # heavy: loads tokenizers, numpy; deferred until used
     from fastgpt.tokenizer import Tokenizer, TokenizerError
 
     try:
@@ -390,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (DataError, TokenizerError) as e:
-        return report_user_error("prepare", e, status=1)
+        print(f"fastgpt prepare: error: {e}", file=sys.stderr)
+        return 1
     m = result.manifest
     train, val = m["splits"]["train"], m["splits"]["val"]
     print(

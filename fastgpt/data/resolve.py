@@ -111,7 +111,7 @@ def resolve_pretrain_data(
     ``val_fraction`` defaults to the built-in corpus's setting, else 0.01.
     Results are cached by content; calling again with the same inputs returns the same dirs at once.
     """
-    from fastgpt.tokenizer import Tokenizer
+    from fastgpt.tokenizer import Tokenizer  # heavy: loads tokenizers, numpy; deferred until used
 
     single = data if isinstance(data, (str, os.PathLike)) else None
     if single is not None and (Path(single) / MANIFEST).exists():

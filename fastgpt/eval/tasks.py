@@ -23,8 +23,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from fastgpt.errors import UserError
-
 __all__ = ["evaluate_task", "pass_at_k"]
 
 
@@ -47,7 +45,24 @@ def _heldout(task: Any, n: int) -> list[Any]:
     """The first ``n`` held-out problems, or all of them when an endless generator has fewer distinct
     ones (the word tasks of :mod:`fastgpt.tasks.jagged` hold out about 20): eval scores what exists
     rather than refusing, and the result's ``problems`` says how many."""
-    return task.split("heldout", n, up_to=True)
+    from fastgpt.tasks.base import STALE_LIMIT, in_heldout
+
+    if task.finite:
+        return task.split("heldout", n)
+    out, seen, stale = [], set(), 0
+    for p in task.candidates():
+        if p.key in seen:
+            stale += 1
+            if stale > STALE_LIMIT:
+                break
+            continue
+        seen.add(p.key)
+        stale = 0
+        if in_heldout(p.key, task.heldout_fraction):
+            out.append(p)
+            if len(out) == n:
+                break
+    return out
 
 
 def _generate(engine: Any, prompts: list[list[int]], batch_size: int, **kw: Any) -> list[list[Any]]:
@@ -85,7 +100,7 @@ def evaluate_task(
     """
     heldout = _heldout(task, problems)
     if not heldout:
-        raise UserError(
+        raise ValueError(
             f"task {task.name!r} has no held-out problems: a share of heldout_fraction="
             f"{task.heldout_fraction} of its problems (chosen by hash) is held out; to score every problem "
             """of a .jsonl file, pass --task_options '{"heldout_fraction": 1}'"""
@@ -95,7 +110,7 @@ def evaluate_task(
     common = dict(max_tokens=max_new_tokens, stop_ids=stop_ids, tools=tools)
 
     if chat:  # exactly GRPO's held-out evaluation, so the two numbers are the same measurement
-        from fastgpt.rl.rollout import greedy_accuracy
+        from fastgpt.rl.rollout import greedy_accuracy  # heavy: loads torch; deferred until used
 
         _, texts = greedy_accuracy(
             engine, task, heldout, max_new_tokens=max_new_tokens, batch_size=batch_size, tools=tools
@@ -127,7 +142,7 @@ def evaluate_task(
     if k > 0:
         n = samples or k
         if n < k:
-            raise UserError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+            raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
         rows = max(1, batch_size // n)  # prompts per generate call, each with n samples
         sampled = _generate(engine, prompts, rows, temperature=temperature, n=n, seed=seed, **common)
         scores = [
@@ -145,7 +160,7 @@ def _greedy_with_calls(
 ) -> tuple[float, list[str], float]:
     """Greedy accuracy, the assistant's texts and the share of replies that made a tool call (the
     engine ran it, or handed it back): GRPO's held-out measurement plus the call count."""
-    from fastgpt.rl.rollout import assistant_text
+    from fastgpt.rl.rollout import assistant_text  # heavy: loads torch; deferred until used
 
     fmt = engine.chat_format
     prompts = [fmt.render_prompt(list(p.messages)) for p in problems]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastgpt import ops
 from fastgpt.model import from_pretrained
 
 __all__ = ["HEAD_FILE", "PolicyWithValue", "ScalarHeadModel"]
@@ -157,8 +158,6 @@ class PolicyWithValue(nn.Module):
         if self.critic is not None:
             logprobs = self.policy.token_logprobs(inputs, targets, ignore_index=ignore_index)
             return logprobs.float(), self.critic(inputs)
-        from fastgpt import ops
-
         h = self.policy.hidden_states(inputs)  # (B, T, C): shared by the LM head and the value head
         B, T, C = h.shape
         nll = ops.linear_cross_entropy(

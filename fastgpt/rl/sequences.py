@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from fastgpt.errors import UserError
+from fastgpt.model import GPT, KVCache
 
 __all__ = [
     "IGNORE",
@@ -148,8 +149,6 @@ def shared_prompt_logprobs(model: torch.nn.Module, batch: ResponseBatch) -> torc
     Returns None where it does not apply: ``model`` is not a plain :class:`fastgpt.GPT` (wrapped
     models keep their own forward), activation checkpointing is on (the cached path keeps every
     block's activations), a prompt has a single token, or no two consecutive rows share a prompt."""
-    from fastgpt.model import GPT, KVCache
-
     if type(model) is not GPT or model.activation_checkpointing:
         return None
     ids, device = batch.ids, batch.ids.device

@@ -45,8 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
-from fastgpt.conversation import BUILTIN_TOOLS
-from fastgpt.errors import UserError, report_user_error
+from fastgpt.conversation import _TOOL_NAME, BUILTIN_TOOLS, ChatFormat, ConversationError
 from fastgpt.serve.decode import ReplyDecoder
 from fastgpt.serve.protocol import (
     APIError,
@@ -99,7 +98,7 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
     limits = config.limits
     scheduler = Scheduler(engine, max_batch_rows=config.max_batch_rows, max_queue=config.max_queue)
     if limits.max_n > config.max_batch_rows:
-        raise UserError(f"max_n={limits.max_n} cannot exceed max_batch_rows={config.max_batch_rows}")
+        raise ValueError(f"max_n={limits.max_n} cannot exceed max_batch_rows={config.max_batch_rows}")
     tokenizer = engine.tokenizer
     chat_format = _chat_format_or_none(engine)
     # ids a prompt may use: the model's embedding can be smaller than the tokenizer (fastgpt's chat
@@ -312,8 +311,6 @@ def _text_content(content: Any, where: str) -> Any:
 
 
 def _render_prompt(chat_format: Any, messages: list[Any]) -> list[int]:
-    from fastgpt.conversation import ConversationError
-
     normalized = []
     for i, m in enumerate(messages):
         if isinstance(m, dict) and "content" in m:
@@ -333,8 +330,6 @@ def _tools_to_run(req: ChatRequest, chat_format: Any, server_tools: tuple[str, .
     type. Checks every declared tool. A chat template that writes calls as text (no tool tokens) can
     return function calls to the client but not run built-ins mid-reply; one without tool syntax
     cannot call tools at all."""
-    from fastgpt.conversation import _TOOL_NAME
-
     text_calls = getattr(chat_format, "tool_syntax", None) is not None
     if not chat_format.supports_tools:
         if req.tools and req.tool_choice != "none" and not text_calls:
@@ -635,8 +630,7 @@ def default_model_name(model_dir: str | Path) -> str:
 def load_engine(model_dir: str, device: str | None = None, dtype: str | None = None) -> Any:
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.conversation import ChatFormat
-    from fastgpt.engine import Engine
+    from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 
@@ -673,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_limits(args)
     try:
         tools = parse_tool_names(args.tools)
-    except UserError as e:
+    except ValueError as e:
         problem = problem or str(e)
     if problem:  # before the model loads
         print(f"fastgpt serve: error: {problem}", file=sys.stderr)
@@ -700,8 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         engine = load_engine(args.model, args.device, args.dtype)
-    except UserError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
-        return report_user_error("serve", e)
+    except ValueError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
+        print(f"fastgpt serve: error: {e}", file=sys.stderr)
+        return 2
     app = create_app(engine, config)
     print(
         f"fastgpt serve: model {config.model_name!r} at http://{args.host}:{args.port}/ (API at /v1)",

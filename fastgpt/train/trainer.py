@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from fastgpt import dist
+from fastgpt import checkpoint, dist
 from fastgpt.errors import UserError
 from fastgpt.model.gpt import set_activation_checkpointing
 from fastgpt.train.config import LoopConfig
@@ -168,14 +168,14 @@ class Trainer:
         self.scaler = None
         if self.autocast_dtype == torch.float16:
             if self.use_deepspeed:
-                raise UserError(
+                raise ValueError(
                     "--dtype=fp16 is not supported with DeepSpeed here; use --dtype=bf16 (or fp32)"
                 )
             self.scaler = torch.amp.GradScaler(self.device.type)
 
         self.model = model.to(self.device)
         if cfg.activation_checkpointing and not set_activation_checkpointing(self.model):
-            raise UserError("--activation_checkpointing=true: the model has no fastgpt GPT to checkpoint")
+            raise ValueError("--activation_checkpointing=true: the model has no fastgpt GPT to checkpoint")
         self.optimizer = build_optimizer(self.model, cfg, ns_dtype=self.autocast_dtype)
         self.engine = None
         if self.use_deepspeed:
@@ -398,8 +398,6 @@ class Trainer:
     def begin(self, stage: Any) -> None:
         """Start (or resume) the run: restore the latest checkpoint (weights, optimizer, schedule position,
         the stage's ``state_dict``) and open the progress bar. Call once, before the first :meth:`update`."""
-        from fastgpt import checkpoint
-
         cfg = self.cfg
         checkpoint.maybe_resume(self, stage)
         self._bar = None
@@ -438,8 +436,6 @@ class Trainer:
         The clock (``elapsed_s``, the time budget, tokens/s) counts everything since the previous step
         ended -- data loading, a rollout -- but not evaluations, samples or checkpoint writes.
         """
-        from fastgpt import checkpoint
-
         cfg = self.cfg
         t_update = time.perf_counter()
         m = self.train_step(stage, batches)
@@ -484,8 +480,6 @@ class Trainer:
     def end(self, stage: Any) -> dict[str, float]:
         """Finish the run: close the progress bar, evaluate, write the final checkpoint, close the logs.
         Returns the last step's metrics with the final evaluation."""
-        from fastgpt import checkpoint
-
         if self._bar is not None:
             self._bar.close()
         last = dict(self._last)
@@ -539,6 +533,4 @@ class Trainer:
     # -------------------------------------------------------------------------------- model output
     def save_model(self, path: str | Path | None = None) -> Path:
         """Write the model in the one model format (HF layout + tokenizer files). Collective under ZeRO-3."""
-        from fastgpt import checkpoint
-
         return checkpoint.export_model(self, Path(path) if path else self.out_dir / "model")
