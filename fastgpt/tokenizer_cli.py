@@ -15,6 +15,8 @@ from pathlib import Path
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
+from fastgpt.data.errors import DataError
+from fastgpt.data.sources import ReadOptions, expand_sources, iter_documents
 from fastgpt.errors import report_user_error
 from fastgpt.tokenizer import NAMED_VOCABS, Tokenizer, TokenizerError
 
@@ -114,9 +116,6 @@ def main_train_tokenizer(argv: list[str] | None = None) -> int:
                         help=".txt documents: one per file, or one per blank-line-separated block")  # fmt: skip
     parser.add_argument("--max_chars", type=float, default=2e9, help="train on at most this much text")
     args = parser.parse_args(argv)
-
-    from fastgpt.data.errors import DataError
-    from fastgpt.data.sources import ReadOptions, expand_sources, iter_documents
 
     seen = {"chars": 0}
 

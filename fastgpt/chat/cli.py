@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 from fastgpt.conversation import TOOL_ARGUMENT, ChatFormat, parse_tool_call_text
+from fastgpt.errors import UserError, report_user_error
 from fastgpt.tools import parse_tool_names, run_tool
 
 __all__ = ["StreamPrinter", "main", "read_message"]
@@ -161,7 +162,7 @@ def base_model_note(model_dir: str | Path) -> str | None:
     """A one-line note when ``model_dir`` is the model of a fastgpt pretraining run (its run dir's
     config.json says ``"stage": "pretrain"``): such a model continues text, it has not learned to answer,
     and the first thing a user does after the README's main job is chat with it."""
-    from fastgpt.train.config import run_config_of  # heavy: loads torch; deferred until used
+    from fastgpt.train.config import run_config_of
 
     if (run_config_of(model_dir) or {}).get("stage") != "pretrain":
         return None
@@ -174,7 +175,7 @@ def base_model_note(model_dir: str | Path) -> str | None:
 def _load(args: argparse.Namespace):
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
+    from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 
@@ -278,12 +279,12 @@ def chat_loop(engine, settings: dict, system: str | None, lines: Iterable[str], 
 
 def check_args(args: argparse.Namespace) -> None:
     """Sampling flags in range, before the model loads (one line naming the flag)."""
-    from fastgpt.model.sampling import check_sampling  # heavy: loads torch; deferred until used
+    from fastgpt.model.sampling import check_sampling
 
     check_sampling(args.temperature, args.top_k, args.top_p, flag="--")
     parse_tool_names(args.tools)
     if args.max_tokens < 1:
-        raise ValueError(f"--max_tokens must be >= 1, got {args.max_tokens}")
+        raise UserError(f"--max_tokens must be >= 1, got {args.max_tokens}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,9 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         tools = () if args.no_tools else parse_tool_names(args.tools)
         engine = _load(args)
-    except ValueError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
-        print(f"fastgpt chat: error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
+        return report_user_error("chat", e)
     settings = dict(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -307,9 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         messages = [{"role": "system", "content": args.system}] if args.system else []
         try:
             _reply(engine, [*messages, {"role": "user", "content": args.prompt}], settings, sys.stdout)
-        except ValueError as e:  # e.g. a prompt longer than the model's context
-            print(f"fastgpt chat: error: {e}", file=sys.stderr)
-            return 2
+        except UserError as e:  # e.g. a prompt longer than the model's context
+            return report_user_error("chat", e)
         return 0
     chat_loop(engine, settings, args.system, sys.stdin, sys.stdout)
     return 0

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastgpt.data.corpora import BUILTIN_CORPORA, corpus_documents
 from fastgpt.data.errors import DataError
 from fastgpt.errors import UserError
 
@@ -87,8 +88,6 @@ def expand_sources(
     sources: str | os.PathLike | Source | Sequence[str | os.PathLike | Source],
 ) -> list[Source]:
     """Resolve names, paths, dirs and globs into an ordered list of concrete sources."""
-    from fastgpt.data.corpora import BUILTIN_CORPORA
-
     if isinstance(sources, (str, os.PathLike, Source)):
         sources = [sources]
     out: list[Source] = []
@@ -243,8 +242,6 @@ def iter_documents(
     """Every document of every source, in order. A source that yields no text is an error, except a
     file found through a directory or glob: it is skipped with a warning (``stats.empty_files``) unless
     none of that directory's / glob's files holds text."""
-    from fastgpt.data.corpora import corpus_documents
-
     options = options or ReadOptions()
     stats = stats if stats is not None else ReadStats()
     readers = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet}

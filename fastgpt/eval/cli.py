@@ -36,6 +36,7 @@ from typing import Any
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 from fastgpt.conversation import ChatFormat
+from fastgpt.errors import UserError, report_user_error
 from fastgpt.eval.tasks import evaluate_task
 from fastgpt.tasks import BUILTIN_TASKS, get_task
 from fastgpt.tools import parse_tool_names
@@ -112,7 +113,7 @@ def training_data_of(model_dir: str | Path) -> str | None:
     """The pretraining ``data`` setting behind ``model_dir`` (``out_dir/model``), if known: the ``data``
     of the pretraining run that wrote it, or, for a later stage (SFT, GRPO, DPO, ...; their ``data`` is
     conversations, pairs or nothing), that of the run which wrote its ``init_from`` model, and so on."""
-    from fastgpt.train.config import run_config_of  # heavy: loads torch; deferred until used
+    from fastgpt.train.config import run_config_of
 
     for _ in range(16):  # a chain of stages; the bound only guards against a config loop
         loaded = run_config_of(model_dir)
@@ -137,12 +138,12 @@ def parse_tasks(spec: str) -> list[tuple[str, str]]:
             out.append(("bpb", "bpb"))
         elif part.startswith("mc:"):
             if not part[3:]:
-                raise ValueError("'mc:' needs a set name or a .jsonl file, e.g. mc:basics")
+                raise UserError("'mc:' needs a set name or a .jsonl file, e.g. mc:basics")
             out.append(("mc", part[3:]))
         else:
             out.append(("task", part))
     if not out:
-        raise ValueError("--tasks is empty")
+        raise UserError("--tasks is empty")
     return out
 
 
@@ -153,29 +154,29 @@ def task_options(text: str) -> dict[str, Any]:
     try:
         options = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--task_options is not valid JSON: {e.msg}") from None
+        raise UserError(f"--task_options is not valid JSON: {e.msg}") from None
     if not isinstance(options, dict):
-        raise ValueError("--task_options must be a JSON object, e.g. '{\"max_digits\": 1}'")
+        raise UserError("--task_options must be a JSON object, e.g. '{\"max_digits\": 1}'")
     return options
 
 
 def check_tasks(tasks: list[tuple[str, str]], options: dict[str, Any]) -> None:
     """Build every task and read every multiple-choice file once, so a typo fails in seconds."""
-    from fastgpt.eval.multiple_choice import load_mc  # heavy: loads torch; deferred until used
+    from fastgpt.eval.multiple_choice import load_mc
 
     for kind, name in tasks:
         if kind == "mc":
             load_mc(name)
         elif kind == "task":
             if name not in BUILTIN_TASKS and not name.endswith(".jsonl") and not Path(name).is_file():
-                raise ValueError(
+                raise UserError(
                     f"--tasks: unknown eval {name!r}: expected bpb, mc:NAME (mc:basics, mc:shakespeare, "
                     f"mc:FILE.jsonl), a task ({', '.join(BUILTIN_TASKS)}) or a task .jsonl file"
                 )
             try:
                 get_task(name, **options)
             except TypeError as e:  # an option this task does not take
-                raise ValueError(f"--task_options for task {name!r}: {e}") from None
+                raise UserError(f"--task_options for task {name!r}: {e}") from None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -183,21 +184,21 @@ def check_args(args: argparse.Namespace) -> None:
     at_least = {"problems": 1, "bpb_tokens": 2, "max_new_tokens": 1, "batch_size": 1, "pass_k": 0}
     for name, low in at_least.items():
         if getattr(args, name) < low:
-            raise ValueError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+            raise UserError(f"--{name} must be >= {low}, got {getattr(args, name)}")
     if args.samples is not None and args.samples < max(args.pass_k, 1):
-        raise ValueError(f"--samples must be >= max(--pass_k, 1) = {max(args.pass_k, 1)}, got {args.samples}")
-    from fastgpt.model.sampling import check_sampling  # heavy: loads torch; deferred until used
+        raise UserError(f"--samples must be >= max(--pass_k, 1) = {max(args.pass_k, 1)}, got {args.samples}")
+    from fastgpt.model.sampling import check_sampling
 
     check_sampling(args.temperature, flag="--")
     compare_tools_for(args.compare_tools, "")
     if args.out and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out!r} is a directory; give a file name such as eval.json")
+        raise UserError(f"--out {args.out!r} is a directory; give a file name such as eval.json")
 
 
 def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
+    from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 
@@ -215,14 +216,13 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
     for kind, name in tasks:
         t0 = time.perf_counter()
         if kind == "bpb":
-            from fastgpt.eval.bpb import evaluate_bpb  # heavy: loads torch; deferred until used
+            from fastgpt.eval.bpb import evaluate_bpb
 
             data = args.data or training_data_of(args.model) or "shakespeare"
             log(f"eval: bits per byte on the validation split of {data!r} ...")
             result = evaluate_bpb(model, tokenizer, data, max_tokens=args.bpb_tokens)
             key = "bpb"
         elif kind == "mc":
-            # heavy: loads torch; deferred until used
             from fastgpt.eval.multiple_choice import evaluate_mc, load_mc
 
             set_name, items = load_mc(name)
@@ -324,9 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)  # fail before loading the model
         check_tasks(parse_tasks(args.tasks), task_options(args.task_options))
         report = run_eval(args, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (ValueError, FileNotFoundError) as e:  # TaskError, MCError, DataError are ValueErrors
-        print(f"fastgpt eval: {e}", file=sys.stderr)
-        return 2
+    except (UserError, FileNotFoundError) as e:  # TaskError, MCError, DataError are UserErrors
+        return report_user_error("eval", e)
     print(table(report))
     if args.out:
         write_json_atomic(args.out, report)

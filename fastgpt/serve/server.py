@@ -46,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
 from fastgpt.conversation import _TOOL_NAME, BUILTIN_TOOLS, ChatFormat, ConversationError
+from fastgpt.errors import UserError, report_user_error
 from fastgpt.serve.decode import ReplyDecoder
 from fastgpt.serve.protocol import (
     APIError,
@@ -98,7 +99,7 @@ def create_app(engine: Any, config: ServeConfig | None = None) -> FastAPI:
     limits = config.limits
     scheduler = Scheduler(engine, max_batch_rows=config.max_batch_rows, max_queue=config.max_queue)
     if limits.max_n > config.max_batch_rows:
-        raise ValueError(f"max_n={limits.max_n} cannot exceed max_batch_rows={config.max_batch_rows}")
+        raise UserError(f"max_n={limits.max_n} cannot exceed max_batch_rows={config.max_batch_rows}")
     tokenizer = engine.tokenizer
     chat_format = _chat_format_or_none(engine)
     # ids a prompt may use: the model's embedding can be smaller than the tokenizer (fastgpt's chat
@@ -630,7 +631,7 @@ def default_model_name(model_dir: str | Path) -> str:
 def load_engine(model_dir: str, device: str | None = None, dtype: str | None = None) -> Any:
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
+    from fastgpt.engine import Engine
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 
@@ -667,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = _check_limits(args)
     try:
         tools = parse_tool_names(args.tools)
-    except ValueError as e:
+    except UserError as e:
         problem = problem or str(e)
     if problem:  # before the model loads
         print(f"fastgpt serve: error: {problem}", file=sys.stderr)
@@ -694,9 +695,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         engine = load_engine(args.model, args.device, args.dtype)
-    except ValueError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
-        print(f"fastgpt serve: error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # a model dir, tokenizer, dtype or device that cannot be used, named
+        return report_user_error("serve", e)
     app = create_app(engine, config)
     print(
         f"fastgpt serve: model {config.model_name!r} at http://{args.host}:{args.port}/ (API at /v1)",

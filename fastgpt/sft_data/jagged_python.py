@@ -29,6 +29,7 @@ from typing import Any
 
 from fastgpt.conversation import Message, python_call
 from fastgpt.errors import UserError
+from fastgpt.tasks.jagged import JAGGED_TASKS, JaggedTask
 
 __all__ = ["LEADS", "jagged_python_conversation", "jagged_python_conversations"]
 
@@ -96,8 +97,6 @@ def jagged_python_conversations(
     problems than its share (the word tasks have about 150) gives what it has and the others fill in. ``direct_fraction`` of them (drawn with ``seed``)
     answer without the tool, for an RL cold start that needs both behaviours. ``heldout_fraction``
     must be the one the eval/RL side uses (the tasks' default 0.1) for the split to be the same."""
-    from fastgpt.tasks.jagged import JAGGED_TASKS, JaggedTask
-
     if not 0.0 <= direct_fraction <= 1.0:
         raise UserError(f"jagged_python: direct_fraction must be in [0, 1], got {direct_fraction}")
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks or JAGGED_TASKS)

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastgpt.conversation import Message, calculator_call
 from fastgpt.errors import UserError
+from fastgpt.tasks import get_task
 from fastgpt.tools import calculate
 
 __all__ = ["DEFAULT_TASK", "practice_conversation", "task_practice_conversations"]
@@ -69,7 +70,6 @@ def task_practice_conversations(
     default 0.1) for the split to be the same."""
     if not 0.0 <= direct_fraction <= 1.0:
         raise UserError(f"task_practice: direct_fraction must be in [0, 1], got {direct_fraction}")
-    from fastgpt.tasks import get_task
 
     options = json.loads(task_options) if isinstance(task_options, str) else dict(task_options or {})
     problems = get_task(task, seed=task_seed, heldout_fraction=heldout_fraction, **options).split("train", n)

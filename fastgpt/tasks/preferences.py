@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from fastgpt.conversation import ConversationError, sharegpt_to_messages
+from fastgpt.data.corpora import LLAMAFACTORY
+from fastgpt.data.fetch import fetch, read_members
 from fastgpt.errors import UserError
 from fastgpt.tasks import get_task
 from fastgpt.tasks.base import Problem, TaskError, in_heldout
@@ -195,9 +197,6 @@ def _file_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- built-ins
 def _llamafactory_records() -> Iterator[tuple[str, Any]]:
-    from fastgpt.data.corpora import LLAMAFACTORY
-    from fastgpt.data.fetch import fetch, read_members
-
     member = "llamafactory-0.9.5/data/dpo_en_demo.json"
     files = read_members(fetch(LLAMAFACTORY), lambda name: name == member)
     if member not in files:
