@@ -41,6 +41,9 @@ from fastgpt.kernels.attention import (
     attention_reference,
     attention_triton,
 )
+from fastgpt.kernels.attention import (
+    document_extents as attention_document_extents,
+)
 from fastgpt.kernels.attention_decode import DECODE_MAX_QUERIES, attention_decode
 from fastgpt.kernels.attention_flash_attn import attention_flash_attn
 from fastgpt.kernels.cross_entropy import (
@@ -169,12 +172,15 @@ def attention(
     doc_ids: torch.Tensor | None = None,
     window: int | None = None,
     scale: float | None = None,
+    doc_extents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` -> ``(B, Hq, Tq, D)``.
 
     Causal alignment is bottom-right (query ``i`` is at key position ``Tk - Tq + i``); ``doc_ids``
     ``(B, Tk)`` keeps packed documents (and padding) from attending to one another; ``window`` is a
-    sliding-window size in tokens. See ``fastgpt/kernels/attention.py``.
+    sliding-window size in tokens. ``doc_extents``: :func:`document_extents` of ``doc_ids``, computed
+    once per forward and shared by the layers (the Triton kernel reads it; other backends ignore it).
+    See ``fastgpt/kernels/attention.py``.
     """
     backend = _attention_backend
     if backend == "auto":
@@ -196,7 +202,7 @@ def attention(
     _check_triton_can_run(q)
     if use_decode_attention(q, k, v):
         return attention_decode(q, k, v, **kwargs)
-    return attention_triton(q, k, v, **kwargs)
+    return attention_triton(q, k, v, **kwargs, doc_extents=doc_extents)
 
 
 def use_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -207,6 +213,16 @@ def use_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
     one row each and read each K/V head once per query head."""
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     return q.shape[2] <= DECODE_MAX_QUERIES and q.shape[2] <= k.shape[2] and not needs_grad
+
+
+def document_extents(doc_ids: torch.Tensor) -> torch.Tensor | None:
+    """What the Triton attention reads about ``doc_ids`` (``fastgpt.kernels.attention.document_extents``,
+    one sort), for a model to compute once per forward and pass to every layer's :func:`attention`;
+    None where attention on ``doc_ids``' device cannot run the Triton kernel (no work for the others)."""
+    backend = _attention_backend
+    if backend == "triton" or (backend == "auto" and use_triton(doc_ids)):
+        return attention_document_extents(doc_ids)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ norms

@@ -148,26 +148,29 @@ def _tile_range(
     n_other,
     below,
     above,
-    tok_lo_row,
-    tok_hi_row,
+    docs_row,
+    doc_plane,
     OWN_BLOCK: tl.constexpr,
     OTHER_BLOCK: tl.constexpr,
     HAS_BELOW: tl.constexpr,
     HAS_ABOVE: tl.constexpr,
     HAS_DOCS: tl.constexpr,
 ):
-    """Which tiles of the other axis one program's tile ``[own0, own0 + OWN_BLOCK)`` must visit, for both
-    walks: a query tile over key tiles (forward, dQ) and a key tile over query tiles (dK/dV).
+    """Which tiles of the other axis one program's tile ``[own0, own0 + OWN_BLOCK)`` must visit, and which
+    of them need the elementwise mask, for both walks: a query tile over key tiles (forward, dQ) and a
+    key tile over query tiles (dK/dV).
 
     Everything is reasoned in key positions: index ``i`` of an axis sits at position ``off + i``
     (``own_off``/``other_off``: ``Tk - Tq`` for queries, 0 for keys). A pair is visible when the other
     row's position lies in ``[own + below, own + above]`` (bounds present when ``HAS_BELOW``/``HAS_ABOVE``:
     causal and window give one each, on opposite sides for the two walks), both rows are in range and,
-    with documents, they share one (``tok_lo_row``/``tok_hi_row``: per position, the extent of its
-    document). Returns ``OTHER_BLOCK``-aligned other-axis indices ``start <= full_start <= full_end <=
-    end``: tiles outside ``[start, end)`` hold no visible pair and are skipped; tiles in ``[full_start,
-    full_end)`` are visible for every pair (no elementwise mask); the rest are partly visible. The
-    ragged last other tile is never fully visible; the own tile's ragged tail only widens the ranges."""
+    with documents, they share one. ``docs_row`` points at this batch row's :func:`document_extents`
+    (planes ``doc_plane`` apart, indexed by position). Returns ``OTHER_BLOCK``-aligned other-axis indices
+    ``start <= full_start <= full_end <= end``: tiles outside ``[start, end)`` hold no visible pair and
+    are skipped; tiles in ``[full_start, full_end)`` are visible for every pair (no elementwise mask);
+    the rest are partly visible. With documents, the own tile's rows must all be in one document for any
+    tile to be fully visible, and then only other tiles inside that document's run qualify. The ragged
+    last other tile is never fully visible; the own tile's ragged tail only widens the ranges."""
     first = own_off + own0  # position of the own tile's first and last row
     last = first + OWN_BLOCK - 1
     lo = own0 * 0 + other_off  # runtime scalars (sizes equal to 1 arrive as constexprs)
@@ -179,44 +182,131 @@ def _tile_range(
     if HAS_DOCS:  # other rows within the extent of the documents of the own tile's rows
         rows = own0 + tl.arange(0, OWN_BLOCK)
         in_range = rows < n_own
-        lo = tl.maximum(lo, tl.min(tl.load(tok_lo_row + own_off + rows, mask=in_range, other=hi), 0))
-        hi = tl.minimum(hi, tl.max(tl.load(tok_hi_row + own_off + rows, mask=in_range, other=0), 0))
+        doc_first = tl.load(docs_row + own_off + rows, mask=in_range, other=-1)  # identifies the document
+        first_min = tl.min(tl.where(in_range, doc_first, 2147483647), 0)
+        one_doc = first_min == tl.max(doc_first, 0)
+        lo = tl.maximum(lo, first_min)
+        hi = tl.minimum(hi, tl.max(tl.load(docs_row + doc_plane + own_off + rows, mask=in_range, other=0), 0))
     lo = tl.maximum(lo - other_off, 0)  # positions -> other-axis indices
     hi = tl.maximum(hi - other_off, 0)
     start = (lo // OTHER_BLOCK) * OTHER_BLOCK
     end = tl.cdiv(hi, OTHER_BLOCK) * OTHER_BLOCK
-    if HAS_DOCS:  # document edges can fall anywhere: mask every tile
-        full_start = tl.maximum(end, start)
-        full_end = full_start
-    else:
-        full_start = start
-        if HAS_BELOW:  # other tiles whose first row >= the last own row's lower bound
-            full_start = tl.cdiv(tl.maximum(last + below - other_off, 0), OTHER_BLOCK) * OTHER_BLOCK
-        full_end = (n_other // OTHER_BLOCK) * OTHER_BLOCK  # the ragged last other tile needs the mask
-        if HAS_ABOVE:  # other tiles whose last row <= the first own row's upper bound
-            full_end = tl.minimum(
-                full_end, (tl.maximum(first + above + 1 - other_off, 0) // OTHER_BLOCK) * OTHER_BLOCK
-            )
-        full_start = tl.minimum(tl.maximum(full_start, start), end)
-        full_end = tl.minimum(tl.maximum(full_end, full_start), end)
+    full_start = start
+    if HAS_BELOW:  # other tiles whose first row >= the last own row's lower bound
+        full_start = tl.cdiv(tl.maximum(last + below - other_off, 0), OTHER_BLOCK) * OTHER_BLOCK
+    full_end = (n_other // OTHER_BLOCK) * OTHER_BLOCK  # the ragged last other tile needs the mask
+    if HAS_ABOVE:  # other tiles whose last row <= the first own row's upper bound
+        full_end = tl.minimum(
+            full_end, (tl.maximum(first + above + 1 - other_off, 0) // OTHER_BLOCK) * OTHER_BLOCK
+        )
+    if HAS_DOCS:  # other tiles inside the run of the own tile's one document; none if it holds several
+        run_lo = tl.load(docs_row + 2 * doc_plane + first)
+        run_hi = tl.load(docs_row + 3 * doc_plane + first)
+        full_start = tl.maximum(
+            full_start, tl.cdiv(tl.maximum(run_lo - other_off, 0), OTHER_BLOCK) * OTHER_BLOCK
+        )
+        full_end = tl.minimum(full_end, (tl.maximum(run_hi - other_off, 0) // OTHER_BLOCK) * OTHER_BLOCK)
+        full_end = tl.where(one_doc, full_end, 0)
+    full_start = tl.minimum(tl.maximum(full_start, start), end)
+    full_end = tl.minimum(tl.maximum(full_end, full_start), end)
     return start, full_start, full_end, end
 
 
+@triton.jit
+def _tile_range_probe(
+    DOCS,
+    OUT,
+    T_Q,
+    T_K,
+    WINDOW,
+    OWN_BLOCK: tl.constexpr,
+    OTHER_BLOCK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    KEY_WALK: tl.constexpr,
+):
+    """Instrumentation, not launched by the op: writes the ``_tile_range`` bounds of own tile
+    ``program_id(0)`` of batch row ``program_id(1)``, called exactly as the kernels call it (the key walk
+    of the forward and dQ kernels, or the query walk of the dK/dV kernel)."""
+    own0 = tl.program_id(0) * OWN_BLOCK
+    b = tl.program_id(1)
+    doc_row = DOCS + b * 4 * T_K
+    if KEY_WALK:
+        start, full_start, full_end, end = _tile_range(
+            own0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, doc_row, T_K,
+            OWN_BLOCK, OTHER_BLOCK, HAS_WINDOW, CAUSAL, HAS_DOCS,
+        )  # fmt: skip
+    else:
+        start, full_start, full_end, end = _tile_range(
+            own0, 0, T_K, T_K - T_Q, T_Q, 0, WINDOW - 1, doc_row, T_K,
+            OWN_BLOCK, OTHER_BLOCK, CAUSAL, HAS_WINDOW, HAS_DOCS,
+        )  # fmt: skip
+    out = OUT + (b * tl.num_programs(0) + tl.program_id(0)) * 4
+    tl.store(out, start)
+    tl.store(out + 1, full_start)
+    tl.store(out + 2, full_end)
+    tl.store(out + 3, end)
+
+
+def tile_ranges(
+    doc_ids: torch.Tensor | None,
+    t_q: int,
+    t_k: int,
+    tiles: TileConfig,
+    *,
+    key_walk: bool,
+    causal: bool = True,
+    window: int | None = None,
+) -> torch.Tensor:
+    """``(B, n_own_tiles, 4)`` int32: ``start, full_start, full_end, end`` of every own tile, as the
+    kernels decide them: query tiles of ``tiles.block_m`` over key tiles of ``tiles.block_n``
+    (``key_walk``: forward, dQ) or key tiles of ``block_n`` over query tiles of ``block_m`` (dK/dV).
+    Runs :func:`_tile_range` itself (on CPU under the Triton interpreter), so the counts in
+    docs/attention.md are the kernels' own decisions. ``doc_ids`` ``(B, t_k)`` or None."""
+    batch = 1 if doc_ids is None else doc_ids.shape[0]
+    docs = None if doc_ids is None else document_extents(doc_ids)
+    own, other = (tiles.block_m, tiles.block_n) if key_walk else (tiles.block_n, tiles.block_m)
+    n_tiles = triton.cdiv(t_q if key_walk else t_k, own)
+    out = torch.empty(batch, n_tiles, 4, dtype=torch.int32, device=None if docs is None else docs.device)
+    _tile_range_probe[(n_tiles, batch)](
+        out if docs is None else docs, out, t_q, t_k, window or 0,
+        OWN_BLOCK=own, OTHER_BLOCK=other, CAUSAL=causal, HAS_DOCS=docs is not None,
+        HAS_WINDOW=window is not None, KEY_WALK=key_walk,
+    )  # fmt: skip
+    return out
+
+
 # ================================================================================================= host
-def _doc_extents(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each token, the first position and one past the last position of its document in its row,
-    ``(B, Tk)`` int32 each. Keys outside that extent cannot share the token's document, so the kernels
-    skip tiles outside the union of their rows' extents. Works for any id layout (a document need not be
-    one contiguous run) and stays on the device (no host sync)."""
+def document_extents(doc_ids: torch.Tensor) -> torch.Tensor:
+    """What the attention kernels read about packed documents: ``(B, 4, T)`` int32, per position ``t``:
+
+    - ``[:, 0]`` the first and ``[:, 1]`` one past the last position of ``t``'s id in its row (the id's
+      extent; the first position also identifies the id within the row, so the kernels compare it
+      instead of the ids themselves),
+    - ``[:, 2]`` the first and ``[:, 3]`` one past the last position of the run of equal ids around ``t``.
+
+    Keys outside a query's id extent cannot share its document (tiles beyond the union are skipped); keys
+    inside its run all share it (tiles there need no mask). A document need not be one contiguous run
+    (then extent and runs differ). Plain torch on the device, no host sync; one sort per call, so compute
+    it once per forward and pass it to every layer (``fastgpt.ops.attention(doc_extents=...)``)."""
     B, T = doc_ids.shape
+    device = doc_ids.device
     sorted_ids, order = doc_ids.sort(dim=1, stable=True)
     starts = torch.ones_like(sorted_ids, dtype=torch.long)
     starts[:, 1:] = (sorted_ids[:, 1:] != sorted_ids[:, :-1]).long()
     group = torch.empty_like(starts).scatter_(1, order, starts.cumsum(1) - 1)  # (B, T) document index
-    pos = torch.arange(T, device=doc_ids.device).expand(B, T)
-    first = torch.full((B, T), T, device=doc_ids.device).scatter_reduce(1, group, pos, "amin")
-    last = torch.full((B, T), -1, device=doc_ids.device).scatter_reduce(1, group, pos, "amax")
-    return first.gather(1, group).int().contiguous(), (last.gather(1, group) + 1).int().contiguous()
+    pos = torch.arange(T, device=device).expand(B, T)
+    first = torch.full((B, T), T, device=device).scatter_reduce(1, group, pos, "amin")
+    last = torch.full((B, T), -1, device=device).scatter_reduce(1, group, pos, "amax")
+    new_run = torch.ones(B, T, dtype=torch.bool, device=device)
+    new_run[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    run_lo = torch.where(new_run, pos, 0).cummax(1).values
+    run_ends = torch.ones(B, T, dtype=torch.bool, device=device)
+    run_ends[:, :-1] = new_run[:, 1:]
+    run_hi = torch.where(run_ends, pos, T).flip(1).cummin(1).values.flip(1) + 1
+    planes = (first.gather(1, group), last.gather(1, group) + 1, run_lo, run_hi)
+    return torch.stack(planes, dim=1).to(torch.int32).contiguous()
 
 
 def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +343,7 @@ _AOT_VARIANTS = {
     "causal+docs+window": dict(CAUSAL=True, HAS_DOCS=True, HAS_WINDOW=True),
     "noncausal": dict(CAUSAL=False, HAS_DOCS=False, HAS_WINDOW=False),
 }
-_DOC_POINTERS = ("DOC", "TOK_LO", "TOK_HI")
+_DOC_POINTERS = ("DOCS",)
 _SIZES = ("H_Q", "H_KV", "GROUP", "T_Q", "T_K", "WINDOW")  # upper-case integers, any value
 # kernel -> its role in tile_configs (the delta preprocess kernel has no tiles)
 _ROLES = {"_attn_fwd_kernel": "fwd", "_attn_bwd_dkdv_kernel": "bwd_dkdv", "_attn_bwd_dq_kernel": "bwd_dq"}

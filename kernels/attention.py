@@ -39,7 +39,6 @@ from fastgpt.kernels._attention_tiles import (
     _LOG2E,
     SUPPORTED_HEAD_DIMS,
     TileConfig,
-    _doc_extents,
     _kernel_flags,
     _load_rows,
     _rows_contiguous,
@@ -47,6 +46,7 @@ from fastgpt.kernels._attention_tiles import (
     _tile_range,
     _visible,
     aot_gpu_launch,
+    document_extents,
     padded_head_dim,
     tile_configs,
     tiled_aot_configs,
@@ -149,6 +149,7 @@ __all__ = [
     "attention_reference",
     "attention_triton",
     "check_dtype",
+    "document_extents",
     "tile_configs",
 ]
 
@@ -169,6 +170,8 @@ def _fwd_tiles(
     stride_vt,
     start,
     end,
+    gap_start,
+    gap_end,
     T_K,
     WINDOW,
     qk_scale,
@@ -181,11 +184,20 @@ def _fwd_tiles(
     HAS_WINDOW: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    SKIP_GAP: tl.constexpr,
 ):
-    """Online softmax over key tiles ``[start, end)``; scores are in log2 units (``qk_scale`` folds in
-    log2(e)), the running max ``m_i``, normaliser ``l_i`` and output ``acc`` stay in fp32."""
+    """Online softmax over key tiles ``[start, end)``, less ``[gap_start, gap_end)`` when ``SKIP_GAP``;
+    scores are in log2 units (``qk_scale`` folds in log2(e)), the running max ``m_i``, normaliser ``l_i``
+    and output ``acc`` stay in fp32. The gap lets one loop cover the partly visible tiles on both sides
+    of the fully visible ones: a third loop pushed the sm_80 head-dim-128 kernels into spills."""
     offs_d = tl.arange(0, BLOCK_D)
-    for n0 in range(start, end, BLOCK_N):
+    stop = end
+    if SKIP_GAP:
+        stop = end - (gap_end - gap_start)
+    for j in range(start, stop, BLOCK_N):
+        n0 = j
+        if SKIP_GAP:
+            n0 = tl.where(j >= gap_start, j + (gap_end - gap_start), j)
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k = _load_rows(k_base, offs_n, offs_d, stride_kt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
@@ -219,9 +231,7 @@ def _attn_fwd_kernel(
     V,
     O,
     LSE,
-    DOC,
-    TOK_LO,
-    TOK_HI,
+    DOCS,
     stride_qb,
     stride_qh,
     stride_qt,
@@ -260,9 +270,7 @@ def _attn_fwd_kernel(
     q_base = Q + b * stride_qb + h * stride_qh
     k_base = K + b * stride_kb + h_kv * stride_kh
     v_base = V + b * stride_vb + h_kv * stride_vh
-    doc_row = DOC + b * T_K
-    tok_lo_row = TOK_LO + b * T_K
-    tok_hi_row = TOK_HI + b * T_K
+    doc_row = DOCS + b * 4 * T_K  # document_extents of this row; plane 0 identifies the document
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -276,26 +284,29 @@ def _attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     start, full_start, full_end, end = _tile_range(  # key tiles [pos - WINDOW + 1, pos] of queries
-        m0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, tok_lo_row, tok_hi_row,
+        m0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, doc_row, T_K,
         BLOCK_M, BLOCK_N, HAS_WINDOW, CAUSAL, HAS_DOCS,
     )  # fmt: skip
-    if HAS_DOCS or HAS_WINDOW:  # leading partly-visible tiles (window edge, documents)
-        acc, m_i, l_i = _fwd_tiles(
-            acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
-            start, full_start, T_K, WINDOW, qk_scale,
-            BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
-        )  # fmt: skip
-    if not HAS_DOCS:
+    if HAS_DOCS and HAS_WINDOW:  # every visited tile masked: an unmasked loop spills at sm_80 d96/d128
+        full_start = end
+        full_end = end
+    else:
         acc, m_i, l_i = _fwd_tiles(  # fully visible tiles: no mask
             acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
-            full_start, full_end, T_K, WINDOW, qk_scale,
-            BLOCK_N, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+            full_start, full_end, full_end, full_end, T_K, WINDOW, qk_scale,
+            BLOCK_N, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION, False,
         )  # fmt: skip
-        acc, m_i, l_i = _fwd_tiles(  # trailing partly-visible tiles (diagonal, ragged end)
-            acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
-            full_end, end, T_K, WINDOW, qk_scale,
-            BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
-        )  # fmt: skip
+    # partly visible tiles: before the full range only with a window or documents (window edge,
+    # document edges), after it always (diagonal, document edges, ragged end)
+    masked_start = full_end
+    if HAS_DOCS or HAS_WINDOW:
+        masked_start = start
+    acc, m_i, l_i = _fwd_tiles(
+        acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+        masked_start, end, full_start, full_end, T_K, WINDOW, qk_scale,
+        BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+        HAS_DOCS or HAS_WINDOW,
+    )  # fmt: skip
 
     empty = l_i == 0.0  # no visible key: output 0, not 0/0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -376,11 +387,11 @@ def _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags):
     Hkv, Tk = k.shape[1], k.shape[2]
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, Hq, Tq), dtype=torch.float32, device=q.device)
-    doc, tok_lo, tok_hi = docs if docs is not None else (lse, lse, lse)  # unused placeholders
+    docs = lse if docs is None else docs  # never read without documents
     cfg = tiles["fwd"]
     grid = (triton.cdiv(Tq, cfg.block_m), B * Hq)
     _attn_fwd_kernel[grid](
-        q, k, v, o, lse, doc, tok_lo, tok_hi,
+        q, k, v, o, lse, docs,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         Hq, Hq // Hkv, Tq, Tk, window or 0, scale * _LOG2E,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -399,22 +410,19 @@ def _flash_attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    doc: torch.Tensor | None,
-    tok_lo: torch.Tensor | None,
-    tok_hi: torch.Tensor | None,
+    docs: torch.Tensor | None,
     causal: bool,
     window: int | None,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> ``(o (B, Hq, Tq, D) like q, lse (B, Hq, Tq) fp32, log2 units)``."""
     q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
-    docs = None if doc is None else (doc, tok_lo, tok_hi)
     flags = _kernel_flags(q, causal, docs is not None, window)
     return _attention_forward(q, k, v, docs, causal, window, scale, _tiles_for(q), flags)
 
 
 @_flash_attention_op.register_fake
-def _(q, k, v, doc, tok_lo, tok_hi, causal, window, scale):
+def _(q, k, v, docs, causal, window, scale):
     B, Hq, Tq, _ = q.shape
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     return o, torch.empty((B, Hq, Tq), dtype=torch.float32, device=q.device)
@@ -428,16 +436,13 @@ def _flash_attention_backward_op(
     v: torch.Tensor,
     o: torch.Tensor,
     lse: torch.Tensor,
-    doc: torch.Tensor | None,
-    tok_lo: torch.Tensor | None,
-    tok_hi: torch.Tensor | None,
+    docs: torch.Tensor | None,
     causal: bool,
     window: int | None,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> ``(dq, dk, dv)`` in the inputs' dtypes."""
     q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
-    docs = None if doc is None else (doc, tok_lo, tok_hi)
     flags = _kernel_flags(q, causal, docs is not None, window)
     return _attention_backward(
         q, k, v, o, lse, _rows_contiguous(do), docs, window, scale, _tiles_for(q), flags
@@ -445,22 +450,20 @@ def _flash_attention_backward_op(
 
 
 @_flash_attention_backward_op.register_fake
-def _(do, q, k, v, o, lse, doc, tok_lo, tok_hi, causal, window, scale):
+def _(do, q, k, v, o, lse, docs, causal, window, scale):
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
 def _flash_attention_setup(ctx, inputs, output):
-    q, k, v, doc, tok_lo, tok_hi, causal, window, scale = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], doc, tok_lo, tok_hi)
+    q, k, v, docs, causal, window, scale = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], docs)
     ctx.attrs = (causal, window, scale)
 
 
 def _flash_attention_grad(ctx, do, _dlse):
-    q, k, v, o, lse, doc, tok_lo, tok_hi = ctx.saved_tensors
-    dq, dk, dv = torch.ops.fastgpt.flash_attention_backward(
-        do, q, k, v, o, lse, doc, tok_lo, tok_hi, *ctx.attrs
-    )
-    return dq, dk, dv, None, None, None, None, None, None
+    q, k, v, o, lse, docs = ctx.saved_tensors
+    dq, dk, dv = torch.ops.fastgpt.flash_attention_backward(do, q, k, v, o, lse, docs, *ctx.attrs)
+    return dq, dk, dv, None, None, None, None
 
 
 _flash_attention_op.register_autograd(_flash_attention_grad, setup_context=_flash_attention_setup)
@@ -475,6 +478,7 @@ def attention_triton(
     doc_ids: torch.Tensor | None = None,
     window: int | None = None,
     scale: float | None = None,
+    doc_extents: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flash attention in Triton: q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` -> ``(B, Hq, Tq, D)``.
 
@@ -482,14 +486,22 @@ def attention_triton(
     float16/bfloat16 with fp32 accumulation (float32 too on the interpreter's tiles, for tests; see
     :func:`check_dtype`). Differentiable in q, k and v; runs ``torch.ops.fastgpt.flash_attention``, which
     ``torch.compile`` traces without a graph break.
+
+    ``doc_extents`` is :func:`document_extents` of ``doc_ids``, computed here when not given: a model
+    computes it once per forward and passes it to every layer (it is only read, never checked against
+    ``doc_ids`` beyond its shape).
     """
     _check_inputs(q, k, v, doc_ids, window)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    doc = tok_lo = tok_hi = None
+    docs = None
     if doc_ids is not None:
-        doc = doc_ids.to(torch.int32).contiguous()
-        tok_lo, tok_hi = _doc_extents(doc_ids)
-    return torch.ops.fastgpt.flash_attention(q, k, v, doc, tok_lo, tok_hi, causal, window, scale)[0]
+        docs = document_extents(doc_ids) if doc_extents is None else doc_extents
+        if tuple(docs.shape) != (q.shape[0], 4, k.shape[2]) or docs.dtype != torch.int32:
+            raise ValueError(
+                f"attention_triton: doc_extents must be document_extents(doc_ids), int32 (B, 4, Tk) = "
+                f"({q.shape[0]}, 4, {k.shape[2]}); got {docs.dtype} {tuple(docs.shape)}"
+            )
+    return torch.ops.fastgpt.flash_attention(q, k, v, docs, causal, window, scale)[0]
 
 
 # ================================================================================= ahead-of-time builds

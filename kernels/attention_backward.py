@@ -132,9 +132,7 @@ def _attn_bwd_dkdv_kernel(
     DELTA,
     DK,
     DV,
-    DOC,
-    TOK_LO,
-    TOK_HI,
+    DOCS,
     stride_qb,
     stride_qh,
     stride_qt,
@@ -185,12 +183,12 @@ def _attn_bwd_dkdv_kernel(
     v = _load_rows(
         V + b * stride_vb + h_kv * stride_vh, offs_n, offs_d, stride_vt, T_K, HEAD_DIM, BLOCK_D, True, UPCAST
     )
-    doc_row = DOC + b * T_K
+    doc_row = DOCS + b * 4 * T_K  # document_extents of this row; plane 0 identifies the document
     doc_k = offs_n
     if HAS_DOCS:
         doc_k = tl.load(doc_row + offs_n, mask=offs_n < T_K, other=0)
     start, full_start, full_end, end = _tile_range(  # query tiles at [pos, pos + WINDOW - 1] of keys
-        n0, 0, T_K, T_K - T_Q, T_Q, 0, WINDOW - 1, TOK_LO + b * T_K, TOK_HI + b * T_K,
+        n0, 0, T_K, T_K - T_Q, T_Q, 0, WINDOW - 1, doc_row, T_K,
         BLOCK_N, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_DOCS,
     )  # fmt: skip
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -282,9 +280,7 @@ def _attn_bwd_dq_kernel(
     LSE,
     DELTA,
     DQ,
-    DOC,
-    TOK_LO,
-    TOK_HI,
+    DOCS,
     stride_qb,
     stride_qh,
     stride_qt,
@@ -325,7 +321,7 @@ def _attn_bwd_dq_kernel(
     h_kv = h // GROUP
     k_base = K + b * stride_kb + h_kv * stride_kh
     v_base = V + b * stride_vb + h_kv * stride_vh
-    doc_row = DOC + b * T_K
+    doc_row = DOCS + b * 4 * T_K  # document_extents of this row; plane 0 identifies the document
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_pos = T_K - T_Q + offs_m
@@ -341,7 +337,7 @@ def _attn_bwd_dq_kernel(
     if HAS_DOCS:
         doc_q = tl.load(doc_row + q_pos, mask=offs_m < T_Q, other=0)
     start, full_start, full_end, end = _tile_range(  # the forward's key tiles
-        m0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, TOK_LO + b * T_K, TOK_HI + b * T_K,
+        m0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, doc_row, T_K,
         BLOCK_M, BLOCK_N, HAS_WINDOW, CAUSAL, HAS_DOCS,
     )  # fmt: skip
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -351,17 +347,16 @@ def _attn_bwd_dq_kernel(
             start, full_start, T_K, WINDOW, qk_scale,
             BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
         )  # fmt: skip
-    if not HAS_DOCS:
-        dq = _dq_tiles(
-            dq, q, do, lse, delta, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
-            full_start, full_end, T_K, WINDOW, qk_scale,
-            BLOCK_N, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
-        )  # fmt: skip
-        dq = _dq_tiles(
-            dq, q, do, lse, delta, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
-            full_end, end, T_K, WINDOW, qk_scale,
-            BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
-        )  # fmt: skip
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+        full_start, full_end, T_K, WINDOW, qk_scale,
+        BLOCK_N, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+    )  # fmt: skip
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
+        full_end, end, T_K, WINDOW, qk_scale,
+        BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
+    )  # fmt: skip
     _store_rows(
         DQ + b * stride_dqb + h * stride_dqh,
         dq * sm_scale,
@@ -382,7 +377,7 @@ def _attention_backward(q, k, v, o, lse, do, docs, window, scale, tiles, flags):
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    doc, tok_lo, tok_hi = docs if docs is not None else (lse, lse, lse)  # unused placeholders
+    docs = lse if docs is None else docs  # never read without documents
     _attn_bwd_preprocess_kernel[(triton.cdiv(Tq, _PREPROCESS_BLOCK_M), B * Hq)](
         o, do, delta, *o.stride()[:3], *do.stride()[:3], Hq, Tq,
         HEAD_DIM=D, BLOCK_D=flags["BLOCK_D"], BLOCK_M=_PREPROCESS_BLOCK_M,
@@ -390,7 +385,7 @@ def _attention_backward(q, k, v, o, lse, do, docs, window, scale, tiles, flags):
     scales = (scale * _LOG2E, scale)
     cfg = tiles["bwd_dkdv"]
     _attn_bwd_dkdv_kernel[(triton.cdiv(Tk, cfg.block_n), B * Hkv)](
-        q, k, v, do, lse, delta, dk, dv, doc, tok_lo, tok_hi,
+        q, k, v, do, lse, delta, dk, dv, docs,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
         Hq, Hkv, Hq // Hkv, Tq, Tk, window or 0, *scales,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -398,7 +393,7 @@ def _attention_backward(q, k, v, o, lse, do, docs, window, scale, tiles, flags):
     )  # fmt: skip
     cfg = tiles["bwd_dq"]
     _attn_bwd_dq_kernel[(triton.cdiv(Tq, cfg.block_m), B * Hq)](
-        q, k, v, do, lse, delta, dq, doc, tok_lo, tok_hi,
+        q, k, v, do, lse, delta, dq, docs,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
         Hq, Hq // Hkv, Tq, Tk, window or 0, *scales,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,

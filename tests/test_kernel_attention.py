@@ -26,13 +26,13 @@ import sys
 
 import pytest
 import torch
-from fastgpt.kernels._attention_tiles import _doc_extents
 from fastgpt.kernels.attention import (
     AOT_CONFIGS,
     SUPPORTED_HEAD_DIMS,
     attention_naive,
     attention_reference,
     attention_triton,
+    document_extents,
     tile_configs,
 )
 from fastgpt.kernels.attention_backward import AOT_CONFIGS as BACKWARD_AOT_CONFIGS
@@ -239,11 +239,17 @@ def test_hidden_tiles_are_skipped(mode):
 
 def test_document_extents_match_brute_force():
     doc = torch.randint(0, 4, (3, 41))
-    lo, hi = _doc_extents(doc)
+    lo, hi, run_lo, run_hi = document_extents(doc).unbind(1)
     for b in range(doc.shape[0]):
         for t in range(doc.shape[1]):
             where = (doc[b] == doc[b, t]).nonzero().flatten()
             assert (lo[b, t].item(), hi[b, t].item()) == (where.min().item(), where.max().item() + 1)
+            first, last = t, t
+            while first > 0 and doc[b, first - 1] == doc[b, t]:
+                first -= 1
+            while last + 1 < doc.shape[1] and doc[b, last + 1] == doc[b, t]:
+                last += 1
+            assert (run_lo[b, t].item(), run_hi[b, t].item()) == (first, last + 1)
 
 
 # --------------------------------------------------------------------------------------- entry points

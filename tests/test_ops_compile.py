@@ -17,7 +17,7 @@ import functools
 import pytest
 import torch
 from fastgpt.kernels.activations import gelu_tanh_triton, swiglu_triton
-from fastgpt.kernels.attention import attention_triton
+from fastgpt.kernels.attention import attention_triton, document_extents
 from fastgpt.kernels.cross_entropy import cross_entropy_triton, linear_cross_entropy_triton
 from fastgpt.kernels.norms import add_rms_norm_triton, layer_norm_triton, rms_norm_triton
 from fastgpt.kernels.rope import rope_triton
@@ -138,9 +138,7 @@ def _opcheck_cases():
     vocab_bias = _leaf(300, scale=0.1)
     half = attention_dtype()  # fp32 where the kernel takes it (interpreter tiles), else fp16
     attn = [_leaf(1, 4, 19, 32, dtype=half), _leaf(1, 2, 19, 32, dtype=half), _leaf(1, 2, 19, 32, dtype=half)]
-    doc = torch.tensor([[0] * 6 + [1] * 13], dtype=torch.int32)
-    lo = torch.tensor([[0] * 6 + [6] * 13], dtype=torch.int32)
-    hi = torch.tensor([[6] * 6 + [19] * 13], dtype=torch.int32)
+    docs = document_extents(torch.tensor([[0] * 6 + [1] * 13]))  # what attention_triton passes
     scale = 32**-0.5
     f = torch.ops.fastgpt
     cases = [
@@ -164,15 +162,13 @@ def _opcheck_cases():
             f.linear_cross_entropy,
             (hidden, weight, targets, None, -100, 1e-2, None, "none", 3, True, True, False),
         ),
-        ("flash_attention", f.flash_attention, (*attn, None, None, None, True, None, scale)),
-        ("flash_attention/docs+window", f.flash_attention, (*attn, doc, lo, hi, True, 5, scale)),
+        ("flash_attention", f.flash_attention, (*attn, None, True, None, scale)),
+        ("flash_attention/docs+window", f.flash_attention, (*attn, docs, True, 5, scale)),
         (
             "flash_attention/fp16",
             f.flash_attention,
             (
                 *[t.detach().to(torch.float16).requires_grad_() for t in attn],
-                None,
-                None,
                 None,
                 False,
                 None,
@@ -235,7 +231,7 @@ def _backward_cases() -> dict:
         torch.randn(1, 2, 19, 32).to(half),
         torch.randn(1, 2, 19, 32).to(half),
     )
-    o, lse = f.flash_attention(q, k, v, None, None, None, True, 7, 0.2)
+    o, lse = f.flash_attention(q, k, v, None, True, 7, 0.2)
     hidden, weight, targets = (
         torch.randn(5, 16),
         torch.randn(300, 16) * 0.3,
@@ -250,7 +246,7 @@ def _backward_cases() -> dict:
         (
             "flash_attention_backward",
             f.flash_attention_backward,
-            (torch.randn_like(o), q, k, v, o, lse, None, None, None, True, 7, 0.2),
+            (torch.randn_like(o), q, k, v, o, lse, None, True, 7, 0.2),
         ),
         (
             "linear_cross_entropy_backward",

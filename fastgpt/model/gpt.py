@@ -99,7 +99,9 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         doc_ids: torch.Tensor | None,
         kv_cache: KVCache | None,
+        doc_extents: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``doc_extents``: ``ops.document_extents(doc_ids)``, computed once per forward by the model."""
         B, T, _ = x.shape
         hd = self.head_dim
         q, k, v = self.qkv(x).split([self.n_head * hd, self.n_kv_head * hd, self.n_kv_head * hd], dim=-1)
@@ -110,7 +112,10 @@ class Attention(nn.Module):
             q, k = ops.rope(q, k, *rope)
         if kv_cache is not None:
             k, v, doc_ids = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, Tk, hd), Tk = cached + T
-        y = ops.attention(q, k, v, causal=True, doc_ids=doc_ids, window=self.window)  # (B, Hq, T, hd)
+            doc_extents = None  # the cache's ids cover Tk positions
+        y = ops.attention(
+            q, k, v, causal=True, doc_ids=doc_ids, window=self.window, doc_extents=doc_extents
+        )  # (B, Hq, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * hd)
         return self.proj(y)
 
@@ -141,8 +146,8 @@ class Block(nn.Module):
         self.mlp_norm = Norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, doc_ids, kv_cache):
-        x = x + self.attn(self.attn_norm(x), rope, doc_ids, kv_cache)
+    def forward(self, x, rope, doc_ids, kv_cache, doc_extents=None):
+        x = x + self.attn(self.attn_norm(x), rope, doc_ids, kv_cache, doc_extents)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -253,14 +258,18 @@ class GPT(nn.Module):
             x = x + self.wpe(position_ids)
         else:
             rope = (self.rope_cos[position_ids], self.rope_sin[position_ids])  # (B|1, T, hd/2) each
+        # the attention kernel's view of the documents: one computation shared by every layer
+        doc_extents = ops.document_extents(doc_ids) if doc_ids is not None and kv_cache is None else None
         if self.activation_checkpointing and self.training and kv_cache is None and torch.is_grad_enabled():
             for block in self.blocks:
                 # non-reentrant: works with ZeRO-3's parameter hooks, torch.compile and inputs that
                 # need no gradient; the block's forward runs again in the backward
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, doc_ids, None, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, rope, doc_ids, None, doc_extents, use_reentrant=False
+                )
         else:
             for block in self.blocks:
-                x = block(x, rope, doc_ids, kv_cache)
+                x = block(x, rope, doc_ids, kv_cache, doc_extents)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.final_norm(x)
