@@ -10,11 +10,11 @@ A fixed ``--seed`` gives the same samples again.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
+from fastgpt.errors import UserError, report_user_error
 
 __all__ = ["main", "sample"]
 
@@ -48,7 +48,7 @@ def sample(
     encoded = [tokenizer.encode(p, add_bos=tokenizer.bos_id is not None) for p in prompts]
     room = model.config.max_seq_len - max(len(ids) for ids in encoded)
     if room < 1:
-        raise ValueError(f"the longest prompt fills the model's context ({model.config.max_seq_len} tokens)")
+        raise UserError(f"the longest prompt fills the model's context ({model.config.max_seq_len} tokens)")
     results = engine.generate(
         encoded,
         max_tokens=min(max_tokens, room),
@@ -89,9 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             device=args.device,
         )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fastgpt sample: error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, UserError) as e:
+        return report_user_error("sample", e)
     for prompt, texts in zip(prompts, out):
         for i, text in enumerate(texts):
             header = f"--- {prompt!r}" + (f" (sample {i + 1})" if len(texts) > 1 else "")

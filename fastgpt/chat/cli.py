@@ -162,7 +162,7 @@ def base_model_note(model_dir: str | Path) -> str | None:
     """A one-line note when ``model_dir`` is the model of a fastgpt pretraining run (its run dir's
     config.json says ``"stage": "pretrain"``): such a model continues text, it has not learned to answer,
     and the first thing a user does after the README's main job is chat with it."""
-    from fastgpt.train.config import run_config_of
+    from fastgpt.train.config import run_config_of  # heavy: loads torch; deferred until used
 
     if (run_config_of(model_dir) or {}).get("stage") != "pretrain":
         return None
@@ -175,7 +175,7 @@ def base_model_note(model_dir: str | Path) -> str | None:
 def _load(args: argparse.Namespace):
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.engine import Engine
+    from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 
@@ -279,7 +279,7 @@ def chat_loop(engine, settings: dict, system: str | None, lines: Iterable[str], 
 
 def check_args(args: argparse.Namespace) -> None:
     """Sampling flags in range, before the model loads (one line naming the flag)."""
-    from fastgpt.model.sampling import check_sampling
+    from fastgpt.model.sampling import check_sampling  # heavy: loads torch; deferred until used
 
     check_sampling(args.temperature, args.top_k, args.top_p, flag="--")
     parse_tool_names(args.tools)

@@ -52,6 +52,7 @@ from fastgpt.conversation import (
     _Full,
     tool_call,
 )
+from fastgpt.errors import UserError
 
 __all__ = [
     "CHATML_TOOLS_TEMPLATE",
@@ -164,7 +165,7 @@ def read_template(model_dir: str | Path) -> tuple[str | None, dict[str, str]]:
         try:
             config = json.loads((model_dir / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{model_dir / TOKENIZER_CONFIG}: invalid JSON ({e.msg})") from None
+            raise UserError(f"{model_dir / TOKENIZER_CONFIG}: invalid JSON ({e.msg})") from None
     special = {k: t for k in _SPECIAL_KEYS if (t := _token_text(config.get(k))) is not None}
     template = None
     if (model_dir / TEMPLATE_FILE).is_file():
@@ -215,7 +216,7 @@ class TemplateFormat(ChatFormat):
         fastgpt_only = {t for pair in FASTGPT_ROLE_TOKENS.values() for t in pair} | {BOS}
         self.added = {t: i for t, i in added.items() if t not in fastgpt_only or t in template}
         if not self.added:
-            raise ValueError("a chat template needs its special tokens (none found in the tokenizer)")
+            raise UserError("a chat template needs its special tokens (none found in the tokenizer)")
         self._split = re.compile(
             "(" + "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True)) + ")"
         )
@@ -249,7 +250,7 @@ class TemplateFormat(ChatFormat):
         if eos in self.added and eos not in stops:
             stops.append(eos)
         if not stops:
-            raise ValueError("cannot tell where an assistant turn ends in this chat template (no end token)")
+            raise UserError("cannot tell where an assistant turn ends in this chat template (no end token)")
         return stops
 
     def _find_tool_syntax(self) -> tuple[str, str] | None:
@@ -419,7 +420,7 @@ def format_for(source: Any) -> ChatFormat:
         if _has_fastgpt_tokens(tokenizer):
             return SpecialTokenFormat(tokenizer)
         if template is None:
-            raise ValueError(
+            raise UserError(
                 f"{model_dir or 'tokenizer'}: no chat template and no fastgpt chat special tokens; "
                 "add a chat_template.jinja or use a tokenizer trained by fastgpt"
             )

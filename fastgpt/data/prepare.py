@@ -42,6 +42,7 @@ from fastgpt.data.errors import DataError
 from fastgpt.data.manifest import FORMAT, MANIFEST, VERSION, read_manifest, write_json_atomic
 from fastgpt.data.shards import ShardError, dtype_for_vocab, read_header, write_shard
 from fastgpt.data.sources import ReadOptions, ReadStats, Source, expand_sources, iter_documents
+from fastgpt.errors import report_user_error
 
 __all__ = ["PrepareResult", "main", "prepare"]
 
@@ -390,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (DataError, TokenizerError) as e:
-        print(f"fastgpt prepare: error: {e}", file=sys.stderr)
-        return 1
+        return report_user_error("prepare", e, status=1)
     m = result.manifest
     train, val = m["splits"]["train"], m["splits"]["val"]
     print(

@@ -113,7 +113,7 @@ def training_data_of(model_dir: str | Path) -> str | None:
     """The pretraining ``data`` setting behind ``model_dir`` (``out_dir/model``), if known: the ``data``
     of the pretraining run that wrote it, or, for a later stage (SFT, GRPO, DPO, ...; their ``data`` is
     conversations, pairs or nothing), that of the run which wrote its ``init_from`` model, and so on."""
-    from fastgpt.train.config import run_config_of
+    from fastgpt.train.config import run_config_of  # heavy: loads torch; deferred until used
 
     for _ in range(16):  # a chain of stages; the bound only guards against a config loop
         loaded = run_config_of(model_dir)
@@ -162,7 +162,7 @@ def task_options(text: str) -> dict[str, Any]:
 
 def check_tasks(tasks: list[tuple[str, str]], options: dict[str, Any]) -> None:
     """Build every task and read every multiple-choice file once, so a typo fails in seconds."""
-    from fastgpt.eval.multiple_choice import load_mc
+    from fastgpt.eval.multiple_choice import load_mc  # heavy: loads torch; deferred until used
 
     for kind, name in tasks:
         if kind == "mc":
@@ -187,7 +187,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name} must be >= {low}, got {getattr(args, name)}")
     if args.samples is not None and args.samples < max(args.pass_k, 1):
         raise UserError(f"--samples must be >= max(--pass_k, 1) = {max(args.pass_k, 1)}, got {args.samples}")
-    from fastgpt.model.sampling import check_sampling
+    from fastgpt.model.sampling import check_sampling  # heavy: loads torch; deferred until used
 
     check_sampling(args.temperature, flag="--")
     compare_tools_for(args.compare_tools, "")
@@ -198,7 +198,7 @@ def check_args(args: argparse.Namespace) -> None:
 def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.engine import Engine
+    from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 
@@ -216,13 +216,14 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
     for kind, name in tasks:
         t0 = time.perf_counter()
         if kind == "bpb":
-            from fastgpt.eval.bpb import evaluate_bpb
+            from fastgpt.eval.bpb import evaluate_bpb  # heavy: loads torch; deferred until used
 
             data = args.data or training_data_of(args.model) or "shakespeare"
             log(f"eval: bits per byte on the validation split of {data!r} ...")
             result = evaluate_bpb(model, tokenizer, data, max_tokens=args.bpb_tokens)
             key = "bpb"
         elif kind == "mc":
+            # heavy: loads torch; deferred until used
             from fastgpt.eval.multiple_choice import evaluate_mc, load_mc
 
             set_name, items = load_mc(name)

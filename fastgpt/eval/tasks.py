@@ -23,6 +23,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from fastgpt.errors import UserError
+
 __all__ = ["evaluate_task", "pass_at_k"]
 
 
@@ -45,24 +47,7 @@ def _heldout(task: Any, n: int) -> list[Any]:
     """The first ``n`` held-out problems, or all of them when an endless generator has fewer distinct
     ones (the word tasks of :mod:`fastgpt.tasks.jagged` hold out about 20): eval scores what exists
     rather than refusing, and the result's ``problems`` says how many."""
-    from fastgpt.tasks.base import STALE_LIMIT, in_heldout
-
-    if task.finite:
-        return task.split("heldout", n)
-    out, seen, stale = [], set(), 0
-    for p in task.candidates():
-        if p.key in seen:
-            stale += 1
-            if stale > STALE_LIMIT:
-                break
-            continue
-        seen.add(p.key)
-        stale = 0
-        if in_heldout(p.key, task.heldout_fraction):
-            out.append(p)
-            if len(out) == n:
-                break
-    return out
+    return task.split("heldout", n, up_to=True)
 
 
 def _generate(engine: Any, prompts: list[list[int]], batch_size: int, **kw: Any) -> list[list[Any]]:
@@ -100,7 +85,7 @@ def evaluate_task(
     """
     heldout = _heldout(task, problems)
     if not heldout:
-        raise ValueError(
+        raise UserError(
             f"task {task.name!r} has no held-out problems: a share of heldout_fraction="
             f"{task.heldout_fraction} of its problems (chosen by hash) is held out; to score every problem "
             """of a .jsonl file, pass --task_options '{"heldout_fraction": 1}'"""
@@ -142,7 +127,7 @@ def evaluate_task(
     if k > 0:
         n = samples or k
         if n < k:
-            raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+            raise UserError(f"pass@{k} needs at least {k} samples per problem, got {n}")
         rows = max(1, batch_size // n)  # prompts per generate call, each with n samples
         sampled = _generate(engine, prompts, rows, temperature=temperature, n=n, seed=seed, **common)
         scores = [

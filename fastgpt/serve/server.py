@@ -631,7 +631,7 @@ def default_model_name(model_dir: str | Path) -> str:
 def load_engine(model_dir: str, device: str | None = None, dtype: str | None = None) -> Any:
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
-    from fastgpt.engine import Engine
+    from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
     from fastgpt.model import from_pretrained
     from fastgpt.tokenizer import Tokenizer
 

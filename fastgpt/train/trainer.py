@@ -168,14 +168,14 @@ class Trainer:
         self.scaler = None
         if self.autocast_dtype == torch.float16:
             if self.use_deepspeed:
-                raise ValueError(
+                raise UserError(
                     "--dtype=fp16 is not supported with DeepSpeed here; use --dtype=bf16 (or fp32)"
                 )
             self.scaler = torch.amp.GradScaler(self.device.type)
 
         self.model = model.to(self.device)
         if cfg.activation_checkpointing and not set_activation_checkpointing(self.model):
-            raise ValueError("--activation_checkpointing=true: the model has no fastgpt GPT to checkpoint")
+            raise UserError("--activation_checkpointing=true: the model has no fastgpt GPT to checkpoint")
         self.optimizer = build_optimizer(self.model, cfg, ns_dtype=self.autocast_dtype)
         self.engine = None
         if self.use_deepspeed:
