@@ -166,6 +166,7 @@ def test_rope_activations_cross_entropy_with_gpu_target(arch):
 # -------------------------------------------------------------------------------- whole modules, slow
 KERNEL_TEST_FILES = [
     "tests/test_kernel_attention.py",
+    "tests/test_kernel_attention_docs.py",
     "tests/test_kernel_attention_decode.py",
     "tests/test_kernel_norms.py",
     "tests/test_kernel_rope.py",
