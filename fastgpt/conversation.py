@@ -601,7 +601,7 @@ class SpecialTokenFormat(ChatFormat):
 
 # The same format as a jinja chat template, so transformers' apply_chat_template (and anything else that
 # reads chat_template.jinja) renders exactly the ids SpecialTokenFormat builds. Tested for parity.
-FASTGPT_CHAT_TEMPLATE = (
+_TEMPLATE_TURNS = (  # every role's turn up to an assistant reply's tool calls (both versions)
     "<|bos|>"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}<|system_start|>{{ message['content'] }}<|system_end|>"
@@ -612,36 +612,27 @@ FASTGPT_CHAT_TEMPLATE = (
     "{% if message['content'] %}{{ message['content'] }}{% endif %}"
     "{% if message['tool_calls'] %}"
     "{% for call in message['tool_calls'] %}"
-    "<|tool_call_start|>"
-    "{% if call['function']['name'] == 'calculator' %}{{ call['function']['arguments']['expression'] }}"
-    "{% elif call['function']['name'] == 'python' %}python{{ '\\n' }}{{ call['function']['arguments']['code'] }}"
-    "{% else %}{{ call['function']['name'] }}{{ '\\n' }}{{ call['function']['arguments'] | tojson }}"
-    "{% endif %}"
-    "<|tool_call_end|>"
+)
+_TEMPLATE_END = (  # after the tool calls: the end of turn, and the generation prompt
     "{% endfor %}"
     "{% else %}<|assistant_end|>{% endif %}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt and messages[-1]['role'] == 'user' %}<|assistant_start|>{% endif %}"
 )
+FASTGPT_CHAT_TEMPLATE = (
+    _TEMPLATE_TURNS + "<|tool_call_start|>"
+    "{% if call['function']['name'] == 'calculator' %}{{ call['function']['arguments']['expression'] }}"
+    "{% elif call['function']['name'] == 'python' %}python{{ '\\n' }}{{ call['function']['arguments']['code'] }}"
+    "{% else %}{{ call['function']['name'] }}{{ '\\n' }}{{ call['function']['arguments'] | tojson }}"
+    "{% endif %}"
+    "<|tool_call_end|>" + _TEMPLATE_END
+)
 # The calculator-only first version, as model dirs saved before named tools carry it: recognised as
 # fastgpt's format (it renders calculator calls exactly as the current one does).
 FASTGPT_CHAT_TEMPLATE_V1 = (
-    "<|bos|>"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}<|system_start|>{{ message['content'] }}<|system_end|>"
-    "{% elif message['role'] == 'user' %}<|user_start|>{{ message['content'] }}<|user_end|>"
-    "{% elif message['role'] == 'tool' %}<|tool_output_start|>{{ message['content'] }}<|tool_output_end|>"
-    "{% elif message['role'] == 'assistant' %}"
-    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|assistant_start|>{% endif %}"
-    "{% if message['content'] %}{{ message['content'] }}{% endif %}"
-    "{% if message['tool_calls'] %}"
-    "{% for call in message['tool_calls'] %}"
-    "<|tool_call_start|>{{ call['function']['arguments']['expression'] }}<|tool_call_end|>"
-    "{% endfor %}"
-    "{% else %}<|assistant_end|>{% endif %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt and messages[-1]['role'] == 'user' %}<|assistant_start|>{% endif %}"
+    _TEMPLATE_TURNS
+    + "<|tool_call_start|>{{ call['function']['arguments']['expression'] }}<|tool_call_end|>"
+    + _TEMPLATE_END
 )
 FASTGPT_CHAT_TEMPLATES = (FASTGPT_CHAT_TEMPLATE, FASTGPT_CHAT_TEMPLATE_V1)

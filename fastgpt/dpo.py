@@ -36,14 +36,7 @@ from fastgpt.errors import UserError
 from fastgpt.reward import load_rendered_pairs
 from fastgpt.rl.common import PAIR_STAGE_UNUSED, frozen_copy, load_start
 from fastgpt.rl.losses import DPO_LOSS_TYPES, dpo_loss
-from fastgpt.rl.pairs import (
-    PairOrder,
-    RenderedPair,
-    as_response_batch,
-    batch_dict,
-    collate_pairs,
-    heldout_means,
-)
+from fastgpt.rl.pairs import PairStage, RenderedPair, as_response_batch, batch_dict, collate_pairs
 from fastgpt.rl.sequences import response_logprobs
 from fastgpt.stage_cli import normalize_argv, rank_context, stage_main, train_stage
 from fastgpt.train.config import FitConfig, parse_args
@@ -99,7 +92,7 @@ def pair_logprobs(
     return logp[:b], logp[b:]
 
 
-class DPOStage:
+class DPOStage(PairStage):
     """What DPO gives the training loop: pair batches with their reference log-probabilities, the summed
     loss (the loop divides by the number of pairs) and held-out implicit-reward statistics."""
 
@@ -119,12 +112,10 @@ class DPOStage:
     ):
         """``device`` and ``autocast_dtype`` are the training loop's; with ``--precompute_ref`` the
         reference log-probabilities of every pair are computed here, with the starting weights."""
-        self.cfg, self.train, self.heldout, self.pad_id, self.log = cfg, train, heldout, pad_id, log
-        self.rank, self.world_size = rank, world_size
+        sharding = dict(rank=rank, world_size=world_size, pad_id=pad_id)
+        super().__init__(train, heldout, batch_size=cfg.batch_size, seed=cfg.seed, **sharding)
+        self.cfg, self.log = cfg, log
         self.average = cfg.loss_type == "ipo"
-        self.order = PairOrder(
-            len(train), batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size
-        )
         self.policy = policy
         self.reference = None if cfg.precompute_ref else frozen_copy(policy)
         self.ref_train: torch.Tensor | None = None  # (n, 2) chosen/rejected reference log-probs
@@ -162,16 +153,10 @@ class DPOStage:
 
     # ------------------------------------------------------------------------------------------ loop API
     def next_batch(self) -> dict[str, torch.Tensor]:
-        index = self.order.next_indices()
-        batch = batch_dict(collate_pairs([self.train[i] for i in index], pad_id=self.pad_id))
-        batch["n_pairs"] = torch.tensor(len(index))
+        index, batch = self.next_pairs()
         if self.ref_train is not None:
             batch["ref"] = self.ref_train[index]
         return batch
-
-    @staticmethod
-    def count_targets(batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["n_pairs"])
 
     def _reference(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if "ref" in batch:
@@ -208,32 +193,16 @@ class DPOStage:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Held-out loss, margin, log-probabilities and reward accuracy, over all ranks."""
-        device = next(model.parameters()).device
 
         def measure(batch: dict[str, torch.Tensor], index: list[int]) -> dict[str, float]:
             if self.ref_heldout is not None:
-                batch["ref"] = self.ref_heldout[index].to(device)
+                batch["ref"] = self.ref_heldout[index].to(batch["ids"].device)
             loss, stats = self._loss(model, batch)
             stats["reward_accuracy"] = stats.pop("accuracy")
             return {"loss": float(loss) * len(index), **{k: float(v.float().sum()) for k, v in stats.items()}}
 
         names = ["loss", "margin", "chosen_logp", "rejected_logp", "reward_accuracy"]
-        return heldout_means(
-            self.heldout,
-            names,
-            measure,
-            batch_size=self.cfg.batch_size,
-            rank=self.rank,
-            world_size=self.world_size,
-            pad_id=self.pad_id,
-            device=device,
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state)
+        return self.heldout_means(model, names, measure)
 
 
 def _main(argv: list[str] | None = None) -> None:

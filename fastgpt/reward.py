@@ -31,16 +31,7 @@ from fastgpt import dist
 from fastgpt.rl.common import PAIR_STAGE_UNUSED, load_start
 from fastgpt.rl.heads import ScalarHeadModel
 from fastgpt.rl.losses import bradley_terry_loss
-from fastgpt.rl.pairs import (
-    PairOrder,
-    RenderedPair,
-    RenderStats,
-    as_response_batch,
-    batch_dict,
-    collate_pairs,
-    heldout_means,
-    render_pairs,
-)
+from fastgpt.rl.pairs import PairStage, RenderedPair, RenderStats, as_response_batch, render_pairs
 from fastgpt.stage_cli import normalize_argv, stage_main, train_stage
 from fastgpt.tasks.preferences import load_pairs, split_pairs
 from fastgpt.train.config import FitConfig, parse_args
@@ -92,32 +83,9 @@ def load_rendered_pairs(
     return out[0], out[1]
 
 
-class RewardStage:
+class RewardStage(PairStage):
     """What the reward model gives the training loop: pair batches, the summed Bradley-Terry loss
     (the loop divides by the number of pairs in the step) and held-out pair accuracy."""
-
-    def __init__(
-        self,
-        train: list[RenderedPair],
-        heldout: list[RenderedPair],
-        *,
-        batch_size: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        pad_id: int = 0,
-    ):
-        self.train, self.heldout, self.batch_size, self.pad_id = train, heldout, batch_size, pad_id
-        self.rank, self.world_size = rank, world_size
-        self.order = PairOrder(len(train), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        pairs = [self.train[i] for i in self.order.next_indices()]
-        return batch_dict(collate_pairs(pairs, pad_id=self.pad_id), n_pairs=torch.tensor(len(pairs)))
-
-    @staticmethod
-    def count_targets(batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["n_pairs"])
 
     @staticmethod
     def scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,22 +119,7 @@ class RewardStage:
                 "margin": float((chosen - rejected).sum()),
             }
 
-        return heldout_means(
-            self.heldout,
-            ["pair_accuracy", "loss", "margin"],
-            measure,
-            batch_size=self.batch_size,
-            rank=self.rank,
-            world_size=self.world_size,
-            pad_id=self.pad_id,
-            device=next(model.parameters()).device,
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state)
+        return self.heldout_means(model, ["pair_accuracy", "loss", "margin"], measure)
 
 
 def _main(argv: list[str] | None = None) -> None:

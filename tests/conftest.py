@@ -51,3 +51,21 @@ def pytest_sessionfinish(session, exitstatus):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small prepared pretraining corpus (``train_support.make_corpus``), built once per test module."""
+    from train_support import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture
+def single_thread():
+    """Torch on one thread for the test (``pytestmark = pytest.mark.usefixtures("single_thread")``):
+    runs compared step by step, and timings, do not depend on the machine's core count."""
+    from train_support import one_thread
+
+    with one_thread():
+        yield

@@ -8,18 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
-from train_support import one_thread
 
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.model.gpt import set_activation_checkpointing
 from fastgpt.train.config import TrainConfig
 from fastgpt.train.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 def _model(**kw) -> GPT:

@@ -19,7 +19,6 @@ import pytest
 import torch
 from train_support import (
     REPO,
-    make_corpus,
     one_thread,
     pretrain_args,
     read_metrics,
@@ -32,16 +31,7 @@ from fastgpt.checkpoint import latest_checkpoint, list_checkpoints
 from fastgpt.checkpoint import main as export_main
 from fastgpt.pretrain import main as pretrain_main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

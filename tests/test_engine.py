@@ -3,10 +3,11 @@ scripted model for stop tokens and calculator tool calls."""
 
 import pytest
 import torch
+from model_support import full_recompute_greedy, tiny_model
 
 from fastgpt.conversation import SpecialTokenFormat, python_call
 from fastgpt.engine import Engine
-from fastgpt.model import GPT, GPTConfig, sample_next_token
+from fastgpt.model import GPT, sample_next_token
 from fastgpt.tokenizer import Tokenizer
 from fastgpt.tools import calculate
 
@@ -16,31 +17,6 @@ TEXT = "The calculator says 12 * 7 = 84. Who are you? I am a small model. " * 20
 @pytest.fixture(scope="module")
 def tokenizer():
     return Tokenizer.train([TEXT], vocab_size=300)
-
-
-def tiny_model(vocab_size: int, family: str = "llama", seq_len: int = 192) -> GPT:
-    torch.manual_seed(0)
-    n_kv_head = 2 if family == "llama" else 4  # GQA in llama; gpt2 has one K/V head per query head
-    config = GPTConfig.from_preset(
-        "tiny",
-        family=family,
-        vocab_size=vocab_size,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=n_kv_head,
-        n_embd=64,
-        max_seq_len=seq_len,
-    )
-    return GPT(config).eval()
-
-
-def full_recompute_greedy(model: GPT, prompt: list[int], steps: int) -> list[int]:
-    """Reference: re-run the whole sequence for every new token, no cache."""
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    return seq[len(prompt) :]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

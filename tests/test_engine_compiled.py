@@ -6,38 +6,19 @@ Each compile of the 2-layer test model costs about 5-12 s on 2 shared CPU cores 
 max-autotune about 20-30 s; the default tests compile five graphs in all (about 40 s); max-autotune and
 the other model variants are marked slow (about 70 s)."""
 
+import model_support
 import pytest
 import torch
+from model_support import full_recompute_greedy
 
 from fastgpt.decode_step import MIN_STATIC_CACHE_LEN, static_cache_len
 from fastgpt.engine import Engine
-from fastgpt.model import GPT, GPTConfig
+from fastgpt.model import GPT
 
 
 def tiny_model(family: str = "llama", seq_len: int = 192, **overrides) -> GPT:
-    torch.manual_seed(0)
-    config = GPTConfig.from_preset(
-        "tiny",
-        family=family,
-        vocab_size=300,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2 if family == "llama" else 4,
-        n_embd=64,
-        max_seq_len=seq_len,
-        init_std=0.3,  # larger than the training init, so greedy decoding does not repeat one token
-        **overrides,
-    )
-    return GPT(config).eval()
-
-
-def full_recompute_greedy(model: GPT, prompt: list[int], steps: int) -> list[int]:
-    """Reference: re-run the whole sequence for every new token, no cache."""
-    seq = list(prompt)
-    with torch.no_grad():
-        for _ in range(steps):
-            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    return seq[len(prompt) :]
+    """init_std 0.3, larger than the training init, so greedy decoding does not repeat one token."""
+    return model_support.tiny_model(300, family, seq_len, **{"init_std": 0.3, **overrides})
 
 
 def prompts_of(lengths: list[int], seed: int = 1) -> list[list[int]]:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from train_support import make_corpus, pretrain_args, read_metrics, run_pretrain
+from train_support import pretrain_args, read_metrics, run_pretrain
 
 from fastgpt.train.metrics import gpu_peak_flops, measure_cpu_matmul_flops, peak_flops
 
@@ -83,11 +83,6 @@ def test_cpu_peak_scales_with_the_threads_in_use():
             assert peak_flops(torch.device("cpu"), torch.float32) == 2 * one
     finally:
         torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 # Width 256, 4 heads of 64: a step is mostly GEMMs, the configuration where MFU is highest.

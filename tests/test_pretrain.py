@@ -12,11 +12,6 @@ from train_support import make_corpus, one_thread, pretrain_args
 from fastgpt.pretrain import main
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
-
-
 def _error(capsys, args) -> str:
     with one_thread():
         assert main(args) == 2

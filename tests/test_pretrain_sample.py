@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_support import one_thread
 
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.sample import main, sample
@@ -14,10 +13,7 @@ from fastgpt.tokenizer import Tokenizer
 TEXT = ["the king and the queen of the castle", "a sword, a crown and a heart", "night and day"] * 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 def _model_dir(tmp_path):

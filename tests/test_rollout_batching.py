@@ -4,10 +4,11 @@ alone, greedy and sampled."""
 
 import pytest
 import torch
+from model_support import tiny_model
 
 from fastgpt.conversation import SpecialTokenFormat
 from fastgpt.engine import Engine, batch_bucket
-from fastgpt.model import GPT, GPTConfig
+from fastgpt.model import GPT
 from fastgpt.tokenizer import Tokenizer
 from fastgpt.tools import calculate
 
@@ -17,21 +18,6 @@ TEXT = "The calculator says 12 * 7 = 84. Who are you? I am a small model. " * 20
 @pytest.fixture(scope="module")
 def tokenizer():
     return Tokenizer.train([TEXT], vocab_size=300)
-
-
-def tiny_model(vocab_size: int) -> GPT:
-    torch.manual_seed(0)
-    config = GPTConfig.from_preset(
-        "tiny",
-        vocab_size=vocab_size,
-        n_layer=2,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=64,
-        max_seq_len=192,
-        init_std=0.3,
-    )
-    return GPT(config).eval()
 
 
 def prompts_of(lengths: list[int]) -> list[list[int]]:
@@ -44,7 +30,7 @@ def test_batch_bucket():
 
 
 def test_continuous_batching_greedy_equals_one_at_a_time(tokenizer):
-    model = tiny_model(tokenizer.vocab_size)
+    model = tiny_model(tokenizer.vocab_size, init_std=0.3)
     engine = Engine(model, tokenizer)
     prompts = prompts_of([3, 11, 6, 20, 1, 9])
     alone = [engine.generate([p], max_tokens=16, temperature=0, stop_ids=set())[0][0].tokens for p in prompts]
@@ -63,7 +49,7 @@ def test_continuous_batching_greedy_equals_one_at_a_time(tokenizer):
 
 
 def test_sampling_depends_only_on_the_prompts_seed(tokenizer):
-    model = tiny_model(tokenizer.vocab_size)
+    model = tiny_model(tokenizer.vocab_size, init_std=0.3)
     engine = Engine(model, tokenizer)
     prompts = prompts_of([4, 13, 7])
     stops = {5, 17, 40}  # some rows stop early, so the batch shrinks under the others
@@ -107,7 +93,7 @@ def test_tool_rows_in_a_shrinking_batch_match_one_at_a_time(tokenizer):
     table = {calls: fmt.tool_call_start_id, fmt.tool_call_start_id: seven, seven: plus, plus: one}
     table |= {one: fmt.tool_call_end_id, fmt.tool_output_end_id: end_turn, stops: end_turn}
     table |= {loops: other, other: loops}
-    model = MarkovScript(tiny_model(tokenizer.vocab_size), table, default=end_turn)
+    model = MarkovScript(tiny_model(tokenizer.vocab_size, init_std=0.3), table, default=end_turn)
     engine = Engine(model, tokenizer, chat_format=fmt)
     # three rows stop at once, so the batch shrinks (6 -> 4 slots) while the others are inside their calls
     prompts = [[3, loops], [4, 5, calls], [stops], [6, calls], [7, stops], [stops]]

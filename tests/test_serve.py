@@ -446,26 +446,10 @@ class ScriptedGPT(torch.nn.Module):
         return logits
 
 
-def calculator_script(fmt: SpecialTokenFormat, tokenizer, expression: str):
-    """Call the calculator on ``expression``; once its output is there, answer with it and stop."""
-    call = [fmt.tool_call_start_id, *tokenizer.encode(expression), fmt.tool_call_end_id]
-    prefix = tokenizer.encode(" The answer is ")
-
-    def script(history: list[int]) -> int:
-        reply = history[len(history) - history[::-1].index(fmt.ids["assistant"][0]) :]
-        if fmt.tool_output_end_id in reply:
-            out_start, out_end = reply.index(fmt.tool_output_start_id), reply.index(fmt.tool_output_end_id)
-            target = prefix + reply[out_start + 1 : out_end] + [fmt.ids["assistant"][1]]
-            return target[min(len(reply) - out_end - 1, len(target) - 1)]
-        return call[min(len(reply), len(call) - 1)]
-
-    return script
-
-
 @pytest.fixture(scope="module")
 def tool_server(engine, tokenizer):
     fmt = SpecialTokenFormat(tokenizer)
-    model = ScriptedGPT(engine.model, calculator_script(fmt, tokenizer, "12*7"))
+    model = ScriptedGPT(engine.model, tool_script(fmt, tokenizer, "12*7"))  # a bare call: the calculator
     app = create_app(Engine(model, tokenizer), ServeConfig(model_name=NAME, limits=LIMITS, max_batch_rows=8))
     with serve_in_thread(app) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)

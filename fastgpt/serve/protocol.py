@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -262,17 +263,26 @@ def _choice(index: int, field: str, value: Any, finish_reason: str | None) -> di
     return {"index": index, field: value, "logprobs": None, "finish_reason": finish_reason}
 
 
-def chat_response(
-    id_: str,
-    model: str,
-    created: int,
-    choices: list[dict[str, Any]],
-    prompt_tokens: int,
-    completion_tokens: int,
-) -> dict[str, Any]:
-    """``choices``: ``{"message": {...}, "finish_reason": ...}`` in index order."""
-    listed = [_choice(i, "message", c["message"], c["finish_reason"]) for i, c in enumerate(choices)]
-    return _body("chat.completion", id_, model, created, listed, usage(prompt_tokens, completion_tokens))
+def _response(object_: str, field: str) -> Callable[..., dict[str, Any]]:
+    """The builder of one non-streamed response type, whose choices carry ``field``."""
+
+    def build(
+        id_: str,
+        model: str,
+        created: int,
+        choices: list[dict[str, Any]],
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> dict[str, Any]:
+        listed = [_choice(i, field, c[field], c["finish_reason"]) for i, c in enumerate(choices)]
+        return _body(object_, id_, model, created, listed, usage(prompt_tokens, completion_tokens))
+
+    build.__doc__ = f"``choices``: ``{{'{field}': ..., 'finish_reason': ...}}`` in index order."
+    return build
+
+
+chat_response = _response("chat.completion", "message")
+completion_response = _response("text_completion", "text")
 
 
 def chat_chunk(
@@ -287,19 +297,6 @@ def chat_chunk(
     """One ``chat.completion.chunk``; ``index=None`` gives the final usage-only chunk (no choices)."""
     choices = [] if index is None else [_choice(index, "delta", delta or {}, finish_reason)]
     return _body("chat.completion.chunk", id_, model, created, choices, usage_)
-
-
-def completion_response(
-    id_: str,
-    model: str,
-    created: int,
-    choices: list[dict[str, Any]],
-    prompt_tokens: int,
-    completion_tokens: int,
-) -> dict[str, Any]:
-    """``choices``: ``{"text": ..., "finish_reason": ...}`` in index order."""
-    listed = [_choice(i, "text", c["text"], c["finish_reason"]) for i, c in enumerate(choices)]
-    return _body("text_completion", id_, model, created, listed, usage(prompt_tokens, completion_tokens))
 
 
 def completion_chunk(

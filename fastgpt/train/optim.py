@@ -90,16 +90,21 @@ class Muon(torch.optim.Optimizer):
                 continue
             if p.grad is None:
                 continue
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p)
-            buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - group["momentum"])  # EMA of gradients
-            update = p.grad.lerp(buf, group["momentum"])  # Nesterov: look one momentum step ahead
-            update = muon_update_of(update, self.ns_dtype)
+            update = muon_update_of(self._momentum(group, p), self.ns_dtype)
             if group["weight_decay"]:
                 p.mul_(1 - group["lr"] * group["weight_decay"])
             p.add_(update, alpha=-group["lr"])
+
+    def _momentum(self, group: dict[str, Any], p: torch.Tensor) -> torch.Tensor:
+        """The direction Muon orthogonalizes for ``p``: Nesterov momentum of ``p.grad`` (the state's EMA
+        buffer of gradients is updated in place), elementwise, so a flat ZeRO partition gets exactly the
+        values its elements would get in the whole matrix."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+        buf = state["momentum_buffer"]
+        buf.lerp_(p.grad, 1 - group["momentum"])  # EMA of gradients
+        return p.grad.lerp(buf, group["momentum"])  # Nesterov: look one momentum step ahead
 
     def _sharded_muon_step(self, group: dict[str, Any], p: torch.Tensor) -> None:
         """The Muon step of one flat ZeRO partition ``p``: the same arithmetic as :meth:`_muon_step`
@@ -113,13 +118,7 @@ class Muon(torch.optim.Optimizer):
             )
         if p.grad is None:
             return
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p)
-        buf = state["momentum_buffer"]
-        buf.lerp_(p.grad, 1 - group["momentum"])
-        update = p.grad.lerp(buf, group["momentum"])
-        update = layout.orthogonalize(update, self.ns_dtype)
+        update = layout.orthogonalize(self._momentum(group, p), self.ns_dtype)
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
         p.add_(update, alpha=-group["lr"])
