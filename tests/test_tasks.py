@@ -203,6 +203,35 @@ def test_reasoning_gym_solutions_verify_and_agree_with_its_scorer():
     assert heldout_keys.isdisjoint(next(stream).key for _ in range(500))
 
 
+def test_chain_sum_small_asks_the_bare_fixed_length_question():
+    """The tiny speedrun's RL task: three one-digit terms, the expression ends the user turn (no
+    instruction after it), its answers check out, and the held-out split has >= 100 problems."""
+    import re
+
+    task = get_task("chain_sum_small")
+    heldout = task.split("heldout", 100)
+    assert len(heldout) == 100
+    for p in heldout + task.split("train", 100):
+        content = p.messages[-1]["content"]
+        expression = p.metadata["expression"]
+        assert re.fullmatch(r"\d [+-] \d [+-] \d", expression), expression
+        assert content.rstrip().endswith(f"{expression} =")
+        assert "####" not in content
+        signs = [1] + [1 if op == "+" else -1 for op in expression.split()[1::2]]
+        assert sum(s * int(d) for s, d in zip(signs, expression.split()[::2])) == int(p.answer)
+        assert task.is_correct(f"#### {p.answer}", p) and not task.is_correct(f"#### {int(p.answer) + 1}", p)
+    # an explicit instruction still wins over the task's default
+    assert (
+        get_task("chain_sum_small", instruction="Be brief.")
+        .split("train", 1)[0]
+        .messages[-1]["content"]
+        .endswith("\n\nBe brief.")
+    )
+    assert (
+        get_task("chain_sum_easy").split("train", 1)[0].messages[-1]["content"].endswith("'#### <number>'.")
+    )
+
+
 # ------------------------------------------------------------------------------------------ rewards
 def test_overlong_penalty_hand_values():
     assert overlong_penalty(80, 100, 20) == 0.0

@@ -51,6 +51,7 @@ BUILTIN_TASKS = (
     "basic_arithmetic",
     "chain_sum",
     "chain_sum_easy",
+    "chain_sum_small",
     "game24",
     *(f"jagged_{k}" for k in ("letter_count", "reverse", "char_at", "word_length", "compare", "multiply")),
 )

@@ -24,7 +24,7 @@ from typing import Any
 from fastgpt.tasks.base import Problem, Task, TaskError, user_prompt
 from fastgpt.tasks.extract import numbers_equal, parse_number
 
-__all__ = ["GYM_TASKS", "HASH_INSTRUCTION", "ReasoningGymTask"]
+__all__ = ["GYM_INSTRUCTIONS", "GYM_TASKS", "HASH_INSTRUCTION", "ReasoningGymTask"]
 
 HASH_INSTRUCTION = "Reason step by step, then write the final answer on the last line as '#### <number>'."
 
@@ -35,7 +35,13 @@ GYM_TASKS: dict[str, tuple[str, dict[str, Any]]] = {
     "chain_sum": ("chain_sum", {}),
     # small sums that a 135M model gets partly right: room to improve, and signal for GRPO
     "chain_sum_easy": ("chain_sum", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
+    # three one-digit terms (4,000 distinct questions), asked without the instruction: the expression
+    # ends the prompt and always has the same length, so a few-million-parameter model learns to copy
+    # it into a calculator call within minutes of SFT (the tiny speedrun's RL task, docs/rl.md)
+    "chain_sum_small": ("chain_sum", {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}),
 }
+# the prompt instruction of a task when it is not HASH_INSTRUCTION ("" asks the bare question)
+GYM_INSTRUCTIONS: dict[str, str] = {"chain_sum_small": ""}
 
 _BLOCK = 10_000  # reasoning-gym datasets have a fixed size; we chain blocks of this many with new seeds
 
@@ -62,7 +68,7 @@ class ReasoningGymTask(Task):
         *,
         seed: int = 0,
         heldout_fraction: float = 0.1,
-        instruction: str = HASH_INSTRUCTION,
+        instruction: str | None = None,
         system: str | None = None,
         **options: Any,
     ):
@@ -72,6 +78,8 @@ class ReasoningGymTask(Task):
         self.dataset_name, defaults = GYM_TASKS[name]
         self.options = {**defaults, **options}
         self.seed, self.heldout_fraction = seed, heldout_fraction
+        if instruction is None:
+            instruction = GYM_INSTRUCTIONS.get(name, HASH_INSTRUCTION)
         self.instruction, self.system = instruction, system
         self._rg = _import_reasoning_gym()
 
