@@ -40,7 +40,9 @@ def test_a_typo_on_one_process_is_one_line_and_exit_2(script, tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(f"fastgpt {script}: error: unknown option --max_step (did you mean --max_steps")
+    assert line.startswith(
+        f"fastgpt {script}: error: unknown option --max_step for {script}; did you mean --max_steps"
+    )
 
 
 @pytest.mark.parametrize(
