@@ -107,6 +107,25 @@ class ArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args(out, namespace)
 
 
+def model_command_parser(prog: str, description: str) -> ArgumentParser:
+    """The parser of a command that loads one model dir to run it (chat, serve, eval): ``--model``
+    (required), ``--device`` and ``--dtype``, spelled and explained the same in each."""
+    p = ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
+    )
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
+    return p
+
+
+def add_tool_arguments(p: argparse.ArgumentParser, tools_help: str, no_tools_help: str) -> None:
+    """``--tools`` (comma-separated built-in tools, default ``calculator``; ``none`` for none) and
+    ``--no_tools`` (the same as ``--tools none``), for the commands that run tools (chat, serve)."""
+    p.add_argument("--tools", default="calculator", help=tools_help)
+    p.add_argument("--no_tools", action="store_true", help=no_tools_help)
+
+
 @contextlib.contextmanager
 def _warnings_as_one_line(command: str) -> Iterator[None]:
     """A command's user sees ``fastgpt prepare: warning: ...``, not the file, line number and source

@@ -392,7 +392,7 @@ class ChatFormat:
 
     Two implementations share this interface: :class:`SpecialTokenFormat` (fastgpt's own chat special
     tokens, built token by token) and :class:`TemplateFormat` (a model dir's jinja chat template,
-    rendered as transformers renders it). Pick one with :meth:`for_model`.
+    rendered as transformers renders it). :func:`fastgpt.chat.template.format_for` picks one for a model.
 
     Truncation rule (``max_len``): keep the longest prefix that ends at the end of a complete assistant
     turn and fits; the turns after it are dropped (counted in :attr:`Rendered.dropped_turns`). A turn is
@@ -500,17 +500,6 @@ class ChatFormat:
         if text or not messages or messages[-1]["role"] == "tool":
             messages.append({"role": "assistant", "content": decode(text)})
         return messages
-
-    @staticmethod
-    def for_model(source: Any) -> ChatFormat:
-        """The chat format of a model dir (or of a tokenizer object / tokenizer dir).
-
-        A dir whose ``chat_template.jinja`` / ``tokenizer_config.json`` carries a template other than
-        fastgpt's own is rendered with that template; otherwise fastgpt's special tokens are used.
-        """
-        from fastgpt.chat.template import format_for  # jinja is imported only when a format is built
-
-        return format_for(source)
 
 
 FASTGPT_ROLE_TOKENS = {

@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 
+from fastgpt.chat.template import format_for
 from fastgpt.conversation import parse_tool_call_text
 from fastgpt.errors import UserError
 from fastgpt.model.sampling import sample_with_uniforms
@@ -166,9 +167,7 @@ class Engine:
     @property
     def chat_format(self):
         if self._chat_format is None:
-            from fastgpt.conversation import ChatFormat
-
-            self._chat_format = ChatFormat.for_model(self.tokenizer)
+            self._chat_format = format_for(self.tokenizer)
         return self._chat_format
 
     @property

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from fastgpt import dist
-from fastgpt.conversation import ChatFormat
+from fastgpt.chat.template import format_for
 from fastgpt.errors import UserError
 from fastgpt.rl.advantages import gae, masked_whiten
 from fastgpt.rl.common import RL_UNUSED, check_rl_zero, frozen_copy, load_start
@@ -516,7 +516,7 @@ def _main(argv: list[str] | None = None) -> None:
         chat_format,
         prompts,
         reward_model,
-        ChatFormat.for_model(cfg.reward_model),
+        format_for(cfg.reward_model),
         cfg,
         **ctx,
     )

@@ -9,7 +9,7 @@ What this module adds:
 
 - **data**: a mixture of built-in sets and conversation files (``fastgpt.sft_data``), split into
   train and held-out validation conversations, rendered with the model's chat format
-  (``ChatFormat.for_model``: fastgpt's special tokens, or the model dir's own jinja template);
+  (``chat.template.format_for``: fastgpt's special tokens, or the model dir's own jinja template);
 - **the masked loss**: next-token cross-entropy on the assistant's tokens only (system, user and tool
   output tokens are context, not targets), averaged over the trained tokens of the batch;
 - **packing** (``--pack=true``, the default): conversations laid end to end with per-conversation
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from fastgpt import dist
+from fastgpt.chat.template import format_for
 from fastgpt.conversation import ChatFormat
 from fastgpt.engine import Engine
 from fastgpt.errors import UserError
@@ -226,7 +227,7 @@ def build(cfg: SFTConfig):
     info = dist.init_distributed(cfg.device)
     model_dir = cfg.model_dir()
     tokenizer = Tokenizer.load(cfg.tokenizer or model_dir)
-    chat_format = ChatFormat.for_model(model_dir if not cfg.tokenizer else tokenizer)
+    chat_format = format_for(model_dir if not cfg.tokenizer else tokenizer)
     model = from_pretrained(model_dir).train()
     used = max(chat_format.stop_ids | {chat_format.tool_call_end_id or 0})
     if model.config.vocab_size <= used:

@@ -9,12 +9,31 @@ import torch
 
 from fastgpt.chat.cli import StreamPrinter, chat_loop, read_message
 from fastgpt.conversation import SpecialTokenFormat, calculator_call, python_call
+from fastgpt.model import GPT, GPTConfig
 from fastgpt.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
     return Tokenizer.train(["Hello there, how are you today? 12 * 7 = 84. 日本語 " * 20], vocab_size=300)
+
+
+def _save_model(tok, model_dir, vocab_size: int | None = None):
+    """A one-layer random model with ``tok`` saved as a model dir (``vocab_size`` defaults to the
+    tokenizer's)."""
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset(
+        "tiny",
+        vocab_size=vocab_size or tok.vocab_size,
+        n_layer=1,
+        n_head=2,
+        n_kv_head=2,
+        n_embd=32,
+        max_seq_len=64,
+    )
+    GPT(config).save_pretrained(model_dir)
+    tok.save(model_dir)
+    return model_dir
 
 
 def test_read_message_joins_continued_lines_and_blocks():
@@ -27,47 +46,54 @@ def test_read_message_joins_continued_lines_and_blocks():
     assert shown.count("...  ") == 1
 
 
-def test_stream_printer_shows_text_and_calculator_calls(tok):
+def _printed(tok, fmt, ids) -> str:
+    """What the chat loop shows for a reply streamed token by token (``finish`` at its end, as the
+    loop does)."""
+    out = io.StringIO()
+    printer = StreamPrinter(tok, fmt, out)
+    for t in ids:
+        printer.feed(t)
+    printer.finish()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text, call, output, after, shown",
+    [
+        (
+            "Hello 日本語 ",
+            calculator_call("12 * 7"),
+            "84",
+            " so 84.",
+            "Hello 日本語 [calculator: 12 * 7 = 84] so 84.",
+        ),
+        (
+            "Count: ",
+            python_call('"hello".count("l")'),
+            "2\n",
+            " so 2.",
+            'Count: [python: "hello".count("l") = 2\n] so 2.',
+        ),
+    ],
+)
+def test_stream_printer_shows_text_and_tool_calls(tok, text, call, output, after, shown):
     fmt = SpecialTokenFormat(tok)
     # render a reply with a tool call, as the engine produces it, and stream it token by token
     msgs = [
         {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "Hello 日本語 ", "tool_calls": [calculator_call("12 * 7")]},
-        {"role": "tool", "content": "84"},
-        {"role": "assistant", "content": " so 84."},
+        {"role": "assistant", "content": text, "tool_calls": [call]},
+        {"role": "tool", "content": output},
+        {"role": "assistant", "content": after},
     ]
     prompt = fmt.render_prompt(msgs[:1])
-    reply = fmt.render(msgs)[0][len(prompt) :]
-    out = io.StringIO()
-    printer = StreamPrinter(tok, fmt, out)
-    for t in reply:
-        printer.feed(t)
-    printer.flush()
-    assert out.getvalue() == "Hello 日本語 [calculator: 12 * 7 = 84] so 84."
+    assert _printed(tok, fmt, fmt.render(msgs)[0][len(prompt) :]) == shown
 
 
-def test_stream_printer_shows_named_tool_calls_and_calls_not_run(tok):
-    fmt = SpecialTokenFormat(tok)
-    msgs = [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "Count: ", "tool_calls": [python_call('"hello".count("l")')]},
-        {"role": "tool", "content": "2\n"},
-        {"role": "assistant", "content": " so 2."},
-    ]
-    prompt = fmt.render_prompt(msgs[:1])
-    out = io.StringIO()
-    printer = StreamPrinter(tok, fmt, out)
-    for t in fmt.render(msgs)[0][len(prompt) :]:
-        printer.feed(t)
-    printer.finish()
-    assert out.getvalue() == 'Count: [python: "hello".count("l") = 2\n] so 2.'
+def test_stream_printer_marks_a_call_not_run(tok):
     # a call the engine handed back (its tool is not enabled) ends the reply, marked as not run
-    out = io.StringIO()
-    printer = StreamPrinter(tok, fmt, out)
-    for t in [fmt.tool_call_start_id, *tok.encode("python\n1+1"), fmt.tool_call_end_id]:
-        printer.feed(t)
-    printer.finish()
-    assert out.getvalue() == "[python: 1+1 = (not run)]"
+    fmt = SpecialTokenFormat(tok)
+    ids = [fmt.tool_call_start_id, *tok.encode("python\n1+1"), fmt.tool_call_end_id]
+    assert _printed(tok, fmt, ids) == "[python: 1+1 = (not run)]"
 
 
 @pytest.mark.parametrize(
@@ -128,35 +154,10 @@ def test_mistyped_command_is_not_sent_to_the_model(tok):
     assert engine.prompts == [engine.chat_format.render_prompt([{"role": "user", "content": "/etc/hosts?"}])]
 
 
-@pytest.mark.parametrize(
-    "flags,named",
-    [
-        (["--temperature", "-1"], "--temperature"),
-        (["--top_p", "2"], "--top_p"),
-        (["--top_k", "0"], "--top_k"),
-        (["--max_tokens", "0"], "--max_tokens"),
-        (["--tools", "python,search"], "--tools"),
-    ],
-)
-def test_sampling_flags_out_of_range_are_one_error_line(tmp_path, capsys, flags, named):
-    from fastgpt.chat.cli import main
-
-    # checked before loading (the dir holds no model); --temperature -1 and --top_p 2 used to run
-    assert main(["--model", str(tmp_path), "--prompt", "Hi", *flags]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"fastgpt chat: error: {named} ") and "\n" not in err
-
-
 def test_one_shot_prompt_on_a_real_model_dir(tok, tmp_path, capsys):
     from fastgpt.chat.cli import main
-    from fastgpt.model import GPT, GPTConfig
 
-    torch.manual_seed(0)
-    config = GPTConfig.from_preset(
-        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
-    )
-    GPT(config).save_pretrained(tmp_path)
-    tok.save(tmp_path)
+    _save_model(tok, tmp_path)
     assert (
         main(["--model", str(tmp_path), "--prompt", "Hello", "--max_tokens", "5", "--temperature", "0"]) == 0
     )
@@ -167,15 +168,9 @@ def test_one_shot_prompt_on_a_real_model_dir(tok, tmp_path, capsys):
 def test_a_pretraining_runs_model_gets_a_note_to_finetune_it(tok, tmp_path, capsys):
     """After the README's main job a user chats with out/pretrain/model: say it is a base model."""
     from fastgpt.chat.cli import main
-    from fastgpt.model import GPT, GPTConfig
 
-    config = GPTConfig.from_preset(
-        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
-    )
     for stage in ("pretrain", "sft"):
-        model_dir = tmp_path / stage / "model"
-        GPT(config).save_pretrained(model_dir)
-        tok.save(model_dir)
+        model_dir = _save_model(tok, tmp_path / stage / "model")
         (model_dir.parent / "config.json").write_text(json.dumps({"stage": stage, "max_steps": 1}))
         assert main(["--model", str(model_dir), "--prompt", "Hi", "--max_tokens", "2"]) == 0
         err = capsys.readouterr().err
@@ -190,14 +185,8 @@ def test_a_pretraining_runs_model_gets_a_note_to_finetune_it(tok, tmp_path, caps
 def test_one_shot_compiled_reply_equals_eager(tok, tmp_path, capsys):
     """``--compile default`` decodes through the compiled step: the greedy reply is the eager one."""
     from fastgpt.chat.cli import main
-    from fastgpt.model import GPT, GPTConfig
 
-    torch.manual_seed(0)
-    config = GPTConfig.from_preset(
-        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
-    )
-    GPT(config).save_pretrained(tmp_path)
-    tok.save(tmp_path)
+    _save_model(tok, tmp_path)
     replies = []
     for mode in ("off", "default"):
         args = ["--model", str(tmp_path), "--prompt", "Hello", "--max_tokens", "12", "--temperature", "0"]
@@ -210,14 +199,8 @@ def test_unusable_model_dir_dtype_or_prompt_is_one_error_line(tok, tmp_path, cap
     """A run dir instead of its model dir, a dtype name torch does not have, a device this machine
     lacks, a prompt longer than the context: exit 2 with one line naming the problem, no traceback."""
     from fastgpt.chat.cli import main
-    from fastgpt.model import GPT, GPTConfig
 
-    model_dir = tmp_path / "run" / "model"
-    config = GPTConfig.from_preset(
-        "tiny", vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
-    )
-    GPT(config).save_pretrained(model_dir)
-    tok.save(model_dir)
+    model_dir = _save_model(tok, tmp_path / "run" / "model")
     (tmp_path / "run" / "config.json").write_text('{"preset": "tiny"}')  # what a training run writes
     cases = [
         (["--model", str(tmp_path / "run"), "--prompt", "Hi"], f"its model is {model_dir}"),
@@ -257,15 +240,11 @@ def test_default_device_is_cuda_when_there_is_one(monkeypatch, tmp_path):
 
 
 def test_a_base_model_without_chat_tokens_is_refused_in_one_line(tok, tmp_path, capsys):
-    """Its embedding ends at <|bos|>: rendering a chat would index past it (an IndexError before)."""
+    """Its embedding ends at <|bos|>: a chat would need token ids past it, so the command refuses the
+    model in one line naming its embedding size."""
     from fastgpt.chat.cli import main
-    from fastgpt.model import GPT, GPTConfig
 
-    config = GPTConfig.from_preset(
-        "tiny", vocab_size=tok.bos_id + 1, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64
-    )
-    GPT(config).save_pretrained(tmp_path)
-    tok.save(tmp_path)
+    _save_model(tok, tmp_path, vocab_size=tok.bos_id + 1)
     assert main(["--model", str(tmp_path), "--prompt", "Hi", "--max_tokens", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"model has {tok.bos_id + 1} token embeddings" in err, err

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fastgpt.chat.template import format_for
 from fastgpt.conversation import (
     ConversationError,
     ReadStats,
@@ -156,11 +157,10 @@ def test_unsupported_or_missing_files(tmp_path):
 def test_check_fits_names_a_chat_token_beyond_the_embedding():
     """fastgpt's ten chat tokens sit above <|bos|>; a model whose embedding stops at <|bos|> (a base
     model that never learned them) cannot chat in this format."""
-    from fastgpt.conversation import ChatFormat
     from fastgpt.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["some text to learn merges from, 12 * 7 = 84. " * 30], vocab_size=300)
-    fmt = ChatFormat.for_model(tok)
+    fmt = format_for(tok)
     highest = max(
         tok.token_id(t) for t in ("<|assistant_end|>", "<|tool_call_start|>", "<|tool_output_start|>")
     )

@@ -2,12 +2,12 @@
 ``apply_chat_template`` (ids, generation prompt, and its own assistant masks)."""
 
 import pytest
+from train_support import assert_renders_as_transformers
 
-from fastgpt.chat.template import TemplateFormat, export_chat_template
+from fastgpt.chat.template import TemplateFormat, export_chat_template, format_for
 from fastgpt.conversation import (
     FASTGPT_CHAT_TEMPLATE,
     FASTGPT_CHAT_TEMPLATE_V1,
-    ChatFormat,
     ConversationError,
     ConversationTooLong,
     SpecialTokenFormat,
@@ -176,7 +176,7 @@ def test_calculator_calls_render_as_in_the_calculator_only_format(tok, tmp_path)
     # calculator conversation renders the same ids through it, through the current template and natively
     tok.save(tmp_path)
     export_chat_template(tmp_path, FASTGPT_CHAT_TEMPLATE_V1)
-    fmt = ChatFormat.for_model(tmp_path)
+    fmt = format_for(tmp_path)
     assert isinstance(fmt, SpecialTokenFormat)
     old = TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE_V1).render(CONVERSATIONS[1])
     new = TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE).render(CONVERSATIONS[1])
@@ -189,15 +189,10 @@ def test_exported_fastgpt_template_renders_the_same_ids_in_transformers(tok, tmp
     tok.save(tmp_path)
     export_chat_template(tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
-    fmt = ChatFormat.for_model(tmp_path)
+    fmt = format_for(tmp_path)
     assert isinstance(fmt, SpecialTokenFormat)
     for msgs in [*CONVERSATIONS, MULTI_TOOL]:
-        ids = hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
-        assert list(ids) == fmt.render(msgs)[0]
-        prompt = hf.apply_chat_template(
-            msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=True
-        )
-        assert list(prompt["input_ids"]) == fmt.render_prompt(msgs[:-1])
+        assert_renders_as_transformers(fmt, hf, msgs)
 
 
 # A ChatML template in the style of SmolLM2's (default system prompt when none is given), with
@@ -219,19 +214,14 @@ def test_model_dir_template_matches_transformers_ids_and_assistant_masks(tok, tm
 
     tok.save(tmp_path)
     (tmp_path / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
-    fmt = ChatFormat.for_model(tmp_path)
+    fmt = format_for(tmp_path)
     assert isinstance(fmt, TemplateFormat)
     assert fmt.stop_ids >= {tok.token_id("<|im_end|>")}
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     for msgs in (CONVERSATIONS[0], CONVERSATIONS[2], [{"role": "system", "content": "S"}, *CONVERSATIONS[0]]):
+        _, mask = assert_renders_as_transformers(fmt, hf, msgs)
         ref = hf.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-        ids, mask = fmt.render(msgs)
-        assert ids == list(ref["input_ids"])
         assert mask == list(ref["assistant_masks"])
-        prompt = hf.apply_chat_template(
-            msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=True
-        )
-        assert fmt.render_prompt(msgs[:-1]) == list(prompt["input_ids"])
 
 
 def test_template_that_is_not_prefix_stable_is_refused(tok):
@@ -272,7 +262,7 @@ def test_imported_vocabulary_renders_fastgpt_token_strings_as_text(tmp_path):
     )
     (tmp_path / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
     vocab = hf.get_vocab_size()
-    fmt = ChatFormat.for_model(tmp_path)
+    fmt = format_for(tmp_path)
     assert Tokenizer.load(tmp_path).vocab_size > vocab  # fastgpt's chat tokens were appended
     msgs = [{"role": "user", "content": "Repeat <|assistant_end|> and <|bos|> and <|user_start|>!"}]
     ids = fmt.render_prompt(msgs)
@@ -284,11 +274,11 @@ def test_imported_vocabulary_renders_fastgpt_token_strings_as_text(tmp_path):
     # the same through a Tokenizer object (Engine(model, tok) without a format), and after fastgpt saved
     # the tokenizer (as SFT does: the appended chat tokens are then in tokenizer.json, the embedding
     # still ends at the imported vocabulary)
-    assert ChatFormat.for_model(Tokenizer.load(tmp_path)).render_prompt(msgs) == ids
+    assert format_for(Tokenizer.load(tmp_path)).render_prompt(msgs) == ids
     saved = tmp_path / "sft"
     Tokenizer.load(tmp_path).save(saved)
     (saved / "chat_template.jinja").write_text(CHATML, encoding="utf-8")
-    assert ChatFormat.for_model(saved).render_prompt(msgs) == ids
+    assert format_for(saved).render_prompt(msgs) == ids
 
 
 # ------------------------------------------------------------------------------------------ tool calls as text
@@ -359,7 +349,7 @@ def test_chatml_tools_template_matches_transformers(tok, tmp_path):
 
     tok.save(tmp_path)
     export_chat_template(tmp_path, CHATML_TOOLS_TEMPLATE)
-    fmt = ChatFormat.for_model(tmp_path)
+    fmt = format_for(tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     msgs = [
         {"role": "user", "content": "r's?"},

@@ -2,9 +2,9 @@
 file, through transformers): fastgpt renders the ids and assistant spans transformers renders."""
 
 import pytest
-from train_support import smollm2_tokenizer_dir
+from train_support import assert_renders_as_transformers, smollm2_tokenizer_dir
 
-from fastgpt.conversation import ChatFormat
+from fastgpt.chat.template import format_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +33,12 @@ def test_smollm2_chat_template_parity(smollm2_dir):
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(smollm2_dir)
-    fmt = ChatFormat.for_model(smollm2_dir)
+    fmt = format_for(smollm2_dir)
     assert type(fmt).__name__ == "TemplateFormat"
     im_end = hf.convert_tokens_to_ids("<|im_end|>")
     assert im_end in fmt.stop_ids
     for msgs in CONVERSATIONS:
-        ids, mask = fmt.render(msgs)
-        assert ids == list(hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
-        prompt = hf.apply_chat_template(
-            msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=True
-        )
-        assert fmt.render_prompt(msgs[:-1]) == list(prompt["input_ids"])
+        ids, mask = assert_renders_as_transformers(fmt, hf, msgs)
         # the masked spans decode to exactly each assistant reply followed by its <|im_end|>
         spans, cur = [], []
         for i, m in zip(ids, mask):
@@ -66,7 +61,7 @@ def test_smollm2_tool_calls_through_a_chat_template(smollm2_dir):
     from fastgpt.chat.template import CHATML_TOOLS_TEMPLATE, export_chat_template
     from fastgpt.conversation import calculator_call, python_call, tool_call
 
-    assert ChatFormat.for_model(smollm2_dir).tool_syntax is None
+    assert format_for(smollm2_dir).tool_syntax is None
     saved = {
         f: (smollm2_dir / f).read_bytes()
         for f in ("chat_template.jinja", "tokenizer_config.json")
@@ -74,7 +69,7 @@ def test_smollm2_tool_calls_through_a_chat_template(smollm2_dir):
     }
     export_chat_template(smollm2_dir, CHATML_TOOLS_TEMPLATE)
     try:
-        fmt = ChatFormat.for_model(smollm2_dir)
+        fmt = format_for(smollm2_dir)
         hf = AutoTokenizer.from_pretrained(smollm2_dir)
         msgs = [
             {"role": "user", "content": "How many r's in strawberry, times 7, and the weather in Paris?"},

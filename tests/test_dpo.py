@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from fastgpt.conversation import ChatFormat
+from fastgpt.chat.template import format_for
 from fastgpt.dpo import DPOConfig, DPOStage, main, pair_logprobs
 from fastgpt.rl.pairs import render_pairs
 from fastgpt.rl.toy import tiny_model_dir
@@ -32,7 +32,7 @@ def test_precomputed_reference_equals_on_the_fly_and_direct_logprobs(tmp_path, l
     from fastgpt.model import from_pretrained
 
     model_dir = tiny_model_dir(tmp_path / "m")
-    fmt = ChatFormat.for_model(model_dir)
+    fmt = format_for(model_dir)
     pairs = render_pairs(
         load_pairs(str(_toy_pairs(tmp_path / "p.jsonl", 12)), log=lambda _: None), fmt, max_len=160
     )

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_support import torchrun
 
+from fastgpt.chat.template import format_for
 from fastgpt.grpo import GRPOConfig, GRPOStage, main
 from fastgpt.rl.advantages import group_advantages
 from fastgpt.rl.rollout import Rollout
@@ -129,16 +131,7 @@ def test_two_rank_zero2_matches_single_rank_first_step(tmp_path):
     )
     double = tmp_path / "double"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29731",
-            "-m",
-            "fastgpt.grpo",
-            *_grpo_args(model_dir, task, double, *common, "--zero=2"),
-        ],
+        torchrun("-m", "fastgpt.grpo", *_grpo_args(model_dir, task, double, *common, "--zero=2")),
         check=True,
         env=env,
         timeout=600,
@@ -157,11 +150,10 @@ def test_two_rank_zero2_matches_single_rank_first_step(tmp_path):
 
 
 def test_reward_reads_the_assistants_words_not_the_tools_output(tmp_path):
-    from fastgpt.conversation import ChatFormat
     from fastgpt.engine import Completion
     from fastgpt.rl.rollout import assistant_text
 
-    fmt = ChatFormat.for_model(tiny_model_dir(tmp_path / "m"))
+    fmt = format_for(tiny_model_dir(tmp_path / "m"))
     enc = fmt.tokenizer.encode
     call = [fmt.tool_call_start_id, *enc("10 - 7"), fmt.tool_call_end_id]
     output = fmt.tool_output_ids("3")  # inserted by the engine, not sampled

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from fastgpt.conversation import ChatFormat
+from fastgpt.chat.template import format_for
 from fastgpt.rl.heads import ScalarHeadModel
 from fastgpt.rl.pairs import PairOrder, collate_pairs, render_pairs
 from fastgpt.rl.toy import tiny_model_dir
@@ -228,7 +228,7 @@ def test_reward_model_learns_separable_pairs(tmp_path, capsys):
     assert after["heldout_loss"] < before["heldout_loss"]
     # the saved reward model scores held-out pairs as the run's evaluation did
     rm = ScalarHeadModel.from_pretrained(out / "model", require_head=True).eval()
-    fmt = ChatFormat.for_model(out / "model")
+    fmt = format_for(out / "model")
     heldout = split_pairs(load_pairs(str(data), log=lambda _: None), 0.25)[1]
     rows = collate_pairs(render_pairs(heldout, fmt, max_len=160))
     with torch.no_grad():

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,6 +105,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(*target: str, nproc: int = 2, rdzv: list[str] | None = None) -> list[str]:
+    """The command that runs ``target`` (``-m module args`` or ``script args``) under torchrun with
+    ``nproc`` processes on this node; ``rdzv`` are the rendezvous flags (a fresh local port if None)."""
+    rdzv = rdzv if rdzv is not None else [f"--master_port={free_port()}"]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rdzv, *target]
+
+
 def subprocess_env() -> dict[str, str]:
     """One thread per process (two cores, several ranks) and no wandb."""
     env = dict(os.environ)
@@ -112,6 +120,14 @@ def subprocess_env() -> dict[str, str]:
     )
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def start_pretrain(args: list[str], **popen: Any) -> subprocess.Popen:
+    """``python -m fastgpt.pretrain args`` started as a child process (one thread, no wandb) and not
+    waited for; ``popen`` goes to :class:`subprocess.Popen` (``stdout``, ``stderr``, ``text``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastgpt.pretrain", *args], cwd=REPO, env=subprocess_env(), **popen
+    )
 
 
 def run_pretrain(
@@ -127,17 +143,7 @@ def run_pretrain(
     if nproc == 1 and torchrun_args is None:
         cmd = [sys.executable, "-m", "fastgpt.pretrain", *args]
     else:
-        rdzv = torchrun_args if torchrun_args is not None else [f"--master_port={free_port()}"]
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={nproc}",
-            *rdzv,
-            "-m",
-            "fastgpt.pretrain",
-            *args,
-        ]
+        cmd = torchrun("-m", "fastgpt.pretrain", *args, nproc=nproc, rdzv=torchrun_args)
     proc = subprocess.run(
         cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
@@ -213,6 +219,16 @@ def _nan_skip_main(out_json: str, zero: int) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "nan_skip":
         _nan_skip_main(sys.argv[2], int(sys.argv[3]))
+
+
+def assert_renders_as_transformers(fmt, hf, msgs: list[dict]) -> tuple[list[int], list[int]]:
+    """The chat format ``fmt`` renders ``msgs``, and the prompt before their last message, to the ids the
+    transformers tokenizer ``hf`` renders with ``apply_chat_template``; returns ``fmt``'s (ids, mask)."""
+    ids, mask = fmt.render(msgs)
+    assert ids == list(hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+    prompt = hf.apply_chat_template(msgs[:-1], tokenize=True, add_generation_prompt=True, return_dict=True)
+    assert fmt.render_prompt(msgs[:-1]) == list(prompt["input_ids"])
+    return ids, mask
 
 
 def smollm2_tokenizer_dir(tmp: Path) -> Path:

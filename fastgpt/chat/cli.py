@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fastgpt import cli
-from fastgpt.cli import HelpFormatter
-from fastgpt.conversation import TOOL_ARGUMENT, ChatFormat, parse_tool_call_text
+from fastgpt.chat.template import format_for
+from fastgpt.conversation import TOOL_ARGUMENT, parse_tool_call_text
 from fastgpt.errors import UserError, report_user_error
 from fastgpt.tools import parse_tool_names, run_tool
 
@@ -33,14 +33,7 @@ __all__ = ["StreamPrinter", "main", "read_message"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(
-        prog="fastgpt chat",
-        description="Chat with a model in the terminal.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument(
-        "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
-    )
+    p = cli.model_command_parser("fastgpt chat", "Chat with a model in the terminal.")
     p.add_argument("--prompt", help="send this one message, print the reply and exit")
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
@@ -48,15 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=None, help="nucleus sampling, in (0, 1]; default: off")
     p.add_argument("--max_tokens", type=int, default=256, help="most tokens in one reply")
     p.add_argument("--seed", type=int, default=None, help="a fixed seed gives the same replies again")
-    p.add_argument(
-        "--tools",
-        default="calculator",
-        help="comma-separated tools the model may call, run as it writes the call: calculator, python "
+    cli.add_tool_arguments(
+        p,
+        "comma-separated tools the model may call, run as it writes the call: calculator, python "
         "(sandboxed, docs/jagged.md); 'none' for no tools",
+        "run no tools (same as --tools none)",
     )
-    p.add_argument("--no_tools", action="store_true", help="run no tools (same as --tools none)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     p.add_argument(
         "--compile",
         choices=["off", "default", "max-autotune"],
@@ -176,13 +166,13 @@ def _load(args: argparse.Namespace):
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
     from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
-    from fastgpt.model import from_pretrained
-    from fastgpt.tokenizer import Tokenizer
+    from fastgpt.model import from_pretrained  # heavy: loads torch; deferred until used
+    from fastgpt.tokenizer import Tokenizer  # heavy: loads tokenizers, numpy; deferred until used
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")  # as serve, eval, sample
     model = from_pretrained(args.model, dtype=args.dtype, device=device)
     tokenizer = Tokenizer.load(args.model)
-    chat_format = ChatFormat.for_model(args.model)
+    chat_format = format_for(args.model)
     chat_format.check_fits(model.config.vocab_size, args.model)
     note = base_model_note(args.model)
     if note:

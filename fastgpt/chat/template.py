@@ -401,7 +401,14 @@ def _has_fastgpt_tokens(tokenizer: Any) -> bool:
 
 
 def format_for(source: Any) -> ChatFormat:
-    """:meth:`ChatFormat.for_model`: a model/tokenizer dir, or a tokenizer object."""
+    """The chat format of a model dir (or of a tokenizer object / tokenizer dir).
+
+    A dir whose ``chat_template.jinja`` / ``tokenizer_config.json`` carries a template other than
+    fastgpt's own is rendered with that template (:class:`TemplateFormat`); otherwise fastgpt's special
+    tokens are used (:class:`SpecialTokenFormat`). It lives here, not on :class:`ChatFormat`, because it
+    chooses among the formats of both modules: ``conversation`` defines the formats and imports nothing
+    from this one.
+    """
     if isinstance(source, str | os.PathLike):
         from fastgpt.tokenizer import Tokenizer  # heavy: loads tokenizers, numpy; deferred until used
 

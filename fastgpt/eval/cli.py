@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fastgpt import cli
-from fastgpt.cli import HelpFormatter
-from fastgpt.conversation import ChatFormat
+from fastgpt.chat.template import format_for
 from fastgpt.errors import UserError, report_user_error
 from fastgpt.eval.tasks import evaluate_task
 from fastgpt.tasks import BUILTIN_TASKS, get_task
@@ -45,19 +44,12 @@ __all__ = ["main", "run_eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(
-        prog="fastgpt eval", description="Evaluate a model dir.", formatter_class=HelpFormatter
-    )
-    p.add_argument(
-        "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
-    )
+    p = cli.model_command_parser("fastgpt eval", "Evaluate a model dir.")
     p.add_argument("--tasks", default="bpb,mc:basics", help="comma-separated: bpb, TASK, mc:NAME|FILE")
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
     p.add_argument(
         "--chat", choices=("auto", "yes", "no"), default="auto", help="prompt through the chat format"
     )
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     g = p.add_argument_group("bits per byte")
     g.add_argument("--data", default=None, help="corpus name, prepared data dir or text files")
     g.add_argument("--bpb_tokens", type=int, default=262_144, help="validation tokens to score")
@@ -199,15 +191,15 @@ def run_eval(args: argparse.Namespace, log=print) -> dict[str, Any]:
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
     from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
-    from fastgpt.model import from_pretrained
-    from fastgpt.tokenizer import Tokenizer
+    from fastgpt.model import from_pretrained  # heavy: loads torch; deferred until used
+    from fastgpt.tokenizer import Tokenizer  # heavy: loads tokenizers, numpy; deferred until used
 
     tasks = parse_tasks(args.tasks)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = from_pretrained(args.model, dtype=args.dtype, device=device)
     tokenizer = Tokenizer.load(args.model)
     chat = args.chat == "yes" or (args.chat == "auto" and has_chat_template(args.model))
-    chat_format = ChatFormat.for_model(args.model) if chat else None
+    chat_format = format_for(args.model) if chat else None
     if chat_format is not None:
         chat_format.check_fits(model.config.vocab_size, args.model)
     engine = Engine(model, tokenizer, chat_format=chat_format)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fastgpt.conversation import ChatFormat
+from fastgpt.chat.template import format_for
 from fastgpt.errors import UserError
 from fastgpt.model import from_pretrained
 from fastgpt.tokenizer import Tokenizer
@@ -80,7 +80,7 @@ def load_start(model_dir: str, *, stage: str) -> tuple[Any, Any, Any]:
         raise UserError(f"--model={model_dir}: not a model directory (no config.json){hint}")
     model = from_pretrained(model_dir).train()
     tokenizer = Tokenizer.load(model_dir)
-    chat_format = ChatFormat.for_model(model_dir)
+    chat_format = format_for(model_dir)
     chat_format.check_fits(model.config.vocab_size, model_dir)  # a base model without the chat tokens
     return model, tokenizer, chat_format
 

@@ -44,8 +44,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastgpt import cli
-from fastgpt.cli import HelpFormatter
-from fastgpt.conversation import _TOOL_NAME, BUILTIN_TOOLS, ChatFormat, ConversationError
+from fastgpt.chat.template import format_for
+from fastgpt.conversation import _TOOL_NAME, BUILTIN_TOOLS, ConversationError
 from fastgpt.errors import UserError, report_user_error
 from fastgpt.serve.decode import ReplyDecoder
 from fastgpt.serve.protocol import (
@@ -572,14 +572,7 @@ def _sse(obj: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------- command
 def build_parser() -> argparse.ArgumentParser:
     d, lim = ServeConfig(), Limits()
-    p = cli.ArgumentParser(
-        prog="fastgpt serve",
-        description="OpenAI-compatible server and web chat for a model dir.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument(
-        "--model", required=True, help="model dir (fastgpt or Hugging Face layout, with tokenizer)"
-    )
+    p = cli.model_command_parser("fastgpt serve", "OpenAI-compatible server and web chat for a model dir.")
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
@@ -593,8 +586,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("FASTGPT_API_KEY"),
         help="require 'Authorization: Bearer KEY' on /v1 routes (default: $FASTGPT_API_KEY, else none)",
     )
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: float32)")
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max_prompt_tokens", type=int, default=lim.max_prompt_tokens, help="also capped at the context - 1"
@@ -611,13 +602,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--max_batch_rows", type=int, default=d.max_batch_rows, help="rows decoded together")
     g.add_argument("--max_queue", type=int, default=d.max_queue, help="waiting requests before answering 429")
-    p.add_argument(
-        "--tools",
-        default="calculator",
-        help="built-in tools the server runs itself (comma-separated: calculator, python; 'none'); a "
+    cli.add_tool_arguments(
+        p,
+        "built-in tools the server runs itself (comma-separated: calculator, python; 'none'); a "
         "request's tools field narrows this (docs/serving.md)",
+        "run no tools in the server (--tools none)",
     )
-    p.add_argument("--no_tools", action="store_true", help="run no tools in the server (--tools none)")
     p.add_argument("--log_level", default="info", help="debug | info | warning | error")
     return p
 
@@ -632,14 +622,14 @@ def load_engine(model_dir: str, device: str | None = None, dtype: str | None = N
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
     from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
-    from fastgpt.model import from_pretrained
-    from fastgpt.tokenizer import Tokenizer
+    from fastgpt.model import from_pretrained  # heavy: loads torch; deferred until used
+    from fastgpt.tokenizer import Tokenizer  # heavy: loads tokenizers, numpy; deferred until used
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = from_pretrained(model_dir, dtype=dtype, device=device)
     tokenizer = Tokenizer.load(model_dir)
     try:
-        chat_format = ChatFormat.for_model(model_dir)
+        chat_format = format_for(model_dir)
     except Exception:
         chat_format = None  # completions only; create_app says so
     return Engine(model, tokenizer, chat_format=chat_format)
