@@ -12,18 +12,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from train_support import (
-    REPO,
     one_thread,
     pretrain_args,
     read_metrics,
+    start_pretrain,
     step_losses,
-    subprocess_env,
 )
 
 import fastgpt
@@ -162,13 +160,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_usable(corpus, tmp
     root = out / "checkpoints"
     args = pretrain_args(corpus, out, max_steps=10_000, save_every=1, keep_last=2, log_every=1000)
     for _attempt in range(5):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fastgpt.pretrain", *args],
-            cwd=REPO,
-            env=subprocess_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_pretrain(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if (

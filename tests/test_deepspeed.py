@@ -15,12 +15,12 @@ import pytest
 import torch
 from train_support import (
     REPO,
-    free_port,
     one_thread,
     pretrain_args,
     run_pretrain,
     step_losses,
     subprocess_env,
+    torchrun,
 )
 
 import fastgpt
@@ -173,17 +173,7 @@ def test_resume_on_another_world_size_through_a_universal_checkpoint(corpus, tmp
 @pytest.mark.parametrize("zero", [0, 2, 3])
 def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path, zero):
     out = tmp_path / "result.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        str(REPO / "tests" / "train_support.py"),
-        "nan_skip",
-        str(out),
-        str(zero),
-    ]
+    cmd = torchrun(str(REPO / "tests" / "train_support.py"), "nan_skip", str(out), str(zero))
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())

@@ -12,12 +12,11 @@ outside any forward) and must gather it itself, give the reference loss and leav
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import textwrap
 
 import pytest
+from train_support import torchrun
 
 WORKER = textwrap.dedent(
     """
@@ -127,26 +126,13 @@ WORKER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.multiproc
 def test_linear_cross_entropy_with_zero3_partitioned_weight(tmp_path):
     script = tmp_path / "zero3_worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        str(script),
-    ]
+    cmd = torchrun(str(script))
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     assert result.returncode == 0 and lines, result.stdout[-3000:] + result.stderr[-3000:]

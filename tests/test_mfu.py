@@ -94,8 +94,8 @@ MATMUL_HEAVY = ["--model.n_embd=256", "--model.n_head=4", "--model.n_kv_head=4"]
 @pytest.mark.parametrize("nproc", [1, 2])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_logged_mfu_is_a_fraction_of_the_device_peak(corpus, tmp_path, nproc, dtype):
-    """1 and 2 ranks, fp32 and bf16: every logged mfu is in (0, 1]. Two ranks used to divide the
-    tokens of both ranks by one rank's peak (1.16 on the tiny preset)."""
+    """1 and 2 ranks, fp32 and bf16: every logged mfu is in (0, 1]: the tokens of all ranks are divided
+    by the peak of all ranks, not of one (which reads 1.16 on the tiny preset with 2 ranks)."""
     out = tmp_path / "run"
     args = pretrain_args(
         corpus, out, max_steps=5, batch_size=8, seq_len=64, dtype=dtype, optimizer="adamw", zero=0

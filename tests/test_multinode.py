@@ -4,7 +4,6 @@ a loopback rendezvous train one model together (ZeRO-2, gloo) and reproduce the 
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 from train_support import (
@@ -15,6 +14,7 @@ from train_support import (
     run_pretrain,
     step_losses,
     subprocess_env,
+    torchrun,
 )
 
 
@@ -27,19 +27,19 @@ def test_two_nodes_on_loopback_match_one_node(tmp_path):
     port = free_port()
     launchers = []
     for node_rank in (0, 1):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
+        rdzv = [
             "--nnodes=2",
             f"--node_rank={node_rank}",
-            "--nproc_per_node=1",
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint=127.0.0.1:{port}",
+        ]
+        cmd = torchrun(
             "-m",
             "fastgpt.pretrain",
             *pretrain_args(corpus, two, max_steps=5, batch_size=4, zero=2),
-        ]
+            nproc=1,
+            rdzv=rdzv,
+        )
         launchers.append(
             subprocess.Popen(
                 cmd,

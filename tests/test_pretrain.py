@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
-from train_support import make_corpus, one_thread, pretrain_args
+from train_support import make_corpus, one_thread, pretrain_args, start_pretrain
 
 from fastgpt.pretrain import main
 
@@ -130,23 +133,10 @@ def test_an_out_dir_that_is_a_file(corpus, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ctrl_c_is_one_line_and_status_130(corpus, tmp_path):
-    """SIGINT during training printed a KeyboardInterrupt traceback (on 2 ranks, 170 lines of them)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from train_support import REPO, subprocess_env
-
+    """SIGINT during training ends the run with status 130 and one line naming how to resume, no
+    KeyboardInterrupt traceback."""
     args = pretrain_args(corpus, tmp_path / "run", max_steps=100000, log_every=1, progress="false")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fastgpt.pretrain", *args],
-        cwd=REPO,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_pretrain(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:

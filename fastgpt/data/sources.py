@@ -27,9 +27,10 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastgpt.data.corpora import BUILTIN_CORPORA, corpus_documents
 from fastgpt.data.errors import DataError
@@ -160,7 +161,20 @@ def _read_txt(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[st
             yield piece.strip("\n") if options.txt_mode == "blocks" else piece
 
 
+def _non_empty(texts: Iterable[str | None], stats: ReadStats) -> Iterator[str]:
+    """The texts that hold more than white space; each other one is counted as an empty document."""
+    for text in texts:
+        if text and text.strip():
+            yield text
+        else:
+            stats.empty_documents += 1
+
+
 def _read_jsonl(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+    return _non_empty(_jsonl_texts(path, options, stats), stats)
+
+
+def _jsonl_texts(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
     key = options.text_field
     for lineno, line in enumerate(_open_bytes(path).splitlines(), 1):
         if not line.strip():
@@ -181,10 +195,7 @@ def _read_jsonl(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[
         text = record[key]
         if not isinstance(text, str):
             raise DataError(f"{where}: field {key!r} is {type(text).__name__}, expected a string")
-        if text.strip():
-            yield text
-        else:
-            stats.empty_documents += 1
+        yield text
 
 
 def _read_parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
@@ -203,12 +214,8 @@ def _read_parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterato
     column_type = str(pfile.schema_arrow.field(key).type)
     if column_type not in ("string", "large_string", "string_view"):
         raise DataError(f"{path}: column {key!r} has type {column_type}, expected strings")
-    for batch in pfile.iter_batches(columns=[key], batch_size=4096):
-        for text in batch.column(0).to_pylist():
-            if text and text.strip():
-                yield text
-            else:
-                stats.empty_documents += 1
+    batches = pfile.iter_batches(columns=[key], batch_size=4096)
+    yield from _non_empty((text for batch in batches for text in batch.column(0).to_pylist()), stats)
 
 
 def _read_hf(spec: str, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
@@ -222,18 +229,18 @@ def _read_hf(spec: str, options: ReadOptions, stats: ReadStats) -> Iterator[str]
     name, _, config = name.partition(":")
     try:
         rows = datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
-        for row in rows:
-            text = row.get(options.text_field)
-            if not isinstance(text, str):
-                raise DataError(f"hf:{spec}: rows have no string column {options.text_field!r}; {_SET_FIELD}")
-            if text.strip():
-                yield text
-            else:
-                stats.empty_documents += 1
+        yield from _non_empty((_hf_text(row, spec, options.text_field) for row in rows), stats)
     except DataError:
         raise
     except Exception as e:
         raise DataError(f"hf:{spec}: cannot stream this dataset ({type(e).__name__}: {e})") from None
+
+
+def _hf_text(row: dict[str, Any], spec: str, field: str) -> str:
+    text = row.get(field)
+    if not isinstance(text, str):
+        raise DataError(f"hf:{spec}: rows have no string column {field!r}; {_SET_FIELD}")
+    return text
 
 
 def iter_documents(
