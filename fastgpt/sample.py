@@ -35,9 +35,9 @@ def sample(
     import torch  # heavy: torch, loaded only when the command runs (--help starts without it)
 
     from fastgpt.engine import Engine  # heavy: loads torch; deferred until used
-    from fastgpt.model import from_pretrained
-    from fastgpt.model.sampling import check_sampling
-    from fastgpt.tokenizer import Tokenizer
+    from fastgpt.model import from_pretrained  # heavy: loads torch; deferred until used
+    from fastgpt.model.sampling import check_sampling  # heavy: loads torch; deferred until used
+    from fastgpt.tokenizer import Tokenizer  # heavy: loads tokenizers, numpy; deferred until used
 
     model_dir = Path(model_dir)
     check_sampling(temperature, top_p=top_p)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fastgpt import dist
+from fastgpt.chat.template import TEMPLATE_FILE, export_chat_template
+from fastgpt.checkpoint import latest_checkpoint
 from fastgpt.errors import UserError, report_user_error
 from fastgpt.train.trainer import NonFiniteLossError, resolve_dtype
 
@@ -71,8 +73,6 @@ def rank_context(cfg: Any) -> dict[str, Any]:
 def log_baseline(trainer: Any, stage: Any) -> dict[str, float]:
     """Evaluate the starting model and log it as step 0 (only for a fresh run, not a resumed one), so
     ``metrics.jsonl`` shows where training started from."""
-    from fastgpt.checkpoint import latest_checkpoint
-
     if trainer.cfg.resume != "never" and latest_checkpoint(trainer.out_dir) is not None:
         return {}
     result = trainer.evaluate(stage)
@@ -105,8 +105,6 @@ def train_stage(
       ``trainer.samples(stage)`` (sampled on every rank; None: no samples);
     - last, DeepSpeed's engine is released (:meth:`Trainer.close`).
     """
-    from fastgpt.chat.template import TEMPLATE_FILE, export_chat_template
-
     if baseline:
         log_baseline(trainer, stage)
     last = loop(stage, trainer) if loop is not None else trainer.fit(stage)

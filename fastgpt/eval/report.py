@@ -32,6 +32,7 @@ from typing import Any
 
 from fastgpt import cli
 from fastgpt.cli import HelpFormatter
+from fastgpt.eval.cli import table as eval_table
 
 __all__ = ["Run", "load_run", "main", "render_report"]
 
@@ -321,7 +322,7 @@ def hardware() -> list[str]:
 # --------------------------------------------------------------------------------------------- plots
 def _matplotlib_missing() -> bool:
     try:
-        import matplotlib  # noqa: F401
+        import matplotlib  # noqa: F401 -- optional: matplotlib (pip install 'fastgpt[report]'), probed only
     except ImportError:
         return True
     return False
@@ -418,8 +419,6 @@ def render_report(
     timings: dict[str, dict[str, float]] | None = None,
 ) -> str:
     """The Markdown text; plots are written under ``out.parent / "plots"``."""
-    from fastgpt.eval.cli import table as eval_table
-
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = [f"# {title}", "", f"Written {when} by `{command}`."]
     if note:

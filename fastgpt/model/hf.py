@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file
 
 from fastgpt.errors import UserError
 from fastgpt.model.config import GPTConfig
@@ -209,9 +212,6 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file as load_safetensors
-
     def load_file(file: Path) -> dict[str, torch.Tensor]:
         try:
             return load_safetensors(file)
@@ -327,8 +327,6 @@ def save_pretrained(model: GPT, path: str | os.PathLike, *, dtype: torch.dtype |
     """Write ``config.json`` + ``model.safetensors`` into ``path``. Each file is written to a temp file
     and renamed into place, so a crash never leaves a half-written file (other files in the directory,
     such as the tokenizer's, are left alone)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     dtype = dtype or next(model.parameters()).dtype

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fastgpt import ops
@@ -80,8 +81,6 @@ class ScalarHeadModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ files
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
-        from safetensors.torch import save_file
-
         path = Path(path)
         self.backbone.save_pretrained(path, dtype=dtype)
         head = {
@@ -106,8 +105,6 @@ class ScalarHeadModel(nn.Module):
     ) -> ScalarHeadModel:
         """A scalar-head model from a model dir: its saved head when it has one, else a fresh head on the
         language model (``require_head=True`` makes a missing head an error: a reward model must be trained)."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         has_head = (path / HEAD_FILE).is_file()
         if require_head and not has_head:
@@ -187,8 +184,6 @@ class PolicyWithValue(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> None:
-        from safetensors.torch import save_file
-
         path = Path(path)
         self.policy.save_pretrained(path, dtype=dtype)
         # flat files beside the policy (checkpoint export copies a model dir file by file)

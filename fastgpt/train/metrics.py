@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import netrc
 import os
 import time
 from pathlib import Path
@@ -106,8 +107,6 @@ def wandb_mode() -> str:
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:
-        import netrc
-
         has_login = netrc.netrc().authenticators("api.wandb.ai") is not None
     except (OSError, netrc.NetrcParseError):
         has_login = False
