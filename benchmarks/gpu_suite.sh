@@ -41,15 +41,30 @@ step() {  # step NAME SECONDS CMD...: run with a limit, log to $out/NAME.log, re
 step machine 60 bash -c "nvidia-smi; $py -c 'import torch, triton; print(\"torch\", torch.__version__, \"triton\", triton.__version__, torch.cuda.get_device_name())'"
 # fastgpt itself, without touching the machine's packages (no index: nothing can be fetched there)
 [ "$dry" -eq 1 ] || $py -m pip install -q --no-deps --no-build-isolation --no-index -e . || status=1
+# the tests import the kernels as fastgpt.kernels (setup.py maps kernels/ there): stop now, in one line, if
+# that import does not reach this tree's kernels/ rather than with one collection error per test file
+if [ "$dry" -eq 0 ] && ! $py -c 'import os, sys, fastgpt.kernels as k
+sys.exit(os.path.realpath(k.__path__[0]) != os.path.realpath("kernels"))' >/dev/null 2>&1; then
+  echo "gpu suite: fastgpt.kernels does not import from this tree's kernels/ (did 'pip install -e .' fail above?): nothing run"
+  exit 1
+fi
 
-step kernel_tests 180 env FASTGPT_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider --tb=no -rfE -m "not slow" \
+# pytest-xdist (when the machine has it) runs the tests in 8 processes: the first launches compile ~160
+# kernel specialisations (counted by the launch recorder over these files), too many for one process in 180 s
+xdist=""
+[ "$dry" -eq 1 ] || ! $py -c 'import xdist' >/dev/null 2>&1 || xdist="-n 8"
+tests_limit=180
+step kernel_tests $tests_limit env FASTGPT_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider --tb=no -rfE -m "not slow" $xdist \
   tests/test_kernel_norms.py tests/test_kernel_rope.py tests/test_kernel_activations.py \
-  tests/test_kernel_attention.py tests/test_kernel_attention_decode.py tests/test_kernel_cross_entropy.py \
-  tests/test_ops_attention_math.py \
+  tests/test_kernel_attention.py tests/test_kernel_attention_docs.py tests/test_kernel_attention_decode.py \
+  tests/test_kernel_cross_entropy.py tests/test_ops_attention_math.py \
   tests/test_kernel_launches.py tests/test_ops_compile.py
 if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then  # correctness first: no benchmark of a wrong kernel
   echo "gpu suite: correctness phase failed, benchmarks not run:"
-  grep -E '^(FAILED|ERROR) ' "$out/kernel_tests.log" || tail -n 5 "$out/kernel_tests.log"
+  if [ "$last_rc" -eq 124 ]; then
+    echo "TIMEOUT kernel_tests: stopped at its ${tests_limit}s limit before every test had run (log: $out/kernel_tests.log)"
+  fi
+  grep -E '^(FAILED|ERROR) ' "$out/kernel_tests.log" || [ "$last_rc" -eq 124 ] || tail -n 5 "$out/kernel_tests.log"
   exit 1
 fi
 step kernels_bench 130 $py benchmarks/kernels.py --quick --out "$out"

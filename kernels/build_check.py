@@ -26,8 +26,8 @@ memory traffic (spills). A config that declares ``"tensor_cores": True`` (every 
 ``tl.dot``) fails the check when its SASS has no tensor-core instruction: a ``tl.dot`` lowered to FMAs runs
 an order of magnitude slower and nothing else would say so.
 
-Run: ``python -m fastgpt.kernels.build_check [--markdown FILE] [--summary FILE] [--arch 90] [--match RE]
-[--sass auto|all|none]``.
+Run: ``python -m fastgpt.kernels.build_check [--markdown FILE] [--arch 90] [--match RE] [--modules M,...]
+[--jobs N] [--sass auto|all|none]``.
 
 The compiles run in worker processes started with ``TRITON_INTERPRET`` removed from their environment
 (the interpreter replaces ``@triton.jit`` functions, so a process that imported the kernels under it
@@ -49,13 +49,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-import fastgpt.kernels as package
+from fastgpt.kernels._launches import kernel_modules
 
 ARCHS = (80, 90)
 # Shared memory one thread block may use (the SM has 1 KB more, reserved by the system):
 # A100 (sm_80) 164 KB per SM / 163 KB per block; H100 (sm_90) 228 KB per SM / 227 KB per block.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-EXCLUDED_MODULES = {"build_check"}
 # Modules whose configs get SASS opcode counts by default (``--sass auto``): the tl.dot kernels and the
 # cross-entropy. Dumping SASS costs about a quarter of a compile, so the memory-bound kernels skip it.
 SASS_MODULES = {"attention", "attention_backward", "cross_entropy"}
@@ -204,14 +203,9 @@ def _compile_one(module: str, index: int, arch: int, sass: str = "auto") -> Row:
 
 # --------------------------------------------------------------------------------------- the driver
 def discover_modules() -> list[str]:
-    """Every ``fastgpt.kernels.<op>`` module (attention included when present), build_check excluded."""
-    import pkgutil
-
-    return [
-        f"fastgpt.kernels.{m.name}"
-        for m in pkgutil.iter_modules(package.__path__)
-        if not m.name.startswith("_") and m.name not in EXCLUDED_MODULES
-    ]
+    """Every ``fastgpt.kernels.<op>`` module: the same list the launch recorder wraps and checks against
+    (``fastgpt.kernels._launches.kernel_modules``), so what is compiled and what is checked cannot drift."""
+    return kernel_modules()
 
 
 def _worker_env() -> dict[str, str]:

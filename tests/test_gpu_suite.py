@@ -1,7 +1,9 @@
 """benchmarks/gpu_suite.sh on a machine without a GPU: its phases (correctness before any benchmark) and
 its stop at a failing correctness phase, one line per failing test, with a stand-in python."""
 
+import ast
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -44,3 +46,99 @@ def test_a_failing_correctness_phase_stops_before_the_benchmarks(tmp_path):
         "FAILED tests/test_kernel_norms.py::test_a - AssertionError: x",
         "ERROR tests/test_kernel_rope.py::test_b - RuntimeError: y",
     ]
+
+
+def _fake_python(tmp_path, pytest_body: str, import_check: str = "exit 0") -> dict:
+    """A stand-in ``python`` for the suite: ``pytest_body`` runs for the pytest step, ``import_check`` for
+    the check that ``fastgpt.kernels`` resolves to this tree; benchmarks print BENCHMARK RAN."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$*" in\n'
+        f"  *pytest*) {pytest_body};;\n"
+        f"  *fastgpt.kernels*) {import_check};;\n"
+        "  *kernels.py*|*train_throughput*) echo BENCHMARK RAN; exit 0;;\n"
+        "  *) exit 0;;\n"
+        "esac\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return {**os.environ, "PYTHON": str(fake)}
+
+
+def test_a_correctness_phase_past_its_time_limit_says_so(tmp_path):
+    env = _fake_python(tmp_path, "echo '....'; exit 124")  # what timeout(1) returns for a killed step
+    proc = subprocess.run(
+        ["bash", str(SUITE), str(tmp_path / "out")], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1 and "BENCHMARK RAN" not in proc.stdout
+    assert proc.stdout.splitlines()[-2:] == [
+        "gpu suite: correctness phase failed, benchmarks not run:",
+        f"TIMEOUT kernel_tests: stopped at its 180s limit before every test had run (log: {tmp_path / 'out'}"
+        "/kernel_tests.log)",
+    ]
+
+
+def test_kernels_not_importable_from_this_tree_stop_before_the_tests(tmp_path):
+    """``pip install -e .`` failing on the lent machine (or another fastgpt on its path) would otherwise
+    show as one collection error per test file."""
+    env = _fake_python(tmp_path, "echo PYTEST RAN; exit 0", import_check="exit 1")
+    proc = subprocess.run(
+        ["bash", str(SUITE), str(tmp_path / "out")], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1
+    assert "PYTEST RAN" not in proc.stdout and "BENCHMARK RAN" not in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith(
+        "gpu suite: fastgpt.kernels does not import from this tree"
+    )
+
+
+def _correctness_files() -> list[str]:
+    """The test files of the suite's kernel_tests step, read from the script."""
+    text = SUITE.read_text()
+    block = text[text.index("step kernel_tests") :]
+    block = block[: block.index("\nif ")]
+    return re.findall(r"tests/test_\w+\.py", block)
+
+
+# kernel test files the GPU phase leaves out, and why
+NOT_IN_GPU_PHASE = {
+    "tests/test_kernel_build_check.py": "compiles for sm_80/sm_90 on the CPU (no GPU involved); CI runs it",
+    "tests/test_kernel_gpu_tiles.py": "GPU tiles under the Triton interpreter: a CPU-only mode",
+    "tests/test_kernel_cross_entropy_zero3.py": "slow, two gloo processes on CPU",
+}
+
+
+def test_the_correctness_phase_runs_every_kernel_test_file():
+    """A new kernel test file is either in the GPU phase or named above with a reason; every file the
+    GPU-tiles sweep checks on CPU also runs natively on the GPU."""
+    from test_kernel_gpu_tiles import KERNEL_TEST_FILES
+
+    listed = _correctness_files()
+    assert all((ROOT / f).is_file() for f in listed), listed
+    kernel_files = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_kernel_*.py")}
+    missing = sorted(kernel_files - set(listed) - set(NOT_IN_GPU_PHASE))
+    assert missing == [], f"kernel test files not in gpu_suite.sh's correctness phase: {missing}"
+    assert set(KERNEL_TEST_FILES) <= set(listed)
+
+
+def _cpu_generators(path: Path) -> list[str]:
+    """``torch.Generator()`` calls without a device: a CPU generator, which ``torch.randn(...,
+    generator=g)`` refuses for the CUDA tensors GPU mode makes by default."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) in ("torch.Generator", "Generator")
+            and not node.args
+            and not any(k.arg == "device" for k in node.keywords)
+        ):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_gpu_phase_tests_draw_random_numbers_on_the_default_device():
+    """In GPU mode (``FASTGPT_TEST_DEVICE=cuda``) tensors made without a device land on the GPU, and a
+    CPU ``torch.Generator`` passed to them raises; at import time that aborts the whole pytest run."""
+    files = {ROOT / f for f in _correctness_files()} | {ROOT / "tests" / "kernel_modes.py"}
+    assert _cpu_generators(ROOT / "tests" / "train_support.py")  # the scan finds one where it is
+    assert [hit for f in sorted(files) for hit in _cpu_generators(f)] == []

@@ -10,14 +10,16 @@ residual stream through the norms. Attention's tiles are translated per arch by
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from fastgpt.kernels import attention, norms
-from fastgpt.kernels._launches import ARCHS, Launch, missing_from_aot, recording
+from fastgpt.kernels import attention, build_check, norms
+from fastgpt.kernels._launches import ARCHS, Launch, _is_kernel, kernel_modules, missing_from_aot, recording
 
 from fastgpt import ops
 
@@ -129,6 +131,25 @@ def test_a_bf16_training_step_launches_only_compiled_kernels():
     assert norm_inputs == {"*fp32"}
     ce = {dict(launch.signature)["LOGITS"] for launch in _by_kernel(llama, "_cross_entropy_kernel")}
     assert ce == {"*bf16"}
+
+
+def test_every_triton_kernel_is_compiled_by_the_build_check():
+    """Each ``@triton.jit`` function of the kernel modules is in some ``AOT_CONFIGS`` entry, or is a device
+    function called from one that is (inlined into it): a new kernel without AOT configs would launch on a
+    GPU without ever having been built here. The build check compiles the modules the recorder wraps."""
+    assert build_check.discover_modules() == kernel_modules()
+    jitted, compiled = {}, {}
+    for name in kernel_modules():
+        module = importlib.import_module(name)
+        for entry in getattr(module, "AOT_CONFIGS", []):
+            compiled[entry["fn"].fn.__name__] = entry["fn"]
+        for value in vars(module).values():
+            if _is_kernel(value) and value.fn.__module__ == name:
+                jitted[value.fn.__name__] = value
+    assert {"_attn_fwd_kernel", "_decode_split_kernel", "_decode_combine_kernel"} <= set(compiled)
+    called = " ".join(inspect.getsource(kernel.fn) for kernel in compiled.values())
+    helpers = {name for name in jitted.keys() - compiled.keys() if f"{name}(" in called}
+    assert sorted(jitted.keys() - compiled.keys() - helpers) == []
 
 
 # ------------------------------------------------------------------------------ the stages, one step each

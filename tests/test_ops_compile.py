@@ -40,7 +40,7 @@ def tiny(family: str) -> GPT:
 
 
 def batch():
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator(torch.get_default_device()).manual_seed(1)  # GPU mode: tensors land on cuda
     idx = torch.randint(0, 96, (2, 24), generator=g)
     targets = torch.randint(0, 96, (2, 24), generator=g)
     targets[0, :3] = -100  # ignored positions
@@ -126,7 +126,7 @@ def _leaf(*shape, dtype=torch.float32, scale=1.0, shift=0.0):
 
 def _opcheck_cases():
     """(name, op, args) with small odd shapes; attention in fp16 too (half precision is all a GPU takes)."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(torch.get_default_device()).manual_seed(0)
     x = _leaf(3, 5, 40, shift=0.5)
     w = _leaf(40, shift=1.0)
     b = _leaf(40, scale=0.1)
