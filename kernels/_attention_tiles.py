@@ -375,9 +375,9 @@ def attention_aot_config(
     return entry
 
 
-def tiled_aot_configs(kernel: str, fn) -> list[dict]:
+def tiled_aot_configs(kernel: str, fn, extra: dict | None = None) -> list[dict]:
     """Every configuration of a tiled kernel the launcher can pick on a GPU: head dim x dtype x arch
-    family's tiles for the kernel's role x feature variant."""
+    family's tiles for the kernel's role x feature variant (plus the ``extra`` constexprs, fixed)."""
     role = _ROLES[getattr(fn, "fn", fn).__name__]
     entries = []
     for dtype in _AOT_DTYPES:
@@ -387,7 +387,7 @@ def tiled_aot_configs(kernel: str, fn) -> list[dict]:
                 for variant, flags in _AOT_VARIANTS.items():
                     constexprs = dict(
                         HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim), BLOCK_M=cfg.block_m,
-                        BLOCK_N=cfg.block_n, UPCAST=False, PRECISION="tf32", **flags,
+                        BLOCK_N=cfg.block_n, UPCAST=False, PRECISION="tf32", **flags, **(extra or {}),
                     )  # fmt: skip
                     name = (
                         f"{kernel} d{head_dim} {dtype} {arch}-tiles M{cfg.block_m} N{cfg.block_n} "

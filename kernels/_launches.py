@@ -106,6 +106,10 @@ def _arg_type(value: Any) -> str:
     """The type Triton's launcher gives a runtime argument (as the AOT signatures spell it)."""
     if hasattr(value, "data_ptr") and hasattr(value, "dtype"):
         return "*" + _TORCH_TO_TRITON.get(str(value.dtype), str(value.dtype))
+    if type(value).__name__ == "TensorDescriptor":  # host TMA descriptor: Triton's own spelling
+        from triton.runtime.jit import mangle_type  # heavy, optional: triton (GPU builds)
+
+        return mangle_type(value)
     if isinstance(value, bool):
         return "i1"
     if isinstance(value, int):

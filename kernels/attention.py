@@ -30,6 +30,8 @@ AOT lists) in ``_attention_tiles.py``. The ``flash-attn`` package's wrapper, ano
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +47,17 @@ from fastgpt.kernels._attention_tiles import (
     _store_rows,
     _tile_range,
     _visible,
-    aot_gpu_launch,
     document_extents,
     padded_head_dim,
     tile_configs,
     tiled_aot_configs,
 )
+from fastgpt.kernels._attention_tiles import (
+    aot_gpu_launch as _tiled_gpu_launch,
+)
 from fastgpt.kernels._target import arch_family, forced_arch, launch_arch
 from fastgpt.kernels.attention_backward import _attention_backward
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 
 def attention_mask(
@@ -165,6 +170,8 @@ def _fwd_tiles(
     doc_q,
     k_base,
     v_base,
+    kv_b,
+    kv_h,
     doc_row,
     stride_kt,
     stride_vt,
@@ -185,11 +192,15 @@ def _fwd_tiles(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     SKIP_GAP: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """Online softmax over key tiles ``[start, end)``, less ``[gap_start, gap_end)`` when ``SKIP_GAP``;
     scores are in log2 units (``qk_scale`` folds in log2(e)), the running max ``m_i``, normaliser ``l_i``
     and output ``acc`` stay in fp32. The gap lets one loop cover the partly visible tiles on both sides
-    of the fully visible ones: a third loop pushed the sm_80 head-dim-128 kernels into spills."""
+    of the fully visible ones: a third loop pushed the sm_80 head-dim-128 kernels into spills.
+    With ``TMA`` ``k_base``/``v_base`` are ``(B, Hkv, Tk, D)`` tensor descriptors read at batch ``kv_b``,
+    head ``kv_h`` (rows past ``Tk`` arrive as 0, as the masked pointer loads give them); otherwise the
+    head's base pointers (``kv_b``/``kv_h`` unused)."""
     offs_d = tl.arange(0, BLOCK_D)
     stop = end
     if SKIP_GAP:
@@ -199,7 +210,12 @@ def _fwd_tiles(
         if SKIP_GAP:
             n0 = tl.where(j >= gap_start, j + (gap_end - gap_start), j)
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_base, offs_n, offs_d, stride_kt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        if TMA:
+            k = k_base.load([kv_b, kv_h, n0, 0]).reshape(BLOCK_N, BLOCK_D)
+            if UPCAST:
+                k = k.to(tl.float32)
+        else:
+            k = _load_rows(k_base, offs_n, offs_d, stride_kt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         if MASKED:
             doc_k = offs_n
@@ -218,7 +234,12 @@ def _fwd_tiles(
         p = tl.math.exp2(s - m_ref[:, None])
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(v_base, offs_n, offs_d, stride_vt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        if TMA:
+            v = v_base.load([kv_b, kv_h, n0, 0]).reshape(BLOCK_N, BLOCK_D)
+            if UPCAST:
+                v = v.to(tl.float32)
+        else:
+            v = _load_rows(v_base, offs_n, offs_d, stride_vt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
     return acc, m_i, l_i
@@ -259,23 +280,37 @@ def _attn_fwd_kernel(
     HAS_WINDOW: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     """One program = one query tile of one (batch, query head). Writes O and the row log-sum-exp (log2
-    units; +inf for a row that sees no key, so the backward's probabilities come out as 0)."""
+    units; +inf for a row that sees no key, so the backward's probabilities come out as 0).
+
+    ``TMA`` (the Hopper build): Q, K, V and O are host-made ``(B, H, T, D)`` tensor descriptors with
+    ``[1, 1, rows, D]`` blocks, so every tile moves through the Tensor Memory Accelerator (bounds checked
+    in hardware: rows past ``T`` load as 0 and are not stored); the strides are then unused. Everything
+    else (tile walk, masks, online-softmax order, dots) is the same code as the pointer build."""
     m0 = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     b = (bh // H_Q).to(tl.int64)
     h = (bh % H_Q).to(tl.int64)
     h_kv = h // GROUP  # GQA: the shared K/V head is indexed, never copied
-    q_base = Q + b * stride_qb + h * stride_qh
-    k_base = K + b * stride_kb + h_kv * stride_kh
-    v_base = V + b * stride_vb + h_kv * stride_vh
+    if TMA:
+        q_base, k_base, v_base = Q, K, V
+    else:
+        q_base = Q + b * stride_qb + h * stride_qh
+        k_base = K + b * stride_kb + h_kv * stride_kh
+        v_base = V + b * stride_vb + h_kv * stride_vh
     doc_row = DOCS + b * 4 * T_K  # document_extents of this row; plane 0 identifies the document
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_pos = T_K - T_Q + offs_m
-    q = _load_rows(q_base, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST)
+    if TMA:
+        q = Q.load([b.to(tl.int32), h.to(tl.int32), m0, 0]).reshape(BLOCK_M, BLOCK_D)
+        if UPCAST:
+            q = q.to(tl.float32)
+    else:
+        q = _load_rows(q_base, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST)
     doc_q = q_pos
     if HAS_DOCS:
         doc_q = tl.load(doc_row + q_pos, mask=offs_m < T_Q, other=0)
@@ -292,9 +327,9 @@ def _attn_fwd_kernel(
         full_end = end
     else:
         acc, m_i, l_i = _fwd_tiles(  # fully visible tiles: no mask
-            acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
-            full_start, full_end, full_end, full_end, T_K, WINDOW, qk_scale,
-            BLOCK_N, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION, False,
+            acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, b.to(tl.int32), h_kv.to(tl.int32), doc_row,
+            stride_kt, stride_vt, full_start, full_end, full_end, full_end, T_K, WINDOW, qk_scale,
+            BLOCK_N, HEAD_DIM, BLOCK_D, False, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION, False, TMA,
         )  # fmt: skip
     # partly visible tiles: before the full range only with a window or documents (window edge,
     # document edges), after it always (diagonal, document edges, ragged end)
@@ -302,16 +337,19 @@ def _attn_fwd_kernel(
     if HAS_DOCS or HAS_WINDOW:
         masked_start = start
     acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, doc_row, stride_kt, stride_vt,
-        masked_start, end, full_start, full_end, T_K, WINDOW, qk_scale,
+        acc, m_i, l_i, q, q_pos, doc_q, k_base, v_base, b.to(tl.int32), h_kv.to(tl.int32), doc_row,
+        stride_kt, stride_vt, masked_start, end, full_start, full_end, T_K, WINDOW, qk_scale,
         BLOCK_N, HEAD_DIM, BLOCK_D, True, CAUSAL, HAS_DOCS, HAS_WINDOW, UPCAST, PRECISION,
-        HAS_DOCS or HAS_WINDOW,
+        HAS_DOCS or HAS_WINDOW, TMA,
     )  # fmt: skip
 
     empty = l_i == 0.0  # no visible key: output 0, not 0/0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-    _store_rows(O + b * stride_ob + h * stride_oh, out, offs_m, offs_d, stride_ot, T_Q, HEAD_DIM, BLOCK_D)
+    if TMA:
+        O.store([b.to(tl.int32), h.to(tl.int32), m0, 0], out.to(O.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
+    else:
+        _store_rows(O + b * stride_ob + h * stride_oh, out, offs_m, offs_d, stride_ot, T_Q, HEAD_DIM, BLOCK_D)
     tl.store(LSE + bh.to(tl.int64) * T_Q + offs_m, lse, mask=offs_m < T_Q)
 
 
@@ -381,8 +419,36 @@ def _tiles_for(q: torch.Tensor) -> dict[str, TileConfig]:
     return tile_configs(q.shape[-1], launch_arch(q.device))
 
 
-def _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags):
-    """Launch the forward kernel; returns ``o (B, Hq, Tq, D)`` and ``lse (B, Hq, Tq)`` fp32 (log2)."""
+def tma_eligible(*tensors: torch.Tensor) -> bool:
+    """Whether the forward can read/write ``tensors`` through TMA descriptors: the head dim is a tile
+    width (32/64/128; head dim 96 would need the padded columns) and every base address and batch/head/
+    time stride is a multiple of 16 bytes (the Tensor Memory Accelerator's rule)."""
+    for t in tensors:
+        size = t.element_size()
+        if t.shape[-1] != padded_head_dim(t.shape[-1]) or t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        if any((stride * size) % 16 for stride in t.stride()[:3]):
+            return False
+    return True
+
+
+def use_tma(q: torch.Tensor, *tensors: torch.Tensor) -> bool:
+    """The launcher's rule: the TMA build of the forward on an sm_90 GPU (capability (9, 0)) whenever
+    :func:`tma_eligible`; the pointer build everywhere else (it is the same kernel without descriptors).
+    ``FASTGPT_ATTENTION_TMA=0`` turns it off (A/B benchmarks)."""
+    if not q.is_cuda or os.environ.get("FASTGPT_ATTENTION_TMA", "1") == "0":
+        return False
+    return torch.cuda.get_device_capability(q.device) == (9, 0) and tma_eligible(q, *tensors)
+
+
+def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
+    """``(B, H, T, D)`` tensor descriptor over ``x`` moving ``[1, 1, rows, D]`` blocks."""
+    return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, rows, x.shape[-1]])
+
+
+def _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags, tma: bool | None = None):
+    """Launch the forward kernel; returns ``o (B, Hq, Tq, D)`` and ``lse (B, Hq, Tq)`` fp32 (log2).
+    ``tma``: force the descriptor build on or off (None: :func:`use_tma`; the interpreter runs both)."""
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -390,12 +456,17 @@ def _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags):
     docs = lse if docs is None else docs  # never read without documents
     cfg = tiles["fwd"]
     grid = (triton.cdiv(Tq, cfg.block_m), B * Hq)
+    tma = use_tma(q, k, v, o) if tma is None else tma
+    q_in, k_in, v_in, o_out = q, k, v, o
+    if tma:
+        q_in, o_out = _descriptor(q, cfg.block_m), _descriptor(o, cfg.block_m)
+        k_in, v_in = _descriptor(k, cfg.block_n), _descriptor(v, cfg.block_n)
     _attn_fwd_kernel[grid](
-        q, k, v, o, lse, docs,
+        q_in, k_in, v_in, o_out, lse, docs,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         Hq, Hq // Hkv, Tq, Tk, window or 0, scale * _LOG2E,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **flags,
+        TMA=tma, **flags,
     )  # fmt: skip
     return o, lse
 
@@ -505,4 +576,64 @@ def attention_triton(
 
 
 # ================================================================================= ahead-of-time builds
-AOT_CONFIGS = tiled_aot_configs("attn_fwd", _attn_fwd_kernel)
+_TMA_ROWS = {"Q": "BLOCK_M", "K": "BLOCK_N", "V": "BLOCK_N", "O": "BLOCK_M"}  # descriptor -> block rows
+
+
+def _tensordesc(dtype: str, rows: int, block_d: int) -> str:
+    """The signature type Triton gives a host ``TensorDescriptor`` with ``[1, 1, rows, block_d]`` blocks."""
+    return f"tensordesc<{dtype}[1, 1, {rows}, {block_d}]>"
+
+
+def _with_tma(signature: dict, constexprs: dict, dtype: str) -> dict:
+    """``signature`` with Q/K/V/O as the descriptors the sm_90 launcher passes."""
+    return {
+        arg: _tensordesc(dtype, constexprs[_TMA_ROWS[arg]], constexprs["BLOCK_D"]) if arg in _TMA_ROWS else t
+        for arg, t in signature.items()
+    }
+
+
+def _tma_aot_configs(pointer_configs: list[dict]) -> list[dict]:
+    """The descriptor build of every sm_90 forward configuration whose head dim is a tile width: same
+    tiles and variants as the pointer build, Q/K/V/O as tensor descriptors (no divisibility hints: a
+    descriptor carries its own alignment rule)."""
+    entries = []
+    for cfg in pointer_configs:
+        consts = cfg["constexprs"]
+        if cfg["archs"] != [90] or consts["HEAD_DIM"] != consts["BLOCK_D"]:
+            continue
+        dtype = cfg["signature"]["Q"][1:]
+        names = _attn_fwd_kernel.arg_names
+        entries.append(
+            dict(
+                cfg,
+                name=cfg["name"].replace(" sm90-tiles", " sm90-tiles tma"),
+                signature=_with_tma(cfg["signature"], consts, dtype),
+                constexprs=dict(consts, TMA=True),
+                attrs={i: a for i, a in cfg["attrs"].items() if names[i[0]] not in _TMA_ROWS},
+            )
+        )
+    return entries
+
+
+def aot_gpu_launch(launch, arch: int):
+    """What a GPU of ``arch`` launches for the recorded ``launch`` (see ``_attention_tiles``): for the
+    forward, additionally the TMA build on sm_90 when the head dim is a tile width (the launcher's
+    :func:`use_tma` for aligned tensors), the pointer build on sm_80."""
+    gpu = _tiled_gpu_launch(launch, arch)
+    if gpu is None or launch.kernel != "_attn_fwd_kernel":
+        return gpu
+    consts = dict(gpu.constexprs)
+    signature = dict(gpu.signature)
+    kind = signature["K"]  # "*bf16", or "tensordesc<bf16[...]>" when recorded from a TMA launch
+    dtype = kind[1:] if kind.startswith("*") else kind[len("tensordesc<") :].split("[")[0]
+    tma = arch == 90 and consts["HEAD_DIM"] == consts["BLOCK_D"]
+    consts["TMA"] = tma
+    if tma:
+        signature = _with_tma(signature, consts, dtype)
+    else:
+        signature.update({arg: f"*{dtype}" for arg in _TMA_ROWS})
+    return replace(gpu, signature=tuple(signature.items()), constexprs=tuple(consts.items()))
+
+
+_POINTER_AOT_CONFIGS = tiled_aot_configs("attn_fwd", _attn_fwd_kernel, {"TMA": False})
+AOT_CONFIGS = _POINTER_AOT_CONFIGS + _tma_aot_configs(_POINTER_AOT_CONFIGS)

@@ -361,6 +361,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fastgpt.kernels.attention import AOT_CONFIGS
 from fastgpt.kernels.attention_backward import AOT_CONFIGS as BACKWARD
+from fastgpt.kernels.build_check import sass_counts
 cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 for e in AOT_CONFIGS + BACKWARD:
     if " d128 bf16 sm90-tiles" in e["name"] and e["name"].endswith(" causal"):
@@ -372,19 +373,21 @@ for e in AOT_CONFIGS + BACKWARD:
             f.flush()
             usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True)
         stack = re.search(r"STACK:(\\d+)", usage.stdout).group(1)
-        print(e["name"], kernel.metadata.shared, stack)
+        tma_loads = sass_counts(kernel.asm["cubin"])["UTMALDG"]
+        print(e["name"], kernel.metadata.shared, stack, tma_loads)
 """
 
 
 def test_aot_compile_for_hopper_fits_and_does_not_spill():
-    """The real compiler (no GPU needed) on the training configuration: d128, bf16, causal, sm_90.
-    It runs in a fresh process because the interpreter replaces the kernels in this one."""
+    """The real compiler (no GPU needed) on the training configuration: d128, bf16, causal, sm_90;
+    the forward's TMA build must really issue TMA loads (UTMALDG in its SASS), the others none. It runs in a fresh process because the interpreter replaces the kernels in this one."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     run = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = [line.rsplit(" ", 2) for line in run.stdout.strip().splitlines()]
-    assert len(rows) == 3, run.stdout
-    for name, shared, stack in rows:
+    rows = [line.rsplit(" ", 3) for line in run.stdout.strip().splitlines()]
+    assert len(rows) == 4, run.stdout  # forward (pointer and TMA builds), dK/dV, dQ
+    for name, shared, stack, tma_loads in rows:
         assert int(shared) <= 228 * 1024, f"{name}: {shared} bytes of shared memory"
         assert int(stack) == 0, f"{name} spills {stack} bytes"
+        assert (int(tma_loads) > 0) == (" tma " in name), f"{name}: {tma_loads} UTMALDG"
