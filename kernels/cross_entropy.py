@@ -198,6 +198,24 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, grad_bias, None, None, None, None, None, None
 
 
+def _autocast_hidden(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, str, tuple[bool, bool, bool]]:
+    """What both fused paths start from: ``hidden`` in the autocast dtype when autocast is on (their
+    GEMMs then run in it, as ``F.linear``'s would), its device type, and whether hidden, weight and
+    bias need gradients (the backward computes only those)."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        hidden = hidden.to(torch.get_autocast_dtype(device_type))
+    grad_on = torch.is_grad_enabled()
+    need = (
+        grad_on and hidden.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
+    return hidden, device_type, need
+
+
 def linear_cross_entropy_chunked(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -225,15 +243,7 @@ def linear_cross_entropy_chunked(
         vocab = weight.shape[0]
         chunk_size = max(256, linear_cross_entropy_chunk_rows(hidden.shape[0], hidden.shape[1], vocab))
     if reduction != "none":
-        device_type = hidden.device.type
-        if torch.is_autocast_enabled(device_type):
-            hidden = hidden.to(torch.get_autocast_dtype(device_type))
-        grad_on = torch.is_grad_enabled()
-        need = (
-            grad_on and hidden.requires_grad,
-            grad_on and weight.requires_grad,
-            grad_on and bias is not None and bias.requires_grad,
-        )
+        hidden, device_type, need = _autocast_hidden(hidden, weight, bias)
         with torch.autocast(device_type, enabled=False):
             return _ChunkedLinearCrossEntropy.apply(
                 hidden, weight, targets, bias, ignore_index, z_loss, softcap, reduction, chunk_size, need
@@ -748,16 +758,8 @@ def linear_cross_entropy_triton(
     weight_shape = tuple(getattr(weight, "ds_shape", weight.shape))  # ZeRO-3: the full, not the local, shape
     if len(weight_shape) != 2 or weight_shape[1] != hidden.shape[1]:
         raise ValueError(f"linear_cross_entropy: weight must be (V, {hidden.shape[1]}), got {weight_shape}")
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
-        hidden = hidden.to(torch.get_autocast_dtype(device_type))
+    hidden, device_type, need = _autocast_hidden(hidden, weight, bias)
     hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
-    grad_on = torch.is_grad_enabled()
-    need = (
-        grad_on and hidden.requires_grad,
-        grad_on and weight.requires_grad,
-        grad_on and bias is not None and bias.requires_grad,
-    )
     rows = chunk_rows or linear_cross_entropy_chunk_rows(hidden.shape[0], hidden.shape[1], weight_shape[0])
     with torch.autocast(device_type, enabled=False):
         return torch.ops.fastgpt.linear_cross_entropy(

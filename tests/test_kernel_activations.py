@@ -10,6 +10,7 @@ to each element and to the tensor's largest magnitude for elements near zero.
 import pytest
 import torch
 from fastgpt.kernels.activations import gelu_tanh_reference, gelu_tanh_triton, swiglu_reference, swiglu_triton
+from kernel_checks import assert_scaled_close
 
 TOL = {torch.float32: 1e-5, torch.float16: 2**-9, torch.bfloat16: 2**-6}
 pytestmark = pytest.mark.filterwarnings(
@@ -23,11 +24,7 @@ SHAPES = [((2, 8), 64), ((3,), 1500), ((5, 7), 37), ((1,), 37)]
 
 
 def assert_close(actual, expected, dtype, what):
-    tol = TOL[dtype]
-    scale = expected.float().abs().max().item()
-    torch.testing.assert_close(
-        actual.float(), expected.float(), rtol=tol, atol=tol * max(scale, 1e-6), msg=lambda m: f"{what}: {m}"
-    )
+    assert_scaled_close(actual, expected, TOL[dtype], what)
 
 
 def fp32_reference_grads(fn, inputs, dy):

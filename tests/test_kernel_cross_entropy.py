@@ -22,6 +22,7 @@ from fastgpt.kernels.cross_entropy import (
     linear_cross_entropy_reference,
     linear_cross_entropy_triton,
 )
+from kernel_checks import assert_scaled_close as assert_close
 
 import fastgpt.ops as ops
 
@@ -35,13 +36,6 @@ OPTIONS = [
     pytest.param({}, id="plain"),
     pytest.param({"z_loss": 1e-2, "softcap": 5.0, "ignore_index": -1}, id="zloss-softcap"),
 ]
-
-
-def assert_close(actual, expected, tol, what):
-    scale = expected.detach().float().abs().max().item()
-    torch.testing.assert_close(
-        actual.float(), expected.float(), rtol=tol, atol=tol * max(scale, 1e-6), msg=lambda m: f"{what}: {m}"
-    )
 
 
 def make_targets(n_rows: int, vocab: int, ignore_index: int) -> torch.Tensor:

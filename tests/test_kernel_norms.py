@@ -20,6 +20,7 @@ from fastgpt.kernels.norms import (
     rms_norm_reference,
     rms_norm_triton,
 )
+from kernel_checks import assert_scaled_close
 
 TOL = {torch.float32: 1e-5, torch.float16: 2**-9, torch.bfloat16: 2**-6}
 # (leading shape, hidden): a power of two; an odd hidden size, rows over two forward tiles and several
@@ -29,11 +30,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def assert_close(actual, expected, dtype, what):
-    tol = TOL[dtype]
-    scale = expected.detach().float().abs().max().item()
-    torch.testing.assert_close(
-        actual.float(), expected.float(), rtol=tol, atol=tol * max(scale, 1e-6), msg=lambda m: f"{what}: {m}"
-    )
+    assert_scaled_close(actual, expected, TOL[dtype], what)
 
 
 def leaf(shape, dtype, scale=1.0, shift=0.0):

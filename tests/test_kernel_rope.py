@@ -10,6 +10,7 @@ compared with autograd through the reference.
 import pytest
 import torch
 from fastgpt.kernels.rope import rope_block_config, rope_reference, rope_triton
+from kernel_checks import assert_scaled_close
 
 TOL = {torch.float32: 1e-6, torch.float16: 2**-9, torch.bfloat16: 2**-6}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -19,11 +20,7 @@ SHAPES = [(2, 4, 2, 8, 32), (3, 5, 1, 7, 24), (1, 3, 1, 9, 256), (1, 2, 2, 1, 64
 
 
 def assert_close(actual, expected, dtype, what):
-    tol = TOL[dtype]
-    scale = expected.float().abs().max().item()
-    torch.testing.assert_close(
-        actual.float(), expected.float(), rtol=tol, atol=tol * max(scale, 1e-6), msg=lambda m: f"{what}: {m}"
-    )
+    assert_scaled_close(actual, expected, TOL[dtype], what)
 
 
 def angles(position_ids: torch.Tensor, head_dim: int, base: float = 10000.0):
