@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fastgpt.conversation import Message, ReadStats, iter_conversations, read_conversations
 from fastgpt.errors import UserError
 from fastgpt.sft_data.arithmetic import arithmetic_conversations
@@ -92,8 +94,6 @@ def parse_mixture(spec: str) -> list[MixtureItem]:
         raise UserError("empty --data: give built-in set names and/or conversation files")
     path = Path(spec)
     if "," not in spec and _is_mixture_file(path):
-        import yaml
-
         if not path.is_file():
             raise FileNotFoundError(f"mixture file not found: {path}")
         config = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 from fastgpt.conversation import Message
 from fastgpt.data.fetch import PackageFile, fetch, read_members
 from fastgpt.errors import UserError
@@ -38,8 +40,6 @@ def _as_text(turn: object) -> str | None:
 
 def chatterbot_conversations(wheel: Path | None = None, language: str = "english") -> list[list[Message]]:
     """All usable conversations of one language of the corpus, in file order."""
-    import yaml
-
     wheel = wheel or fetch(CORPUS_WHEEL)
     prefix = f"chatterbot_corpus/data/{language}/"
     files = read_members(wheel, lambda name: name.startswith(prefix) and name.endswith(".yml"))
