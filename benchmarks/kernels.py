@@ -117,7 +117,7 @@ def _backward(out) -> None:
 # -------------------------------------------------------------------------------------------- ops
 SIZES = {  # full: training-sized on an 80 GB GPU; quick: a fast GPU run; smoke: plumbing check on CPU
     "full": dict(norm=(16384, 4096), rope=(4, 4096, 32, 8, 128), act=(16384, 14336), ce=(8192, 128256, 4096), attn=(4, 32, 4096, 128)),
-    "quick": dict(norm=(4096, 4096), rope=(2, 2048, 32, 8, 128), act=(4096, 14336), ce=(2048, 128256, 4096), attn=(2, 16, 2048, 128)),
+    "quick": dict(norm=(4096, 4096), rope=(2, 2048, 32, 8, 128), act=(4096, 14336), ce=(2048, 128256, 4096), attn=(2, 16, 4096, 128)),
     "smoke": dict(norm=(6, 64), rope=(1, 5, 2, 1, 32), act=(6, 40), ce=(6, 300, 16), attn=(1, 2, 40, 32)),
 }  # fmt: skip
 
@@ -247,6 +247,7 @@ def build_ops(size: str) -> list[Op]:
     }, lambda mode: ("flops", 2 * R * C * V * {"fwd": 1, "fwd+bwd": 3}[mode])))  # fmt: skip
 
     ops.append(attention_op(size))
+    ops += [packed_attention_op(size, corpus) for corpus in ("shakespeare", "c4-demo")]
     return ops
 
 
@@ -285,6 +286,101 @@ def attention_op(size: str) -> Op:
         pass
     flops_fwd = 4 * B * Hh * T * T * D / 2  # causal: half the score matrix
     return Op("attention", f"B{B} H{Hh} T{T} D{D} causal", make, providers,
+              lambda mode: ("flops", flops_fwd * {"fwd": 1, "fwd+bwd": 3.5}[mode]))  # fmt: skip
+
+
+# ---------------------------------------------------------------------- packed-document attention
+# issue 13's targets (H100 SXM, d128, T 4096, causal): written next to the attention rows
+ATTENTION_TARGET_TFLOPS = {"fwd": 470.0, "fwd+bwd": 340.0}
+
+
+def _packed_documents():
+    """``benchmarks/packed_documents.py`` (document lengths of the corpora, row packing), loaded by path:
+    this script also runs as an imported file (tests), where ``benchmarks/`` is not on ``sys.path``."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "packed_documents.py")
+    spec = importlib.util.spec_from_file_location("fastgpt_bench_packed_documents", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _without_tma(fn: Callable) -> Callable:
+    """``fn`` with the Hopper TMA build of the Triton forward switched off (the pointer build, A/B)."""
+
+    def call(*args):
+        old = os.environ.get("FASTGPT_ATTENTION_TMA")
+        os.environ["FASTGPT_ATTENTION_TMA"] = "0"
+        try:
+            return fn(*args)
+        finally:
+            os.environ.pop("FASTGPT_ATTENTION_TMA") if old is None else os.environ.update(
+                FASTGPT_ATTENTION_TMA=old
+            )
+
+    return call
+
+
+def packed_attention_op(size: str, corpus: str) -> Op:
+    """Causal attention over packed documents (``doc_ids`` of rows cut from ``corpus``) at the dense op's
+    shape: fastgpt's kernel (document extents computed once, as the model shares them across layers; on
+    an sm_90 GPU also its pointer build, ``no-TMA``), flash-attn's varlen entry (one sequence per document
+    piece), SDPA with the explicit ``(B, 1, T, T)`` mask, and SDPA per document piece (``is_causal``).
+    TFLOP/s count the visible pairs only, the same work for every provider."""
+    from fastgpt.kernels import attention
+
+    packing = _packed_documents()
+    B, Hh, T, D = SIZES[size]["attn"]
+    scale = T / 4096 if size == "smoke" else 1.0  # tiny rows: documents shrunk by as much as the row
+    doc_ids = packing.packed_doc_ids(packing.DOC_LENGTHS[corpus], B, T, scale)
+    runs = packing.runs(doc_ids)
+    pairs = sum((e - s) * (e - s + 1) // 2 for _, s, e in runs)
+
+    def make(device, dtype):
+        ids = doc_ids.to(device)
+        mask = attention.attention_mask(T, T, causal=True, doc_ids=ids, window=None, device=device)
+        base = {n: torch.randn(B, Hh, T, D, device=device, dtype=dtype) for n in "qkv"}
+        return {**base, "doc_ids": ids, "extents": attention.document_extents(ids), "mask": mask}
+
+    def triton_docs(q, k, v, ids, extents):
+        return attention.attention_triton(q, k, v, doc_ids=ids, doc_extents=extents)
+
+    def per_document(q, k, v):
+        rows = [[] for _ in range(B)]
+        for b, s, e in runs:
+            rows[b].append(
+                F.scaled_dot_product_attention(q[b, :, s:e], k[b, :, s:e], v[b, :, s:e], is_causal=True)
+            )
+        return torch.stack([torch.cat(pieces, dim=1) for pieces in rows])
+
+    consts = ("doc_ids", "extents")
+    providers: dict[str, Provider] = {"fastgpt-triton": _simple(triton_docs, "q", "k", "v", const=consts)}
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
+        providers["fastgpt-triton no-TMA"] = _simple(_without_tma(triton_docs), "q", "k", "v", const=consts)
+    providers["sdpa mask"] = _simple(
+        lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+        "q",
+        "k",
+        "v",
+        const=("mask",),
+    )
+    providers["sdpa per-document"] = _simple(per_document, "q", "k", "v")
+    try:
+        from fastgpt.kernels.attention_flash_attn import doc_ids_to_cu_seqlens
+        from flash_attn import flash_attn_varlen_func
+
+        def flash(base):  # flash-attn's (B * T, H, D) token layout and the document boundaries
+            cu, longest = doc_ids_to_cu_seqlens(base["doc_ids"])
+            leaves = [_leaf(base[n].transpose(1, 2).reshape(B * T, Hh, D)) for n in "qkv"]
+            return leaves, lambda: flash_attn_varlen_func(*leaves, cu, cu, longest, longest, causal=True)
+
+        providers["flash-attn varlen"] = flash
+    except ImportError:
+        pass
+    flops_fwd = 4 * B * Hh * pairs * D
+    shape = f"B{B} H{Hh} T{T} D{D} causal, {len(runs) / B:.2f} documents/row"
+    return Op(f"attention_packed_{corpus}", shape, make, providers,
               lambda mode: ("flops", flops_fwd * {"fwd": 1, "fwd+bwd": 3.5}[mode]))  # fmt: skip
 
 
@@ -449,6 +545,12 @@ def measure(op: Op, name: str, provider: Provider, device, dtype) -> list[Row]:
         finally:
             torch.set_grad_enabled(True)
         _rate(row, op.work(mode))
+        target = ATTENTION_TARGET_TFLOPS.get(mode) if op.name.startswith("attention") else None
+        if target and row.tflops:
+            met = "met" if row.tflops >= target else "NOT met"
+            row.note += (
+                f"{'; ' if row.note else ''}target >= {target:.0f} TFLOP/s (issue 13, H100 d128 T4096): {met}"
+            )
         rows.append(row)
     if "fwd" in times and "fwd+bwd" in times:
         row = Row(op.name, name, "bwd", op.shape, dtype_name, gpu, ms=times["fwd+bwd"] - times["fwd"])
@@ -486,12 +588,14 @@ def run_gpu(args) -> list[Row]:
     return rows
 
 
-def run_smoke() -> int:
+def run_smoke(only: list[str] | None = None) -> int:
     """Every provider's forward+backward once at tiny fp32 shapes on CPU: the plumbing of the GPU run
     (Triton providers need TRITON_INTERPRET=1; compiled, SDPA-backend and GPU-only providers are skipped
     with a note). Times nothing."""
     failures = 0
     for op in build_ops("smoke"):
+        if only and op.name not in only:
+            continue
         base = op.make(torch.device("cpu"), torch.float32)
         for name, provider in op.providers.items():
             if "compile" in name or name.startswith(("sdpa-", "flash-attn", "liger")):
@@ -630,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results", help="directory for CSV, markdown and PNG")
     parser.add_argument("--quick", action="store_true", help="smaller GPU shapes")
     parser.add_argument("--smoke", action="store_true", help="run every provider once at tiny CPU shapes")
-    parser.add_argument("--ops", nargs="*", help="only these ops (GPU run)")
+    parser.add_argument("--ops", nargs="*", help="only these ops (GPU and smoke runs)")
     parser.add_argument(
         "--decode",
         action="store_true",
@@ -652,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}/decode.{{csv,md}}")
         return 1 if any("Error" in r.note for r in rows) else 0
     if args.smoke:
-        return run_smoke()
+        return run_smoke(args.ops)
     if torch.cuda.is_available():
         rows = run_gpu(args)
         write_reports(rows, args.out, "kernels")

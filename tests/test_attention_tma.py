@@ -18,13 +18,29 @@ from fastgpt.kernels._attention_tiles import _kernel_flags, document_extents
 from fastgpt.kernels._launches import missing_from_aot, recording
 from kernel_modes import TEST_DEVICE
 
-pytestmark = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="launches the descriptor build directly")
+
+def _hopper() -> bool:
+    return TEST_DEVICE == "cuda" and torch.cuda.get_device_capability() == (9, 0)
+
+
+pytestmark = pytest.mark.skipif(
+    TEST_DEVICE != "cpu" and not _hopper(), reason="the TMA build runs under the interpreter or on sm_90"
+)
+cpu_only = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="CPU tensors / interpreter launches")
+
+
+def _same_as_pointer_build(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Bitwise under the interpreter (one code path but the loads); on an sm_90 GPU the two builds are
+    separately compiled programs, so there within fp16 output rounding."""
+    if got.device.type == "cpu":
+        return torch.equal(got, want)
+    return (got.float() - want.float()).abs().max().item() <= 2e-3 * (1 + want.float().abs().max().item())
 
 
 def _forward(q, k, v, *, tma, causal=True, doc_ids=None, window=None, arch=None):
     docs = None if doc_ids is None else document_extents(doc_ids)
     flags = _kernel_flags(q, causal, docs is not None, window)
-    tiles = attention.tile_configs(q.shape[-1], arch)
+    tiles = attention.tile_configs(q.shape[-1], "sm90" if q.is_cuda else arch)
     scale = q.shape[-1] ** -0.5
     return attention._attention_forward(q, k, v, docs, causal, window, scale, tiles, flags, tma=tma)
 
@@ -57,7 +73,8 @@ def test_descriptor_build_equals_pointer_build_and_reference(case):
     kw = dict(causal=causal, doc_ids=doc_ids, window=window)
     o_tma, lse_tma = _forward(q, k, v, tma=True, **kw)
     o_ptr, lse_ptr = _forward(q, k, v, tma=False, **kw)
-    assert torch.equal(o_tma, o_ptr) and torch.equal(lse_tma, lse_ptr)
+    assert _same_as_pointer_build(o_tma, o_ptr) and _same_as_pointer_build(lse_tma, lse_ptr)
+    kw["doc_ids"] = None if doc_ids is None else doc_ids.to(q.device)
     want = attention.attention_naive(q.float(), k.float(), v.float(), **kw)
     err = (o_tma.float() - want).abs().max().item()
     assert err <= 5e-3 * (1 + want.abs().max().item()), err
@@ -72,11 +89,12 @@ def test_descriptor_build_on_hopper_tiles():
     doc_ids[:, 70:] = 1
     o_tma, _ = _forward(q, k, v, tma=True, doc_ids=doc_ids, arch="sm90")
     o_ptr, _ = _forward(q, k, v, tma=False, doc_ids=doc_ids, arch="sm90")
-    assert torch.equal(o_tma, o_ptr)
+    assert _same_as_pointer_build(o_tma, o_ptr)
     want = attention.attention_naive(q.float(), k.float(), v.float(), doc_ids=doc_ids)
     assert (o_tma.float() - want).abs().max().item() <= 5e-3 * (1 + want.abs().max().item())
 
 
+@cpu_only
 def test_launcher_picks_tma_only_for_aligned_tile_width_heads_on_sm90():
     q = torch.randn(1, 2, 8, 64, dtype=torch.float16)
     assert attention.tma_eligible(q)
@@ -88,6 +106,7 @@ def test_launcher_picks_tma_only_for_aligned_tile_width_heads_on_sm90():
     assert not attention.tma_eligible(odd_rows)
 
 
+@cpu_only
 def test_hopper_launch_is_the_descriptor_build_and_is_compiled():
     """The recorder's sm_90 translation of an interpreter launch is the TMA build (descriptor signature,
     ``TMA=True``) for head dims 32/64/128 and the pointer build for 96 and on sm_80; the build check
