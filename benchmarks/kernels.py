@@ -272,6 +272,10 @@ def attention_op(size: str) -> Op:
         providers["fastgpt-triton"] = _simple(
             lambda q, k, v: attention.attention_triton(q, k, v, causal=True), "q", "k", "v"
         )
+        if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):  # TMA vs pointers
+            providers["fastgpt-triton no-TMA"] = _simple(
+                _without_tma(lambda q, k, v: attention.attention_triton(q, k, v, causal=True)), "q", "k", "v"
+            )
     providers["sdpa-flash"] = sdpa(SDPBackend.FLASH_ATTENTION)
     providers["sdpa-cudnn"] = sdpa(SDPBackend.CUDNN_ATTENTION)
     try:
