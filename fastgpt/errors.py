@@ -8,11 +8,13 @@ from ``ValueError`` so callers that already catch ``ValueError`` keep working.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
+from typing import Any
 
-__all__ = ["UserError", "debug_enabled", "report_user_error"]
+__all__ = ["UserError", "debug_enabled", "json_object", "report_user_error"]
 
 
 class UserError(ValueError):
@@ -33,3 +35,15 @@ def report_user_error(command: str, error: BaseException, status: int = 2) -> in
         traceback.print_exception(error)
     print(f"fastgpt {command}: error: {error}", file=sys.stderr)
     return status
+
+
+def json_object(text: str | bytes, where: str, error: type[UserError], expected: str) -> dict[str, Any]:
+    """``text`` (one line of a JSONL file, say) parsed as a JSON object; anything else raises ``error``
+    naming ``where``: ``WHERE: not valid JSON (why)`` or ``WHERE: expected EXPECTED, got TYPE``."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+        raise error(f"{where}: expected {expected}, got {type(record).__name__}")
+    return record

@@ -132,6 +132,10 @@ def test_jsonl_task_bad_input_names_file_line_and_field(tmp_path):
     path.write_text("{not json\n", encoding="utf-8")
     with pytest.raises(TaskError, match=r"bad\.jsonl:1: not valid JSON"):
         get_task(str(path))
+    path.write_text('["prompt", "answer"]\n', encoding="utf-8")
+    expected = r"bad\.jsonl:1: expected a JSON object with 'prompt' and 'answer', got list$"
+    with pytest.raises(TaskError, match=expected):
+        get_task(str(path))
     with pytest.raises(TaskError, match="unknown task"):
         get_task("no_such_task")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import json
 import os
 import re
 import warnings
@@ -34,7 +33,7 @@ from typing import Any
 
 from fastgpt.data.corpora import BUILTIN_CORPORA, corpus_documents
 from fastgpt.data.errors import DataError
-from fastgpt.errors import UserError
+from fastgpt.errors import UserError, json_object
 
 __all__ = ["ReadOptions", "ReadStats", "Source", "expand_sources", "iter_documents"]
 
@@ -180,14 +179,9 @@ def _jsonl_texts(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            record = json.loads(_decode(line, str(path), stats))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{where}: expected a JSON object with a {key!r} field, got {type(record).__name__}"
-            )
+        record = json_object(
+            _decode(line, str(path), stats), where, DataError, f"a JSON object with a {key!r} field"
+        )
         if key not in record:
             raise DataError(
                 f"{where}: no {key!r} field (fields: {', '.join(list(record)[:8])}); {_SET_FIELD}"

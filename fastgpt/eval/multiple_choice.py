@@ -20,14 +20,13 @@ own leading space), for base and chat models alike.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fastgpt.errors import UserError
+from fastgpt.errors import UserError, json_object
 from fastgpt.eval.mc_sets import BUILTIN_MC
 
 __all__ = ["MCItem", "choice_logprobs", "evaluate_mc", "load_mc", "score_items"]
@@ -66,12 +65,8 @@ def load_mc(spec: str) -> tuple[str, list[MCItem]]:
 
 
 def _parse_item(line: str, where: str) -> MCItem:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise MCError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict):
-        raise MCError(f"{where}: expected an object with 'question' or 'context', 'choices' and 'answer'")
+    expected = "an object with 'question' or 'context', 'choices' and 'answer'"
+    record = json_object(line, where, MCError, expected)
     if isinstance(record.get("question"), str):
         prompt, style = record["question"], "question"
     elif isinstance(record.get("context"), str):

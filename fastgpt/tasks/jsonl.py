@@ -19,11 +19,11 @@ knows how to mark its answer; messages prompts are used as written.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from fastgpt.errors import json_object
 from fastgpt.tasks.base import Problem, Task, TaskError, user_prompt
 from fastgpt.tasks.extract import numbers_equal, parse_number
 
@@ -72,12 +72,7 @@ class JsonlTask(Task):
         return problems
 
     def _parse(self, line: str, where: str) -> Problem:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{where}: not valid JSON ({e.msg})") from e
-        if not isinstance(record, dict):
-            raise TaskError(f"{where}: expected a JSON object with 'prompt' and 'answer'")
+        record = json_object(line, where, TaskError, "a JSON object with 'prompt' and 'answer'")
         if "answer" not in record or record["answer"] is None:
             raise TaskError(
                 f"{where}: missing field 'answer' (the reference answer the reward checks against)"
