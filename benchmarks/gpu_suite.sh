@@ -54,7 +54,8 @@ fi
 xdist=""
 [ "$dry" -eq 1 ] || ! $py -c 'import xdist' >/dev/null 2>&1 || xdist="-n 8"
 tests_limit=180
-step kernel_tests $tests_limit env FASTGPT_TEST_DEVICE=cuda $py -m pytest -q -p no:cacheprovider --tb=no -rfE -m "not slow" $xdist \
+step kernel_tests $tests_limit env FASTGPT_TEST_DEVICE=cuda COLUMNS=200 $py -m pytest -q -p no:cacheprovider --tb=line -rfE -m "not slow" \
+  --continue-on-collection-errors $xdist \
   tests/test_kernel_norms.py tests/test_kernel_rope.py tests/test_kernel_activations.py \
   tests/test_kernel_attention.py tests/test_kernel_attention_docs.py tests/test_kernel_attention_decode.py \
   tests/test_kernel_cross_entropy.py tests/test_ops_attention_math.py \
@@ -64,7 +65,11 @@ if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then  # correctness first: no bench
   if [ "$last_rc" -eq 124 ]; then
     echo "TIMEOUT kernel_tests: stopped at its ${tests_limit}s limit before every test had run (log: $out/kernel_tests.log)"
   fi
-  grep -E '^(FAILED|ERROR) ' "$out/kernel_tests.log" || [ "$last_rc" -eq 124 ] || tail -n 5 "$out/kernel_tests.log"
+  # pytest's summary line of a file that failed to import names no reason: take its "E   " line
+  awk '/^_+ ERROR collecting / { path = $4; want = 1; next }
+       want && /^E   / { sub(/^E +/, ""); reason[path] = $0; want = 0 }
+       /^(FAILED|ERROR) / { n++; if ($1 == "ERROR" && index($0, " - ") == 0 && ($2 in reason)) print $0 " - " reason[$2]; else print }
+       END { exit n == 0 }' "$out/kernel_tests.log" || [ "$last_rc" -eq 124 ] || tail -n 5 "$out/kernel_tests.log"
   exit 1
 fi
 step kernels_bench 130 $py benchmarks/kernels.py --quick --out "$out"

@@ -20,6 +20,8 @@ def test_dry_run_lists_the_correctness_phase_before_the_benchmarks(tmp_path):
     phases = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("=== ")]
     assert phases == ["machine", "kernel_tests", "kernels_bench", "decode_bench", "train_throughput"]
     assert "FASTGPT_TEST_DEVICE=cuda" in proc.stdout and not (tmp_path / "out").exists()
+    # a file that fails to import is one ERROR line; the other files' tests still run and report
+    assert "--continue-on-collection-errors" in proc.stdout
 
 
 def test_a_failing_correctness_phase_stops_before_the_benchmarks(tmp_path):
@@ -142,3 +144,31 @@ def test_gpu_phase_tests_draw_random_numbers_on_the_default_device():
     files = {ROOT / f for f in _correctness_files()} | {ROOT / "tests" / "kernel_modes.py"}
     assert _cpu_generators(ROOT / "tests" / "train_support.py")  # the scan finds one where it is
     assert [hit for f in sorted(files) for hit in _cpu_generators(f)] == []
+
+
+def test_a_test_file_that_fails_to_import_is_one_line_with_its_reason(tmp_path):
+    """pytest's summary names such a file without the exception; the suite adds it from the log."""
+    log = [
+        "..F",
+        "____________ ERROR collecting tests/test_ops_compile.py ____________",
+        "tests/test_ops_compile.py:129: in <module>",
+        "E   RuntimeError: Expected a 'cuda' device type for generator but found 'cpu'",
+        "/x/tests/test_kernel_rope.py:9: AssertionError: q",
+        "=========== short test summary info ===========",
+        "FAILED tests/test_kernel_rope.py::test_rope - AssertionError: q",
+        "ERROR tests/test_ops_compile.py",
+        "1 failed, 2 passed, 1 error",
+    ]
+    body = "; ".join(f"echo {line!r}" for line in log) + "; exit 1"
+    proc = subprocess.run(
+        ["bash", str(SUITE), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=_fake_python(tmp_path, body),
+    )
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[-3:] == [
+        "gpu suite: correctness phase failed, benchmarks not run:",
+        "FAILED tests/test_kernel_rope.py::test_rope - AssertionError: q",
+        "ERROR tests/test_ops_compile.py - RuntimeError: Expected a 'cuda' device type for generator but found 'cpu'",
+    ]
