@@ -125,6 +125,17 @@ def test_hopper_launch_is_the_descriptor_build_and_is_compiled():
         assert sig90["Q"] == sig90["O"] == want_q
         assert dict(gpu[80].signature)["K"] == "*bf16"
         assert missing_from_aot(launches) == []
+    # a launch recorded from the TMA build itself (as on an sm_90 GPU): descriptors spelled as Triton
+    # does, the pointer build again for sm_80
+    q = torch.randn(1, 2, 20, 64, dtype=torch.bfloat16)
+    with recording() as launches:
+        _forward(q, q.clone(), q.clone(), tma=True)
+    (launch,) = launches
+    assert dict(launch.signature)["K"].startswith("tensordesc<bf16[1, 1, ")
+    gpu = dict(launch.per_arch)
+    assert dict(gpu[80].signature)["Q"] == "*bf16" and dict(gpu[80].constexprs)["TMA"] is False
+    assert dict(gpu[90].constexprs)["TMA"] is True
+    assert missing_from_aot(launches) == []
 
 
 def test_every_sm90_tile_width_forward_config_has_a_tma_twin():
