@@ -83,8 +83,9 @@ print(json.dumps({"n": trainer.model.num_params(), "flops": trainer.flops_per_to
 
 @pytest.mark.slow
 def test_zero3_counts_the_whole_model_not_its_partitions(corpus, tmp_path):
-    """Under ZeRO-3 each parameter is an empty placeholder between forwards: the run printed
-    'tiny (0.00M params)' and its MFU counted only the attention FLOPs (0.06 % where ZeRO-2 had 8 %)."""
+    """Under ZeRO-3 each parameter is an empty placeholder between forwards: the parameter count and
+    the MFU's FLOPs must come from the full shapes (``ds_shape``), not the local partitions (which count
+    0.00M parameters and only the attention FLOPs)."""
     args = pretrain_args(corpus, tmp_path / "run", max_steps=1, zero=3)
     proc = subprocess.run(
         [sys.executable, "-c", ZERO3_COUNTS, *args],

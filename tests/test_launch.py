@@ -124,8 +124,8 @@ def _fake_slurm(tmp_path: Path, srun_body: str) -> dict[str, str]:
 
 def test_slurm_script_hands_torchrun_the_job_geometry(tmp_path):
     """launch/slurm/pretrain.sbatch under a stand-in srun: srun must get the job's CPUs per task (it does
-    not inherit --cpus-per-task from sbatch since SLURM 22.05: the whole node's torchrun was confined to
-    one CPU), one process per allocated GPU (was 8 whatever --gpus-per-node said), and each node's
+    not inherit --cpus-per-task from sbatch since SLURM 22.05: without it the whole node's torchrun is
+    confined to one CPU), one process per allocated GPU (as --gpus-per-node says), and each node's
     SLURM_NODEID must reach launch/_torchrun.sh as NODE_RANK (a NODE_RANK >= NNODES is refused there)."""
     script = ROOT / "launch" / "slurm" / "pretrain.sbatch"
     subprocess.run(["bash", "-n", str(script)], check=True)

@@ -64,7 +64,8 @@ def test_an_out_dir_that_is_a_file_is_one_line(run_dir, capsys, tmp_path):
 
 @pytest.mark.parametrize("stage", ["grpo", "dpo", "reward"])
 def test_a_base_model_without_chat_tokens_is_one_line(stage, tmp_path, capsys):
-    """Its embedding ends at <|bos|>: the RL stages would index past it (an IndexError before)."""
+    """Its embedding ends at <|bos|>: a chat needs token ids past it, so each RL stage refuses the model
+    in one line instead of indexing past the embedding."""
     tok = Tokenizer.train(["What is 2 + 3? It is 5. " * 40], vocab_size=300)
     config = GPTConfig.from_preset(
         "tiny", vocab_size=tok.bos_id + 1, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, max_seq_len=64

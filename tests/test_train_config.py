@@ -209,7 +209,8 @@ def test_a_deepspeed_config_that_is_missing_or_not_json_names_the_flag(tmp_path,
 
 
 def test_an_out_dir_that_is_a_file_names_the_flag(tmp_path, capsys):
-    """Was '[Errno 17] File exists' from rank 0 while the other ranks died in a barrier."""
+    """An --out_dir that is a file is refused by the config's validation, which every rank runs before
+    any work (so no rank is left waiting for another), as one line naming the flag."""
     from fastgpt.pretrain import main as pretrain_main
 
     afile = tmp_path / "run"
