@@ -12,7 +12,10 @@
 # Steps, each with its own time limit so one slow step cannot eat the others:
 #   1. the machine: nvidia-smi, torch/triton versions
 #   2. the kernel tests natively on the GPU (FASTGPT_TEST_DEVICE=cuda: no interpreter, bf16 tl.dot real)
-#   3. benchmarks/kernels.py --quick: every kernel vs torch eager / compile / SDPA / flash-attn / Liger
+#   3. benchmarks/kernels.py --quick: every kernel vs torch eager / compile / SDPA / flash-attn / Liger;
+#      attention dense causal and over packed documents (document lengths of shakespeare and c4-demo,
+#      vs flash-attn varlen, SDPA with a mask and per document) at d128 T4096 in TFLOP/s with issue 13's
+#      targets (fwd >= 470, fwd+bwd >= 340 on H100), on sm_90 the TMA and pointer builds side by side
 #   3b. benchmarks/kernels.py --decode --quick: decode attention at batch 1/8/64, 1k and 32k cached
 #       tokens, vs SDPA and flash-attn's flash_attn_with_kvcache: GB/s, % of HBM (target >= 70 %)
 #   4. benchmarks/train_throughput.py: tokens/s and MFU of a training step, gpt2 and llama-1b presets
@@ -59,7 +62,7 @@ step kernel_tests $tests_limit env FASTGPT_TEST_DEVICE=cuda COLUMNS=200 $py -m p
   tests/test_kernel_norms.py tests/test_kernel_rope.py tests/test_kernel_activations.py \
   tests/test_kernel_attention.py tests/test_kernel_attention_docs.py tests/test_kernel_attention_decode.py \
   tests/test_kernel_cross_entropy.py tests/test_ops_attention_math.py \
-  tests/test_kernel_launches.py tests/test_ops_compile.py
+  tests/test_kernel_launches.py tests/test_ops_compile.py tests/test_attention_tma.py
 if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then  # correctness first: no benchmark of a wrong kernel
   echo "gpu suite: correctness phase failed, benchmarks not run:"
   if [ "$last_rc" -eq 124 ]; then
@@ -72,9 +75,9 @@ if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then  # correctness first: no bench
        END { exit n == 0 }' "$out/kernel_tests.log" || [ "$last_rc" -eq 124 ] || tail -n 5 "$out/kernel_tests.log"
   exit 1
 fi
-step kernels_bench 130 $py benchmarks/kernels.py --quick --out "$out"
+step kernels_bench 160 $py benchmarks/kernels.py --quick --out "$out"
 step decode_bench 50 $py benchmarks/kernels.py --decode --quick --out "$out"
-step train_throughput 180 $py benchmarks/train_throughput.py --configs gpt2 llama-1b --batch 8 --seq 1024 \
+step train_throughput 150 $py benchmarks/train_throughput.py --configs gpt2 llama-1b --batch 8 --seq 1024 \
   --dtype bf16 --compile true --reference false --device cuda --csv "$out/train.csv"
 [ "$dry" -eq 0 ] || { echo "gpu suite: dry run, nothing was run"; exit 0; }
 echo "gpu suite: $([ $status -eq 0 ] && echo all steps passed || echo SOME STEPS FAILED) (logs in $out)"
