@@ -7,6 +7,8 @@ magnitude in the expected tensor (each test module says how it picks ``tol`` per
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 
@@ -17,3 +19,11 @@ def assert_scaled_close(actual: torch.Tensor, expected: torch.Tensor, tol: float
     torch.testing.assert_close(
         actual.float(), expected.float(), rtol=tol, atol=tol * max(scale, 1e-6), msg=lambda m: f"{what}: {m}"
     )
+
+
+def assert_results_close(tol: Mapping[torch.dtype, float], dtype: torch.dtype, **results: tuple) -> None:
+    """Each ``name=(actual, expected)`` pair: ``actual`` has ``dtype`` and is within ``tol[dtype]`` of
+    ``expected`` (:func:`assert_scaled_close`); a failure names the pair."""
+    for what, (actual, expected) in results.items():
+        assert actual.dtype == dtype, f"{what}: dtype {actual.dtype}, expected {dtype}"
+        assert_scaled_close(actual, expected, tol[dtype], what)

@@ -10,7 +10,7 @@ to each element and to the tensor's largest magnitude for elements near zero.
 import pytest
 import torch
 from fastgpt.kernels.activations import gelu_tanh_reference, gelu_tanh_triton, swiglu_reference, swiglu_triton
-from kernel_checks import assert_scaled_close
+from kernel_checks import assert_results_close, assert_scaled_close
 
 TOL = {torch.float32: 1e-5, torch.float16: 2**-9, torch.bfloat16: 2**-6}
 pytestmark = pytest.mark.filterwarnings(
@@ -57,10 +57,7 @@ def test_swiglu_forward_and_grads(lead, cols, dtype):
     dy = torch.randn(*lead, cols).to(dtype)
     y, (dg, du) = kernel_grads(swiglu_triton, [gate, up], dy)
     y_ref, (dg_ref, du_ref) = fp32_reference_grads(swiglu_reference, [gate, up], dy)
-    assert y.dtype == dg.dtype == du.dtype == dtype
-    assert_close(y, y_ref, dtype, "y")
-    assert_close(dg, dg_ref, dtype, "dgate")
-    assert_close(du, du_ref, dtype, "dup")
+    assert_results_close(TOL, dtype, y=(y, y_ref), dgate=(dg, dg_ref), dup=(du, du_ref))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -70,9 +67,7 @@ def test_gelu_tanh_forward_and_grads(lead, cols, dtype):
     dy = torch.randn(*lead, cols).to(dtype)
     y, (dx,) = kernel_grads(gelu_tanh_triton, [x], dy)
     y_ref, (dx_ref,) = fp32_reference_grads(gelu_tanh_reference, [x], dy)
-    assert y.dtype == dx.dtype == dtype
-    assert_close(y, y_ref, dtype, "y")
-    assert_close(dx, dx_ref, dtype, "dx")
+    assert_results_close(TOL, dtype, y=(y, y_ref), dx=(dx, dx_ref))
 
 
 def test_swiglu_on_chunks_of_a_fused_projection():

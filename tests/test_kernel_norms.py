@@ -20,7 +20,7 @@ from fastgpt.kernels.norms import (
     rms_norm_reference,
     rms_norm_triton,
 )
-from kernel_checks import assert_scaled_close
+from kernel_checks import assert_results_close, assert_scaled_close
 
 TOL = {torch.float32: 1e-5, torch.float16: 2**-9, torch.bfloat16: 2**-6}
 # (leading shape, hidden): a power of two; an odd hidden size, rows over two forward tiles and several
@@ -58,10 +58,7 @@ def test_rms_norm_forward_and_grads(lead, hidden, dtype):
     dy = torch.randn(*lead, hidden).to(dtype)
     (y,), (dx, dw) = grads(lambda a, b: rms_norm_triton(a, b, 1e-6), [x, w], [dy])
     (y_ref,), (dx_ref, dw_ref) = grads(lambda a, b: rms_norm_reference(a, b, 1e-6), [x, w], [dy])
-    assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == dtype
-    assert_close(y, y_ref, dtype, "y")
-    assert_close(dx, dx_ref, dtype, "dx")
-    assert_close(dw, dw_ref, dtype, "dweight")
+    assert_results_close(TOL, dtype, y=(y, y_ref), dx=(dx, dx_ref), dweight=(dw, dw_ref))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -75,11 +72,15 @@ def test_add_rms_norm_forward_and_grads(lead, hidden, dtype):
     refs, (dx_ref, dr_ref, dw_ref) = grads(
         lambda a, b, c: add_rms_norm_reference(a, b, c, 1e-6), [x, res, w], [dy, dres]
     )
-    assert_close(outs[0], refs[0], dtype, "normed")
-    assert_close(outs[1], refs[1], dtype, "new residual")
-    assert_close(dx, dx_ref, dtype, "dx")
-    assert_close(dr, dr_ref, dtype, "dresidual")
-    assert_close(dw, dw_ref, dtype, "dweight")
+    assert_results_close(
+        TOL,
+        dtype,
+        normed=(outs[0], refs[0]),
+        new_residual=(outs[1], refs[1]),
+        dx=(dx, dx_ref),
+        dresidual=(dr, dr_ref),
+        dweight=(dw, dw_ref),
+    )
     # x and residual get equal gradients, but never one shared buffer (a later += would hit both).
     assert dx.data_ptr() != dr.data_ptr()
 
@@ -112,10 +113,7 @@ def test_layer_norm_forward_and_grads(lead, hidden, dtype):
     dy = torch.randn(*lead, hidden).to(dtype)
     (y,), (dx, dw, db) = grads(lambda *a: layer_norm_triton(*a, 1e-5), [x, w, b], [dy])
     (y_ref,), (dx_ref, dw_ref, db_ref) = grads(lambda *a: layer_norm_reference(*a, 1e-5), [x, w, b], [dy])
-    assert_close(y, y_ref, dtype, "y")
-    assert_close(dx, dx_ref, dtype, "dx")
-    assert_close(dw, dw_ref, dtype, "dweight")
-    assert_close(db, db_ref, dtype, "dbias")
+    assert_results_close(TOL, dtype, y=(y, y_ref), dx=(dx, dx_ref), dweight=(dw, dw_ref), dbias=(db, db_ref))
 
 
 def test_norms_without_weight_or_bias():
