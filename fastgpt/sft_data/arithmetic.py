@@ -42,23 +42,20 @@ class _Work:
 
     def __init__(self, question: str):
         self.messages: list[Message] = [{"role": "user", "content": question}]
-        self.text = ""
 
-    def say(self, text: str) -> None:
-        self.text += text
-
-    def calc(self, expression: str) -> str:
+    def step(self, text: str, expression: str) -> str:
+        """Write ``text``, then call the calculator on ``expression``; its result (the tool output that
+        the reply continues from) is returned."""
         result = calculate(expression)
         assert not result.startswith("error"), (expression, result)
         self.messages.append(
-            {"role": "assistant", "content": self.text, "tool_calls": [calculator_call(expression)]}
+            {"role": "assistant", "content": text, "tool_calls": [calculator_call(expression)]}
         )
         self.messages.append({"role": "tool", "content": result})
-        self.text = ""
         return result
 
     def answer(self, text: str, value: str) -> list[Message]:
-        self.messages.append({"role": "assistant", "content": f"{self.text}{text} The answer is {value}."})
+        self.messages.append({"role": "assistant", "content": f"{text} The answer is {value}."})
         return self.messages
 
 
@@ -66,18 +63,18 @@ def _expression(rng: random.Random) -> list[Message]:
     a, b, c = rng.randint(12, 999), rng.randint(3, 99), rng.randint(10, 9999)
     op = rng.choice(["+", "-"])
     w = _Work(rng.choice(["What is", "Compute", "Calculate", "Work out"]) + f" {a} * {b} {op} {c}.")
-    w.say(f"Multiplication comes before {'addition' if op == '+' else 'subtraction'}. First, {a} * {b}: ")
-    p = w.calc(f"{a} * {b}")
-    w.say(f"Then {p} {op} {c}: ")
-    r = w.calc(f"{p} {op} {c}")
+    p = w.step(
+        f"Multiplication comes before {'addition' if op == '+' else 'subtraction'}. First, {a} * {b}: ",
+        f"{a} * {b}",
+    )
+    r = w.step(f"Then {p} {op} {c}: ", f"{p} {op} {c}")
     return w.answer(f"So {a} * {b} {op} {c} = {r}.", r)
 
 
 def _product(rng: random.Random) -> list[Message]:
     a, b = rng.randint(100, 9999), rng.randint(11, 999)
     w = _Work(rng.choice([f"What is {a} times {b}?", f"What is {a} * {b}?", f"Multiply {a} by {b}."]))
-    w.say("I'll use the calculator for this product: ")
-    r = w.calc(f"{a} * {b}")
+    r = w.step("I'll use the calculator for this product: ", f"{a} * {b}")
     return w.answer(f"{a} multiplied by {b} is {r}.", r)
 
 
@@ -88,10 +85,8 @@ def _packs(rng: random.Random) -> list[Message]:
     w = _Work(
         f"{name} buys {a} packs of {b} {item} and gives {c} {item} to a friend. How many {item} does {name} have left?"
     )
-    w.say(f"First find how many {item} {name} bought: {a} packs of {b} each is ")
-    total = w.calc(f"{a} * {b}")
-    w.say(f" {item}. Then subtract the {c} given away: ")
-    left = w.calc(f"{total} - {c}")
+    total = w.step(f"First find how many {item} {name} bought: {a} packs of {b} each is ", f"{a} * {b}")
+    left = w.step(f" {item}. Then subtract the {c} given away: ", f"{total} - {c}")
     return w.answer(f"{name} has {left} {item} left.", left)
 
 
@@ -101,10 +96,8 @@ def _distance(rng: random.Random) -> list[Message]:
     w = _Work(
         f"A {vehicle} travels at {a} km per hour for {b} hours, then {c} km more. How far does it go in total?"
     )
-    w.say(f"Distance is speed times time, so the first part is {a} * {b} = ")
-    d = w.calc(f"{a} * {b}")
-    w.say(f" km. Adding the last {c} km: ")
-    total = w.calc(f"{d} + {c}")
+    d = w.step(f"Distance is speed times time, so the first part is {a} * {b} = ", f"{a} * {b}")
+    total = w.step(f" km. Adding the last {c} km: ", f"{d} + {c}")
     return w.answer(f"The {vehicle} travels {total} km in total.", total)
 
 
@@ -115,10 +108,8 @@ def _money(rng: random.Random) -> list[Message]:
     w = _Work(
         f"{name} has {a} dollars, spends {b} dollars on lunch and {c} dollars on a book. How many dollars are left?"
     )
-    w.say(f"After lunch {name} has {a} - {b} = ")
-    r1 = w.calc(f"{a} - {b}")
-    w.say(f" dollars. After the book: {r1} - {c} = ")
-    r2 = w.calc(f"{r1} - {c}")
+    r1 = w.step(f"After lunch {name} has {a} - {b} = ", f"{a} - {b}")
+    r2 = w.step(f" dollars. After the book: {r1} - {c} = ", f"{r1} - {c}")
     return w.answer(f"{name} has {r2} dollars left.", r2)
 
 
@@ -128,10 +119,8 @@ def _teams(rng: random.Random) -> list[Message]:
     w = _Work(
         f"{a} students are split into teams of {b}. How many full teams are there, and how many students are left over?"
     )
-    w.say(f"The number of full teams is {a} divided by {b}, rounded down: ")
-    q = w.calc(f"{a} // {b}")
-    w.say(" teams. The students left over are the remainder: ")
-    r = w.calc(f"{a} % {b}")
+    q = w.step(f"The number of full teams is {a} divided by {b}, rounded down: ", f"{a} // {b}")
+    r = w.step(" teams. The students left over are the remainder: ", f"{a} % {b}")
     return w.answer(f"There are {q} full teams and {r} students left over.", f"{q} teams with {r} left over")
 
 
@@ -139,10 +128,8 @@ def _discount(rng: random.Random) -> list[Message]:
     a, p = rng.randint(20, 400), rng.choice([5, 10, 15, 20, 25, 30, 40, 50])
     item = rng.choice(["jacket", "lamp", "bicycle", "game", "pair of shoes"])
     w = _Work(f"A {item} costs {a} dollars and is {p}% off. What does it cost now?")
-    w.say(f"The discount is {p}% of {a}, which is {a} * {p} / 100 = ")
-    d = w.calc(f"{a} * {p} / 100")
-    w.say(f" dollars. The new price is {a} - {d} = ")
-    price = w.calc(f"{a} - {d}")
+    d = w.step(f"The discount is {p}% of {a}, which is {a} * {p} / 100 = ", f"{a} * {p} / 100")
+    price = w.step(f" dollars. The new price is {a} - {d} = ", f"{a} - {d}")
     return w.answer(f"The {item} now costs {price} dollars.", price)
 
 
@@ -152,10 +139,10 @@ def _average(rng: random.Random) -> list[Message]:
     scores[-1] += -sum(scores) % len(scores)  # a whole-number average keeps the answer exact
     listed = ", ".join(map(str, scores[:-1])) + f" and {scores[-1]}"
     w = _Work(f"{name}'s test scores are {listed}. What is the average score?")
-    w.say("The average is the sum divided by the number of scores. The sum is ")
-    total = w.calc(" + ".join(map(str, scores)))
-    w.say(f", and there are {len(scores)} scores, so the average is ")
-    avg = w.calc(f"{total} / {len(scores)}")
+    total = w.step(
+        "The average is the sum divided by the number of scores. The sum is ", " + ".join(map(str, scores))
+    )
+    avg = w.step(f", and there are {len(scores)} scores, so the average is ", f"{total} / {len(scores)}")
     return w.answer(f"{name}'s average score is {avg}.", avg)
 
 
