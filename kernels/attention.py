@@ -435,10 +435,15 @@ def tma_eligible(*tensors: torch.Tensor) -> bool:
 def use_tma(q: torch.Tensor, *tensors: torch.Tensor) -> bool:
     """The launcher's rule: the TMA build of the forward on an sm_90 GPU (capability (9, 0)) whenever
     :func:`tma_eligible`; the pointer build everywhere else (it is the same kernel without descriptors).
-    ``FASTGPT_ATTENTION_TMA=0`` turns it off (A/B benchmarks)."""
-    if not q.is_cuda or os.environ.get("FASTGPT_ATTENTION_TMA", "1") == "0":
+    Under the interpreter the sm_90 GPU-tiles mode (``FASTGPT_KERNEL_ARCH=sm90``) runs it too, so that
+    mode checks what an H100 runs. ``FASTGPT_ATTENTION_TMA=0`` turns it off (A/B benchmarks)."""
+    if os.environ.get("FASTGPT_ATTENTION_TMA", "1") == "0":
         return False
-    return torch.cuda.get_device_capability(q.device) == (9, 0) and tma_eligible(q, *tensors)
+    if q.is_cuda:
+        hopper = torch.cuda.get_device_capability(q.device) == (9, 0)
+    else:
+        hopper = _INTERPRETER and forced_arch() == "sm90"
+    return hopper and tma_eligible(q, *tensors)
 
 
 def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:

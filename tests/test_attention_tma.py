@@ -16,6 +16,7 @@ import torch
 from fastgpt.kernels import attention
 from fastgpt.kernels._attention_tiles import _kernel_flags, document_extents
 from fastgpt.kernels._launches import missing_from_aot, recording
+from fastgpt.kernels._target import ARCH_ENV
 from kernel_modes import TEST_DEVICE
 
 
@@ -95,10 +96,18 @@ def test_descriptor_build_on_hopper_tiles():
 
 
 @cpu_only
-def test_launcher_picks_tma_only_for_aligned_tile_width_heads_on_sm90():
+def test_launcher_picks_tma_only_for_aligned_tile_width_heads_on_sm90(monkeypatch):
+    monkeypatch.delenv(ARCH_ENV, raising=False)
     q = torch.randn(1, 2, 8, 64, dtype=torch.float16)
     assert attention.tma_eligible(q)
-    assert not attention.use_tma(q)  # CPU tensors: never (the launcher's choice needs capability (9, 0))
+    assert not attention.use_tma(q)  # interpreter tiles: the pointer build
+    monkeypatch.setenv(ARCH_ENV, "sm90")  # the sm_90 GPU-tiles mode runs what an H100 runs
+    assert attention.use_tma(q)
+    monkeypatch.setenv("FASTGPT_ATTENTION_TMA", "0")
+    assert not attention.use_tma(q)
+    monkeypatch.setenv("FASTGPT_ATTENTION_TMA", "1")
+    monkeypatch.setenv(ARCH_ENV, "sm80")
+    assert not attention.use_tma(q)
     assert not attention.tma_eligible(torch.randn(1, 2, 8, 96, dtype=torch.float16))  # padded columns
     shifted = torch.randn(1 + 2 * 8 * 64, dtype=torch.float16)[1:].view(1, 2, 8, 64)
     assert not attention.tma_eligible(shifted)  # base 2 bytes past an aligned address
