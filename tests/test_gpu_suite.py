@@ -107,17 +107,22 @@ NOT_IN_GPU_PHASE = {
     "tests/test_kernel_build_check.py": "compiles for sm_80/sm_90 on the CPU (no GPU involved); CI runs it",
     "tests/test_kernel_gpu_tiles.py": "GPU tiles under the Triton interpreter: a CPU-only mode",
     "tests/test_kernel_cross_entropy_zero3.py": "slow, two gloo processes on CPU",
+    "tests/test_attention_bench.py": "benchmarks/kernels.py's attention cases on CPU; the GPU runs the benchmark itself",
 }
 
 
 def test_the_correctness_phase_runs_every_kernel_test_file():
-    """A new kernel test file is either in the GPU phase or named above with a reason; every file the
-    GPU-tiles sweep checks on CPU also runs natively on the GPU."""
+    """A new kernel test file (``test_kernel_*``, ``test_attention*``) is either in the GPU phase or named
+    above with a reason; every file the GPU-tiles sweep checks on CPU also runs natively on the GPU."""
     from test_kernel_gpu_tiles import KERNEL_TEST_FILES
 
     listed = _correctness_files()
     assert all((ROOT / f).is_file() for f in listed), listed
-    kernel_files = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_kernel_*.py")}
+    kernel_files = {
+        f"tests/{p.name}"
+        for pattern in ("test_kernel_*.py", "test_attention*.py")
+        for p in ROOT.glob(f"tests/{pattern}")
+    }
     missing = sorted(kernel_files - set(listed) - set(NOT_IN_GPU_PHASE))
     assert missing == [], f"kernel test files not in gpu_suite.sh's correctness phase: {missing}"
     assert set(KERNEL_TEST_FILES) <= set(listed)
