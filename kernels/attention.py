@@ -427,9 +427,16 @@ def tma_eligible(*tensors: torch.Tensor) -> bool:
         size = t.element_size()
         if t.shape[-1] != padded_head_dim(t.shape[-1]) or t.stride(-1) != 1 or t.data_ptr() % 16:
             return False
-        if any((stride * size) % 16 for stride in t.stride()[:3]):
-            return False
+        for n, stride in zip(t.shape[:3], _descriptor_strides(t)[:3]):
+            if n > 1 and (stride <= 0 or (stride * size) % 16):  # broadcast (stride 0) dims too
+                return False
     return True
+
+
+def _descriptor_strides(x: torch.Tensor) -> list[int]:
+    """``x``'s strides with those of size-1 dims (never stepped along; PyTorch leaves them arbitrary)
+    replaced by the head dim, which is TMA-aligned."""
+    return [stride if n > 1 else x.shape[-1] for n, stride in zip(x.shape, x.stride())]
 
 
 def use_tma(q: torch.Tensor, *tensors: torch.Tensor) -> bool:
@@ -448,7 +455,7 @@ def use_tma(q: torch.Tensor, *tensors: torch.Tensor) -> bool:
 
 def _descriptor(x: torch.Tensor, rows: int) -> TensorDescriptor:
     """``(B, H, T, D)`` tensor descriptor over ``x`` moving ``[1, 1, rows, D]`` blocks."""
-    return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, rows, x.shape[-1]])
+    return TensorDescriptor(x, list(x.shape), _descriptor_strides(x), [1, 1, rows, x.shape[-1]])
 
 
 def _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags, tma: bool | None = None):

@@ -113,6 +113,13 @@ def test_launcher_picks_tma_only_for_aligned_tile_width_heads_on_sm90(monkeypatc
     assert not attention.tma_eligible(shifted)  # base 2 bytes past an aligned address
     odd_rows = torch.randn(1, 2, 8, 65, dtype=torch.float16)[..., :64]  # row stride of 130 bytes
     assert not attention.tma_eligible(odd_rows)
+    assert not attention.tma_eligible(torch.randn(1, 1, 8, 64, dtype=torch.float16).expand(1, 2, 8, 64))
+    # a size-1 dim's stride is never stepped along: any value is fine (the descriptor gets an aligned one)
+    one_head = torch.randn(2, 1, 8, 64, dtype=torch.float16).as_strided((2, 1, 8, 64), (512, 3, 64, 1))
+    assert attention.tma_eligible(one_head)
+    o_tma, _ = _forward(one_head, one_head, one_head, tma=True)
+    o_ptr, _ = _forward(one_head, one_head, one_head, tma=False)
+    assert torch.equal(o_tma, o_ptr)
 
 
 @cpu_only
