@@ -2,6 +2,7 @@
 ``apply_chat_template`` (ids, generation prompt, and its own assistant masks)."""
 
 import pytest
+from chat_samples import MULTI_TOOL, PARALLEL_CALLS, PLAIN_CONVERSATIONS
 from train_support import assert_renders_as_transformers
 
 from fastgpt.chat.template import TemplateFormat, export_chat_template, format_for
@@ -23,24 +24,17 @@ CORPUS = [
     "system user assistant Hello there! What is 12*7? It is 84. Who are you? I am fastgpt. é ü 日本 " * 20
 ]
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": "Hi! Who are you?"}],
-    [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What is 12*7?"},
-        {"role": "assistant", "content": "Let me compute:", "tool_calls": [calculator_call("12*7")]},
-        {"role": "tool", "content": "84"},
-        {"role": "assistant", "content": " It is 84."},
-        {"role": "user", "content": "Who are you? é ü"},
-        {"role": "assistant", "content": "I am fastgpt. 日本"},
-    ],
-    [
-        {"role": "user", "content": "a"},
-        {"role": "assistant", "content": "b"},
-        {"role": "user", "content": "  spaces  \n and newlines\n"},
-        {"role": "assistant", "content": ""},
-    ],
+# calls the calculator mid-reply (text, call, tool output, more text), then a second user turn
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is 12*7?"},
+    {"role": "assistant", "content": "Let me compute:", "tool_calls": [calculator_call("12*7")]},
+    {"role": "tool", "content": "84"},
+    {"role": "assistant", "content": " It is 84."},
+    {"role": "user", "content": "Who are you? é ü"},
+    {"role": "assistant", "content": "I am fastgpt. 日本"},
 ]
+CONVERSATIONS = [*PLAIN_CONVERSATIONS, TOOL_CONVERSATION]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,7 @@ def tok():
 
 def test_mask_token_by_token(tok):
     t, enc = tok.token_id, tok.encode
-    msgs = CONVERSATIONS[1]
+    msgs = TOOL_CONVERSATION
     # expected: assembled by hand, piece by piece, with the mask each piece must have
     pieces = [
         ([t("<|bos|>")], 0),
@@ -83,7 +77,7 @@ def test_jinja_rendering_of_fastgpt_template_matches_the_token_builder(tok, k):
 
 def test_truncation_keeps_whole_turns(tok):
     fmt = SpecialTokenFormat(tok)
-    msgs = CONVERSATIONS[1]
+    msgs = TOOL_CONVERSATION
     full_ids, full_mask = fmt.render(msgs)
     first_turn_end = len(fmt.render(msgs[:5])[0])
     for max_len in (first_turn_end, first_turn_end + 3, len(full_ids) - 1):
@@ -97,7 +91,7 @@ def test_truncation_keeps_whole_turns(tok):
 
 def test_prompt_and_reply_round_trip(tok):
     fmt = SpecialTokenFormat(tok)
-    msgs = CONVERSATIONS[1]
+    msgs = TOOL_CONVERSATION
     prompt = fmt.render_prompt(msgs[:2])
     assert prompt[-1] == tok.token_id("<|assistant_start|>")
     full = fmt.render(msgs[:5])[0]
@@ -110,28 +104,6 @@ def test_prompt_and_reply_round_trip(tok):
         fmt.render_prompt(
             msgs[:3] + [{"role": "tool", "content": "84"}, {"role": "assistant", "content": "x"}]
         )
-
-
-# several tools in one conversation: the calculator (written bare), python (name + bare code) and a
-# client's own tool (name + JSON arguments)
-MULTI_TOOL = [
-    {"role": "user", "content": "How many r's in strawberry, times 7? And the weather?"},
-    {
-        "role": "assistant",
-        "content": "Counting:",
-        "tool_calls": [python_call('s = "strawberry"\ns.count("r")')],
-    },
-    {"role": "tool", "content": "3"},
-    {"role": "assistant", "content": " Now times 7:", "tool_calls": [calculator_call("3*7")]},
-    {"role": "tool", "content": "21"},
-    {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [tool_call("get_weather", {"city": "Paris", "days": 2})],
-    },
-    {"role": "tool", "content": "sunny"},
-    {"role": "assistant", "content": " 21, and sunny."},
-]
 
 
 def test_several_tools_round_trip_in_fastgpt_format(tok):
@@ -178,9 +150,9 @@ def test_calculator_calls_render_as_in_the_calculator_only_format(tok, tmp_path)
     export_chat_template(tmp_path, FASTGPT_CHAT_TEMPLATE_V1)
     fmt = format_for(tmp_path)
     assert isinstance(fmt, SpecialTokenFormat)
-    old = TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE_V1).render(CONVERSATIONS[1])
-    new = TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE).render(CONVERSATIONS[1])
-    assert old == new == fmt.render(CONVERSATIONS[1])
+    old = TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE_V1).render(TOOL_CONVERSATION)
+    new = TemplateFormat(tok, FASTGPT_CHAT_TEMPLATE).render(TOOL_CONVERSATION)
+    assert old == new == fmt.render(TOOL_CONVERSATION)
 
 
 def test_exported_fastgpt_template_renders_the_same_ids_in_transformers(tok, tmp_path):
@@ -218,7 +190,7 @@ def test_model_dir_template_matches_transformers_ids_and_assistant_masks(tok, tm
     assert isinstance(fmt, TemplateFormat)
     assert fmt.stop_ids >= {tok.token_id("<|im_end|>")}
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
-    for msgs in (CONVERSATIONS[0], CONVERSATIONS[2], [{"role": "system", "content": "S"}, *CONVERSATIONS[0]]):
+    for msgs in PLAIN_CONVERSATIONS:  # with and without a system prompt (the template adds a default)
         _, mask = assert_renders_as_transformers(fmt, hf, msgs)
         ref = hf.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         assert mask == list(ref["assistant_masks"])
@@ -232,7 +204,7 @@ def test_template_that_is_not_prefix_stable_is_refused(tok):
     )
     fmt = TemplateFormat(tok, template)
     with pytest.raises(ConversationError, match="prefixes"):
-        fmt.render(CONVERSATIONS[2])
+        fmt.render(PLAIN_CONVERSATIONS[2])
 
 
 def test_imported_vocabulary_renders_fastgpt_token_strings_as_text(tmp_path):
@@ -296,19 +268,7 @@ def test_chatml_tools_template_round_trips_several_tools(tok):
     fmt = TemplateFormat(tok, CHATML_TOOLS_TEMPLATE)
     assert not fmt.supports_tools  # no tool tokens: the calls are text
     assert fmt.tool_syntax == ("<tool_call>\n", "\n</tool_call>")
-    msgs = [
-        {"role": "user", "content": "r's in strawberry? weather?"},
-        {"role": "assistant", "content": "Counting.", "tool_calls": [python_call('"strawberry".count("r")')]},
-        {"role": "tool", "content": "3"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [calculator_call("3*7"), tool_call("get_weather", {"city": "Paris"})],
-        },
-        {"role": "tool", "content": "21"},
-        {"role": "tool", "content": "sunny"},
-        {"role": "assistant", "content": "3 r's; 21; sunny."},
-    ]
+    msgs = PARALLEL_CALLS
     for i in (1, 3, 6):
         assert fmt.parse_reply(_reply_tokens(fmt, msgs, i)) == [msgs[i]]
     # the masked tokens of a call turn are the call text and the end of turn

@@ -2,6 +2,7 @@
 file, through transformers): fastgpt renders the ids and assistant spans transformers renders."""
 
 import pytest
+from chat_samples import MULTI_TOOL, PARALLEL_CALLS, PLAIN_CONVERSATIONS
 from train_support import assert_renders_as_transformers, smollm2_tokenizer_dir
 
 from fastgpt.chat.template import format_for
@@ -14,21 +15,6 @@ def smollm2_dir(tmp_path_factory):
     return smollm2_tokenizer_dir(tmp_path_factory.mktemp("smollm2"))
 
 
-CONVERSATIONS = [
-    [
-        {"role": "user", "content": "What is the capital of France?"},
-        {"role": "assistant", "content": "Paris."},
-    ],
-    [
-        {"role": "system", "content": "You answer in one word."},
-        {"role": "user", "content": "Colour of the sky?"},
-        {"role": "assistant", "content": "Blue."},
-        {"role": "user", "content": "And grass? ünïcödé 日本"},
-        {"role": "assistant", "content": "Green."},
-    ],
-]
-
-
 def test_smollm2_chat_template_parity(smollm2_dir):
     from transformers import AutoTokenizer
 
@@ -37,7 +23,7 @@ def test_smollm2_chat_template_parity(smollm2_dir):
     assert type(fmt).__name__ == "TemplateFormat"
     im_end = hf.convert_tokens_to_ids("<|im_end|>")
     assert im_end in fmt.stop_ids
-    for msgs in CONVERSATIONS:
+    for msgs in PLAIN_CONVERSATIONS:
         ids, mask = assert_renders_as_transformers(fmt, hf, msgs)
         # the masked spans decode to exactly each assistant reply followed by its <|im_end|>
         spans, cur = [], []
@@ -59,7 +45,6 @@ def test_smollm2_tool_calls_through_a_chat_template(smollm2_dir):
     from transformers import AutoTokenizer
 
     from fastgpt.chat.template import CHATML_TOOLS_TEMPLATE, export_chat_template
-    from fastgpt.conversation import calculator_call, python_call, tool_call
 
     assert format_for(smollm2_dir).tool_syntax is None
     saved = {
@@ -71,31 +56,15 @@ def test_smollm2_tool_calls_through_a_chat_template(smollm2_dir):
     try:
         fmt = format_for(smollm2_dir)
         hf = AutoTokenizer.from_pretrained(smollm2_dir)
-        msgs = [
-            {"role": "user", "content": "How many r's in strawberry, times 7, and the weather in Paris?"},
-            {
-                "role": "assistant",
-                "content": "Let me count.",
-                "tool_calls": [python_call('"strawberry".count("r")')],
-            },
-            {"role": "tool", "content": "3"},
-            {
-                "role": "assistant",
-                "content": "",
-                "tool_calls": [calculator_call("3*7"), tool_call("get_weather", {"city": "Paris"})],
-            },
-            {"role": "tool", "content": "21"},
-            {"role": "tool", "content": "sunny"},
-            {"role": "assistant", "content": "3, 21, sunny."},
-        ]
-        ids, _ = fmt.render(msgs)
-        assert ids == list(hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
-        for i in (1, 3):
-            prompt = fmt.render_prompt(msgs[:i])
-            full = fmt.encode_text(fmt.render_text(msgs[: i + 1]))[0]
-            reply = full[len(prompt) :]
-            reply = reply[: reply.index(hf.convert_tokens_to_ids("<|im_end|>"))]
-            assert fmt.parse_reply(reply) == [msgs[i]]
+        for msgs in (MULTI_TOOL, PARALLEL_CALLS):
+            ids, _ = fmt.render(msgs)
+            assert ids == list(hf.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+            for i in (i for i, m in enumerate(msgs) if m.get("tool_calls")):
+                prompt = fmt.render_prompt(msgs[:i])
+                full = fmt.encode_text(fmt.render_text(msgs[: i + 1]))[0]
+                reply = full[len(prompt) :]
+                reply = reply[: reply.index(hf.convert_tokens_to_ids("<|im_end|>"))]
+                assert fmt.parse_reply(reply) == [msgs[i]]
     finally:  # the dir is shared with the other tests of this module
         (smollm2_dir / "chat_template.jinja").unlink()
         for f, data in saved.items():
