@@ -4,6 +4,7 @@ own log-probabilities stand in for the old-policy forward only where they equal 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fastgpt.rl.advantages import group_advantages
 from fastgpt.rl.sequences import (
     ResponseBatch,
     collate_responses,
+    length_buckets,
     response_logprobs,
     shared_prompt_logprobs,
 )
@@ -46,6 +48,46 @@ def test_shared_prompts_give_the_full_forwards_logprobs_and_gradients(family):
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
     for a, b in zip(shared_grads, full_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overhead", [0, 3, 10**6])  # a bucket per length, a few, one bucket
+def test_length_buckets_give_the_full_forwards_logprobs_and_gradients(overhead):
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, vocab_size=97, max_seq_len=64))
+    # three groups (prompts of 4, 6 and 4 tokens), answers of 0-9 tokens in no order, one untrained token
+    prompts = [[3, 4, 5, 6]] * 4 + [[7, 8, 9, 10, 11, 12]] * 4 + [[13, 14, 15, 16]] * 4
+    lengths = [9, 1, 5, 0, 2, 9, 3, 7, 4, 4, 8, 1]
+    responses = [[(17 * r + i) % 90 + 1 for i in range(n)] for r, n in enumerate(lengths)]
+    trained = [[1] * n for n in lengths]
+    trained[7][3] = 0
+    batch = collate_responses(prompts, responses, trained=trained)
+    buckets = length_buckets(lengths, overhead)
+    assert sorted(r for b in buckets for r in b) == [r for r, n in enumerate(lengths) if n > 0]
+    distinct = len(set(lengths) - {0})  # no overhead: a bucket per length; a huge one: one bucket
+    assert len(buckets) == {0: distinct, 10**6: 1}.get(overhead, len(buckets)) and len(buckets) >= 1
+    full = response_logprobs(model, batch)
+    full_grads = torch.autograd.grad(full.sum(), list(model.parameters()))
+    shared = shared_prompt_logprobs(model, batch, bucket_overhead=overhead)
+    shared_grads = torch.autograd.grad(shared.sum(), list(model.parameters()))
+    assert torch.equal(shared != 0, full != 0)
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(shared_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_length_buckets_minimise_padded_tokens_plus_overhead():
+    lengths = [5, 48, 6, 47, 48, 20, 22, 0]
+    for overhead in (0, 8, 40, 1000):
+        buckets = length_buckets(lengths, overhead)
+        cost = sum(len(b) * max(lengths[r] for r in b) + overhead for b in buckets)
+        # brute force over every split of the sorted nonzero lengths into consecutive runs
+        ordered = sorted(n for n in lengths if n)
+        best = min(
+            sum((j - i) * ordered[j - 1] + overhead for i, j in zip((0, *cuts), (*cuts, len(ordered))))
+            for k in range(len(ordered))
+            for cuts in itertools.combinations(range(1, len(ordered)), k)
+        )
+        assert cost == best, overhead
 
 
 def test_shared_prompts_do_not_apply_without_a_shared_prompt_or_to_a_wrapped_model():

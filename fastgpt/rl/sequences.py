@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fastgpt import ops
 from fastgpt.errors import UserError
 from fastgpt.model import GPT, KVCache
 
@@ -28,12 +29,16 @@ __all__ = [
     "IGNORE",
     "ResponseBatch",
     "collate_responses",
+    "length_buckets",
     "render_response",
     "response_logprobs",
     "shared_prompt_logprobs",
 ]
 
 IGNORE = -100
+# the cost of one more response pass in length_buckets, in padded tokens (measured on 2 CPU cores:
+# docs/rl.md, Speed)
+BUCKET_OVERHEAD = 64
 
 
 @dataclass
@@ -135,7 +140,9 @@ def response_logprobs(
     return model.token_logprobs(batch.inputs, batch.targets, ignore_index=IGNORE)
 
 
-def shared_prompt_logprobs(model: torch.nn.Module, batch: ResponseBatch) -> torch.Tensor | None:
+def shared_prompt_logprobs(
+    model: torch.nn.Module, batch: ResponseBatch, *, bucket_overhead: int | None = None
+) -> torch.Tensor | None:
     """:func:`response_logprobs` computed with each run of consecutive rows that share a prompt
     forwarding that prompt once: the prompts (without their last token) go through the model once
     into a :class:`fastgpt.model.KVCache` (left-padded, as the inference engine prefills), the cache
@@ -144,7 +151,14 @@ def shared_prompt_logprobs(model: torch.nn.Module, batch: ResponseBatch) -> torc
     cache, so the prompts' activations receive the summed gradient of all their rows: the same
     log-probabilities and gradients as the full forward up to float rounding (tested), for the cost
     of ``prompts x prompt length + rows x response length`` tokens instead of ``rows x (prompt +
-    response)``; the output head also runs only over the response positions.
+    response)``.
+
+    The response passes do not pad every row to the longest response: rows are sorted by response
+    length and run in a few length buckets (:func:`length_buckets`), each padded only to its own
+    longest row, and the output head runs only at the trained tokens (never at padding, prompt or
+    engine-inserted positions). Sampled answers vary widely in length (a GRPO group of 8 holds
+    5-token and 48-token answers), so this removes most of the padding a single batch would compute.
+    ``bucket_overhead``: :func:`length_buckets`' cost of one more pass (default ``BUCKET_OVERHEAD``).
 
     Returns None where it does not apply: ``model`` is not a plain :class:`fastgpt.GPT` (wrapped
     models keep their own forward), activation checkpointing is on (the cached path keeps every
@@ -164,10 +178,14 @@ def shared_prompt_logprobs(model: torch.nn.Module, batch: ResponseBatch) -> torc
         group.append(len(starts) - 1)
     if len(starts) == B:
         return None
+    # each row's response pass: inputs p - 1 .. last - 1 (its last prompt token and the response but
+    # its final token), predicting tokens p .. last
+    lengths = [max(0, int(e) - p + 1) for e, p in zip(batch.last.tolist(), plen)]
+    buckets = length_buckets(lengths, BUCKET_OVERHEAD if bucket_overhead is None else bucket_overhead)
+    width = max((max(lengths[r] for r in b) for b in buckets), default=0)
     # ---- the distinct prompts minus their last token, left-padded, into a cache
     pre = [plen[r] - 1 for r in starts]
     longest = max(pre)
-    width = T - min(plen)  # response positions: row r predicts from input p_r - 1 to T - 2
     prefix = torch.zeros(len(starts), longest, dtype=torch.long, device=device)
     for u, r in enumerate(starts):
         prefix[u, longest - pre[u] :] = ids[r, : pre[u]]
@@ -179,19 +197,53 @@ def shared_prompt_logprobs(model: torch.nn.Module, batch: ResponseBatch) -> torc
         position_ids = (ar - pad).clamp(min=0)
     cache = KVCache(model.config, len(starts), longest + width, device=device)
     model.hidden_states(prefix, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache)
-    rows = KVCache(model.config, B, cache.max_len, device=device)
-    index = torch.tensor(group, device=device)
-    rows.k_layers = [k.index_select(0, index) for k in cache.k_layers]
-    rows.v_layers = [v.index_select(0, index) for v in cache.v_layers]
-    rows.doc_ids = None if cache.doc_ids is None else cache.doc_ids.index_select(0, index)
-    rows.next_pos, rows.pos = cache.next_pos.index_select(0, index), cache.pos
-    # ---- each row's last prompt token and response, on top of its prompt's keys/values
-    at = batch.prompt_lens.to(device)[:, None] - 1 + torch.arange(width, device=device)[None, :]
-    inside = at < T - 1
-    at = at.clamp(max=T - 2)
-    inputs = batch.inputs.gather(1, at).masked_fill(~inside, 0)
-    targets = batch.targets.gather(1, at).masked_fill(~inside, IGNORE)
-    nll = model(inputs, targets, kv_cache=rows, ignore_index=IGNORE, loss_reduction="none")  # (B, width)
-    out = torch.zeros(B, T - 1 + width, dtype=nll.dtype, device=device)
-    out = out.scatter(1, torch.where(inside, at, T - 1 + torch.arange(width, device=device)), -nll)
-    return out[:, : T - 1]
+    # ---- each bucket's rows: last prompt token and response, on top of their prompt's keys/values
+    inputs_all, targets_all = batch.inputs, batch.targets
+    group_t = torch.tensor(group, device=device)
+    hidden, targets, where = [], [], []
+    for bucket in buckets:
+        rows_t = torch.tensor(bucket, device=device)
+        w = max(lengths[r] for r in bucket)
+        step = torch.arange(w, device=device)[None, :]
+        inside = step < torch.tensor([lengths[r] for r in bucket], device=device)[:, None]
+        at = torch.where(inside, batch.prompt_lens.to(device)[rows_t, None] - 1 + step, 0)
+        inputs = inputs_all[rows_t].gather(1, at).masked_fill(~inside, 0)
+        target = targets_all[rows_t].gather(1, at).masked_fill(~inside, IGNORE)
+        index = group_t[rows_t]
+        kv = KVCache(model.config, len(bucket), cache.max_len, device=device)
+        kv.k_layers = [k.index_select(0, index) for k in cache.k_layers]
+        kv.v_layers = [v.index_select(0, index) for v in cache.v_layers]
+        kv.doc_ids = None if cache.doc_ids is None else cache.doc_ids.index_select(0, index)
+        kv.next_pos, kv.pos = cache.next_pos.index_select(0, index), cache.pos
+        h = model.hidden_states(inputs, kv_cache=kv)  # (rows, w, C)
+        trained = target != IGNORE
+        hidden.append(h[trained])
+        targets.append(target[trained])
+        where.append((rows_t[:, None] * (T - 1) + at)[trained])  # flat index into (B, T-1)
+    out = torch.zeros(B * (T - 1), dtype=torch.float32, device=device)
+    if not hidden or sum(t.numel() for t in targets) == 0:
+        return out.view(B, T - 1)
+    nll = ops.linear_cross_entropy(
+        torch.cat(hidden), model.lm_head_weight, torch.cat(targets), reduction="none"
+    )  # (trained tokens,)
+    return out.index_put((torch.cat(where),), -nll.float()).view(B, T - 1)
+
+
+def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD) -> list[list[int]]:
+    """Row indices grouped into buckets of similar ``lengths`` (rows of length 0 left out), minimising
+    ``sum(rows x longest length)`` over the buckets plus ``overhead`` per bucket: the padded tokens a
+    batched pass computes against the fixed cost of one more pass (a bucket's passes through every
+    layer, and its copy of the prompt keys/values). Exact, by dynamic programming over the sorted
+    lengths (O(rows^2))."""
+    order = sorted((r for r in range(len(lengths)) if lengths[r] > 0), key=lambda r: lengths[r])
+    n = len(order)
+    best = [0] + [0] * n  # best[j]: cheapest split of the j shortest rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        w = lengths[order[j - 1]]
+        best[j], cut[j] = min((best[i] + (j - i) * w + overhead, i) for i in range(j))
+    buckets, j = [], n
+    while j > 0:
+        buckets.append(order[cut[j] : j])
+        j = cut[j]
+    return buckets[::-1]
