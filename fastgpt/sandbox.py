@@ -362,24 +362,42 @@ def _bwrap_args(workdir: str, python: str, *, as_root: bool) -> list[str]:
     return args
 
 
+def _start_interpreter(
+    wrapper: list[str], python: str, args: list[str], workdir: str, *, stderr: int
+) -> subprocess.Popen:
+    """Start ``python`` under the sandbox command ``wrapper`` as every cell is started: isolated mode, no
+    site, no bytecode files, no stdin, an empty environment, in ``workdir``, in a session of its own (so
+    :func:`_kill_all` ends its whole group). The probe starts its trivial cell the same way, so it tests
+    what a cell will get."""
+    return subprocess.Popen(
+        [*wrapper, python, "-I", "-S", "-B", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env={},
+        cwd=workdir,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
 def _probe(info: SandboxInfo, workdir: str, uid: int | None, expected_prefix: bytes) -> bool:
     """Whether a trivial cell runs under ``info`` here, with the interpreter's own standard library."""
     prefix, _ = info.command(workdir, uid)
     check = "import sys, fractions, decimal; print('ok' if sys.base_prefix == %r else sys.base_prefix)"
-    argv = [*prefix, info.python, "-I", "-S", "-B", "-c", check % os.fsdecode(expected_prefix)]
+    args = ["-c", check % os.fsdecode(expected_prefix)]
     try:
-        done = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env={},
-            cwd=workdir,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
+        proc = _start_interpreter(prefix, info.python, args, workdir, stderr=subprocess.DEVNULL)
+    except OSError:
         return False
-    return done.returncode == 0 and done.stdout.strip() == b"ok"
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        return False
+    finally:
+        _kill_all(proc, uid)
+        proc.stdout.close()
+    return proc.returncode == 0 and out.strip() == b"ok"
 
 
 def working_sandboxes(python: str | None = None, *, first_only: bool = False) -> list[SandboxInfo]:
@@ -580,21 +598,12 @@ def _run(
         os.chown(workdir, uid, uid)
     wrapper, config["drop_uid"] = info.command(workdir, uid)
     os.chmod(workdir, 0o700)
-    argv = [*wrapper, info.python, "-I", "-S", "-B", "-u", "-c", _BOOTSTRAP, json.dumps(config), code]
+    args = ["-u", "-c", _BOOTSTRAP, json.dumps(config), code]
 
     start = time.monotonic()
     deadline = start + timeout_s
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={},
-            cwd=workdir,
-            start_new_session=True,
-            close_fds=True,
-        )
+        proc = _start_interpreter(wrapper, info.python, args, workdir, stderr=subprocess.STDOUT)
     except OSError as e:
         return ToolResult(False, "", f"SandboxError: could not start the interpreter ({e})")
 
