@@ -153,6 +153,8 @@ class Engine:
         self._compiled_step = None
         self._shadow: torch.nn.Module | None = None
         self._shadow_version: tuple | None = None
+        self._head_key: tuple | None = None  # (weight identity, in-place version) of _head_packed
+        self._head_packed: torch.Tensor | None = None
         if compile is not False and compile is not None:
             from fastgpt.decode_step import CompiledDecodeStep
 
@@ -313,6 +315,35 @@ class Engine:
             self._shadow_version = version
         return self._shadow, lambda: torch.autocast(device_type, enabled=False)
 
+    def _packed_head(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The output head as a oneDNN GEMM on weights reordered once (per change of the weights) into
+        its blocked layout, for an fp32 model on a CPU with oneDNN; None elsewhere (the model's own
+        ``F.linear``). At decode batch sizes the head is a short-and-wide GEMM (rows x 576 @ 576 x 49k
+        for SmolLM2), a fifth of a step's FLOPs, and the prepacked kernel runs it 1.6x faster than
+        ``F.linear`` on the 2-core EPYC of docs/rl.md (Speed). Same logits up to float rounding (the
+        summation order differs); the prepacked copy is refreshed whenever the weight changes in place
+        (an optimizer step), so a rollout always samples from the current policy."""
+        weight = getattr(model, "lm_head_weight", None)
+        if (
+            weight is None
+            or weight.device.type != "cpu"
+            or weight.dtype != torch.float32
+            or not torch.backends.mkldnn.is_available()
+            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        ):
+            return None
+        key = (id(weight), weight._version)
+        if self._head_key != key:
+            with torch.no_grad():
+                self._head_packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            self._head_key = key
+        packed = self._head_packed
+
+        def head(hidden: torch.Tensor) -> torch.Tensor:  # (S, C) -> (S, V) fp32
+            return torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), packed, None, "none", [], "")
+
+        return head
+
     def _decode(self, prompts, max_tokens, sampling, n, stop_ids, tools, want_logprobs):
         """Yields ``(state, (rows, tokens))`` after every step: the rows that produced a token this
         step and those tokens (tensors); ``state`` (:class:`_DecodeState`) holds the finish reasons.
@@ -383,9 +414,14 @@ class Engine:
             step.model = model
             step.drop_stale_graphs()
         cache = KVCache(model.config, B, cache_len, dtype=dtype, device=device)
-        logits = model(idx, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache, logits_to_keep=1)[
-            :, -1
-        ]
+        head = self._packed_head(model) if step is None else None
+        if head is not None:  # the same logits through the prepacked output head
+            hidden = model.hidden_states(idx, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache)
+            logits = head(hidden[:, -1])
+        else:
+            logits = model(idx, position_ids=position_ids, doc_ids=doc_ids, kv_cache=cache, logits_to_keep=1)[
+                :, -1
+            ]
         if n > 1:  # rows b*n .. b*n+n-1 continue prompt b
             cache = cache.repeat(n)
             logits = logits.repeat_interleave(n, dim=0)  # (B*n, V)
@@ -448,6 +484,8 @@ class Engine:
             x = chosen.unsqueeze(1)  # (S, 1); a finished slot is fed its ignored draw
             if step is not None:
                 logits = step(x, cache)  # (S, V)
+            elif head is not None:
+                logits = head(model.hidden_states(x, kv_cache=cache)[:, -1])  # (S, V)
             else:
                 logits = model(x, kv_cache=cache, logits_to_keep=1)[:, -1]  # (S, V)
 

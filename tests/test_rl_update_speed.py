@@ -1,6 +1,7 @@
-"""The GRPO update's shortcuts give the numbers of the plain computation: prompts shared by a group go
-through the model once (same log-probabilities and gradients as the full forward), and the sampler's
-own log-probabilities stand in for the old-policy forward only where they equal it (fp32)."""
+"""The GRPO step's shortcuts give the numbers of the plain computation: prompts shared by a group go
+through the model once and answers run in length buckets (same log-probabilities and gradients as the
+full forward), the sampler's own log-probabilities stand in for the old-policy forward only where they
+equal it (fp32), and the rollout engine's prepacked output head follows in-place weight updates."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_support import full_recompute_greedy, tiny_model
 
+from fastgpt.engine import Engine
 from fastgpt.grpo import GRPOConfig, GRPOStage
 from fastgpt.model import GPT, GPTConfig, from_pretrained
 from fastgpt.rl.advantages import group_advantages
@@ -133,3 +136,21 @@ def test_grpo_reuses_the_samplers_logprobs_as_old_logprobs_in_fp32_only(tmp_path
         for k in metrics:
             assert metrics[k][0] == pytest.approx(metrics_again[k][0], abs=1e-3), k
     assert not _stage(tmp_path / "bf16", torch.bfloat16).reuse_sampler_logprobs  # bf16 rounds differently
+
+
+def test_engine_prepacked_head_gives_the_models_logits_and_follows_weight_updates():
+    model = tiny_model(97, tie_embeddings=False)  # an update of the head alone changes the tokens
+    engine = Engine(model, None)
+    head = engine._packed_head(model)
+    if head is None:
+        pytest.skip("no oneDNN on this CPU build: the engine uses the model's own head")
+    hidden = torch.randn(5, model.config.n_embd)
+    with torch.no_grad():
+        torch.testing.assert_close(head(hidden), hidden @ model.lm_head_weight.t(), atol=1e-5, rtol=1e-5)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    before = [g[0].tokens for g in engine.generate(prompts, max_tokens=10, temperature=0, stop_ids=set())]
+    assert before == [full_recompute_greedy(model, p, 10) for p in prompts]
+    with torch.no_grad():  # an optimizer step changes the weights in place
+        model.lm_head_weight.add_(torch.randn_like(model.lm_head_weight))
+    after = [g[0].tokens for g in engine.generate(prompts, max_tokens=10, temperature=0, stop_ids=set())]
+    assert after == [full_recompute_greedy(model, p, 10) for p in prompts] and after != before
