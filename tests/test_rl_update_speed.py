@@ -13,6 +13,7 @@ import pytest
 import torch
 from model_support import full_recompute_greedy, tiny_model
 
+from fastgpt import ops
 from fastgpt.engine import Engine
 from fastgpt.grpo import GRPOConfig, GRPOStage
 from fastgpt.model import GPT, GPTConfig, from_pretrained
@@ -23,6 +24,7 @@ from fastgpt.rl.sequences import (
     length_buckets,
     response_logprobs,
     shared_prompt_logprobs,
+    token_nll,
 )
 from fastgpt.rl.toy import tiny_model_dir
 from fastgpt.tasks import get_task
@@ -76,6 +78,22 @@ def test_length_buckets_give_the_full_forwards_logprobs_and_gradients(overhead):
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
     for a, b in zip(shared_grads, full_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_token_nll_keeps_the_logit_gradients_and_equals_the_ops_loss_and_gradients():
+    torch.manual_seed(2)
+    hidden = torch.randn(300, 32, requires_grad=True)  # more rows than one chunk
+    weight = torch.randn(101, 32, requires_grad=True)
+    targets = torch.randint(0, 101, (300,))
+    upstream = torch.randn(300)  # per-row gradient scales, as the policy loss gives them
+    mine = token_nll(hidden, weight, targets)
+    theirs = ops.linear_cross_entropy(hidden, weight, targets, reduction="none")
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    for a, b in zip(
+        torch.autograd.grad((mine * upstream).sum(), [hidden, weight]),
+        torch.autograd.grad((theirs * upstream).sum(), [hidden, weight]),
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_length_buckets_minimise_padded_tokens_plus_overhead():

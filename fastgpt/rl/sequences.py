@@ -223,9 +223,7 @@ def shared_prompt_logprobs(
     out = torch.zeros(B * (T - 1), dtype=torch.float32, device=device)
     if not hidden or sum(t.numel() for t in targets) == 0:
         return out.view(B, T - 1)
-    nll = ops.linear_cross_entropy(
-        torch.cat(hidden), model.lm_head_weight, torch.cat(targets), reduction="none"
-    )  # (trained tokens,)
+    nll = token_nll(torch.cat(hidden), model.lm_head_weight, torch.cat(targets))  # (trained tokens,)
     return out.index_put((torch.cat(where),), -nll.float()).view(B, T - 1)
 
 
@@ -247,3 +245,61 @@ def length_buckets(lengths: Sequence[int], overhead: int = BUCKET_OVERHEAD) -> l
         buckets.append(order[cut[j] : j])
         j = cut[j]
     return buckets[::-1]
+
+
+# the largest (tokens x vocabulary) gradient token_nll keeps from its forward for the backward, in elements
+TOKEN_NLL_MAX_SAVED = 2**28
+
+
+def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` fp32 ``-log softmax(hidden @ weight.T)[n, targets[n]]``, every row a counted token.
+
+    What ``ops.linear_cross_entropy(..., reduction="none")`` computes; on the CPU/torch path that op
+    checkpoints each chunk of logits (per-row gradient scales are known only in the backward) and so
+    recomputes the output head's GEMM in the backward: four head GEMMs per token where three suffice.
+    Here the forward keeps ``d nll / d logits`` (softmax minus one-hot, ``N x V``) and the backward
+    scales it by the rows' incoming gradients: the head costs three GEMMs (a fifth of SmolLM2's
+    per-token FLOPs are in its head). Used when a gradient is needed, fits ``TOKEN_NLL_MAX_SAVED``
+    elements and the Triton path does not apply; otherwise the op itself."""
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    too_big = hidden.shape[0] * weight.shape[0] > TOKEN_NLL_MAX_SAVED
+    if not needs_grad or too_big or ops.use_triton(hidden):
+        return ops.linear_cross_entropy(hidden, weight, targets, reduction="none")
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):  # the head's GEMM in the autocast dtype, as F.linear
+        hidden = hidden.to(torch.get_autocast_dtype(device_type))
+    with torch.autocast(device_type, enabled=False):
+        return _TokenNLL.apply(hidden, weight, targets)
+
+
+class _TokenNLL(torch.autograd.Function):
+    """:func:`token_nll`'s head and log-softmax, chunked over rows, keeping the logit gradients."""
+
+    CHUNK = 256  # rows per chunk: (256, V) fp32 logits, one efficient CPU GEMM each
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        w = weight.to(hidden.dtype)
+        losses, grads = [], []
+        for start in range(0, hidden.shape[0], _TokenNLL.CHUNK):
+            h, t = hidden[start : start + _TokenNLL.CHUNK], targets[start : start + _TokenNLL.CHUNK]
+            logp = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)  # (n, V)
+            losses.append(-logp.gather(1, t[:, None]).squeeze(1))
+            grad = logp.exp_()  # softmax - onehot = d nll / d logits
+            grad[torch.arange(t.numel(), device=t.device), t] -= 1.0
+            grads.append(grad.to(hidden.dtype))
+        ctx.save_for_backward(hidden, w, *grads)
+        ctx.weight_dtype = weight.dtype
+        return torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, w, *grads = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for i, grad in enumerate(grads):
+            sl = slice(i * _TokenNLL.CHUNK, (i + 1) * _TokenNLL.CHUNK)
+            g = grad * grad_out[sl, None].to(grad.dtype)  # (n, V)
+            grad_hidden[sl] = g @ w
+            grad_weight.addmm_(g.t().float(), hidden[sl].float())
+        return grad_hidden, grad_weight.to(ctx.weight_dtype), None
