@@ -6,17 +6,17 @@
 #   bash launch/speedrun.sh --preset=gpt2           # GPUs (all local ones, through torchrun)
 #   bash launch/speedrun.sh --out=out/run2 --overwrite
 #
-# Each stage runs for a fixed wall-clock budget (--time_budget_s; the LR schedule follows it), so the
-# total time is set by the preset, not by how fast the machine is; a faster machine trains more
-# tokens in the same time and gets a better model.
+# Pretraining runs for a fixed wall-clock budget (--time_budget_s; the LR schedule follows it): a
+# faster machine trains more tokens in the same time and gets a better model. On the tiny preset SFT
+# and GRPO run fixed step counts instead, so that what the RL half shows (the held-out lift) does not
+# depend on how busy the machine is; they take longer on a slower machine.
 #
-#   preset  model                    budgets (pretrain / SFT / GRPO)   expected wall time
-#   tiny    5.5M params, llama-style  480 s / 180 s / 240 s            <= 30 min on 2 CPU cores (measured:
-#                                                                     20 min on a shared 2-core VM,
-#                                                                     docs/example-report/)
-#   gpt2    ~92M params, GPT-2 shape  1200 s / 300 s / 600 s           ~40 min on 8xH100 (ESTIMATE: the
-#                                                                     budgets plus start-up, data
-#                                                                     preparation and eval; not measured)
+#   preset  model                    pretrain / SFT / GRPO               expected wall time
+#   tiny    5.5M params, llama-style  480 s / 150 steps / 20 steps        ~25 min on 2 CPU cores (measured:
+#                                                                       docs/example-report/)
+#   gpt2    ~92M params, GPT-2 shape  1200 s / 300 s / 600 s             ~40 min on 8xH100 (ESTIMATE: the
+#                                                                       budgets plus start-up, data
+#                                                                       preparation and eval; not measured)
 #
 # Extra settings per stage go through environment variables (appended last, so they win):
 #   TOKENIZER_ARGS  PRETRAIN_ARGS  SFT_ARGS  GRPO_ARGS  EVAL_ARGS     e.g. PRETRAIN_ARGS="--zero=2"
@@ -47,12 +47,15 @@ case "$PRESET" in
     VOCAB=4096
     PRETRAIN=(--preset=tiny --time_budget_s=480 --eval_every=25 --eval_tokens=32768)
     # SFT: the chat sets plus 1,500 training problems of the RL task, half answered through the
-    # calculator and half directly (task_practice): GRPO then discovers that the calculator pays
-    SFT=(--time_budget_s=180 --eval_every=25 "--data=chatterbot,identity,unknown,arithmetic*0.5,task_practice")
-    GRPO=(--task=chain_sum_easy --tools=true --group_size=8 --prompts_per_step=8 --max_new_tokens=40 --lr=1e-4
-          --time_budget_s=240 --eval_every=10 --eval_problems=100)
+    # calculator and half directly (launch/speedrun-sft-tiny.yaml); GRPO then discovers that the
+    # calculator pays. Muon, as in pretraining: with AdamW the model needs 3-4x the steps to learn
+    # to copy the expression into the call (docs/rl.md, "RL in the speedrun").
+    SFT=(--max_steps=150 --optimizer=muon --lr=3e-3 --warmup_steps=10 --eval_every=25
+         "--data=$HERE/speedrun-sft-tiny.yaml")
+    GRPO=(--task=chain_sum_small --tools=true --group_size=8 --prompts_per_step=8 --max_new_tokens=32 --lr=1e-4
+          --max_steps=20 --eval_every=5 --eval_problems=100)
     # bpb on the same validation slice as pretraining's val_bpb (32,768 tokens), so the two compare
-    EVAL=(--tasks=bpb,chain_sum_easy,mc:shakespeare,mc:basics --problems=100 --pass_k=4 --samples=4
+    EVAL=(--tasks=bpb,chain_sum_small,mc:shakespeare,mc:basics --problems=100 --pass_k=4 --samples=4
           --max_new_tokens=40 --bpb_tokens=32768)
     ;;
   gpt2)

@@ -3,12 +3,13 @@ and a clean held-out split (no problem GRPO or eval scores on is ever in the SFT
 
 import re
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
 from fastgpt.conversation import tool_call_expression, validate_messages
-from fastgpt.sft_data import BUILTIN, load_mixture
-from fastgpt.sft_data.task_practice import task_practice_conversations
+from fastgpt.sft_data import BUILTIN, load_mixture, parse_mixture
+from fastgpt.sft_data.task_practice import DEFAULT_TASK, task_practice_conversations
 from fastgpt.tasks import get_task
 
 pytest.importorskip("reasoning_gym")
@@ -68,19 +69,26 @@ def test_direct_fraction_extremes_and_registration():
 
 
 def test_speedrun_tiny_preset_trains_grpo_on_the_task_it_practised():
-    """The tiny speedrun's SFT mixture holds task_practice for the GRPO task, and the held-out
+    """The tiny speedrun's SFT mixture (a file in launch/) holds task_practice for the task GRPO trains
+    and eval scores, none of that task's held-out problems is in the mixture, and the held-out
     evaluations use at least 100 problems (issue 11: a lift must be measurable)."""
-    from pathlib import Path
-
-    from fastgpt.sft_data import parse_mixture
-    from fastgpt.sft_data.task_practice import DEFAULT_TASK
-
-    script = (Path(__file__).parents[1] / "launch" / "speedrun.sh").read_text()
+    launch = Path(__file__).parents[1] / "launch"
+    script = (launch / "speedrun.sh").read_text()
     tiny = script[script.index("  tiny)") : script.index("  gpt2)")]
-    data = re.search(r"--data=([^\"\s)]+)", tiny).group(1)
-    sources = [item.source for item in parse_mixture(data)]
-    assert "task_practice" in sources and {"chatterbot", "identity", "unknown"} <= set(sources)
-    assert re.search(r"GRPO=\(--task=(\S+)", tiny).group(1) == DEFAULT_TASK
+    data = re.search(r'--data=\$HERE/([^"\s)]+)', tiny).group(1)
+    items = parse_mixture(str(launch / data))
+    sources = [item.source for item in items]
+    assert "task_practice" in sources and {"identity", "unknown"} <= set(sources)
+    practice_task = next(i.options.get("task", DEFAULT_TASK) for i in items if i.source == "task_practice")
+    grpo_task = re.search(r"GRPO=\(--task=(\S+)", tiny).group(1)
+    assert practice_task == grpo_task
+    assert re.search(r"EVAL=\(--tasks=\S*\b" + grpo_task + r"\b", tiny)
     assert "--tools=true" in tiny
     assert int(re.search(r"--eval_problems=(\d+)", tiny).group(1)) >= 100
     assert int(re.search(r"EVAL=\(.*?--problems=(\d+)", tiny, re.S).group(1)) >= 100
+    heldout = {p.question for p in get_task(grpo_task).split("heldout", 200)}
+    train, val = load_mixture(items, seed=1337, log=lambda _: None)
+    users = {m["content"] for conv in train + val for m in conv if m["role"] == "user"}
+    assert len(heldout) == 200 and not users & heldout
+    practised = {p.question for p in get_task(grpo_task).split("train", 1500)}
+    assert len(users & practised) > 1000
