@@ -206,3 +206,5 @@ def test_one_step_of_each_stage_launches_only_compiled_kernels(stage, tmp_path):
     } <= kernels
     if stage is _pretrain:  # packed documents
         assert any(dict(x.constexprs).get("HAS_DOCS") for x in _by_kernel(launches, "_attn_bwd_dkdv_kernel"))
+    if stage is _grpo:  # rollouts decode through the split-KV kernel
+        assert {"_decode_split_kernel", "_decode_combine_kernel"} <= kernels
