@@ -172,3 +172,35 @@ def test_engine_prepacked_head_gives_the_models_logits_and_follows_weight_update
         model.lm_head_weight.add_(torch.randn_like(model.lm_head_weight))
     after = [g[0].tokens for g in engine.generate(prompts, max_tokens=10, temperature=0, stop_ids=set())]
     assert after == [full_recompute_greedy(model, p, 10) for p in prompts] and after != before
+
+
+def test_rollouts_after_an_optimizer_step_sample_from_the_updated_policy(tmp_path):
+    """The fused AdamW step writes weights without bumping their version counters; the training loop
+    bumps them, so the engine's prepacked head (cached by version) is rebuilt after every update."""
+    from fastgpt.grpo import step
+    from fastgpt.train.trainer import Trainer
+
+    model_dir = tiny_model_dir(tmp_path / "m")
+    path = tmp_path / "task.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say ({i}).", "answer": i}) + "\n" for i in range(20)))
+    cfg = GRPOConfig(out_dir=str(tmp_path / "run"), group_size=4, prompts_per_step=2, max_new_tokens=8,
+                     lr=3e-2, min_lr=3e-2, max_steps=1, progress=False, eval_every=0, log_every=10**6)  # fmt: skip
+    graded = lambda text, problem=None: sum(map(ord, text)) % 97 / 97  # noqa: E731
+    policy, tokenizer = from_pretrained(model_dir), Tokenizer.load(model_dir)
+    stage = GRPOStage(policy, tokenizer, get_task(str(path)), cfg, correctness_fn=graded)
+    trainer = Trainer(cfg, policy, tokenizer=tokenizer, stage_name="grpo", micro_batch_size=stage.micro_rows,
+                      grad_accum=stage.grad_accum)  # fmt: skip
+    trainer.begin(stage)
+    prompts = [tokenizer.encode("Say (3)."), tokenizer.encode("Say (11).")]
+
+    def greedy() -> list[list[int]]:
+        return [
+            g[0].tokens for g in stage.engine.generate(prompts, max_tokens=8, temperature=0, stop_ids=set())
+        ]
+
+    before = greedy()
+    step(stage, trainer)
+    policy.eval()
+    after = greedy()
+    assert after == [full_recompute_greedy(policy, p, 8) for p in prompts] and after != before
+    trainer.end(stage)
