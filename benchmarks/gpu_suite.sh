@@ -42,6 +42,10 @@ step() {  # step NAME SECONDS CMD...: run with a limit, log to $out/NAME.log, re
 }
 
 step machine 60 bash -c "nvidia-smi; $py -c 'import torch, triton; print(\"torch\", torch.__version__, \"triton\", triton.__version__, torch.cuda.get_device_name())'"
+if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then
+  echo "gpu suite: no usable GPU (torch cannot open a CUDA device, see $out/machine.log): nothing run"
+  exit 1
+fi
 # fastgpt itself, without touching the machine's packages (no index: nothing can be fetched there)
 [ "$dry" -eq 1 ] || $py -m pip install -q --no-deps --no-build-isolation --no-index -e . || status=1
 # the tests import the kernels as fastgpt.kernels (setup.py maps kernels/ there): stop now, in one line, if
@@ -72,7 +76,9 @@ if [ "$dry" -eq 0 ] && [ "$last_rc" -ne 0 ]; then  # correctness first: no bench
   awk '/^_+ ERROR collecting / { path = $4; want = 1; next }
        want && /^E   / { sub(/^E +/, ""); reason[path] = $0; want = 0 }
        /^(FAILED|ERROR) / { n++; if ($1 == "ERROR" && index($0, " - ") == 0 && ($2 in reason)) print $0 " - " reason[$2]; else print }
-       END { exit n == 0 }' "$out/kernel_tests.log" || [ "$last_rc" -eq 124 ] || tail -n 5 "$out/kernel_tests.log"
+       END { exit n == 0 }' "$out/kernel_tests.log" || [ "$last_rc" -eq 124 ] ||
+    { reason=$(grep -E '^E   ' "$out/kernel_tests.log" | tail -n 1 | sed -E 's/^E +//')  # e.g. a conftest UsageError
+      if [ -n "$reason" ]; then echo "ERROR pytest (exit $last_rc) - $reason"; else tail -n 5 "$out/kernel_tests.log"; fi; }
   exit 1
 fi
 step kernels_bench 160 $py benchmarks/kernels.py --quick --out "$out"

@@ -50,13 +50,15 @@ def test_a_failing_correctness_phase_stops_before_the_benchmarks(tmp_path):
     ]
 
 
-def _fake_python(tmp_path, pytest_body: str, import_check: str = "exit 0") -> dict:
+def _fake_python(tmp_path, pytest_body: str, import_check: str = "exit 0", machine: str = "exit 0") -> dict:
     """A stand-in ``python`` for the suite: ``pytest_body`` runs for the pytest step, ``import_check`` for
-    the check that ``fastgpt.kernels`` resolves to this tree; benchmarks print BENCHMARK RAN."""
+    the check that ``fastgpt.kernels`` resolves to this tree, ``machine`` for the device query of the first
+    step; benchmarks print BENCHMARK RAN."""
     fake = tmp_path / "python"
     fake.write_text(
         "#!/usr/bin/env bash\n"
         'case "$*" in\n'
+        f"  *get_device_name*) {machine};;\n"
         f"  *pytest*) {pytest_body};;\n"
         f"  *fastgpt.kernels*) {import_check};;\n"
         "  *kernels.py*|*train_throughput*) echo BENCHMARK RAN; exit 0;;\n"
@@ -176,4 +178,33 @@ def test_a_test_file_that_fails_to_import_is_one_line_with_its_reason(tmp_path):
         "gpu suite: correctness phase failed, benchmarks not run:",
         "FAILED tests/test_kernel_rope.py::test_rope - AssertionError: q",
         "ERROR tests/test_ops_compile.py - RuntimeError: Expected a 'cuda' device type for generator but found 'cpu'",
+    ]
+
+
+def test_no_usable_gpu_stops_before_anything_runs(tmp_path):
+    env = _fake_python(tmp_path, "echo PYTEST RAN; exit 0", machine="echo 'AssertionError: no CUDA'; exit 1")
+    proc = subprocess.run(
+        ["bash", str(SUITE), str(tmp_path / "out")], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1 and "PYTEST RAN" not in proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("gpu suite: no usable GPU")
+
+
+def test_a_pytest_that_stops_before_any_test_is_one_line(tmp_path):
+    """A conftest error (e.g. no CUDA for ``FASTGPT_TEST_DEVICE=cuda``) leaves no FAILED/ERROR line: the
+    suite reports pytest's last ``E`` line."""
+    log = [
+        "ImportError while loading conftest '/x/tests/conftest.py'.",
+        "tests/conftest.py:26: in <module>",
+        "E   pytest.UsageError: FASTGPT_TEST_DEVICE=cuda: CUDA is not available here",
+    ]
+    body = "; ".join(f"echo {line!r}" for line in log) + "; exit 4"
+    env = _fake_python(tmp_path, body)
+    proc = subprocess.run(
+        ["bash", str(SUITE), str(tmp_path / "out")], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[-2:] == [
+        "gpu suite: correctness phase failed, benchmarks not run:",
+        "ERROR pytest (exit 4) - pytest.UsageError: FASTGPT_TEST_DEVICE=cuda: CUDA is not available here",
     ]
