@@ -78,7 +78,7 @@ def test_speedrun_tiny_preset_trains_grpo_on_the_task_it_practised():
     data = re.search(r'--data=\$HERE/([^"\s)]+)', tiny).group(1)
     items = parse_mixture(str(launch / data))
     sources = [item.source for item in items]
-    assert "task_practice" in sources and {"identity", "unknown"} <= set(sources)
+    assert "task_practice" in sources and {"chatterbot", "identity", "unknown"} <= set(sources)
     practice_task = next(i.options.get("task", DEFAULT_TASK) for i in items if i.source == "task_practice")
     grpo_task = re.search(r"GRPO=\(--task=(\S+)", tiny).group(1)
     assert practice_task == grpo_task
