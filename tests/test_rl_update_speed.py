@@ -117,6 +117,8 @@ def test_shared_prompts_do_not_apply_without_a_shared_prompt_or_to_a_wrapped_mod
     assert shared_prompt_logprobs(model, distinct) is None
     same = collate_responses([[1, 2, 3], [1, 2, 3]], [[7], [8, 9]])
     assert shared_prompt_logprobs(torch.nn.Sequential(model), same) is None
+    untrained = collate_responses([[1, 2, 3], [1, 2, 3]], [[7], [8, 9]], trained=[[0], [0, 0]])
+    assert shared_prompt_logprobs(model, untrained) is None  # nothing to train: the full forward
     torch.testing.assert_close(  # the dispatching entry point falls back to the full forward
         response_logprobs(model, distinct, share_prompts=True), response_logprobs(model, distinct)
     )

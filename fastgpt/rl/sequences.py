@@ -162,13 +162,14 @@ def shared_prompt_logprobs(
 
     Returns None where it does not apply: ``model`` is not a plain :class:`fastgpt.GPT` (wrapped
     models keep their own forward), activation checkpointing is on (the cached path keeps every
-    block's activations), a prompt has a single token, or no two consecutive rows share a prompt."""
+    block's activations), a prompt has a single token, no two consecutive rows share a prompt, or no
+    token is trained (the full forward then keeps the loss attached to the graph)."""
     if type(model) is not GPT or model.activation_checkpointing:
         return None
     ids, device = batch.ids, batch.ids.device
     B, T = ids.shape
     plen = batch.prompt_lens.tolist()
-    if min(plen) < 2 or T < 2:
+    if min(plen) < 2 or T < 2 or not bool(batch.response_mask[:, 1:].any()):
         return None
     starts, group = [0], [0]
     for r in range(1, B):
@@ -221,8 +222,6 @@ def shared_prompt_logprobs(
         targets.append(target[trained])
         where.append((rows_t[:, None] * (T - 1) + at)[trained])  # flat index into (B, T-1)
     out = torch.zeros(B * (T - 1), dtype=torch.float32, device=device)
-    if not hidden or sum(t.numel() for t in targets) == 0:
-        return out.view(B, T - 1)
     nll = token_nll(torch.cat(hidden), model.lm_head_weight, torch.cat(targets))  # (trained tokens,)
     return out.index_put((torch.cat(where),), -nll.float()).view(B, T - 1)
 
