@@ -172,3 +172,20 @@ def test_report_shows_the_median_time_split_of_rl_runs(tmp_path):
     # medians: rollout 5, score not logged, reward 0.5, logprobs 0, update 2; total 7.5
     assert row == "| grpo | 3 | 5.00 s | — | 0.50 s | 0.00 s | 2.00 s | 7.50 s | 67% |"
     assert "| sft |" not in section
+
+
+def test_plot_panels_leave_out_timings_and_the_kl_of_a_run_without_reference(tmp_path):
+    """A phase timing whose name matches a group ("time_reward_s") is not drawn in that group's panel,
+    and "kl" gets a panel only when the run had a reference model (beta > 0)."""
+    from fastgpt.eval.report import plot_panels
+
+    records = [
+        {"step": s, "reward_mean": 0.1 * s, "time_reward_s": 0.01, "kl": 0.0, "loss": -0.1}
+        for s in range(1, 5)
+    ]
+    for beta, want_kl in ((0.0, False), (0.04, True)):
+        write_run(tmp_path / f"b{beta}", "grpo", records, {"beta": beta})
+        (run,), _, _ = discover([str(tmp_path / f"b{beta}")])
+        panels = dict(plot_panels(run))
+        assert panels["reward"] == ["reward_mean"]
+        assert ("KL to reference" in panels) is want_kl

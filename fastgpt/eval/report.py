@@ -328,14 +328,30 @@ def _matplotlib_missing() -> bool:
     return False
 
 
-def plot_run(run: Run, out_png: Path) -> bool:
-    """One PNG with a panel per group of logged metrics; False when the run logged nothing to plot or
-    matplotlib is not installed (the report is then text only)."""
+def plot_panels(run: Run) -> list[tuple[str, list[str]]]:
+    """``(title, metric keys)`` of each panel :func:`plot_run` draws: a group of :data:`PLOT_GROUPS`
+    with at least one key logged more than once. Phase timings (``time_*``) have their own table, not a
+    panel, and the KL of a run without a reference model (``beta`` 0) is not plotted: it is 0 by
+    construction, not a measurement."""
     panels = []
     for title, pattern in PLOT_GROUPS:
-        keys = [k for k in run.metric_keys if pattern.search(k) and len(run.series(k)) >= 1]
+        keys = [
+            k
+            for k in run.metric_keys
+            if pattern.search(k)
+            and not k.startswith("time_")
+            and not (k == "kl" and run.config.get("beta") == 0)
+            and run.series(k)
+        ]
         if keys and any(len(run.series(k)) > 1 for k in keys):
             panels.append((title, keys))
+    return panels
+
+
+def plot_run(run: Run, out_png: Path) -> bool:
+    """One PNG with a panel per group of logged metrics (:func:`plot_panels`); False when the run
+    logged nothing to plot or matplotlib is not installed (the report is then text only)."""
+    panels = plot_panels(run)
     if not panels:
         return False
     try:
