@@ -176,9 +176,11 @@ def test_engine_prepacked_head_gives_the_models_logits_and_follows_weight_update
     assert after == [full_recompute_greedy(model, p, 10) for p in prompts] and after != before
 
 
-def test_rollouts_after_an_optimizer_step_sample_from_the_updated_policy(tmp_path):
-    """The fused AdamW step writes weights without bumping their version counters; the training loop
-    bumps them, so the engine's prepacked head (cached by version) is rebuilt after every update."""
+@pytest.mark.parametrize("zero", [0, 1])
+def test_rollouts_after_an_optimizer_step_sample_from_the_updated_policy(tmp_path, zero):
+    """The fused AdamW step (and DeepSpeed's, zero=1 on one rank) writes weights without bumping their
+    version counters; the training loop bumps them, so the engine's prepacked head (cached by version)
+    is rebuilt after every update."""
     from fastgpt.grpo import step
     from fastgpt.train.trainer import Trainer
 
@@ -186,7 +188,7 @@ def test_rollouts_after_an_optimizer_step_sample_from_the_updated_policy(tmp_pat
     path = tmp_path / "task.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Say ({i}).", "answer": i}) + "\n" for i in range(20)))
     cfg = GRPOConfig(out_dir=str(tmp_path / "run"), group_size=4, prompts_per_step=2, max_new_tokens=8,
-                     lr=3e-2, min_lr=3e-2, max_steps=1, progress=False, eval_every=0, log_every=10**6)  # fmt: skip
+                     lr=3e-2, min_lr=3e-2, max_steps=1, progress=False, eval_every=0, log_every=10**6, zero=zero)  # fmt: skip
     graded = lambda text, problem=None: sum(map(ord, text)) % 97 / 97  # noqa: E731
     policy, tokenizer = from_pretrained(model_dir), Tokenizer.load(model_dir)
     stage = GRPOStage(policy, tokenizer, get_task(str(path)), cfg, correctness_fn=graded)

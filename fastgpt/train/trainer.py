@@ -335,11 +335,12 @@ class Trainer:
                 finite = finite and math.isfinite(grad_norm)
                 if finite:
                     self.optimizer.step()
-            # the fused AdamW kernel writes the weights in place without bumping their version counters;
-            # bump them, so what caches weights by version (the engine's prepacked head and compute-dtype
-            # copy, which RL rollouts sample from) sees the step
-            torch.autograd.graph.increment_version(list(self.model.parameters()))
             self.optimizer.zero_grad(set_to_none=True)
+        # the fused AdamW kernel (and DeepSpeed's gather of updated partitions into its flat buffers)
+        # writes the weights without bumping their version counters; bump them, so what caches weights
+        # by version (the engine's prepacked head and compute-dtype copy, which RL rollouts sample
+        # from) sees every step, whichever path made it
+        torch.autograd.graph.increment_version(list(self.model.parameters()))
         extra = self._reduce_pairs(pairs)
 
         if finite:
