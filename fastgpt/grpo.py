@@ -43,7 +43,15 @@ from fastgpt.errors import UserError
 from fastgpt.rl.advantages import group_advantages
 from fastgpt.rl.common import RL_UNUSED, check_rl_zero, frozen_copy, load_start
 from fastgpt.rl.losses import AGGREGATIONS, aggregate, clipped_policy_loss, kl_k3
-from fastgpt.rl.rollout import Rollout, greedy_accuracy, make_rollout_engine, sample_rollout
+from fastgpt.rl.rollout import (
+    Rollout,
+    assistant_text,
+    called_tool,
+    greedy_accuracy,
+    greedy_completions,
+    make_rollout_engine,
+    sample_rollout,
+)
 from fastgpt.rl.sequences import ResponseBatch, response_logprobs
 from fastgpt.stage_cli import normalize_argv, rank_context, stage_main, train_stage
 from fastgpt.tasks import RewardConfig, Task, TaskReward, get_task, load_reward_fn
@@ -79,7 +87,7 @@ class GRPOConfig(LoopConfig):
     max_new_tokens: int = 128  # completion budget per sample
     temperature: float = 1.0  # rollout sampling temperature
     top_p: float = 1.0  # rollout nucleus sampling
-    tools: bool = False  # let the engine run calculator calls during rollouts
+    tools: bool = False  # let the engine run tool calls (calculator, python) in rollouts and evals
     # --- objective ---------------------------------------------------------------------------------
     beta: float = 0.0  # KL coefficient; 0 keeps no reference model
     clip_low: float = 0.2  # policy-ratio clip epsilon (1 - clip_low .. 1 + clip_high)
@@ -292,11 +300,12 @@ class GRPOStage:
                 float(zero_var.numel()),
                 float(sum(r == "length" for r in rollout.finish_reasons)),
                 float(sum(self.reward.errors.values())),
+                rollout.tool_calls.sum(),
             ],
             dtype=torch.float64,
         )
         s = dist.all_reduce_sum(sums).tolist()
-        return {
+        stats = {
             "reward_mean": s[0] / s[3],
             "accuracy": s[1] / s[3],
             "completion_len": s[2] / s[3],
@@ -304,6 +313,9 @@ class GRPOStage:
             "truncated_frac": s[6] / s[3],
             "reward_errors": s[7],
         }
+        if self.cfg.tools:
+            stats["tool_use"] = s[8] / s[3]
+        return stats
 
     # ------------------------------------------------------------------------------------ loop contract
     @staticmethod
@@ -350,22 +362,29 @@ class GRPOStage:
     # ---------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
-        """Greedy accuracy on the held-out problems (each rank a share, combined)."""
+        """Greedy accuracy on the held-out problems (each rank a share, combined); with ``--tools`` also
+        ``heldout_tool_use``, the share of those greedy answers that made a tool call."""
         policy = self.policy
         was_training = policy.training
         policy.eval()
         mine = self.heldout[self.rank :: self.world_size]
         with self.autocast():
-            acc, _ = greedy_accuracy(
-                self.engine, self.task, mine, max_new_tokens=self.cfg.max_new_tokens, tools=self.cfg.tools
+            completions = greedy_completions(
+                self.engine, mine, max_new_tokens=self.cfg.max_new_tokens, tools=self.cfg.tools
             )
         policy.train(was_training)
+        fmt = self.engine.chat_format
+        correct = sum(self.task.is_correct(assistant_text(fmt, c), p) for c, p in zip(completions, mine))
+        calls = sum(called_tool(fmt, c) for c in completions)
         counts = dist.all_reduce_sum(
-            torch.tensor([acc * len(mine), float(len(mine))], dtype=torch.float64)
+            torch.tensor([float(correct), float(calls), float(len(mine))], dtype=torch.float64)
         ).tolist()
-        if counts[1] == 0:  # no held-out problems at all: an accuracy of 0 would be a false number
+        if counts[2] == 0:  # no held-out problems at all: an accuracy of 0 would be a false number
             return {}
-        return {"heldout_accuracy": counts[0] / counts[1], "heldout_n": counts[1]}
+        out = {"heldout_accuracy": counts[0] / counts[2], "heldout_n": counts[2]}
+        if self.cfg.tools:
+            out["heldout_tool_use"] = counts[1] / counts[2]
+        return out
 
     def samples(self, model: torch.nn.Module | None = None) -> list[dict[str, str]]:
         """A greedy answer to the first held-out problem, for the log."""

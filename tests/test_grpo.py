@@ -93,6 +93,7 @@ def test_zero_variance_groups_are_counted_and_dropped(tmp_path):
         rewards=torch.tensor([1.0, 1.0, 1.0, 0.0]),
         correct=torch.tensor([1.0, 1.0, 1.0, 0.0]),
         completion_lens=torch.tensor([2.0, 1.0, 3.0, 1.0]),
+        tool_calls=torch.tensor([1.0, 0.0, 0.0, 0.0]),
         texts=["", "", "", ""],
         finish_reasons=["stop", "length", "stop", "stop"],
         group_size=2,
@@ -102,6 +103,9 @@ def test_zero_variance_groups_are_counted_and_dropped(tmp_path):
     stats = stage.rollout_metrics(rollout, zero_var)
     assert stats["zero_var_frac"] == 0.5
     assert stats["truncated_frac"] == 0.25
+    assert "tool_use" not in stats  # without --tools there is no tool to use
+    stage.cfg.tools = True
+    assert stage.rollout_metrics(rollout, zero_var)["tool_use"] == 0.25
     assert micro["mask"][:2].sum() == 0  # the zero-variance group is out of the loss ...
     assert micro["mask"][2:].sum() == 4  # ... the other keeps its 3 + 1 response targets
     assert float(micro["count"]) == 4  # ... and of the normaliser
@@ -174,6 +178,49 @@ def test_reward_reads_the_assistants_words_not_the_tools_output(tmp_path):
     assert assistant_text(fmt, silent) == "no idea"  # ... which the assistant never said
     assert task.is_correct(assistant_text(fmt, answered), problem)
     assert not task.is_correct(assistant_text(fmt, silent), problem)
+
+
+class _ScriptedEngine:
+    """Stands in for the inference engine: answers each prompt with the next scripted completion."""
+
+    def __init__(self, chat_format, completions):
+        self.chat_format, self.completions = chat_format, list(completions)
+
+    def generate(self, prompts, **kwargs):
+        return [[self.completions.pop(0)] for _ in prompts]
+
+
+def test_heldout_tool_use_is_the_share_of_greedy_answers_that_call_a_tool(tmp_path):
+    from fastgpt.engine import Completion
+    from fastgpt.model import from_pretrained
+    from fastgpt.tokenizer import Tokenizer
+
+    model_dir = tiny_model_dir(tmp_path / "m")
+    fmt = format_for(model_dir)
+    enc, end = fmt.tokenizer.encode, next(iter(fmt.stop_ids - {fmt.bos_id}))
+    task = get_task(str(_toy_task(tmp_path)), heldout_fraction=0.5)
+    cfg = GRPOConfig(group_size=2, prompts_per_step=2, max_steps=1, eval_problems=4, tools=True)
+    stage = GRPOStage(from_pretrained(model_dir), Tokenizer.load(model_dir), task, cfg)
+    heldout = stage.heldout
+    assert len(heldout) == 4
+
+    def reply(problem, call: bool, right: bool) -> Completion:
+        said = enc(f"#### {problem.answer if right else 'x'}")
+        call_ids = [fmt.tool_call_start_id, *enc("1 + 1"), fmt.tool_call_end_id] if call else []
+        output = fmt.tool_output_ids("2") if call else []
+        tokens = [*call_ids, *output, *said, end]
+        sampled = [1] * len(call_ids) + [0] * len(output) + [1] * (len(said) + 1)
+        return Completion(tokens, fmt.tokenizer.decode(tokens[:-1]), "stop", sampled=sampled)
+
+    # a tool call and right, a tool call and wrong, direct and right, direct and wrong
+    script = [reply(p, call, right) for p, (call, right) in zip(heldout, [(1, 1), (1, 0), (0, 1), (0, 0)])]
+    stage.engine = _ScriptedEngine(fmt, script)
+    result = stage.evaluate()
+    assert result["heldout_accuracy"] == 0.5 and result["heldout_n"] == 4
+    assert result["heldout_tool_use"] == 0.5
+    stage.cfg.tools = False
+    stage.engine = _ScriptedEngine(fmt, script[2:] + script[:2])
+    assert "heldout_tool_use" not in stage.evaluate()
 
 
 def test_demo_sft_conversations_match_what_the_engine_inserts():

@@ -93,6 +93,7 @@ PLOT_GROUPS = (
     ("bits per byte", re.compile(r"bpb")),
     ("reward", re.compile(r"reward(?!_errors)")),
     ("accuracy", re.compile(r"accuracy")),
+    ("share of answers calling a tool", re.compile(r"tool_use$")),
     ("margin", re.compile(r"margin")),
     ("KL to reference", re.compile(r"^kl$")),
 )

@@ -145,21 +145,14 @@ def _greedy_with_calls(
 ) -> tuple[float, list[str], float]:
     """Greedy accuracy, the assistant's texts and the share of replies that made a tool call (the
     engine ran it, or handed it back): GRPO's held-out measurement plus the call count."""
-    from fastgpt.rl.rollout import assistant_text  # heavy: loads torch; deferred until used
+    from fastgpt.rl.rollout import assistant_text, called_tool, greedy_completions  # heavy: loads torch
 
     fmt = engine.chat_format
-    prompts = [fmt.render_prompt(list(p.messages)) for p in problems]
-    completions = _generate(
-        engine,
-        prompts,
-        batch_size,
-        max_tokens=max_new_tokens,
-        temperature=0.0,
-        stop_ids=fmt.stop_ids,
-        tools=tools,
+    completions = greedy_completions(
+        engine, problems, max_new_tokens=max_new_tokens, batch_size=batch_size, tools=tools
     )
-    texts = [assistant_text(fmt, group[0]) for group in completions]
-    calls = sum(fmt.tool_call_start_id in group[0].tokens for group in completions)
+    texts = [assistant_text(fmt, c) for c in completions]
+    calls = sum(called_tool(fmt, c) for c in completions)
     return task.accuracy(texts, problems), texts, calls / max(len(problems), 1)
 
 

@@ -22,7 +22,9 @@ from fastgpt.tasks.base import Problem
 __all__ = [
     "Rollout",
     "assistant_text",
+    "called_tool",
     "greedy_accuracy",
+    "greedy_completions",
     "make_rollout_engine",
     "rollout_seed",
     "sample_rollout",
@@ -62,6 +64,13 @@ def assistant_text(chat_format: Any, completion: Any) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "assistant" and m["content"])
 
 
+def called_tool(chat_format: Any, completion: Any) -> bool:
+    """Whether the completion opened a tool call (whether or not the engine ran it): the share of
+    such completions is GRPO's ``tool_use`` and the eval's "replies calling a tool"."""
+    start = chat_format.tool_call_start_id
+    return start is not None and start in completion.tokens
+
+
 def rollout_seed(seed: int, step: int, index: int) -> int:
     """A per-problem sampling seed, distinct for every (run seed, step, global problem index)."""
     return (seed * 1_000_003 + step * 65_537 + index) % (2**62)
@@ -76,6 +85,7 @@ class Rollout:
     rewards: torch.Tensor  # (N * G,) total reward
     correct: torch.Tensor  # (N * G,) correctness part (0/1 for verifiable tasks)
     completion_lens: torch.Tensor  # (N * G,) tokens generated (including the stop token)
+    tool_calls: torch.Tensor  # (N * G,) 1.0 where the completion opened a tool call
     texts: list[str]
     finish_reasons: list[str]
     group_size: int
@@ -144,7 +154,7 @@ def sample_rollout(
     )
     t1 = time.perf_counter()
     prompts, responses, trained, sample_logprobs = [], [], [], []
-    texts, reasons, rewards, correct, lens = [], [], [], [], []
+    texts, reasons, rewards, correct, lens, calls = [], [], [], [], [], []
     for problem, prompt, group in zip(problems, rendered, groups):
         for completion in group:
             text = assistant_text(fmt, completion)
@@ -158,6 +168,7 @@ def sample_rollout(
             rewards.append(float(reward.total))
             correct.append(float(reward.correct))
             lens.append(len(completion.tokens))
+            calls.append(float(called_tool(fmt, completion)))
     batch = collate_responses(prompts, responses, trained=trained, pad_id=pad_id)
     old = _response_aligned(batch, sample_logprobs) if logprobs else None
     timings = {"rollout_s": t1 - t0, "reward_s": time.perf_counter() - t1}
@@ -167,6 +178,7 @@ def sample_rollout(
         rewards=torch.tensor(rewards),
         correct=torch.tensor(correct),
         completion_lens=torch.tensor(lens, dtype=torch.float32),
+        tool_calls=torch.tensor(calls),
         texts=texts,
         finish_reasons=reasons,
         group_size=group_size,
@@ -176,6 +188,28 @@ def sample_rollout(
 
 
 @torch.no_grad()
+def greedy_completions(
+    engine: Any,
+    problems: Sequence[Problem],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    tools: bool | Sequence[str] = False,
+) -> list[Any]:
+    """The greedy (temperature 0) completion of each problem's chat prompt, ``batch_size`` problems
+    per left-padded batch, with the tools ``tools`` names run mid-generation."""
+    fmt = engine.chat_format
+    completions = []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        prompts = [fmt.render_prompt(list(p.messages)) for p in chunk]
+        out = engine.generate(
+            prompts, max_tokens=max_new_tokens, temperature=0, stop_ids=fmt.stop_ids, tools=tools
+        )
+        completions.extend(group[0] for group in out)
+    return completions
+
+
 def greedy_accuracy(
     engine: Any,
     task: Any,
@@ -183,17 +217,12 @@ def greedy_accuracy(
     *,
     max_new_tokens: int,
     batch_size: int = 16,
-    tools: bool = False,
+    tools: bool | Sequence[str] = False,
 ) -> tuple[float, list[str]]:
-    """Accuracy of greedy (temperature 0) answers to ``problems`` under ``task``'s verifier, and the
-    answers. Problems are generated ``batch_size`` at a time (left-padded batches)."""
-    fmt = engine.chat_format
-    texts: list[str] = []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
-        prompts = [fmt.render_prompt(list(p.messages)) for p in chunk]
-        out = engine.generate(
-            prompts, max_tokens=max_new_tokens, temperature=0, stop_ids=fmt.stop_ids, tools=tools
-        )
-        texts.extend(assistant_text(fmt, group[0]) for group in out)
+    """Accuracy of greedy answers to ``problems`` under ``task``'s verifier, and the answers (what
+    the assistant said, without inserted tool outputs)."""
+    completions = greedy_completions(
+        engine, problems, max_new_tokens=max_new_tokens, batch_size=batch_size, tools=tools
+    )
+    texts = [assistant_text(engine.chat_format, c) for c in completions]
     return (task.accuracy(texts, problems) if problems else 0.0), texts
