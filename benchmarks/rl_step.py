@@ -35,7 +35,7 @@ steps 0, ``--eval_every``, ... and N one common evaluator scores both: each side
 copied into one separate fastgpt model (fastgpt's through its state dict, transformers' through the
 Hugging Face loader's name mapping, checked by comparing that model's logits with the source model's on
 a probe prompt) whose greedy answers (the inference engine, ``--max_new_tokens``, the training dtype)
-to ``--eval_problems`` held-out questions are checked by the task's verifier. The held-out questions are
+to ``--eval_problems`` held-out questions (one batch) are checked by the task's verifier. The held-out questions are
 written like the training ones from another seed, keeping only questions that are not in the training
 file. Per step it records each side's mean sampled reward, share of correct samples and wall seconds
 (contended on a shared machine: not a speed measurement); it prints a table and, with ``--json_out``,
@@ -304,7 +304,9 @@ def trajectory(args, sides, sampled, models, model_dir, heldout_path, tokenizer,
         engine = make_rollout_engine(judge, tokenizer, chat_format=fmt)
         t = time.perf_counter()
         with autocast_context(torch.device("cpu"), dtype):
-            acc, _ = greedy_accuracy(engine, heldout_task, problems, max_new_tokens=args.max_new_tokens)
+            acc, _ = greedy_accuracy(  # one batch: cheaper per token than several small ones on CPU
+                engine, heldout_task, problems, max_new_tokens=args.max_new_tokens, batch_size=len(problems)
+            )
         return {"accuracy": acc, "logit_max_abs_diff": logit_diff, "seconds": time.perf_counter() - t}
 
     evals: list[dict] = []
