@@ -56,7 +56,9 @@ import torch
 
 from fastgpt.chat.template import format_for
 from fastgpt.conversation import parse_tool_call_text
+from fastgpt.decode_step import CompiledDecodeStep, static_cache_len, weights_version
 from fastgpt.errors import UserError
+from fastgpt.model.kv_cache import KVCache
 from fastgpt.model.sampling import sample_with_uniforms
 from fastgpt.tools import TOOLS, Tool, run_tool
 
@@ -156,8 +158,6 @@ class Engine:
         self._head_key: tuple | None = None  # (weight identity, in-place version) of _head_packed
         self._head_packed: torch.Tensor | None = None
         if compile is not False and compile is not None:
-            from fastgpt.decode_step import CompiledDecodeStep
-
             self._compile_mode = "default" if compile is True else compile
             self._compiled_step = CompiledDecodeStep(model, self._compile_mode)
 
@@ -300,7 +300,6 @@ class Engine:
             dtype = torch.get_autocast_dtype(device_type)
         if dtype is None or dtype == param.dtype:
             return self.model, contextlib.nullcontext
-        from fastgpt.decode_step import weights_version
 
         version = weights_version(self.model)
         if self._shadow is None or next(self._shadow.parameters()).dtype != dtype:
@@ -359,7 +358,6 @@ class Engine:
             yield item
 
     def _decode_with(self, model, prompts, max_tokens, sampling, n, stop_ids, tools, want_logprobs):
-        from fastgpt.model import KVCache
 
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
@@ -408,8 +406,6 @@ class Engine:
         cache_len = longest + max_tokens
         step = self._compiled_step
         if step is not None:  # a few fixed lengths, so the compiled step sees a few shapes only
-            from fastgpt.decode_step import static_cache_len
-
             cache_len = static_cache_len(cache_len, self.context_len)
             step.model = model
             step.drop_stale_graphs()
@@ -562,8 +558,6 @@ class Engine:
 
 def _keep_rows(cache: Any, keep: torch.Tensor) -> Any:
     """A :class:`KVCache` holding only the batch rows ``keep`` of ``cache`` (same length and position)."""
-    from fastgpt.model import KVCache
-
     new = KVCache(cache.config, int(keep.numel()), cache.max_len, dtype=cache.dtype, device=cache.device)
     if cache.k_layers is not None:
         new.k_layers = [k.index_select(0, keep) for k in cache.k_layers]

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from fastgpt.engine import Engine
 from fastgpt.rl.sequences import ResponseBatch, collate_responses
 from fastgpt.tasks.base import Problem
 
@@ -47,8 +48,6 @@ def make_rollout_engine(
     CPU at rollout batch sizes the matmuls dominate and the compile costs more than it saves (docs/rl.md,
     Speed). ``dtype``: decode with a copy of the weights in this dtype; by default the engine follows the
     autocast dtype it is called under (the training loop's ``--dtype``)."""
-    from fastgpt.engine import Engine
-
     mode = "live" if compile is True else compile
     return Engine(policy, tokenizer, chat_format=chat_format, compile=mode, dtype=dtype)
 
