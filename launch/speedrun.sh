@@ -42,6 +42,7 @@ for arg in "$@"; do
   esac
 done
 
+JAGGED=jagged_letter_count,jagged_reverse,jagged_char_at,jagged_word_length,jagged_compare,jagged_multiply
 case "$PRESET" in
   tiny)
     VOCAB=4096
@@ -54,9 +55,11 @@ case "$PRESET" in
          "--data=$HERE/speedrun-sft-tiny.yaml")
     GRPO=(--task=chain_sum_small --tools=true --group_size=8 --prompts_per_step=8 --max_new_tokens=32 --lr=1e-4
           --max_steps=20 --eval_every=5 --eval_problems=100)
-    # bpb on the same validation slice as pretraining's val_bpb (32,768 tokens), so the two compare
-    EVAL=(--tasks=bpb,chain_sum_small,mc:shakespeare,mc:basics --problems=100 --pass_k=4 --samples=4
-          --max_new_tokens=40 --bpb_tokens=32768)
+    # bpb on the same validation slice as pretraining's val_bpb (32,768 tokens), so the two compare;
+    # the jagged tasks (docs/jagged.md) are scored without and with the Python tool: the report's
+    # "with tools" table (64 new tokens: a Python call and its output take ~50)
+    EVAL=(--tasks=bpb,chain_sum_small,mc:shakespeare,mc:basics,$JAGGED --problems=100 --pass_k=4 --samples=4
+          --max_new_tokens=64 --bpb_tokens=32768)
     ;;
   gpt2)
     VOCAB=8192
@@ -65,7 +68,7 @@ case "$PRESET" in
     SFT=(--time_budget_s=300 --batch_size=32 --seq_len=1024 --eval_every=100 --dtype=bf16)
     GRPO=(--task=chain_sum_easy --tools=true --group_size=16 --prompts_per_step=32 --max_new_tokens=128
           --time_budget_s=600 --eval_every=20 --eval_problems=200 --dtype=bf16)
-    EVAL=(--tasks=bpb,chain_sum_easy,gsm_symbolic,mc:shakespeare,mc:basics --problems=200 --pass_k=8
+    EVAL=(--tasks=bpb,chain_sum_easy,gsm_symbolic,mc:shakespeare,mc:basics,$JAGGED --problems=200 --pass_k=8
           --samples=8 --max_new_tokens=256 --bpb_tokens=1048576 --batch_size=64)
     ;;
   *) echo "speedrun.sh: unknown --preset=$PRESET (expected tiny or gpt2)" >&2; exit 2 ;;

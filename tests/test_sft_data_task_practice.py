@@ -11,6 +11,7 @@ from fastgpt.conversation import tool_call_expression, validate_messages
 from fastgpt.sft_data import BUILTIN, load_mixture, parse_mixture
 from fastgpt.sft_data.task_practice import DEFAULT_TASK, task_practice_conversations
 from fastgpt.tasks import get_task
+from fastgpt.tasks.jagged import JAGGED_TASKS
 
 pytest.importorskip("reasoning_gym")
 
@@ -83,6 +84,9 @@ def test_speedrun_tiny_preset_trains_grpo_on_the_task_it_practised():
     grpo_task = re.search(r"GRPO=\(--task=(\S+)", tiny).group(1)
     assert practice_task == grpo_task
     assert re.search(r"EVAL=\(--tasks=\S*\b" + grpo_task + r"\b", tiny)
+    assert re.search(r"EVAL=\(--tasks=\S*\$JAGGED\b", tiny)  # the report's with/without-tools table
+    jagged = re.search(r"^JAGGED=(\S+)", script, re.M).group(1).split(",")
+    assert sorted(jagged) == sorted(JAGGED_TASKS)
     assert "--tools=true" in tiny
     assert int(re.search(r"--eval_problems=(\d+)", tiny).group(1)) >= 100
     assert int(re.search(r"EVAL=\(.*?--problems=(\d+)", tiny, re.S).group(1)) >= 100
