@@ -52,11 +52,12 @@ _INTERPRETER_TILES = {
 }
 
 
-def padded_head_dim(head_dim: int) -> int:
-    """Width of the register tile holding one row of q/k/v (a power of two, as ``tl.arange`` needs)."""
+def padded_head_dim(head_dim: int, op: str = "attention_triton") -> int:
+    """Width of the register tile holding one row of q/k/v (a power of two, as ``tl.arange`` needs);
+    an unsupported head dim raises, naming ``op``."""
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(
-            f"attention_triton: head dim {head_dim} is not supported; "
+            f"{op}: head dim {head_dim} is not supported; "
             f"supported head dims are {', '.join(map(str, SUPPORTED_HEAD_DIMS))}"
         )
     return triton.next_power_of_2(head_dim)
@@ -140,6 +141,51 @@ def _visible(
 
 
 @triton.jit
+def _program_tile(N_HEADS, BLOCK: tl.constexpr):
+    """This program's tile start ``program_id(0) * BLOCK``, its ``program_id(1) = b * N_HEADS + h`` and
+    that batch row ``b`` and head ``h`` (int64, for address arithmetic)."""
+    bh = tl.program_id(1)
+    return tl.program_id(0) * BLOCK, bh, (bh // N_HEADS).to(tl.int64), (bh % N_HEADS).to(tl.int64)
+
+
+@triton.jit
+def _query_rows(DOCS, b, m0, T_Q, T_K, BLOCK_M: tl.constexpr, HAS_DOCS: tl.constexpr):
+    """Query tile ``[m0, m0 + BLOCK_M)`` of batch row ``b``: ``offs_m``, their key positions ``q_pos``,
+    ``doc_row`` (the row's :func:`document_extents`; plane 0 identifies the document) and the queries'
+    documents ``doc_q`` (``q_pos`` itself without documents, never compared then)."""
+    doc_row = DOCS + b * 4 * T_K
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    q_pos = T_K - T_Q + offs_m
+    doc_q = q_pos
+    if HAS_DOCS:
+        doc_q = tl.load(doc_row + q_pos, mask=offs_m < T_Q, other=0)
+    return offs_m, q_pos, doc_row, doc_q
+
+
+@triton.jit
+def _keys_visible(
+    q_pos,
+    doc_q,
+    offs_n,
+    doc_row,
+    T_K,
+    WINDOW,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+):
+    """:func:`_visible` of a query tile (rows) against key tile ``offs_n`` (columns), the key walks'
+    orientation (forward, dQ); the keys' documents are read from ``doc_row``."""
+    doc_k = offs_n
+    if HAS_DOCS:
+        doc_k = tl.load(doc_row + offs_n, mask=offs_n < T_K, other=0)
+    return _visible(
+        q_pos[:, None], offs_n[None, :], doc_q[:, None], doc_k[None, :], T_K, WINDOW,
+        CAUSAL, HAS_DOCS, HAS_WINDOW,
+    )  # fmt: skip
+
+
+@triton.jit
 def _tile_range(
     own0,
     own_off,
@@ -213,6 +259,48 @@ def _tile_range(
 
 
 @triton.jit
+def _key_walk(
+    m0,
+    doc_row,
+    T_Q,
+    T_K,
+    WINDOW,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+):
+    """:func:`_tile_range` of query tile ``m0`` over key tiles (forward, dQ): each query's keys lie in
+    ``[pos - WINDOW + 1, pos]``."""
+    return _tile_range(
+        m0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, doc_row, T_K,
+        BLOCK_M, BLOCK_N, HAS_WINDOW, CAUSAL, HAS_DOCS,
+    )  # fmt: skip
+
+
+@triton.jit
+def _query_walk(
+    n0,
+    doc_row,
+    T_Q,
+    T_K,
+    WINDOW,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOCS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+):
+    """:func:`_tile_range` of key tile ``n0`` over query tiles (dK/dV): each key's queries lie in
+    ``[pos, pos + WINDOW - 1]``."""
+    return _tile_range(
+        n0, 0, T_K, T_K - T_Q, T_Q, 0, WINDOW - 1, doc_row, T_K,
+        BLOCK_N, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_DOCS,
+    )  # fmt: skip
+
+
+@triton.jit
 def _tile_range_probe(
     DOCS,
     OUT,
@@ -227,21 +315,19 @@ def _tile_range_probe(
     KEY_WALK: tl.constexpr,
 ):
     """Instrumentation, not launched by the op: writes the ``_tile_range`` bounds of own tile
-    ``program_id(0)`` of batch row ``program_id(1)``, called exactly as the kernels call it (the key walk
-    of the forward and dQ kernels, or the query walk of the dK/dV kernel)."""
+    ``program_id(0)`` of batch row ``program_id(1)`` through the walks the kernels call (:func:`_key_walk`
+    of the forward and dQ kernels, or :func:`_query_walk` of the dK/dV kernel)."""
     own0 = tl.program_id(0) * OWN_BLOCK
     b = tl.program_id(1)
     doc_row = DOCS + b * 4 * T_K
     if KEY_WALK:
-        start, full_start, full_end, end = _tile_range(
-            own0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, doc_row, T_K,
-            OWN_BLOCK, OTHER_BLOCK, HAS_WINDOW, CAUSAL, HAS_DOCS,
-        )  # fmt: skip
+        start, full_start, full_end, end = _key_walk(
+            own0, doc_row, T_Q, T_K, WINDOW, OWN_BLOCK, OTHER_BLOCK, CAUSAL, HAS_DOCS, HAS_WINDOW
+        )
     else:
-        start, full_start, full_end, end = _tile_range(
-            own0, 0, T_K, T_K - T_Q, T_Q, 0, WINDOW - 1, doc_row, T_K,
-            OWN_BLOCK, OTHER_BLOCK, CAUSAL, HAS_WINDOW, HAS_DOCS,
-        )  # fmt: skip
+        start, full_start, full_end, end = _query_walk(
+            own0, doc_row, T_Q, T_K, WINDOW, OWN_BLOCK, OTHER_BLOCK, CAUSAL, HAS_DOCS, HAS_WINDOW
+        )
     out = OUT + (b * tl.num_programs(0) + tl.program_id(0)) * 4
     tl.store(out, start)
     tl.store(out + 1, full_start)

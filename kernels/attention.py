@@ -42,11 +42,13 @@ from fastgpt.kernels._attention_tiles import (
     SUPPORTED_HEAD_DIMS,
     TileConfig,
     _kernel_flags,
+    _key_walk,
+    _keys_visible,
     _load_rows,
+    _program_tile,
+    _query_rows,
     _rows_contiguous,
     _store_rows,
-    _tile_range,
-    _visible,
     document_extents,
     padded_head_dim,
     tile_configs,
@@ -81,15 +83,10 @@ def attention_mask(
 
 
 def attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    doc_ids: torch.Tensor | None = None,
-    window: int | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+    causal: bool = True, doc_ids: torch.Tensor | None = None, window: int | None = None,
     scale: float | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor:  # fmt: skip
     """Attention through ``F.scaled_dot_product_attention`` (math or fused CPU/GPU kernels)."""
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
@@ -154,6 +151,7 @@ __all__ = [
     "attention_reference",
     "attention_triton",
     "check_dtype",
+    "check_inputs",
     "document_extents",
     "tile_configs",
 ]
@@ -161,46 +159,38 @@ __all__ = [
 
 # ======================================================================================= Triton kernels
 @triton.jit
+def _load_tile(
+    base, b, h, row0, offs_t, offs_d, stride_t, n_rows,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr, CHECK_ROWS: tl.constexpr,
+    UPCAST: tl.constexpr, TMA: tl.constexpr,
+):  # fmt: skip
+    """Rows ``offs_t = row0 + arange(ROWS)`` of one head as a ``(ROWS, BLOCK_D)`` tile. With ``TMA``
+    ``base`` is a ``(B, H, T, D)`` tensor descriptor read at batch ``b``, head ``h`` (int32; rows past ``T``
+    arrive as 0, as the masked pointer loads give them); otherwise the head's base pointer, read by
+    :func:`_load_rows` (``b``/``h`` unused)."""
+    if TMA:
+        x = base.load([b, h, row0, 0]).reshape(ROWS, BLOCK_D)
+        if UPCAST:
+            x = x.to(tl.float32)
+    else:
+        x = _load_rows(base, offs_t, offs_d, stride_t, n_rows, HEAD_DIM, BLOCK_D, CHECK_ROWS, UPCAST)
+    return x
+
+
+@triton.jit
 def _fwd_tiles(
-    acc,
-    m_i,
-    l_i,
-    q,
-    q_pos,
-    doc_q,
-    k_base,
-    v_base,
-    kv_b,
-    kv_h,
-    doc_row,
-    stride_kt,
-    stride_vt,
-    start,
-    end,
-    gap_start,
-    gap_end,
-    T_K,
-    WINDOW,
-    qk_scale,
-    BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    MASKED: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    HAS_DOCS: tl.constexpr,
-    HAS_WINDOW: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-    SKIP_GAP: tl.constexpr,
-    TMA: tl.constexpr,
-):
+    acc, m_i, l_i, q, q_pos, doc_q,
+    k_base, v_base, kv_b, kv_h, doc_row, stride_kt, stride_vt,
+    start, end, gap_start, gap_end, T_K, WINDOW, qk_scale,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, SKIP_GAP: tl.constexpr, TMA: tl.constexpr,
+):  # fmt: skip
     """Online softmax over key tiles ``[start, end)``, less ``[gap_start, gap_end)`` when ``SKIP_GAP``;
     scores are in log2 units (``qk_scale`` folds in log2(e)), the running max ``m_i``, normaliser ``l_i``
     and output ``acc`` stay in fp32. The gap lets one loop cover the partly visible tiles on both sides
     of the fully visible ones: a third loop pushed the sm_80 head-dim-128 kernels into spills.
-    With ``TMA`` ``k_base``/``v_base`` are ``(B, Hkv, Tk, D)`` tensor descriptors read at batch ``kv_b``,
-    head ``kv_h`` (rows past ``Tk`` arrive as 0, as the masked pointer loads give them); otherwise the
-    head's base pointers (``kv_b``/``kv_h`` unused)."""
+    ``k_base``/``v_base``: see :func:`_load_tile` (read at batch ``kv_b``, head ``kv_h`` with ``TMA``)."""
     offs_d = tl.arange(0, BLOCK_D)
     stop = end
     if SKIP_GAP:
@@ -210,21 +200,13 @@ def _fwd_tiles(
         if SKIP_GAP:
             n0 = tl.where(j >= gap_start, j + (gap_end - gap_start), j)
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        if TMA:
-            k = k_base.load([kv_b, kv_h, n0, 0]).reshape(BLOCK_N, BLOCK_D)
-            if UPCAST:
-                k = k.to(tl.float32)
-        else:
-            k = _load_rows(k_base, offs_n, offs_d, stride_kt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        k = _load_tile(
+            k_base, kv_b, kv_h, n0, offs_n, offs_d, stride_kt, T_K,
+            HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, UPCAST, TMA,
+        )  # fmt: skip
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         if MASKED:
-            doc_k = offs_n
-            if HAS_DOCS:
-                doc_k = tl.load(doc_row + offs_n, mask=offs_n < T_K, other=0)
-            vis = _visible(
-                q_pos[:, None], offs_n[None, :], doc_q[:, None], doc_k[None, :], T_K, WINDOW,
-                CAUSAL, HAS_DOCS, HAS_WINDOW,
-            )  # fmt: skip
+            vis = _keys_visible(q_pos, doc_q, offs_n, doc_row, T_K, WINDOW, CAUSAL, HAS_DOCS, HAS_WINDOW)
             s = tl.where(vis, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen no key yet
@@ -234,12 +216,10 @@ def _fwd_tiles(
         p = tl.math.exp2(s - m_ref[:, None])
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if TMA:
-            v = v_base.load([kv_b, kv_h, n0, 0]).reshape(BLOCK_N, BLOCK_D)
-            if UPCAST:
-                v = v.to(tl.float32)
-        else:
-            v = _load_rows(v_base, offs_n, offs_d, stride_vt, T_K, HEAD_DIM, BLOCK_D, MASKED, UPCAST)
+        v = _load_tile(
+            v_base, kv_b, kv_h, n0, offs_n, offs_d, stride_vt, T_K,
+            HEAD_DIM, BLOCK_D, BLOCK_N, MASKED, UPCAST, TMA,
+        )  # fmt: skip
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
     return acc, m_i, l_i
@@ -247,41 +227,16 @@ def _fwd_tiles(
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q,
-    K,
-    V,
-    O,
-    LSE,
-    DOCS,
-    stride_qb,
-    stride_qh,
-    stride_qt,
-    stride_kb,
-    stride_kh,
-    stride_kt,
-    stride_vb,
-    stride_vh,
-    stride_vt,
-    stride_ob,
-    stride_oh,
-    stride_ot,
-    H_Q,
-    GROUP,
-    T_Q,
-    T_K,
-    WINDOW,
-    qk_scale,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    HAS_DOCS: tl.constexpr,
-    HAS_WINDOW: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-    TMA: tl.constexpr,
-):
+    Q, K, V, O, LSE, DOCS,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_ob, stride_oh, stride_ot,
+    H_Q, GROUP, T_Q, T_K, WINDOW, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
+):  # fmt: skip
     """One program = one query tile of one (batch, query head). Writes O and the row log-sum-exp (log2
     units; +inf for a row that sees no key, so the backward's probabilities come out as 0).
 
@@ -289,10 +244,7 @@ def _attn_fwd_kernel(
     ``[1, 1, rows, D]`` blocks, so every tile moves through the Tensor Memory Accelerator (bounds checked
     in hardware: rows past ``T`` load as 0 and are not stored); the strides are then unused. Everything
     else (tile walk, masks, online-softmax order, dots) is the same code as the pointer build."""
-    m0 = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // H_Q).to(tl.int64)
-    h = (bh % H_Q).to(tl.int64)
+    m0, bh, b, h = _program_tile(H_Q, BLOCK_M)
     h_kv = h // GROUP  # GQA: the shared K/V head is indexed, never copied
     if TMA:
         q_base, k_base, v_base = Q, K, V
@@ -300,28 +252,19 @@ def _attn_fwd_kernel(
         q_base = Q + b * stride_qb + h * stride_qh
         k_base = K + b * stride_kb + h_kv * stride_kh
         v_base = V + b * stride_vb + h_kv * stride_vh
-    doc_row = DOCS + b * 4 * T_K  # document_extents of this row; plane 0 identifies the document
-
-    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_m, q_pos, doc_row, doc_q = _query_rows(DOCS, b, m0, T_Q, T_K, BLOCK_M, HAS_DOCS)
     offs_d = tl.arange(0, BLOCK_D)
-    q_pos = T_K - T_Q + offs_m
-    if TMA:
-        q = Q.load([b.to(tl.int32), h.to(tl.int32), m0, 0]).reshape(BLOCK_M, BLOCK_D)
-        if UPCAST:
-            q = q.to(tl.float32)
-    else:
-        q = _load_rows(q_base, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST)
-    doc_q = q_pos
-    if HAS_DOCS:
-        doc_q = tl.load(doc_row + q_pos, mask=offs_m < T_Q, other=0)
+    q = _load_tile(
+        q_base, b.to(tl.int32), h.to(tl.int32), m0, offs_m, offs_d, stride_qt, T_Q,
+        HEAD_DIM, BLOCK_D, BLOCK_M, True, UPCAST, TMA,
+    )  # fmt: skip
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    start, full_start, full_end, end = _tile_range(  # key tiles [pos - WINDOW + 1, pos] of queries
-        m0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, doc_row, T_K,
-        BLOCK_M, BLOCK_N, HAS_WINDOW, CAUSAL, HAS_DOCS,
-    )  # fmt: skip
+    start, full_start, full_end, end = _key_walk(
+        m0, doc_row, T_Q, T_K, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOCS, HAS_WINDOW
+    )
     if HAS_DOCS and HAS_WINDOW:  # every visited tile masked: an unmasked loop spills at sm_80 d96/d128
         full_start = end
         full_end = end
@@ -375,44 +318,37 @@ def check_dtype(dtype: torch.dtype, arch: str | None) -> None:
         )
 
 
-def _check_inputs(q, k, v, doc_ids, window) -> None:
+def check_inputs(op: str, q, k, v, doc_ids, window) -> None:
+    """Raise unless ``op`` (this kernel or ``attention_decode``) can take q ``(B, Hq, Tq, D)`` and k/v
+    ``(B, Hkv, Tk, D)``: GQA head counts, one dtype that :func:`check_dtype` accepts for the launch target,
+    one device (CPU only under the interpreter), a supported head dim, ``window >= 1`` and ``doc_ids``
+    ``(B, Tk)``. The messages name ``op``."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
-            "attention_triton: q, k, v must be 4-D (B, H, T, D); "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"{op}: q, k, v must be 4-D (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     B, Hq, Tq, D = q.shape
     if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
         raise ValueError(
-            f"attention_triton: k and v must be (B={B}, Hkv, Tk, D={D}); got {tuple(k.shape)}, {tuple(v.shape)}"
+            f"{op}: k and v must be (B={B}, Hkv, Tk, D={D}); got {tuple(k.shape)}, {tuple(v.shape)}"
         )
     if Hq % k.shape[1] != 0:
-        raise ValueError(
-            f"attention_triton: query heads ({Hq}) must be a multiple of key/value heads ({k.shape[1]})"
-        )
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(
-            f"attention_triton: q, k, v must share one dtype of float16/bfloat16/float32; "
-            f"got {q.dtype}, {k.dtype}, {v.dtype}"
-        )
+        raise ValueError(f"{op}: query heads ({Hq}) must be a multiple of key/value heads ({k.shape[1]})")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"{op}: q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
-        raise ValueError("attention_triton: q, k, v must be on one device")
-    padded_head_dim(D)
+        raise ValueError(f"{op}: q, k, v must be on one device")
+    padded_head_dim(D, op)
     check_dtype(q.dtype, "cuda" if q.is_cuda else forced_arch())  # what the launcher targets
     if q.device.type != "cuda" and not _INTERPRETER:
         raise RuntimeError(
-            "attention_triton on CPU tensors runs only under the Triton interpreter: set TRITON_INTERPRET=1 "
+            f"{op} on CPU tensors runs only under the Triton interpreter: set TRITON_INTERPRET=1 "
             "before triton is imported (or use fastgpt.ops with the torch backend)"
         )
     if window is not None and window < 1:
-        raise ValueError(f"attention_triton: window must be >= 1 token; got {window}")
-    if doc_ids is not None:
-        if tuple(doc_ids.shape) != (B, k.shape[2]):
-            raise ValueError(
-                f"attention_triton: doc_ids must be (B, Tk) = ({B}, {k.shape[2]}); got {tuple(doc_ids.shape)}"
-            )
-        if Tq > k.shape[2]:
-            raise ValueError(f"attention_triton: doc_ids need Tq <= Tk; got Tq={Tq}, Tk={k.shape[2]}")
+        raise ValueError(f"{op}: window must be >= 1 token; got {window}")
+    if doc_ids is not None and tuple(doc_ids.shape) != (B, k.shape[2]):
+        raise ValueError(f"{op}: doc_ids must be (B, Tk) = ({B}, {k.shape[2]}); got {tuple(doc_ids.shape)}")
 
 
 def _tiles_for(q: torch.Tensor) -> dict[str, TileConfig]:
@@ -490,14 +426,9 @@ def _attention_forward(q, k, v, docs, causal, window, scale, tiles, flags, tma: 
 # compile too) and passed to both.
 @torch.library.custom_op("fastgpt::flash_attention", mutates_args=())
 def _flash_attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    docs: torch.Tensor | None,
-    causal: bool,
-    window: int | None,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: torch.Tensor | None,
+    causal: bool, window: int | None, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """-> ``(o (B, Hq, Tq, D) like q, lse (B, Hq, Tq) fp32, log2 units)``."""
     q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
     flags = _kernel_flags(q, causal, docs is not None, window)
@@ -513,17 +444,9 @@ def _(q, k, v, docs, causal, window, scale):
 
 @torch.library.custom_op("fastgpt::flash_attention_backward", mutates_args=())
 def _flash_attention_backward_op(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    lse: torch.Tensor,
-    docs: torch.Tensor | None,
-    causal: bool,
-    window: int | None,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+    docs: torch.Tensor | None, causal: bool, window: int | None, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """-> ``(dq, dk, dv)`` in the inputs' dtypes."""
     q, k, v = _rows_contiguous(q), _rows_contiguous(k), _rows_contiguous(v)
     flags = _kernel_flags(q, causal, docs is not None, window)
@@ -553,16 +476,10 @@ _flash_attention_op.register_autograd(_flash_attention_grad, setup_context=_flas
 
 
 def attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    doc_ids: torch.Tensor | None = None,
-    window: int | None = None,
-    scale: float | None = None,
-    doc_extents: torch.Tensor | None = None,
-) -> torch.Tensor:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+    causal: bool = True, doc_ids: torch.Tensor | None = None, window: int | None = None,
+    scale: float | None = None, doc_extents: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """Flash attention in Triton: q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` -> ``(B, Hq, Tq, D)``.
 
     Same semantics as :func:`attention_reference`. Head dims 32, 64, 96, 128; any sequence lengths;
@@ -574,7 +491,9 @@ def attention_triton(
     computes it once per forward and passes it to every layer (it is only read, never checked against
     ``doc_ids`` beyond its shape).
     """
-    _check_inputs(q, k, v, doc_ids, window)
+    check_inputs("attention_triton", q, k, v, doc_ids, window)
+    if doc_ids is not None and q.shape[2] > k.shape[2]:
+        raise ValueError(f"attention_triton: doc_ids need Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     docs = None
     if doc_ids is not None:

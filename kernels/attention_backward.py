@@ -13,9 +13,13 @@ from fastgpt.kernels._attention_tiles import (
     _LOG2E,
     _PREPROCESS_BLOCK_M,
     SUPPORTED_HEAD_DIMS,
+    _key_walk,
+    _keys_visible,
     _load_rows,
+    _program_tile,
+    _query_rows,
+    _query_walk,
     _store_rows,
-    _tile_range,
     _visible,
     aot_gpu_launch,
     attention_aot_config,
@@ -28,68 +32,32 @@ __all__ = ["AOT_CONFIGS", "aot_gpu_launch"]
 
 @triton.jit
 def _attn_bwd_preprocess_kernel(
-    O,
-    DO,
-    DELTA,
-    stride_ob,
-    stride_oh,
-    stride_ot,
-    stride_dob,
-    stride_doh,
-    stride_dot,
-    H_Q,
-    T_Q,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-):
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_ot,
+    stride_dob, stride_doh, stride_dot,
+    H_Q, T_Q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
     """``delta = rowsum(dO * O)`` in fp32: the softmax-Jacobian term both gradient kernels need."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    bh = tl.program_id(1)
-    b = (bh // H_Q).to(tl.int64)
-    h = (bh % H_Q).to(tl.int64)
+    m0, bh, b, h = _program_tile(H_Q, BLOCK_M)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_rows(
-        O + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_ot, T_Q, HEAD_DIM, BLOCK_D, True, True
-    )
-    do = _load_rows(
-        DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, T_Q, HEAD_DIM, BLOCK_D, True, True
-    )
+    o_base = O + b * stride_ob + h * stride_oh
+    do_base = DO + b * stride_dob + h * stride_doh
+    o = _load_rows(o_base, offs_m, offs_d, stride_ot, T_Q, HEAD_DIM, BLOCK_D, True, True)
+    do = _load_rows(do_base, offs_m, offs_d, stride_dot, T_Q, HEAD_DIM, BLOCK_D, True, True)
     tl.store(DELTA + bh.to(tl.int64) * T_Q + offs_m, tl.sum(o * do, 1), mask=offs_m < T_Q)
 
 
 @triton.jit
 def _dkdv_tiles(
-    dk,
-    dv,
-    k,
-    v,
-    offs_n,
-    doc_k,
-    q_base,
-    do_base,
-    lse_row,
-    delta_row,
-    doc_row,
-    stride_qt,
-    stride_dot,
-    start,
-    full_start,
-    full_end,
-    end,
-    T_Q,
-    T_K,
-    WINDOW,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    HAS_DOCS: tl.constexpr,
-    HAS_WINDOW: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    dk, dv, k, v, offs_n, doc_k,
+    q_base, do_base, lse_row, delta_row, doc_row, stride_qt, stride_dot,
+    start, full_start, full_end, end, T_Q, T_K, WINDOW, qk_scale,
+    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """Accumulate dK, dV of one key tile over query tiles ``[start, end)`` of one query head, working
     on transposed scores ``(BLOCK_N, BLOCK_M)`` so the results land in key-major layout.
 
@@ -124,57 +92,21 @@ def _dkdv_tiles(
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q,
-    K,
-    V,
-    DO,
-    LSE,
-    DELTA,
-    DK,
-    DV,
-    DOCS,
-    stride_qb,
-    stride_qh,
-    stride_qt,
-    stride_kb,
-    stride_kh,
-    stride_kt,
-    stride_vb,
-    stride_vh,
-    stride_vt,
-    stride_dob,
-    stride_doh,
-    stride_dot,
-    stride_dkb,
-    stride_dkh,
-    stride_dkt,
-    stride_dvb,
-    stride_dvh,
-    stride_dvt,
-    H_Q,
-    H_KV,
-    GROUP,
-    T_Q,
-    T_K,
-    WINDOW,
-    qk_scale,
-    sm_scale,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    HAS_DOCS: tl.constexpr,
-    HAS_WINDOW: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    Q, K, V, DO, LSE, DELTA, DK, DV, DOCS,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_dob, stride_doh, stride_dot,
+    stride_dkb, stride_dkh, stride_dkt,
+    stride_dvb, stride_dvh, stride_dvt,
+    H_Q, H_KV, GROUP, T_Q, T_K, WINDOW, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """One program = one key tile of one (batch, K/V head); it loops over the ``GROUP`` query heads that
     share the K/V head and over their visible query tiles, so dK/dV need neither atomics nor a copy."""
-    n0 = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    b = (bh // H_KV).to(tl.int64)
-    h_kv = (bh % H_KV).to(tl.int64)
+    n0, bh, b, h_kv = _program_tile(H_KV, BLOCK_N)
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     k = _load_rows(
@@ -187,10 +119,9 @@ def _attn_bwd_dkdv_kernel(
     doc_k = offs_n
     if HAS_DOCS:
         doc_k = tl.load(doc_row + offs_n, mask=offs_n < T_K, other=0)
-    start, full_start, full_end, end = _tile_range(  # query tiles at [pos, pos + WINDOW - 1] of keys
-        n0, 0, T_K, T_K - T_Q, T_Q, 0, WINDOW - 1, doc_row, T_K,
-        BLOCK_N, BLOCK_M, CAUSAL, HAS_WINDOW, HAS_DOCS,
-    )  # fmt: skip
+    start, full_start, full_end, end = _query_walk(
+        n0, doc_row, T_Q, T_K, WINDOW, BLOCK_N, BLOCK_M, CAUSAL, HAS_DOCS, HAS_WINDOW
+    )
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for g in range(GROUP):
@@ -221,33 +152,13 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _dq_tiles(
-    dq,
-    q,
-    do,
-    lse,
-    delta,
-    q_pos,
-    doc_q,
-    k_base,
-    v_base,
-    doc_row,
-    stride_kt,
-    stride_vt,
-    start,
-    end,
-    T_K,
-    WINDOW,
-    qk_scale,
-    BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    MASKED: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    HAS_DOCS: tl.constexpr,
-    HAS_WINDOW: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    dq, q, do, lse, delta, q_pos, doc_q,
+    k_base, v_base, doc_row, stride_kt, stride_vt,
+    start, end, T_K, WINDOW, qk_scale,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """Accumulate dQ of one query tile over key tiles ``[start, end)``."""
     offs_d = tl.arange(0, BLOCK_D)
     for n0 in range(start, end, BLOCK_N):
@@ -257,13 +168,7 @@ def _dq_tiles(
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
-            doc_k = offs_n
-            if HAS_DOCS:
-                doc_k = tl.load(doc_row + offs_n, mask=offs_n < T_K, other=0)
-            vis = _visible(
-                q_pos[:, None], offs_n[None, :], doc_q[:, None], doc_k[None, :], T_K, WINDOW,
-                CAUSAL, HAS_DOCS, HAS_WINDOW,
-            )  # fmt: skip
+            vis = _keys_visible(q_pos, doc_q, offs_n, doc_row, T_K, WINDOW, CAUSAL, HAS_DOCS, HAS_WINDOW)
             p = tl.where(vis, p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
@@ -273,58 +178,24 @@ def _dq_tiles(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q,
-    K,
-    V,
-    DO,
-    LSE,
-    DELTA,
-    DQ,
-    DOCS,
-    stride_qb,
-    stride_qh,
-    stride_qt,
-    stride_kb,
-    stride_kh,
-    stride_kt,
-    stride_vb,
-    stride_vh,
-    stride_vt,
-    stride_dob,
-    stride_doh,
-    stride_dot,
-    stride_dqb,
-    stride_dqh,
-    stride_dqt,
-    H_Q,
-    GROUP,
-    T_Q,
-    T_K,
-    WINDOW,
-    qk_scale,
-    sm_scale,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    HAS_DOCS: tl.constexpr,
-    HAS_WINDOW: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    Q, K, V, DO, LSE, DELTA, DQ, DOCS,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_dob, stride_doh, stride_dot,
+    stride_dqb, stride_dqh, stride_dqt,
+    H_Q, GROUP, T_Q, T_K, WINDOW, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """One program = one query tile of one (batch, query head); same tile walk as the forward."""
-    m0 = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = (bh // H_Q).to(tl.int64)
-    h = (bh % H_Q).to(tl.int64)
+    m0, bh, b, h = _program_tile(H_Q, BLOCK_M)
     h_kv = h // GROUP
     k_base = K + b * stride_kb + h_kv * stride_kh
     v_base = V + b * stride_vb + h_kv * stride_vh
-    doc_row = DOCS + b * 4 * T_K  # document_extents of this row; plane 0 identifies the document
-    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_m, q_pos, doc_row, doc_q = _query_rows(DOCS, b, m0, T_Q, T_K, BLOCK_M, HAS_DOCS)
     offs_d = tl.arange(0, BLOCK_D)
-    q_pos = T_K - T_Q + offs_m
     q = _load_rows(
         Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, T_Q, HEAD_DIM, BLOCK_D, True, UPCAST
     )
@@ -333,13 +204,9 @@ def _attn_bwd_dq_kernel(
     )
     lse = tl.load(LSE + bh.to(tl.int64) * T_Q + offs_m, mask=offs_m < T_Q, other=float("inf"))
     delta = tl.load(DELTA + bh.to(tl.int64) * T_Q + offs_m, mask=offs_m < T_Q, other=0.0)
-    doc_q = q_pos
-    if HAS_DOCS:
-        doc_q = tl.load(doc_row + q_pos, mask=offs_m < T_Q, other=0)
-    start, full_start, full_end, end = _tile_range(  # the forward's key tiles
-        m0, T_K - T_Q, T_Q, 0, T_K, 1 - WINDOW, 0, doc_row, T_K,
-        BLOCK_M, BLOCK_N, HAS_WINDOW, CAUSAL, HAS_DOCS,
-    )  # fmt: skip
+    start, full_start, full_end, end = _key_walk(  # the forward's key tiles
+        m0, doc_row, T_Q, T_K, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_DOCS, HAS_WINDOW
+    )
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if HAS_DOCS or HAS_WINDOW:
         dq = _dq_tiles(

@@ -43,8 +43,9 @@ import torch
 import triton
 import triton.language as tl
 from fastgpt.kernels._aot import aot_config
-from fastgpt.kernels._target import forced_arch, launch_arch, sm_count
-from fastgpt.kernels.attention import SUPPORTED_HEAD_DIMS, check_dtype
+from fastgpt.kernels._attention_tiles import padded_head_dim
+from fastgpt.kernels._target import launch_arch, sm_count
+from fastgpt.kernels.attention import SUPPORTED_HEAD_DIMS, check_inputs
 
 __all__ = [
     "AOT_CONFIGS",
@@ -97,19 +98,10 @@ _GPU_TILES = {
 _INTERPRETER_BLOCK_N = 16  # small: test lengths of a few hundred keys cross many tiles and splits
 
 
-def _padded_head_dim(head_dim: int) -> int:
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(
-            f"attention_decode: head dim {head_dim} is not supported; "
-            f"supported head dims are {', '.join(map(str, SUPPORTED_HEAD_DIMS))}"
-        )
-    return triton.next_power_of_2(head_dim)
-
-
 def decode_tiles(head_dim: int, rows: int, arch: str | None) -> DecodeTiles:
     """The tiles for ``rows = GROUP * Tq`` packed query rows: the smallest of 16/32/64 rows that holds them
     (more rows run in several row tiles), and the arch family's key tile (``None``: the interpreter's)."""
-    block_d = _padded_head_dim(head_dim)
+    block_d = padded_head_dim(head_dim, "attention_decode")
     block_m = min(_BLOCK_MS[-1], max(_BLOCK_MS[0], triton.next_power_of_2(max(rows, 1))))
     if arch is None:
         return DecodeTiles(block_m, _INTERPRETER_BLOCK_N, 4, 1)
@@ -148,39 +140,15 @@ def _load_tile(ptrs, row_ok, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constex
 
 @triton.jit
 def _decode_split_kernel(
-    Q,
-    K,
-    V,
-    DOCS,
-    O_PART,
-    LSE_PART,
-    stride_qb,
-    stride_qh,
-    stride_qt,
-    stride_kb,
-    stride_kh,
-    stride_kt,
-    stride_vb,
-    stride_vh,
-    stride_vt,
-    stride_db,
-    stride_dt,
-    H_KV,
-    GROUP,
-    T_Q,
-    T_K,
-    KEY_LO,
-    SPLIT_LEN,
-    CAUSAL_SHIFT,
-    WINDOW,
-    qk_scale,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    Q, K, V, DOCS, O_PART, LSE_PART,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_db, stride_dt,
+    H_KV, GROUP, T_Q, T_K, KEY_LO, SPLIT_LEN, CAUSAL_SHIFT, WINDOW, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """Program ``(split, b * H_KV + h_kv, row tile)``: the packed rows of the row tile against keys
     ``[KEY_LO + split * SPLIT_LEN, + SPLIT_LEN)``. Visible: ``k <= q_pos + CAUSAL_SHIFT`` (0 causal, T_K
     not), ``k > q_pos - WINDOW`` and equal ``DOCS`` entries (strides 0 without documents: all equal).
@@ -296,9 +264,6 @@ def _decode_combine_kernel(
 
 
 # ============================================================================================ launchers
-_INTERPRETER = bool(triton.knobs.runtime.interpret)
-
-
 def _decode_forward(q, k, v, doc_ids, causal, window, scale, num_splits):
     B, Hq, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
@@ -321,7 +286,7 @@ def _decode_forward(q, k, v, doc_ids, causal, window, scale, num_splits):
         docs, doc_strides = torch.zeros(1, dtype=torch.int32, device=q.device), (0, 0)
     else:
         docs, doc_strides = doc_ids, doc_ids.stride()
-    block_d = _padded_head_dim(D)
+    block_d = padded_head_dim(D)
     upcast = q.dtype == torch.bfloat16 and not q.is_cuda  # the interpreter's bf16 arithmetic is wrong
     _decode_split_kernel[(num_splits, B * Hkv, row_tiles)](
         q, k, v, docs, o_part, lse_part,
@@ -342,15 +307,9 @@ def _decode_forward(q, k, v, doc_ids, causal, window, scale, num_splits):
 
 @torch.library.custom_op("fastgpt::decode_attention", mutates_args=())
 def _decode_attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    doc_ids: torch.Tensor | None,
-    causal: bool,
-    window: int | None,
-    scale: float,
-    num_splits: int,
-) -> torch.Tensor:
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None,
+    causal: bool, window: int | None, scale: float, num_splits: int,
+) -> torch.Tensor:  # fmt: skip
     """-> ``o (B, Hq, Tq, D)`` like q. ``num_splits`` 0: :func:`decode_splits` decides."""
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     return _decode_forward(q, k, v, doc_ids, causal, window, scale, num_splits)
@@ -362,41 +321,9 @@ def _(q, k, v, doc_ids, causal, window, scale, num_splits):
 
 
 def _check_inputs(q, k, v, doc_ids, window) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            "attention_decode: q, k, v must be 4-D (B, H, T, D); "
-            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    B, Hq, Tq, D = q.shape
-    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(
-            f"attention_decode: k and v must be (B={B}, Hkv, Tk, D={D}); got {tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if Hq % k.shape[1] != 0:
-        raise ValueError(
-            f"attention_decode: query heads ({Hq}) must be a multiple of key/value heads ({k.shape[1]})"
-        )
-    if not 1 <= Tq <= k.shape[2]:
-        raise ValueError(f"attention_decode: needs 1 <= Tq <= Tk; got Tq={Tq}, Tk={k.shape[2]}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(
-            f"attention_decode: q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}"
-        )
-    if not (q.device == k.device == v.device):
-        raise ValueError("attention_decode: q, k, v must be on one device")
-    _padded_head_dim(D)
-    check_dtype(q.dtype, "cuda" if q.is_cuda else forced_arch())
-    if q.device.type != "cuda" and not _INTERPRETER:
-        raise RuntimeError(
-            "attention_decode on CPU tensors runs only under the Triton interpreter: set TRITON_INTERPRET=1 "
-            "before triton is imported (or use fastgpt.ops with the torch backend)"
-        )
-    if window is not None and window < 1:
-        raise ValueError(f"attention_decode: window must be >= 1 token; got {window}")
-    if doc_ids is not None and tuple(doc_ids.shape) != (B, k.shape[2]):
-        raise ValueError(
-            f"attention_decode: doc_ids must be (B, Tk) = ({B}, {k.shape[2]}); got {tuple(doc_ids.shape)}"
-        )
+    check_inputs("attention_decode", q, k, v, doc_ids, window)
+    if not 1 <= q.shape[2] <= k.shape[2]:
+        raise ValueError(f"attention_decode: needs 1 <= Tq <= Tk; got Tq={q.shape[2]}, Tk={k.shape[2]}")
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise ValueError(
             "attention_decode is inference only (no backward): call it under torch.no_grad() or use "
@@ -405,16 +332,11 @@ def _check_inputs(q, k, v, doc_ids, window) -> None:
 
 
 def attention_decode(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    doc_ids: torch.Tensor | None = None,
-    window: int | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+    causal: bool = True, doc_ids: torch.Tensor | None = None, window: int | None = None,
     scale: float | None = None,
     num_splits: int | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor:  # fmt: skip
     """Split-KV decode attention: q ``(B, Hq, Tq, D)`` with ``1 <= Tq <= Tk``, k/v ``(B, Hkv, Tk, D)`` (any
     batch/head/time strides, e.g. a KV cache's buffers sliced to ``Tk``) -> ``(B, Hq, Tq, D)``.
 
@@ -439,7 +361,7 @@ def _aot_configs() -> list[dict]:
     entries = []
     for dtype in ("bf16", "fp16"):
         for head_dim in SUPPORTED_HEAD_DIMS:
-            block_d = _padded_head_dim(head_dim)
+            block_d = padded_head_dim(head_dim)
             for arch, capability in _ARCH_CAPABILITY.items():
                 block_n, num_warps, num_stages = _GPU_TILES[(arch, block_d)]
                 for block_m in _BLOCK_MS:

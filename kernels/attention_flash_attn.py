@@ -33,15 +33,10 @@ def doc_ids_to_cu_seqlens(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def attention_flash_attn(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    doc_ids: torch.Tensor | None = None,
-    window: int | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+    causal: bool = True, doc_ids: torch.Tensor | None = None, window: int | None = None,
     scale: float | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor:  # fmt: skip
     """The ``flash-attn`` package (``pip install 'fastgpt[gpu]'``) behind the same signature, for
     benchmarks. CUDA and fp16/bf16 only; flash-attn has the same bottom-right causal alignment and GQA.
     Documents go through its varlen entry point (``Tq == Tk``, each document one contiguous run).
