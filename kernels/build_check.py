@@ -127,22 +127,22 @@ def _list_configs(modules: list[str]) -> list[tuple[str, int, str, str, tuple[in
     return out
 
 
-def _cuobjdump() -> str:
+def _cuobjdump(cubin: bytes, *flags: str) -> str:
+    """What triton's bundled ``cuobjdump`` prints with ``flags`` for ``cubin``."""
     import triton  # heavy, optional: triton (GPU builds)
 
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        return subprocess.run([tool, *flags, f.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
 
 
 def _resource_usage(cubin: bytes) -> tuple[int, int]:
     """``(registers, stack bytes)`` of the (single) kernel in ``cubin``, from cuobjdump."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    try:
-        out = subprocess.run(
-            [_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
-        ).stdout
-    finally:
-        os.unlink(f.name)
+    out = _cuobjdump(cubin, "--dump-resource-usage")
     match = re.search(r"REG:(\d+)\s+STACK:(\d+)", out)
     if match is None:
         raise RuntimeError(f"cuobjdump printed no resource usage:\n{out}")
@@ -152,14 +152,7 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
 def sass_counts(cubin: bytes) -> dict[str, int]:
     """How many of each ``SASS_OPCODES`` instruction ``cuobjdump -sass`` lists for ``cubin`` (opcode
     modifiers such as ``HGMMA.64x64x16.F32.BF16`` count under the base opcode; predicated ones too)."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    try:
-        out = subprocess.run(
-            [_cuobjdump(), "-sass", f.name], capture_output=True, text=True, check=True
-        ).stdout
-    finally:
-        os.unlink(f.name)
+    out = _cuobjdump(cubin, "-sass")
     counts = dict.fromkeys(SASS_OPCODES, 0)
     n_instructions = 0
     for match in _SASS_INSTRUCTION.finditer(out):

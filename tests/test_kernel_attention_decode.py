@@ -275,22 +275,17 @@ def test_aot_configs_cover_every_launch_choice():
 
 
 _AOT_SCRIPT = """
-import os, re, subprocess, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fastgpt.kernels.attention_decode import AOT_CONFIGS
-from fastgpt.kernels.build_check import _cuobjdump, sass_counts
+from fastgpt.kernels.build_check import _resource_usage, sass_counts
 for e in AOT_CONFIGS:
     if e["name"] in ("decode_split d128 bf16 sm90-tiles M16 N64 w4 s3", "decode_combine d128 bf16"):
         src = ASTSource(fn=e["fn"], signature=e["signature"], constexprs=e["constexprs"], attrs=e["attrs"])
         options = {k: e[k] for k in ("num_warps", "num_stages") if k in e}
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-            f.write(kernel.asm["cubin"])
-            f.flush()
-            usage = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True)
-        stack = re.search(r"STACK:(\\d+)", usage.stdout).group(1)
+        stack = _resource_usage(kernel.asm["cubin"])[1]
         sass = sass_counts(kernel.asm["cubin"])
         print(e["name"].replace(" ", "_"), kernel.metadata.shared, stack, sass["HGMMA"] + sass["HMMA"])
 """
