@@ -139,6 +139,20 @@ def _rms_norm_fwd_kernel(
 
 
 @triton.jit
+def _bwd_row_group(W, n_rows, n_cols, rows_per_program, BLOCK_H: tl.constexpr):
+    """What a backward program starts from: its id (the row of its partial dw), its rows
+    ``[row_start, row_end)`` (``rows_per_program`` of them, fewer at the end), the columns, their mask
+    and the weight in fp32."""
+    pid = tl.program_id(0)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, n_rows)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < n_cols
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    return pid, row_start, row_end, cols, mask, w
+
+
+@triton.jit
 def _rms_norm_bwd_kernel(
     DY,
     X,
@@ -158,13 +172,8 @@ def _rms_norm_bwd_kernel(
     HAS_DRESIDUAL: tl.constexpr,
 ):
     """dx = rstd * (w*dy - xhat * mean(xhat * w*dy)) [+ dresidual]; partial dw = sum_rows dy * xhat."""
-    pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_H)
-    mask = cols < n_cols
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    pid, row_start, row_end, cols, mask, w = _bwd_row_group(W, n_rows, n_cols, rows_per_program, BLOCK_H)
     dw = tl.zeros([BLOCK_H], dtype=tl.float32)
-    row_start = pid * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, n_rows)
     first = row_start.to(tl.int64)
     dy_ptr, x_ptr, dx_ptr = DY + first * stride_dy, X + first * stride_x, DX + first * stride_dx
     dres_ptr = DRES + first * stride_dres
@@ -226,14 +235,9 @@ def _layer_norm_bwd_kernel(
     BLOCK_H: tl.constexpr,
 ):
     """dx = rstd * (w*dy - mean(w*dy) - xhat * mean(xhat * w*dy)); partial dw, db over the group."""
-    pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_H)
-    mask = cols < n_cols
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    pid, row_start, row_end, cols, mask, w = _bwd_row_group(W, n_rows, n_cols, rows_per_program, BLOCK_H)
     dw = tl.zeros([BLOCK_H], dtype=tl.float32)
     db = tl.zeros([BLOCK_H], dtype=tl.float32)
-    row_start = pid * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, n_rows)
     first = row_start.to(tl.int64)
     dy_ptr, x_ptr, dx_ptr = DY + first * stride_dy, X + first * stride_x, DX + first * stride_dx
     for row in range(row_start, row_end):
