@@ -3,10 +3,12 @@
 (no question ``fastgpt eval`` or GRPO scores on)."""
 
 import itertools
+import re
 
 import pytest
 
 from fastgpt.conversation import SpecialTokenFormat, validate_messages
+from fastgpt.errors import UserError
 from fastgpt.sft_data import BUILTIN, load_mixture
 from fastgpt.sft_data.jagged_python import jagged_python_conversation, jagged_python_conversations
 from fastgpt.tasks.base import in_heldout
@@ -81,3 +83,19 @@ def test_options_and_the_mixture():
     ids, mask = SpecialTokenFormat(tok).render(jagged_python_conversation(problem))
     trained = tok.decode([i for i, m in zip(ids, mask) if m])
     assert trained.startswith("I'll count it with Python.<|tool_call_start|>python\nprint(")
+
+
+def test_task_options_reach_the_generator_and_keep_the_heldout_split():
+    """``task_options`` must shape the problems as GRPO's ``--task_options`` does, so the SFT data and
+    the RL/eval held-out split describe the same task."""
+    convs = jagged_python_conversations(
+        60, tasks="jagged_multiply", task_options={"min_digits": 2, "max_digits": 2}
+    )
+    task = JaggedTask("jagged_multiply", min_digits=2, max_digits=2)
+    heldout = {p.question for p in task.split("heldout", 50)}
+    for conv in convs:
+        a, b = re.search(r"What is (\d+) \* (\d+)\?", conv[0]["content"]).groups()
+        assert len(a) == len(b) == 2
+        assert conv[0]["content"] not in heldout
+    with pytest.raises(UserError, match="task_options"):
+        jagged_python_conversations(5, tasks="jagged_multiply", task_options={"max_digitz": 2})

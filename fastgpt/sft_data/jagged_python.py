@@ -24,7 +24,7 @@ code string, not from a model; a test checks it against :func:`fastgpt.tools.run
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastgpt.conversation import Message, python_call
@@ -91,12 +91,15 @@ def jagged_python_conversations(
     task_seed: int = 0,
     heldout_fraction: float = 0.1,
     direct_fraction: float = 0.0,
+    task_options: Mapping[str, Any] | None = None,
 ) -> list[list[Message]]:
     """``n`` conversations, an equal share from each jagged task in ``tasks`` (default: all six; a
     comma-separated string works too), shuffled with ``seed``. A task with fewer distinct training
     problems than its share (the word tasks have about 150) gives what it has and the others fill in. ``direct_fraction`` of them (drawn with ``seed``)
     answer without the tool, for an RL cold start that needs both behaviours. ``heldout_fraction``
-    must be the one the eval/RL side uses (the tasks' default 0.1) for the split to be the same."""
+    must be the one the eval/RL side uses (the tasks' default 0.1) for the split to be the same, and so
+    must ``task_options`` (the generator's options, e.g. ``{"max_digits": 2}``: GRPO's and eval's
+    ``--task_options``)."""
     if not 0.0 <= direct_fraction <= 1.0:
         raise UserError(f"jagged_python: direct_fraction must be in [0, 1], got {direct_fraction}")
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks or JAGGED_TASKS)
@@ -105,10 +108,14 @@ def jagged_python_conversations(
         raise UserError(
             f"jagged_python: tasks must be among {', '.join(JAGGED_TASKS)}, got {unknown or names}"
         )
-    pools = [
-        _training_problems(JaggedTask(name, seed=task_seed, heldout_fraction=heldout_fraction), n)
-        for name in names
-    ]
+    options = dict(task_options or {})
+    try:
+        tasks_made = [
+            JaggedTask(name, seed=task_seed, heldout_fraction=heldout_fraction, **options) for name in names
+        ]
+    except TypeError as exc:  # an option the generator does not take
+        raise UserError(f"jagged_python: task_options {options}: {exc}") from None
+    pools = [_training_problems(task, n) for task in tasks_made]
     problems = []  # round-robin over the tasks: equal shares, the rest from those that have more
     for i in range(max(map(len, pools))):
         problems += [pool[i] for pool in pools if i < len(pool)]
