@@ -164,10 +164,16 @@ def use_math_attention(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-    causal: bool = True, doc_ids: torch.Tensor | None = None, window: int | None = None,
-    scale: float | None = None, doc_extents: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    doc_ids: torch.Tensor | None = None,
+    window: int | None = None,
+    scale: float | None = None,
+    doc_extents: torch.Tensor | None = None,
+) -> torch.Tensor:
     """q ``(B, Hq, Tq, D)``, k/v ``(B, Hkv, Tk, D)`` -> ``(B, Hq, Tq, D)``.
 
     Causal alignment is bottom-right (query ``i`` is at key position ``Tk - Tq + i``); ``doc_ids``
@@ -272,9 +278,14 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- cross-entropy
 def cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, *,
-    ignore_index: int = -100, z_loss: float = 0.0, softcap: float | None = None, reduction: str = "mean",
-) -> torch.Tensor:  # fmt: skip
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """logits ``(N, V)``, targets ``(N,)`` -> fp32 loss (see ``fastgpt/kernels/cross_entropy.py``)."""
     kwargs = dict(ignore_index=ignore_index, z_loss=z_loss, softcap=softcap, reduction=reduction)
     if use_triton(logits):
@@ -283,10 +294,16 @@ def cross_entropy(
 
 
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-    bias: torch.Tensor | None = None, ignore_index: int = -100, z_loss: float = 0.0,
-    softcap: float | None = None, reduction: str = "mean",
-) -> torch.Tensor:  # fmt: skip
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """hidden ``(N, C)``, weight ``(V, C)``, targets ``(N,)`` -> loss, without materialising the full
     ``(N, V)`` logits (chunked on the torch path, fused on the Triton path)."""
     kwargs = dict(bias=bias, ignore_index=ignore_index, z_loss=z_loss, softcap=softcap, reduction=reduction)

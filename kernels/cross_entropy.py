@@ -63,9 +63,14 @@ def _reduce(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch
 
 
 def cross_entropy_reference(
-    logits: torch.Tensor, targets: torch.Tensor, *,
-    ignore_index: int = -100, z_loss: float = 0.0, softcap: float | None = None, reduction: str = "mean",
-) -> torch.Tensor:  # fmt: skip
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """logits ``(N, V)``, targets ``(N,)`` -> loss (fp32)."""
     z = logits.float()
     if softcap is not None:
@@ -80,10 +85,16 @@ def cross_entropy_reference(
 
 
 def linear_cross_entropy_reference(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-    bias: torch.Tensor | None = None, ignore_index: int = -100, z_loss: float = 0.0,
-    softcap: float | None = None, reduction: str = "mean",
-) -> torch.Tensor:  # fmt: skip
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """hidden ``(N, C)`` @ weight ``(V, C)``ᵀ -> logits ``(N, V)`` -> loss. Materialises the logits."""
     logits = hidden @ weight.t()
     if bias is not None:
@@ -206,10 +217,17 @@ def _autocast_hidden(
 
 
 def linear_cross_entropy_chunked(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-    bias: torch.Tensor | None = None, ignore_index: int = -100, z_loss: float = 0.0,
-    softcap: float | None = None, reduction: str = "mean", chunk_size: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """Same result as the reference, computed over chunks of rows so the full ``(N, V)`` logits tensor
     never exists at once (forward or backward). The CPU/torch path of the fused op; the Triton path
     replaces it on GPU. ``chunk_size`` (rows) defaults to chunk logits about the size of the hidden
@@ -386,10 +404,14 @@ def _reduce_rows(loss_rows: torch.Tensor, targets: torch.Tensor, ignore_index: i
 # backward only multiplies that gradient by the incoming one (out of place, so it may run twice).
 @torch.library.custom_op("fastgpt::cross_entropy", mutates_args=())
 def _cross_entropy_op(
-    logits: torch.Tensor, targets: torch.Tensor,
-    ignore_index: int, z_loss: float, softcap: float | None, reduction: str,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
     compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """-> ``(loss, grad)``: loss fp32 (``()``, or ``(N,)`` for ``none``), grad like ``logits`` (empty
     when ``compute_grad`` is false)."""
     loss_rows = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
@@ -424,9 +446,13 @@ _cross_entropy_op.register_autograd(_cross_entropy_grad, setup_context=_cross_en
 
 @torch.library.custom_op("fastgpt::cross_entropy_inplace_", mutates_args=("logits",))
 def _cross_entropy_inplace_op(
-    logits: torch.Tensor, targets: torch.Tensor,
-    ignore_index: int, z_loss: float, softcap: float | None, reduction: str,
-) -> torch.Tensor:  # fmt: skip
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+) -> torch.Tensor:
     """The loss, with d loss / d logits (scaled for the reduction) written over ``logits``."""
     loss_rows = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     scale = _scale_for(targets, ignore_index, reduction)
@@ -468,10 +494,15 @@ class _CrossEntropyInPlace(torch.autograd.Function):
 
 
 def cross_entropy_triton(
-    logits: torch.Tensor, targets: torch.Tensor, *,
-    ignore_index: int = -100, z_loss: float = 0.0, softcap: float | None = None, reduction: str = "mean",
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
     inplace_grad: bool = False,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Cross-entropy of logits ``(N, V)`` against targets ``(N,)`` (see the module docstring).
 
     ``inplace_grad=True`` writes the gradient over ``logits`` (saving one ``(N, V)`` buffer): only for
@@ -589,10 +620,19 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
 # chunks with the incoming per-row scales. Absent gradients are empty tensors (custom ops return no None).
 @torch.library.custom_op("fastgpt::linear_cross_entropy", mutates_args=())
 def _linear_cross_entropy_op(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None,
-    ignore_index: int, z_loss: float, softcap: float | None, reduction: str, chunk_rows: int,
-    need_hidden: bool, need_weight: bool, need_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None,
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    reduction: str,
+    chunk_rows: int,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> ``(loss, grad_hidden like hidden, grad_weight fp32 (V, C), grad_bias fp32 (V,))``."""
     need = (need_hidden, need_weight, need_bias) if reduction != "none" else (False, False, False)
     with _gathered(weight):
@@ -621,10 +661,19 @@ def _(hidden, weight, targets, bias, ignore_index, z_loss, softcap, reduction, c
 
 @torch.library.custom_op("fastgpt::linear_cross_entropy_backward", mutates_args=())
 def _linear_cross_entropy_backward_op(
-    grad_rows: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-    bias: torch.Tensor | None, ignore_index: int, z_loss: float, softcap: float | None, chunk_rows: int,
-    need_hidden: bool, need_weight: bool, need_bias: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    grad_rows: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None,
+    ignore_index: int,
+    z_loss: float,
+    softcap: float | None,
+    chunk_rows: int,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``reduction="none"``: recompute the chunks with per-row scales ``grad_rows`` (N,) -> the same three
     gradients as the forward op's extra outputs."""
     with _gathered(weight):
@@ -686,10 +735,17 @@ _linear_cross_entropy_op.register_autograd(
 
 
 def linear_cross_entropy_triton(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-    bias: torch.Tensor | None = None, ignore_index: int = -100, z_loss: float = 0.0,
-    softcap: float | None = None, reduction: str = "mean", chunk_rows: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    reduction: str = "mean",
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
     """Cross-entropy of ``hidden (N, C) @ weight (V, C)^T [+ bias]`` against ``targets (N,)`` without ever
     holding the ``(N, V)`` logits (see the module docstring). ``weight`` may be a DeepSpeed ZeRO-3
     partitioned parameter. ``chunk_rows`` overrides :func:`linear_cross_entropy_chunk_rows`.
