@@ -183,3 +183,34 @@ def test_default_omp_threads_are_the_cores_this_job_may_use(tmp_path):
         ["taskset", "-c", "0", "bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=60
     )
     assert proc.stdout.strip() == "OMP=1", proc.stderr
+
+
+@pytest.mark.slow
+def test_jagged_rl_script_runs_sft_grpo_eval_and_report(tmp_path):
+    """launch/jagged_rl.sh end to end on a random tiny model with tiny budgets: the GRPO run logs the
+    tool-use share next to held-out accuracy, and the report carries the with/without-tools table."""
+    import json
+
+    from fastgpt.rl.toy import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path / "base")
+    out = tmp_path / "run"
+    done = _launch(
+        "jagged_rl",
+        [f"--model={model}", f"--out={out}"],
+        tmp_path,
+        timeout=900,
+        SFT_ARGS="--max_steps=2 --eval_every=0 --batch_size=4",
+        GRPO_ARGS="--max_steps=1 --eval_every=1 --eval_problems=4 --group_size=2 --prompts_per_step=2",
+        EVAL_ARGS="--problems 2 --max_new_tokens 8",
+        OMP_NUM_THREADS="1",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert any("heldout_tool_use" in m for m in metrics) and any("tool_use" in m for m in metrics)
+    mixture = (out / "sft-mixture.yaml").read_text()
+    assert "jagged_multiply" in mixture and "max_digits" in mixture
+    report = (out / "report.md").read_text()
+    assert "| without tools | with tools |" in report.replace("  ", " ")
+    for task in ("jagged_letter_count", "jagged_multiply"):
+        assert task in report
