@@ -41,7 +41,7 @@ def attention_flash_attn(
     benchmarks. CUDA and fp16/bf16 only; flash-attn has the same bottom-right causal alignment and GQA.
     Documents go through its varlen entry point (``Tq == Tk``, each document one contiguous run).
     Untested here: the development machines have no GPU (see docs/attention.md)."""
-    try:
+    try:  # flash-attn is optional (GPU only): imported when this backend is first used
         from flash_attn import flash_attn_func, flash_attn_varlen_func
     except ImportError as err:
         raise ImportError(
