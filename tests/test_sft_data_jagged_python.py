@@ -99,3 +99,22 @@ def test_task_options_reach_the_generator_and_keep_the_heldout_split():
         assert conv[0]["content"] not in heldout
     with pytest.raises(UserError, match="task_options"):
         jagged_python_conversations(5, tasks="jagged_multiply", task_options={"max_digitz": 2})
+
+
+def test_the_default_sft_mixture_teaches_python_for_jagged_questions():
+    """Issue 15 item 4: the default mixture holds jagged_python (half of it: 600 conversations, each
+    task's training problems only)."""
+    from fastgpt.sft_data import DEFAULT_MIXTURE, parse_mixture
+
+    item = next(i for i in parse_mixture(DEFAULT_MIXTURE) if i.source == "jagged_python")
+    assert item.epochs == 0.5
+    train, val = load_mixture([item], seed=0, log=lambda _: None)
+    convs = train + val
+    assert 550 <= len(convs) <= 650
+    calls = [c for c in convs if any(m.get("tool_calls") for m in c)]
+    assert len(calls) == len(convs)  # every one answers through Python (direct_fraction 0)
+    users = {c[0]["content"] for c in convs}
+    for name in JAGGED_TASKS:
+        task = JaggedTask(name)
+        held = task.split("heldout", None if task.finite else 50, up_to=True)
+        assert not users & {p.question for p in held}, name

@@ -61,7 +61,7 @@ BUILTIN: dict[str, Callable[..., list[list[Message]]]] = {
     "task_practice": task_practice_conversations,
     "jagged_python": jagged_python_conversations,
 }
-DEFAULT_MIXTURE = "chatterbot,identity,unknown,arithmetic"
+DEFAULT_MIXTURE = "chatterbot,identity,unknown,arithmetic,jagged_python*0.5"
 
 
 @dataclass
