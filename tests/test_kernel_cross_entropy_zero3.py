@@ -121,7 +121,11 @@ WORKER = textwrap.dedent(
                     "after": str(weight.ds_status), "numel_after": weight.numel(),
                 }
     if rank == 0:
-        print("REPORT " + json.dumps(report))
+        print("REPORT " + json.dumps(report), flush=True)
+    # leave together and tear the process group down: a rank that exits with gloo's threads still
+    # running can abort ("terminate called without an active exception") after the work is done
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
     """
 )
 
